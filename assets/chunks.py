@@ -1,0 +1,89 @@
+"""The chunks asset: token-aware chunks of changed documents only."""
+
+import hashlib
+import time
+
+import dagster as dg
+
+from assets._metadata import md
+from assets.ingest import DUCKDB_POOL
+from llmops_dagster.chunks.store import sync_chunks
+from llmops_dagster.documents.store import read_documents
+from llmops_dagster.embed.model import load_tokenizer
+from llmops_dagster.resources import LlmopsSettingsResource
+from llmops_dagster.text.chunking import chunk_document
+from llmops_dagster.warehouse import connect
+
+
+class ChunksConfig(dg.Config):
+    chunk_size: int | None = None
+    """Max tokens per chunk (embedding model tokenizer); default LLMOPS_CHUNK_SIZE."""
+    overlap: int | None = None
+    """Tokens shared by consecutive chunks of a section; default LLMOPS_CHUNK_OVERLAP."""
+
+
+@dg.asset(
+    deps=["documents"],
+    group_name="prepare",
+    kinds={"duckdb", "python"},
+    owners=["team:data-platform"],
+    pool=DUCKDB_POOL,
+)
+def chunks(
+    context: dg.AssetExecutionContext, config: ChunksConfig, llmops: LlmopsSettingsResource
+) -> dg.MaterializeResult:
+    """Structure-aware chunks sized in the embedding model's tokens (`llmops.chunks`).
+
+    Only documents whose text or chunker settings changed are re-chunked; chunks of changed or
+    deleted documents are marked `removed` so the index can delete them.
+    """
+    settings = llmops.settings()
+    size = config.chunk_size or settings.chunk_size_tokens
+    overlap = settings.chunk_overlap_tokens if config.overlap is None else config.overlap
+    tokenizer = load_tokenizer(settings.embedding_model)
+    # The fingerprint makes a settings change re-chunk everything, and nothing else does.
+    fingerprint = hashlib.sha256(
+        f"{settings.embedding_model}|{size}|{overlap}".encode()
+    ).hexdigest()[:16]
+
+    def chunker(doc_id: str, text: str, fmt: str):
+        return chunk_document(
+            doc_id, text, tokenizer=tokenizer, chunk_size=size, overlap=overlap, fmt=fmt
+        )
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 100 == 0:
+            context.log.info(f"chunked {done}/{total} changed documents")
+
+    started = time.perf_counter()
+    with connect(settings.effective_duckdb_path) as con:
+        documents = read_documents(con).select(["doc_id", "content_hash", "text", "format"])
+        report = sync_chunks(con, documents, chunker, fingerprint=fingerprint, progress=progress)
+        preview = con.execute(
+            "SELECT chunk_id, doc_id, position, token_count, section FROM llmops.chunks "
+            "WHERE status = 'active' AND doc_id IN (SELECT unnest(?::VARCHAR[])) "
+            "ORDER BY doc_id, position LIMIT 10",
+            [report.chunked_doc_ids[:10]],
+        ).fetchall()
+    if report.failed:
+        context.log.warning(f"{len(report.failed)} documents failed to chunk: {report.failed}")
+    columns = ["chunk_id", "doc_id", "position", "token_count", "section"]
+    return dg.MaterializeResult(
+        metadata={
+            "docs_seen": report.docs_seen,
+            "docs_chunked": report.docs_chunked,
+            "docs_unchanged": report.docs_unchanged,
+            "docs_removed": report.docs_removed,
+            "docs_failed": len(report.failed),
+            "chunks_added": report.chunks_added,
+            "chunks_removed": report.chunks_removed,
+            "chunks_kept": report.chunks_kept,
+            "active_chunks": report.active_chunks,
+            "chunk_size_tokens": size,
+            "overlap_tokens": overlap,
+            "chunker_fingerprint": fingerprint,
+            "seconds": round(time.perf_counter() - started, 3),
+            "preview": md([dict(zip(columns, r, strict=True)) for r in preview], columns),
+            "dagster/row_count": dg.MetadataValue.int(report.active_chunks),
+        }
+    )

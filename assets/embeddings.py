@@ -1,0 +1,60 @@
+"""The embeddings asset: vectors for every active chunk, computed once per (model, text)."""
+
+import dagster as dg
+
+from assets.ingest import DUCKDB_POOL
+from llmops_dagster.chunks.store import active_chunks
+from llmops_dagster.embed.cache import embed_missing
+from llmops_dagster.resources import LlmopsSettingsResource
+from llmops_dagster.warehouse import connect
+
+
+@dg.asset(
+    deps=["chunks"],
+    group_name="prepare",
+    kinds={"pytorch", "duckdb"},
+    owners=["team:ml-platform"],
+    pool=DUCKDB_POOL,
+)
+def embeddings(
+    context: dg.AssetExecutionContext, llmops: LlmopsSettingsResource
+) -> dg.MaterializeResult:
+    """Normalised sentence-transformers vectors in `llmops.embedding_cache`.
+
+    Keyed by (model id, chunk text hash): unchanged text is never embedded twice, and a new
+    model id gets its own vectors instead of mixing spaces.
+    """
+    settings = llmops.settings()
+    with connect(settings.effective_duckdb_path) as con:
+        chunk_table = active_chunks(con).select(["content_hash", "text"])
+        items = list(
+            zip(
+                chunk_table.column("content_hash").to_pylist(),
+                chunk_table.column("text").to_pylist(),
+                strict=True,
+            )
+        )
+        embedder = llmops.embedder()
+
+        def progress(done: int, total: int) -> None:
+            context.log.info(f"embedded {done}/{total} new texts")
+
+        stats = embed_missing(
+            con, embedder, items, batch_size=settings.embed_batch_size, progress=progress
+        )
+    context.log.info(
+        f"{stats.embedded} embedded, {stats.cached} from cache ({stats.texts_per_second:.1f}/s)"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_id": stats.model_id,
+            "dims": stats.dims,
+            "active_chunks": len(items),
+            "distinct_texts": stats.requested,
+            "embedded": stats.embedded,
+            "cached": stats.cached,
+            "embed_seconds": round(stats.seconds, 3),
+            "texts_per_second": round(stats.texts_per_second, 1),
+            "batch_size": settings.embed_batch_size,
+        }
+    )

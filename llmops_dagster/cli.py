@@ -1,0 +1,144 @@
+"""``llmops-dagster``: local services, the Dagster UI, and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import llmops_dagster
+from llmops_dagster.config import get_settings
+
+console = Console(stderr=True)
+
+
+def _log(message: str) -> None:
+    console.print(f"[dim]·[/dim] {message}")
+
+
+@click.group()
+@click.version_option(llmops_dagster.__version__)
+def main() -> None:
+    """llmops-dagster: a Dagster code location for the whole LLMOps loop."""
+
+
+# --------------------------------------------------------------------------------------------
+# services
+# --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def services() -> None:
+    """Local services: Elasticsearch node, MLflow store, Dagster UI."""
+
+
+@services.command("fetch")
+def services_fetch() -> None:
+    """Download and unpack the Elasticsearch distribution (once; cached under LLMOPS_HOME)."""
+    from llmops_dagster.services.elasticsearch_local import (
+        ElasticsearchSetupError,
+        fetch_distribution,
+    )
+
+    settings = get_settings()
+    try:
+        home = fetch_distribution(settings.es_dist_dir, settings.es_version, log=_log)
+    except ElasticsearchSetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(home))
+
+
+@services.command("up")
+def services_up() -> None:
+    """Start the local Elasticsearch node (or check ELASTICSEARCH_URL) and the MLflow store."""
+    from llmops_dagster.search.client import ElasticsearchUnavailable
+    from llmops_dagster.services.elasticsearch_local import ElasticsearchSetupError
+    from llmops_dagster.services.local import elasticsearch_up
+    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+
+    settings = get_settings()
+    try:
+        status = elasticsearch_up(settings, log=_log)
+        store = ensure_mlflow(settings)
+    except (ElasticsearchSetupError, ElasticsearchUnavailable, MlflowUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _log(f"MLflow store: {store.tracking_uri}")
+    click.echo(f"ELASTICSEARCH_URL={status['url']}")
+
+
+@services.command("down")
+def services_down() -> None:
+    """Stop the local Elasticsearch node by its pid."""
+    from llmops_dagster.services.local import elasticsearch_down
+
+    stopped = elasticsearch_down(get_settings(), log=_log)
+    click.echo("stopped" if stopped else "not running")
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--dagster-port", default=3000, show_default=True)
+def services_status_cmd(as_json: bool, dagster_port: int) -> None:
+    """Report Elasticsearch, MLflow and Dagster state; exit 1 if ES or MLflow is unusable."""
+    from llmops_dagster.services.local import services_status
+
+    status = services_status(get_settings(), dagster_port=dagster_port)
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+    else:
+        table = Table("service", "state", "where", "detail")
+        es, ml, dg = status["elasticsearch"], status["mlflow"], status["dagster"]
+        es_ok = bool(es.get("healthy"))
+        table.add_row(
+            "elasticsearch",
+            "[green]healthy[/green]" if es_ok else "[red]down[/red]",
+            es["url"],
+            es.get("error") or f"{es.get('status')} · {'external' if es['external'] else 'local'}",
+        )
+        table.add_row(
+            "mlflow",
+            "[green]ready[/green]" if ml["healthy"] else "[red]unusable[/red]",
+            ml["uri"],
+            ml.get("error") or f"experiment {ml.get('experiment')}",
+        )
+        table.add_row(
+            "dagster",
+            "[green]serving[/green]" if dg["running"] else "[yellow]not running[/yellow]",
+            dg["url"],
+            "start with `llmops-dagster dev`" if not dg["running"] else str(dg.get("version")),
+        )
+        Console().print(table)
+    healthy = status["elasticsearch"].get("healthy") and status["mlflow"]["healthy"]
+    sys.exit(0 if healthy else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Dagster
+# --------------------------------------------------------------------------------------------
+
+
+@main.command("dev")
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def dev(port: int, host: str) -> None:
+    """Run `dagster dev` on this code location; Ctrl-C / SIGTERM stop it cleanly."""
+    from llmops_dagster.services.dagster_dev import run_dagster_dev
+    from llmops_dagster.services.local import dagster_home
+
+    sys.exit(run_dagster_dev(dagster_home(), host=host, port=port))
+
+
+@main.command("demo")
+@click.option("--keep-services/--stop-services", default=True, show_default=True)
+def demo(keep_services: bool) -> None:
+    """Start the services and materialize the whole asset graph on the sample corpus."""
+    from llmops_dagster.demo import run_demo
+
+    sys.exit(run_demo(get_settings(), keep_services=keep_services, log=_log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""DuckDB storage of ``llmops.documents`` / ``llmops.rejected_documents`` with a change report.
+
+``sync_documents`` upserts a batch and reports, by doc id, what is new, changed (text hash
+differs), unchanged and deleted. The chunker re-chunks ``delta.to_chunk`` and drops chunks of
+``delta.deleted``; nothing else needs touching, which is what makes the pipeline incremental.
+All writes of one sync happen in one transaction: a failure leaves the tables as they were.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from llmops_dagster.documents.models import DOCUMENT_FIELDS, REJECTED_FIELDS, Document, Rejected
+from llmops_dagster.documents.normalize import NormalizedBatch
+
+SCHEMA = "llmops"
+DOCUMENTS_TABLE = f"{SCHEMA}.documents"
+REJECTED_TABLE = f"{SCHEMA}.rejected_documents"
+WATERMARKS_TABLE = f"{SCHEMA}.documents_watermarks"
+
+_DOCUMENTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {DOCUMENTS_TABLE} (
+    doc_id VARCHAR PRIMARY KEY,
+    source VARCHAR NOT NULL,
+    natural_key VARCHAR NOT NULL,
+    title VARCHAR,
+    text VARCHAR NOT NULL,
+    uri VARCHAR,
+    format VARCHAR,
+    updated_at TIMESTAMPTZ,
+    content_hash VARCHAR NOT NULL,
+    metadata VARCHAR
+)"""
+_REJECTED_DDL = f"""
+CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
+    doc_id VARCHAR PRIMARY KEY,
+    source VARCHAR NOT NULL,
+    natural_key VARCHAR NOT NULL,
+    uri VARCHAR,
+    reason VARCHAR NOT NULL,
+    detail VARCHAR,
+    rejected_at TIMESTAMPTZ
+)"""
+_WATERMARKS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {WATERMARKS_TABLE} (
+    raw_table VARCHAR PRIMARY KEY,
+    last_load_id VARCHAR NOT NULL
+)"""
+
+_DOC_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("natural_key", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("uri", pa.string()),
+        ("format", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("content_hash", pa.string()),
+        ("metadata", pa.string()),
+    ]
+)
+_REJ_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("natural_key", pa.string()),
+        ("uri", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("rejected_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class DocumentsDelta:
+    """What one sync changed, by doc id (sorted), plus rejection counts by reason."""
+
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    total_documents: int = 0
+
+    @property
+    def to_chunk(self) -> list[str]:
+        """Doc ids whose chunks must be (re)built."""
+        return sorted({*self.new, *self.changed})
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    def summary(self) -> dict[str, int]:
+        """Flat counts for Dagster metadata / MLflow metrics."""
+        return {
+            "new": len(self.new),
+            "changed": len(self.changed),
+            "unchanged": len(self.unchanged),
+            "deleted": len(self.deleted),
+            "rejected": self.rejected_count,
+            "total_documents": self.total_documents,
+            **{f"rejected_{reason}": n for reason, n in sorted(self.rejected_by_reason.items())},
+        }
+
+
+def connect(path: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(path)
+    ensure_tables(con)
+    return con
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    con.execute(_DOCUMENTS_DDL)
+    con.execute(_REJECTED_DDL)
+    con.execute(_WATERMARKS_DDL)
+
+
+def _doc_table(docs: Iterable[Document]) -> pa.Table:
+    rows = [d.as_row() for d in docs]
+    return pa.Table.from_pylist(rows, schema=_DOC_SCHEMA)
+
+
+def _rej_table(rejected: Iterable[Rejected]) -> pa.Table:
+    rows = [r.as_row() for r in rejected]
+    return pa.Table.from_pylist(rows, schema=_REJ_SCHEMA)
+
+
+def _ids_table(ids: Iterable[str]) -> pa.Table:
+    return pa.table({"doc_id": pa.array(sorted(set(ids)), type=pa.string())})
+
+
+def _file_of(natural_key: str, metadata: str | None) -> str:
+    """The file a document came from (records of an export share one file)."""
+    if metadata:
+        try:
+            path = json.loads(metadata).get("path")
+        except (ValueError, AttributeError):
+            path = None
+        if path:
+            return str(path)
+    return natural_key
+
+
+def sync_documents(
+    con: duckdb.DuckDBPyConnection,
+    batch: NormalizedBatch,
+    *,
+    current_files: Mapping[str, set[str]] | None = None,
+    watermarks: Mapping[str, str] | None = None,
+) -> DocumentsDelta:
+    """Upsert ``batch`` and return the delta.
+
+    ``current_files`` maps a file source name to the relative paths that exist now (see
+    ``list_current_files``); documents and rejections of other files of that source are deleted.
+    ``watermarks`` (raw table → last dlt load id processed) is saved in the same transaction.
+    """
+    ensure_tables(con)
+    # Later rows win if a batch holds the same id twice (a file re-read in two loads).
+    incoming: dict[str, Document] = {d.doc_id: d for d in batch.documents}
+    rejected: dict[str, Rejected] = {
+        r.doc_id: r for r in batch.rejected if r.doc_id not in incoming
+    }
+
+    existing: dict[str, tuple[str, str, str, str | None]] = {
+        row[0]: (row[1], row[2], row[3], row[4])
+        for row in con.execute(
+            f"SELECT doc_id, source, natural_key, content_hash, metadata FROM {DOCUMENTS_TABLE}"
+        ).fetchall()
+    }
+
+    delta = DocumentsDelta(rejected_by_reason=dict(Counter(r.reason for r in rejected.values())))
+    for doc_id, doc in incoming.items():
+        old = existing.get(doc_id)
+        if old is None:
+            delta.new.append(doc_id)
+        elif old[2] != doc.content_hash:
+            delta.changed.append(doc_id)
+        else:
+            delta.unchanged.append(doc_id)
+
+    deleted: set[str] = {doc_id for doc_id in rejected if doc_id in existing}
+    for doc_id, (source, natural_key, _hash, metadata) in existing.items():
+        if doc_id in incoming:
+            continue
+        path = _file_of(natural_key, metadata)
+        if (source, path) in batch.files:
+            deleted.add(doc_id)  # the file was re-read and no longer yields this document
+        elif current_files and source in current_files and path not in current_files[source]:
+            deleted.add(doc_id)  # the file is gone
+    delta.deleted = sorted(deleted)
+
+    vanished_rejections: list[str] = []
+    if current_files:
+        for doc_id, source, natural_key in con.execute(
+            f"SELECT doc_id, source, natural_key FROM {REJECTED_TABLE}"
+        ).fetchall():
+            files = current_files.get(source)
+            file_key = natural_key.split("#", 1)[0]
+            if files is not None and natural_key not in files and file_key not in files:
+                vanished_rejections.append(doc_id)
+
+    docs_table = _doc_table(incoming.values())
+    rej_table = _rej_table(rejected.values())
+    remove_docs = _ids_table([*incoming, *deleted])
+    remove_rej = _ids_table([*incoming, *rejected, *vanished_rejections])
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("_remove_docs", remove_docs)
+        con.register("_remove_rej", remove_rej)
+        con.register("_docs", docs_table)
+        con.register("_rej", rej_table)
+        con.execute(
+            f"DELETE FROM {DOCUMENTS_TABLE} WHERE doc_id IN (SELECT doc_id FROM _remove_docs)"
+        )
+        con.execute(
+            f"DELETE FROM {REJECTED_TABLE} WHERE doc_id IN (SELECT doc_id FROM _remove_rej)"
+        )
+        cols = ", ".join(DOCUMENT_FIELDS)
+        con.execute(f"INSERT INTO {DOCUMENTS_TABLE} ({cols}) SELECT {cols} FROM _docs")
+        rcols = ", ".join(REJECTED_FIELDS)
+        con.execute(f"INSERT INTO {REJECTED_TABLE} ({rcols}) SELECT {rcols} FROM _rej")
+        for raw_table, load_id in (watermarks or {}).items():
+            con.execute(
+                f"INSERT OR REPLACE INTO {WATERMARKS_TABLE} VALUES (?, ?)", [raw_table, load_id]
+            )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for view in ("_remove_docs", "_remove_rej", "_docs", "_rej"):
+            con.unregister(view)
+    delta.new.sort()
+    delta.changed.sort()
+    delta.unchanged.sort()
+    delta.total_documents = con.execute(f"SELECT count(*) FROM {DOCUMENTS_TABLE}").fetchall()[0][0]
+    return delta
+
+
+def get_watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    ensure_tables(con)
+    return dict(con.execute(f"SELECT raw_table, last_load_id FROM {WATERMARKS_TABLE}").fetchall())
+
+
+def read_documents(
+    con: duckdb.DuckDBPyConnection, doc_ids: Iterable[str] | None = None
+) -> pa.Table:
+    """Documents as Arrow (all, or the given ids): what the chunker reads."""
+    ensure_tables(con)
+    if doc_ids is None:
+        return con.sql(f"SELECT * FROM {DOCUMENTS_TABLE} ORDER BY doc_id").to_arrow_table()
+    con.register("_want", _ids_table(doc_ids))
+    try:
+        return con.sql(
+            f"SELECT d.* FROM {DOCUMENTS_TABLE} d JOIN _want USING (doc_id) ORDER BY doc_id"
+        ).to_arrow_table()
+    finally:
+        con.unregister("_want")
+
+
+def read_rejected(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    ensure_tables(con)
+    return con.sql(f"SELECT * FROM {REJECTED_TABLE} ORDER BY doc_id").to_arrow_table()

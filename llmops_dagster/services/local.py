@@ -1,0 +1,124 @@
+"""The project's local services seen as one: Elasticsearch node, MLflow store, Dagster UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.services.elasticsearch_local import (
+    LocalNode,
+    Log,
+    fetch_distribution,
+    node_status,
+    start_node,
+    stop_node,
+)
+
+
+def local_node(
+    settings: Settings, *, node_dir: Path | None = None, port: int | None = None
+) -> LocalNode:
+    from llmops_dagster.services.elasticsearch_local import distribution_home
+
+    return LocalNode(
+        dist_home=distribution_home(settings.es_dist_dir, settings.es_version),
+        node_dir=node_dir or settings.es_node_dir,
+        port=port or settings.es_port,
+        heap=settings.es_heap,
+    )
+
+
+def dagster_home() -> Path:
+    """``DAGSTER_HOME`` if set, else the project's ``dagster_home/`` (telemetry and nux off)."""
+    return (
+        Path(os.environ["DAGSTER_HOME"])
+        if os.environ.get("DAGSTER_HOME")
+        else PROJECT_ROOT / "dagster_home"
+    )
+
+
+def elasticsearch_up(settings: Settings, *, log: Log) -> dict[str, Any]:
+    """Start the local node, or only check the external cluster when ELASTICSEARCH_URL is set."""
+    if settings.uses_external_es:
+        from llmops_dagster.search.client import check_cluster, make_client
+
+        health = check_cluster(make_client(settings), settings)
+        log(f"Using the cluster at ELASTICSEARCH_URL={settings.elasticsearch_url}: {health.status}")
+        return {"url": health.url, "external": True, "status": health.status}
+    fetch_distribution(settings.es_dist_dir, settings.es_version, log=log)
+    return start_node(local_node(settings), log=log)
+
+
+def elasticsearch_down(settings: Settings, *, log: Log) -> bool:
+    if settings.uses_external_es:
+        log("ELASTICSEARCH_URL is set: the external cluster is not ours to stop.")
+        return False
+    return stop_node(local_node(settings), log=log)
+
+
+def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
+    if settings.uses_external_es:
+        from llmops_dagster.search.client import (
+            ElasticsearchUnavailable,
+            check_cluster,
+            make_client,
+        )
+
+        try:
+            health = check_cluster(make_client(settings), settings)
+        except ElasticsearchUnavailable as exc:
+            return {
+                "url": settings.effective_es_url,
+                "external": True,
+                "healthy": False,
+                "error": str(exc),
+            }
+        return {
+            "url": health.url,
+            "external": True,
+            "healthy": True,
+            "status": health.status,
+            "version": health.version,
+        }
+    status = node_status(local_node(settings))
+    status["external"] = False
+    status["version"] = settings.es_version
+    if not status["running"]:
+        status["error"] = (
+            f"the local node is not running at {settings.local_es_url}: start it with "
+            "`llmops-dagster services up`, or set ELASTICSEARCH_URL"
+        )
+    return status
+
+
+def _mlflow_status(settings: Settings) -> dict[str, Any]:
+    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+
+    try:
+        store = ensure_mlflow(settings)
+    except MlflowUnavailable as exc:
+        return {"uri": settings.effective_mlflow_uri, "healthy": False, "error": str(exc)}
+    return {"uri": store.tracking_uri, "healthy": True, "experiment": store.experiment_name}
+
+
+def _dagster_status(port: int = 3000) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
+            info = json.loads(response.read())
+        return {"url": url, "running": True, "version": info.get("dagster_version")}
+    except (urllib.error.URLError, OSError, ValueError):
+        return {"url": url, "running": False, "dagster_home": str(dagster_home())}
+
+
+def services_status(settings: Settings, *, dagster_port: int = 3000) -> dict[str, Any]:
+    return {
+        "elasticsearch": _elasticsearch_status(settings),
+        "mlflow": _mlflow_status(settings),
+        "dagster": _dagster_status(dagster_port),
+    }

@@ -1,0 +1,127 @@
+"""A dlt source over a folder: lists files by glob, reads their bytes, loads ``fs_files``.
+
+dlt's ``filesystem`` resource lists files; an ``incremental`` cursor on ``modification_date``
+passes on only files changed since the last run, so unchanged files are neither re-read nor
+re-loaded. Rows merge on the relative path, so a changed file replaces its row. Files larger
+than ``max_bytes`` are listed but not read: the row carries ``too_large=True`` and no content,
+so the documents step can reject it with a reason instead of the loader running out of memory.
+
+Deleted files never show up in an incremental listing; ``list_current_files`` gives the
+documents step the full current set to compare against.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dlt
+from dlt.common.storages.fsspec_filesystem import FileItemDict
+from dlt.sources import DltResource, DltSource
+from dlt.sources.filesystem import filesystem
+
+from llmops_dagster.sources.source_config import DEFAULT_GLOBS, DEFAULT_MAX_BYTES
+
+FS_TABLE = "fs_files"
+
+
+def _matches(relative_path: str, globs: Sequence[str]) -> bool:
+    """Glob match on a POSIX relative path; ``**/`` also matches files at the root."""
+    for pattern in globs:
+        if fnmatch.fnmatch(relative_path, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatch(relative_path, pattern[3:]):
+            return True
+    return False
+
+
+def file_row(item: FileItemDict, max_bytes: int) -> dict[str, Any]:
+    """One ``fs_files`` row; the file is read only when it is within the size limit."""
+    size = item.get("size_in_bytes")
+    too_large = size is not None and size > max_bytes
+    content: bytes | None = None
+    if not too_large:
+        content = item.read_bytes()
+        # The listing's size can be stale or missing; the bytes we hold are the truth.
+        size = len(content)
+        if size > max_bytes:
+            too_large, content = True, None
+    return {
+        "relative_path": item["relative_path"],
+        "file_name": item["file_name"],
+        "file_url": item["file_url"],
+        "mime_type": item.get("mime_type"),
+        "modification_date": item["modification_date"],
+        "size_in_bytes": size,
+        "too_large": too_large,
+        "content": content,
+    }
+
+
+@dlt.source(name="fs")
+def filesystem_source(
+    root: str | Path,
+    globs: Sequence[str] = DEFAULT_GLOBS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    initial_modification_date: datetime | None = None,
+) -> DltResource:
+    """Files under ``root`` matching ``globs`` → table ``fs_files`` (merge on relative path)."""
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise ValueError(f"filesystem source: root {root_path} is not a folder (filesystem.root)")
+    patterns = list(globs)
+
+    # One recursive listing filtered by our globs: one resource, one incremental cursor
+    # (several filesystem resources would each keep their own state and table).
+    listing = filesystem(bucket_url=root_path.as_uri(), file_glob="**/*")
+    listing.add_filter(lambda item: _matches(item["relative_path"], patterns))
+    listing.apply_hints(
+        incremental=dlt.sources.incremental(
+            "modification_date", initial_value=initial_modification_date
+        )
+    )
+
+    @dlt.transformer(
+        name=FS_TABLE,
+        primary_key="relative_path",
+        write_disposition="merge",
+        columns={
+            "content": {"data_type": "binary", "nullable": True},
+            "too_large": {"data_type": "bool"},
+            "size_in_bytes": {"data_type": "bigint", "nullable": True},
+        },
+    )
+    def read_files(items: Iterable[FileItemDict]) -> Iterator[dict[str, Any]]:
+        for item in items:
+            yield file_row(item, max_bytes)
+
+    return listing | read_files
+
+
+def make_filesystem_source(
+    root: str | Path,
+    globs: Sequence[str] = DEFAULT_GLOBS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DltSource:
+    """Convenience wrapper with the config model's field names (for the Dagster asset)."""
+    return filesystem_source(root=str(root), globs=list(globs), max_bytes=max_bytes)
+
+
+def list_current_files(root: str | Path, globs: Sequence[str] = DEFAULT_GLOBS) -> set[str]:
+    """Relative POSIX paths of the files that exist now (same matching as the source).
+
+    The documents step marks documents whose file is not in this set as deleted.
+    """
+    root_path = Path(root).expanduser().resolve()
+    patterns = list(globs)
+    found: set[str] = set()
+    for path in root_path.rglob("*"):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(root_path).as_posix()
+        if _matches(relative, patterns):
+            found.add(relative)
+    return found

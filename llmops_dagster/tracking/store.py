@@ -1,0 +1,75 @@
+"""The MLflow tracking store: SQLite + local artifacts by default, any URI from the env."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops_dagster.config import Settings
+
+
+class MlflowUnavailable(RuntimeError):
+    """The tracking store cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class MlflowStore:
+    tracking_uri: str
+    artifact_location: str | None
+    experiment_id: str
+    experiment_name: str
+
+
+def _check_http(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise MlflowUnavailable(
+            f"MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({exc}). "
+            "Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use the local SQLite store."
+        ) from exc
+
+
+def ensure_mlflow(settings: Settings) -> MlflowStore:
+    """Create (if needed) the store and the project's experiment; fail fast with the setting.
+
+    For SQLite stores the experiment's artifact location is pinned to ``artifacts/`` beside the
+    database file (LLMOPS_HOME/mlflow by default).
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.effective_mlflow_uri
+    artifact_location: str | None = None
+    if uri.startswith("sqlite:///"):
+        # Artifacts next to the database, never in a stray ./mlruns of the working directory.
+        db_path = Path(uri.removeprefix("sqlite:///"))
+        artifact_root = db_path.parent / "artifacts"
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        artifact_location = artifact_root.as_uri()
+    elif uri.startswith(("http://", "https://")):
+        _check_http(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is None:
+            experiment_id = client.create_experiment(
+                settings.mlflow_experiment, artifact_location=artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+            artifact_location = experiment.artifact_location
+    except Exception as exc:  # MLflow raises many types here (sqlalchemy, rest, io)
+        raise MlflowUnavailable(
+            f"MLflow store MLFLOW_TRACKING_URI={uri} cannot be used: {type(exc).__name__}: {exc}"
+        ) from exc
+    return MlflowStore(
+        tracking_uri=uri,
+        artifact_location=artifact_location,
+        experiment_id=experiment_id,
+        experiment_name=settings.mlflow_experiment,
+    )

@@ -1,0 +1,85 @@
+"""Shared fixtures: one real Elasticsearch node per test session, temp MLflow and DuckDB stores.
+
+Integration tests never skip for a missing service: if the node cannot start, they fail with the
+reason. Set ELASTICSEARCH_URL to run them against an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import llmops_dagster  # noqa: F401  - offline env defaults before any heavy import
+from llmops_dagster.config import Settings, get_settings
+
+TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
+
+
+@pytest.fixture(scope="session")
+def es_settings() -> Iterator[Settings]:
+    """Settings pointing at a healthy cluster: ELASTICSEARCH_URL, or a node started for tests."""
+    base = get_settings()
+    if base.uses_external_es:
+        from llmops_dagster.search.client import check_cluster, make_client
+
+        check_cluster(make_client(base), base)
+        yield base
+        return
+
+    from llmops_dagster.services.elasticsearch_local import (
+        ElasticsearchSetupError,
+        fetch_distribution,
+        start_node,
+        stop_node,
+    )
+    from llmops_dagster.services.local import local_node
+
+    # Under LLMOPS_HOME, not pytest's tmp dir: when we run as root the node runs as a system
+    # user, which cannot enter root's private (0700) pytest temp folders.
+    node_dir = base.llmops_home / "elasticsearch" / f"test-node-{TEST_ES_PORT}"
+    shutil.rmtree(node_dir / "data", ignore_errors=True)
+    node = local_node(base, node_dir=node_dir, port=TEST_ES_PORT)
+    try:
+        fetch_distribution(base.es_dist_dir, base.es_version)
+        start_node(node)
+    except ElasticsearchSetupError as exc:
+        pytest.fail(f"could not start the test Elasticsearch node: {exc}", pytrace=False)
+    settings = base.model_copy(update={"elasticsearch_url": node.url})
+    try:
+        yield settings
+    finally:
+        stop_node(node)
+
+
+@pytest.fixture(scope="session")
+def es_client(es_settings: Settings):
+    from llmops_dagster.search.client import make_client
+
+    client = make_client(es_settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tmp_settings(tmp_path: Path) -> Settings:
+    """Settings whose stores (DuckDB, MLflow, dlt state, caches) all live in a temp folder."""
+    home = tmp_path / "llmops-home"
+    home.mkdir()
+    return get_settings().model_copy(
+        update={
+            "llmops_home": home,
+            "duckdb_path": home / "warehouse.duckdb",
+            "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    path = get_settings().sample_data_dir
+    assert path.is_dir(), f"sample corpus missing at {path}"
+    return path

@@ -1,0 +1,105 @@
+"""Upsert semantics of llmops.documents in an in-memory DuckDB: the delta drives the chunker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+
+from llmops_dagster.documents.normalize import NormalizedBatch, normalize_file_rows
+from llmops_dagster.documents.store import (
+    get_watermarks,
+    read_documents,
+    read_rejected,
+    sync_documents,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def rows(files: dict[str, bytes]) -> NormalizedBatch:
+    return normalize_file_rows(
+        [
+            {
+                "relative_path": path,
+                "file_url": f"file:///r/{path}",
+                "modification_date": datetime(2026, 1, 1, tzinfo=UTC),
+                "too_large": False,
+                "content": data,
+            }
+            for path, data in files.items()
+        ]
+    )
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:")
+
+
+def test_new_then_unchanged_then_changed(con: duckdb.DuckDBPyConnection) -> None:
+    first = sync_documents(con, rows({"a.md": b"A", "b.md": b"B"}))
+    assert (first.new, first.changed, first.unchanged, first.deleted) == (
+        ["fs:a.md", "fs:b.md"],
+        [],
+        [],
+        [],
+    )
+    again = sync_documents(con, rows({"a.md": b"A", "b.md": b"B"}))
+    assert (again.new, again.changed, again.unchanged) == ([], [], ["fs:a.md", "fs:b.md"])
+    assert again.to_chunk == []
+    edit = sync_documents(con, rows({"a.md": b"A2"}))
+    assert (edit.new, edit.changed, edit.unchanged, edit.to_chunk) == (
+        [],
+        ["fs:a.md"],
+        [],
+        ["fs:a.md"],
+    )
+    assert edit.total_documents == 2
+    table = read_documents(con, ["fs:a.md"])
+    assert table.column("text").to_pylist() == ["A2"]
+    assert con.execute("SELECT count(*) FROM llmops.documents").fetchone() == (2,)
+
+
+def test_file_that_turns_bad_is_deleted_and_rejected_then_recovers(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    sync_documents(con, rows({"a.md": b"fine"}))
+    broken = sync_documents(con, rows({"a.md": b"\x00\x01binary now"}))
+    assert broken.deleted == ["fs:a.md"]
+    assert broken.rejected_by_reason == {"binary": 1}
+    assert read_documents(con).num_rows == 0
+    assert read_rejected(con).column("reason").to_pylist() == ["binary"]
+    fixed = sync_documents(con, rows({"a.md": b"fine again"}))
+    assert fixed.new == ["fs:a.md"]
+    assert read_rejected(con).num_rows == 0
+
+
+def test_records_dropped_from_a_reread_export_are_deleted(con: duckdb.DuckDBPyConnection) -> None:
+    two = json.dumps([{"id": 1, "body": "x"}, {"id": 2, "body": "y"}]).encode()
+    sync_documents(con, rows({"e.json": two}))
+    one = json.dumps([{"id": 1, "body": "x"}]).encode()
+    delta = sync_documents(con, rows({"e.json": one}))
+    assert (delta.unchanged, delta.deleted) == (["fs:e.json#1"], ["fs:e.json#2"])
+
+
+def test_vanished_files_are_deleted_with_their_rejections(con: duckdb.DuckDBPyConnection) -> None:
+    records = json.dumps([{"id": 1, "body": "x"}]).encode()
+    sync_documents(con, rows({"a.md": b"A", "b.md": b"B", "r.json": records, "bad.txt": b""}))
+    assert read_rejected(con).num_rows == 1
+    delta = sync_documents(
+        con, NormalizedBatch(), current_files={"fs": {"a.md"}}, watermarks={"raw.fs_files": "9"}
+    )
+    assert delta.deleted == ["fs:b.md", "fs:r.json#1"]
+    assert delta.total_documents == 1
+    assert read_rejected(con).num_rows == 0
+    assert get_watermarks(con) == {"raw.fs_files": "9"}
+
+
+def test_other_sources_are_untouched_by_file_deletions(con: duckdb.DuckDBPyConnection) -> None:
+    sync_documents(con, rows({"a.md": b"A"}))
+    delta = sync_documents(con, NormalizedBatch(), current_files={"other": set()})
+    assert delta.deleted == []
+    assert delta.summary()["total_documents"] == 1

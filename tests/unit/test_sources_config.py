@@ -1,0 +1,111 @@
+"""sources.yaml and the REST API YAML: shapes, relative paths, secrets only from env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops_dagster.config import Settings
+from llmops_dagster.sources.filesystem import list_current_files
+from llmops_dagster.sources.pipeline import make_destination
+from llmops_dagster.sources.rest_api import load_rest_api_config, parse_rest_api_config
+from llmops_dagster.sources.source_config import (
+    DEFAULT_MAX_BYTES,
+    DestinationConfig,
+    load_sources_config,
+)
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).parents[2] / "llmops_dagster" / "sources" / "rest_api.example.yaml"
+
+
+def test_sources_yaml_resolves_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "sources.yaml").write_text(
+        "filesystem: {root: docs, globs: ['**/*.md']}\n"
+        "rest_api: {config_path: api.yaml}\n"
+        "sql:\n  url: sqlite:///x.db\n  tables: [articles, {name: faq, primary_key: faq_id}]\n"
+    )
+    config = load_sources_config(tmp_path / "sources.yaml")
+    assert config.filesystem is not None and config.filesystem.root == tmp_path / "docs"
+    assert config.filesystem.max_bytes == DEFAULT_MAX_BYTES
+    assert config.rest_api is not None and config.rest_api.config_path == tmp_path / "api.yaml"
+    assert config.sql is not None
+    articles, faq = config.sql.tables
+    assert (articles.name, articles.primary_key, articles.cursor) == (
+        "articles",
+        "id",
+        "updated_at",
+    )
+    assert faq.records is not None and faq.records.id_field == "faq_id"
+    assert config.destination.name == "duckdb"
+
+
+def test_sql_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmops_dagster.sources.source_config import SqlSourceConfig
+
+    config = SqlSourceConfig.model_validate({"url_env": "SRC_DB_URL", "tables": ["t"]})
+    monkeypatch.delenv("SRC_DB_URL", raising=False)
+    with pytest.raises(ValueError, match="SRC_DB_URL"):
+        config.resolved_url()
+    monkeypatch.setenv("SRC_DB_URL", "sqlite:///y.db")
+    assert config.resolved_url() == "sqlite:///y.db"
+
+
+def test_example_rest_yaml_reads_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_API_TOKEN", "s3cret")
+    settings = load_rest_api_config(EXAMPLE)
+    assert settings.dlt_config["client"]["auth"] == {"type": "bearer", "token": "s3cret"}
+    (resource,) = settings.dlt_config["resources"]
+    assert resource["table_name"] == "api_articles"
+    assert "records" not in resource
+    assert settings.mappings["api_articles"].text_fields == ["title", "body"]
+
+
+def test_missing_token_env_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KB_API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="KB_API_TOKEN"):
+        load_rest_api_config(EXAMPLE)
+    # The documents step reads mappings only and must not need the secret.
+    assert load_rest_api_config(EXAMPLE, resolve_secrets=False).mappings
+
+
+def test_literal_secret_in_yaml_is_refused() -> None:
+    raw = {
+        "client": {"base_url": "http://x", "auth": {"type": "bearer", "token": "oops"}},
+        "resources": ["a"],
+    }
+    with pytest.raises(ValueError, match="token_env"):
+        parse_rest_api_config(raw)
+
+
+def test_string_resources_get_prefixed_tables() -> None:
+    settings = parse_rest_api_config({"client": {"base_url": "http://x"}, "resources": ["users"]})
+    assert settings.dlt_config["resources"] == [
+        {"name": "users", "endpoint": {"path": "users"}, "table_name": "api_users"}
+    ]
+
+
+def test_duckdb_dataset_named_like_the_file_is_refused(tmp_path: Path) -> None:
+    settings = Settings(llmops_home=tmp_path, duckdb_path=tmp_path / "raw.duckdb")
+    with pytest.raises(ValueError, match="equals the DuckDB file"):
+        make_destination(settings)
+
+
+def test_other_destination_credentials_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = DestinationConfig(name="postgres", credentials_env="WAREHOUSE_URL")
+    monkeypatch.delenv("WAREHOUSE_URL", raising=False)
+    with pytest.raises(ValueError, match="WAREHOUSE_URL"):
+        make_destination(Settings(), config)
+    monkeypatch.setenv("WAREHOUSE_URL", "postgresql://u:p@localhost:5432/db")
+    destination = make_destination(Settings(), config)
+    assert destination.destination_name == "postgres"
+    assert destination.config_params["credentials"] == "postgresql://u:p@localhost:5432/db"
+
+
+def test_list_current_files_matches_globs(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("a.md", "sub/b.txt", "sub/c.bin", "d.PDF"):
+        (tmp_path / name).write_bytes(b"x")
+    assert list_current_files(tmp_path, ["**/*.md", "**/*.txt"]) == {"a.md", "sub/b.txt"}
