@@ -1,24 +1,42 @@
 """Jobs, schedules and sensors of the code location."""
 
-from __future__ import annotations
+import os
 
 import dagster as dg
 
-# Everything from the sources to the embeddings: what a reindex needs to refresh.
-refresh_job = dg.define_asset_job(
-    name="refresh_corpus",
-    selection=dg.AssetSelection.groups("ingest", "prepare"),
-    description="Load new/changed source data, re-chunk and embed only what changed.",
+REINDEX_SELECTION = dg.AssetSelection.groups("ingest", "prepare", "index")
+
+# Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
+reindex_job = dg.define_asset_job(
+    name="reindex",
+    selection=REINDEX_SELECTION,
+    description="Load new/changed source data, re-chunk and embed only what changed, and "
+    "upsert/delete exactly those chunks in the live index.",
 )
 
-refresh_schedule = dg.ScheduleDefinition(
-    name="refresh_corpus_hourly",
-    job=refresh_job,
-    cron_schedule="0 * * * *",
+full_rebuild_job = dg.define_asset_job(
+    name="reindex_full_rebuild",
+    selection=REINDEX_SELECTION,
+    config={"ops": {"search_index": {"config": {"full_rebuild": True}}}},
+    description="Like reindex, but writes a new versioned index and swaps the alias atomically.",
+)
+
+reindex_schedule = dg.ScheduleDefinition(
+    name="reindex_incremental",
+    job=reindex_job,
+    cron_schedule=os.environ.get("LLMOPS_REINDEX_CRON", "0 * * * *"),
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Hourly incremental refresh; cheap when nothing changed (nothing is re-embedded).",
+    description="Incremental reindex; cheap when nothing changed (nothing is re-embedded).",
+)
+
+full_rebuild_schedule = dg.ScheduleDefinition(
+    name="reindex_weekly_full_rebuild",
+    job=full_rebuild_job,
+    cron_schedule=os.environ.get("LLMOPS_FULL_REBUILD_CRON", "0 3 * * 0"),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Periodic zero-downtime rebuild (compacts deletes, applies mapping changes).",
 )
 
 
 def build_jobs() -> tuple[list, list, list]:
-    return [refresh_job], [refresh_schedule], []
+    return [reindex_job, full_rebuild_job], [reindex_schedule, full_rebuild_schedule], []

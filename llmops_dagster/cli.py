@@ -116,6 +116,60 @@ def services_status_cmd(as_json: bool, dagster_port: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# index
+# --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def index() -> None:
+    """The Elasticsearch alias and its versioned indices."""
+
+
+def _checked_client():
+    from llmops_dagster.search.client import ElasticsearchUnavailable, check_cluster, make_client
+
+    settings = get_settings()
+    client = make_client(settings)
+    try:
+        check_cluster(client, settings)
+    except ElasticsearchUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    return settings, client
+
+
+@index.command("status")
+def index_status() -> None:
+    """The alias, the index it points to, and the versions kept for rollback."""
+    from llmops_dagster.search.aliases import current_index, list_versions
+
+    settings, client = _checked_client()
+    alias = settings.es_index_alias
+    live = current_index(client, alias)
+    table = Table("index", "docs", "live")
+    for name in list_versions(client, alias):
+        count = client.count(index=name)["count"]
+        table.add_row(name, str(count), "[green]←[/green]" if name == live else "")
+    Console().print(table)
+    if live is None:
+        click.echo(f"alias {alias} does not exist yet: materialize search_index")
+
+
+@index.command("rollback")
+def index_rollback() -> None:
+    """Point the alias back at the previous kept index (atomic alias swap)."""
+    from llmops_dagster.search.aliases import RollbackError, current_index, rollback
+
+    settings, client = _checked_client()
+    alias = settings.es_index_alias
+    live = current_index(client, alias)
+    try:
+        target = rollback(client, alias)
+    except RollbackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{alias}: {live} → {target}")
+
+
+# --------------------------------------------------------------------------------------------
 # Dagster
 # --------------------------------------------------------------------------------------------
 

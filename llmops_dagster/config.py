@@ -117,6 +117,22 @@ class Settings(BaseSettings):
         default="llmops-chunks", validation_alias=AliasChoices("LLMOPS_ES_INDEX_ALIAS")
     )
 
+    es_keep_versions: int = Field(
+        default=2,
+        validation_alias=AliasChoices("LLMOPS_ES_KEEP_VERSIONS"),
+        description="Previous physical indices kept for rollback after a rebuild.",
+    )
+    es_shards: int = Field(default=1, validation_alias=AliasChoices("LLMOPS_ES_SHARDS"))
+    es_replicas: int = Field(
+        default=0,
+        validation_alias=AliasChoices("LLMOPS_ES_REPLICAS"),
+        description="0 on one node (replicas could never be assigned: health stays yellow).",
+    )
+    es_hnsw_m: int = Field(default=16, validation_alias=AliasChoices("LLMOPS_ES_HNSW_M"))
+    es_hnsw_ef_construction: int = Field(
+        default=100, validation_alias=AliasChoices("LLMOPS_ES_HNSW_EF_CONSTRUCTION")
+    )
+
     # --- MLflow --------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(
         default=None,

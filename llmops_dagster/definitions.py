@@ -29,11 +29,18 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
     from assets.embeddings import embeddings
+    from assets.index import search_index
     from assets.ingest import build_ingest_assets
 
     ingest = build_ingest_assets(settings, sources)
     ingest_keys = [key for assets_def in ingest for key in assets_def.keys]
-    return [*ingest, build_documents_asset(sources, ingest_keys), chunks, embeddings]
+    return [*ingest, build_documents_asset(sources, ingest_keys), chunks, embeddings, search_index]
+
+
+def build_asset_checks() -> list[dg.AssetChecksDefinition]:
+    from assets.index import INDEX_CHECKS
+
+    return [*INDEX_CHECKS]
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -74,6 +81,7 @@ def build_definitions(
     jobs, schedules, sensors = build_jobs()
     return dg.Definitions(
         assets=assets,
+        asset_checks=build_asset_checks(),
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,

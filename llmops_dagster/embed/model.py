@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +47,26 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+def canonical_model_id(model_ref: str) -> str:
+    """A portable id for a model: hub ids as they are, local folders by name + weights digest.
+
+    The id keys the embedding cache and is stored in the index ``_meta``; a machine path there
+    would make every checkout at another path re-embed everything, while the digest of the
+    weights keeps two different models in one folder name apart.
+    """
+    path = Path(model_ref)
+    if not path.is_dir():
+        return model_ref
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    digest = hashlib.sha256()
+    for file in weights:
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    name = path.parent.name if path.name in {"model", "models"} else path.name
+    return f"{name}@{digest.hexdigest()[:12]}"
+
+
 _CACHE: dict[tuple[str, str], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -68,7 +90,7 @@ def load_embedder(model_id: str, *, device: str | None = None) -> Embedder:
             else model.get_sentence_embedding_dimension()
         )
         embedder = Embedder(
-            model_id=model_id,
+            model_id=canonical_model_id(model_id),
             model=model,
             dims=int(dims),
             max_seq_length=int(model.max_seq_length),

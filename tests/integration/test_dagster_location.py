@@ -19,7 +19,7 @@ from llmops_dagster.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
-EXPECTED_ASSETS = {"fs/files", "documents", "chunks", "embeddings"}
+EXPECTED_ASSETS = {"fs/files", "documents", "chunks", "embeddings", "search_index"}
 
 
 def _free_port() -> int:
@@ -50,7 +50,8 @@ def test_code_location_has_the_graph() -> None:
 
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys >= EXPECTED_ASSETS
-    assert defs.resolve_job_def("refresh_corpus") is not None
+    assert defs.resolve_job_def("reindex") is not None
+    assert defs.resolve_job_def("reindex_full_rebuild") is not None
     graph = defs.resolve_asset_graph()
     assert graph.get(dg_key("chunks")).parent_keys == {dg_key("documents")}
     assert graph.get(dg_key("documents")).parent_keys == {dg_key("fs/files")}

@@ -1,0 +1,257 @@
+"""Reverse-ETL: the active chunks and their cached vectors → the Elasticsearch alias.
+
+Incremental mode diffs the live index against the warehouse (ids and content hashes read back
+from Elasticsearch), so a run after a crash, a lost bulk request or a manual edit converges to
+exact counts instead of trusting what an earlier run believed it had written. Rebuild mode
+writes a new versioned index and swaps the alias atomically (see ``aliases.rebuild``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import duckdb
+from elasticsearch import Elasticsearch
+from elasticsearch import exceptions as es_exceptions
+from elasticsearch.helpers import scan
+
+from llmops_dagster.chunks.store import CHUNKS_TABLE
+from llmops_dagster.embed.cache import CACHE_TABLE
+from llmops_dagster.search.aliases import current_index, rebuild
+from llmops_dagster.search.mapping import (
+    IndexSpec,
+    VectorIndexOptions,
+    build_index_body,
+    chunk_set_digest,
+    index_meta,
+)
+from llmops_dagster.search.writer import write_chunks
+
+Mode = Literal["incremental", "rebuild"]
+
+# Chunks joined with their document's fields and their vector for the current model.
+_CHUNK_DOCS_SQL = f"""
+SELECT c.chunk_id, c.doc_id, d.source, d.title, d.uri, c.position, c.section, c.text,
+       c.content_hash, ? AS model_id, d.updated_at, v.vector AS embedding
+FROM {CHUNKS_TABLE} c
+JOIN llmops.documents d USING (doc_id)
+LEFT JOIN {CACHE_TABLE} v ON v.content_hash = c.content_hash AND v.model_id = ?
+WHERE c.status = 'active'
+"""
+
+
+class IndexSyncError(RuntimeError):
+    """The index cannot be brought in line with the warehouse; the message says why."""
+
+
+@dataclass
+class IndexSyncReport:
+    mode: Mode
+    alias: str
+    index: str
+    previous_index: str | None
+    chunk_count: int
+    indexed: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    doc_count: int = 0
+    chunk_set_digest: str = ""
+    seconds: float = 0.0
+    reason: str = ""
+    kept_indices: list[str] = field(default_factory=list)
+    deleted_indices: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "alias": self.alias,
+            "index": self.index,
+            "previous_index": self.previous_index or "",
+            "chunk_count": self.chunk_count,
+            "indexed": self.indexed,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "doc_count": self.doc_count,
+            "chunk_set_digest": self.chunk_set_digest,
+            "seconds": round(self.seconds, 3),
+            "reason": self.reason,
+            "kept_indices": ", ".join(self.kept_indices),
+            "deleted_indices": ", ".join(self.deleted_indices),
+        }
+
+
+def active_chunk_ids(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """chunk_id → content_hash of every active chunk."""
+    return dict(
+        con.execute(
+            f"SELECT chunk_id, content_hash FROM {CHUNKS_TABLE} WHERE status = 'active'"
+        ).fetchall()
+    )
+
+
+def _missing_vectors(con: duckdb.DuckDBPyConnection, model_id: str) -> int:
+    (missing,) = con.execute(
+        f"SELECT count(*) FROM {CHUNKS_TABLE} c LEFT JOIN {CACHE_TABLE} v "
+        "ON v.content_hash = c.content_hash AND v.model_id = ? "
+        "WHERE c.status = 'active' AND v.vector IS NULL",
+        [model_id],
+    ).fetchone()
+    return int(missing)
+
+
+def iter_chunk_documents(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    *,
+    only_ids: set[str] | None = None,
+    batch_rows: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Elasticsearch documents (CONTRACTS.md) streamed from DuckDB in Arrow batches."""
+    reader = con.sql(_CHUNK_DOCS_SQL, params=[model_id, model_id]).to_arrow_reader(batch_rows)
+    for batch in reader:
+        for row in batch.to_pylist():
+            if only_ids is not None and row["chunk_id"] not in only_ids:
+                continue
+            row["section"] = row["section"] or ""
+            yield row
+
+
+def live_chunk_hashes(client: Elasticsearch, alias: str) -> dict[str, str]:
+    """chunk_id → content_hash of what the live index holds now (ids and one keyword only)."""
+    hits = scan(
+        client,
+        index=alias,
+        query={"query": {"match_all": {}}, "_source": ["content_hash"]},
+        size=2000,
+    )
+    return {hit["_id"]: hit["_source"].get("content_hash", "") for hit in hits}
+
+
+def _index_spec(
+    model_id: str, dims: int, *, shards: int, replicas: int, hnsw_m: int, ef_construction: int
+) -> IndexSpec:
+    return IndexSpec(
+        dims=dims,
+        model_id=model_id,
+        shards=shards,
+        replicas=replicas,
+        vector_options=VectorIndexOptions(m=hnsw_m, ef_construction=ef_construction),
+    )
+
+
+def sync_index(
+    client: Elasticsearch,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    alias: str,
+    model_id: str,
+    dims: int,
+    mode: Mode = "incremental",
+    keep: int = 2,
+    shards: int = 1,
+    replicas: int = 0,
+    hnsw_m: int = 16,
+    ef_construction: int = 100,
+    bulk_chunk_size: int = 500,
+    log: Callable[[str], None] = lambda _m: None,
+) -> IndexSyncReport:
+    """Bring the alias in line with the warehouse's active chunks.
+
+    Incremental mode upserts chunks the live index lacks and deletes chunks it should no longer
+    hold. It switches to a rebuild when there is no alias yet, or when the live index was built
+    for another embedding model or dimension (mixing vector spaces would silently corrupt kNN).
+    """
+    started = time.perf_counter()
+    missing = _missing_vectors(con, model_id)
+    if missing:
+        raise IndexSyncError(
+            f"{missing} active chunks have no vector for model {model_id!r}: "
+            "materialize the embeddings asset first"
+        )
+    wanted = active_chunk_ids(con)
+    previous = current_index(client, alias)
+    reason = "requested"
+    if mode == "incremental":
+        if previous is None:
+            mode, reason = "rebuild", f"alias {alias} does not exist yet"
+        else:
+            meta = index_meta(client, previous)
+            if meta.get("model_id") != model_id or int(meta.get("dims", -1)) != dims:
+                mode = "rebuild"
+                reason = (
+                    f"live index {previous} holds {meta.get('model_id')} "
+                    f"({meta.get('dims')} dims), not {model_id} ({dims} dims)"
+                )
+    digest = chunk_set_digest(wanted)
+    if mode == "rebuild":
+        log(f"rebuilding {alias} ({len(wanted)} chunks): {reason}")
+        spec = _index_spec(
+            model_id, dims, shards=shards, replicas=replicas, hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+        )  # fmt: skip
+        body = build_index_body(spec, client=client)
+        smoke = next(iter_chunk_documents(con, model_id), None)
+        result = rebuild(
+            client,
+            alias,
+            iter_chunk_documents(con, model_id),
+            expected_count=len(wanted),
+            index_body=body,
+            smoke_query_vector=smoke["embedding"] if smoke else None,
+            smoke_query_text=smoke["text"][:200] if smoke else None,
+            keep=keep,
+            digest=digest,
+            bulk_options={"chunk_size": bulk_chunk_size},
+        )
+        return IndexSyncReport(
+            mode="rebuild",
+            alias=alias,
+            index=result.index,
+            previous_index=result.previous_index,
+            chunk_count=len(wanted),
+            indexed=result.bulk.indexed,
+            doc_count=client.count(index=alias)["count"],
+            chunk_set_digest=result.chunk_set_digest,
+            seconds=time.perf_counter() - started,
+            reason=reason,
+            kept_indices=result.kept_indices,
+            deleted_indices=result.deleted_indices,
+        )
+
+    assert previous is not None
+    live = live_chunk_hashes(client, alias)
+    upsert = {cid for cid, h in wanted.items() if live.get(cid) != h}
+    delete = sorted(set(live) - set(wanted))
+    log(f"incremental sync of {alias}: {len(upsert)} to upsert, {len(delete)} to delete")
+    bulk = write_chunks(
+        client,
+        alias,
+        iter_chunk_documents(con, model_id, only_ids=upsert) if upsert else (),
+        delete,
+        chunk_size=bulk_chunk_size,
+        require_alias=True,
+        refresh=True,
+    )
+    try:
+        meta = index_meta(client, previous)
+        meta.update({"chunk_set_digest": digest, "chunk_count": len(wanted)})
+        client.indices.put_mapping(index=previous, meta=meta)
+    except es_exceptions.ApiError as exc:  # the data is right; the label can be fixed next run
+        log(f"could not update _meta of {previous}: {exc}")
+    return IndexSyncReport(
+        mode="incremental",
+        alias=alias,
+        index=previous,
+        previous_index=previous,
+        chunk_count=len(wanted),
+        indexed=bulk.indexed,
+        deleted=bulk.deleted,
+        unchanged=len(wanted) - len(upsert),
+        doc_count=client.count(index=alias)["count"],
+        chunk_set_digest=digest,
+        seconds=time.perf_counter() - started,
+        reason=reason,
+    )

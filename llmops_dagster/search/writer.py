@@ -1,0 +1,220 @@
+"""Bulk writes of chunk documents: upserts by ``chunk_id`` and deletes of removed chunks.
+
+Why not ``helpers.bulk`` with its defaults: it raises ``BulkIndexError("N document(s) failed")``
+at the first bad chunk of 500, hiding which documents failed and why, and stops loading the rest.
+Here every action is sent (transient 429/5xx and timeouts are retried with backoff), failures are
+collected per document, and only then does :func:`write_chunks` raise an :class:`IndexingError`
+whose message names the first failing chunk ids with the error type and reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch
+from elasticsearch.helpers import streaming_bulk
+
+log = logging.getLogger(__name__)
+
+#: Statuses worth retrying: back-pressure (429) and a node or proxy briefly unavailable.
+RETRY_ON_STATUS: tuple[int, ...] = (429, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class BulkFailure:
+    """One action Elasticsearch refused, with the cause it gave."""
+
+    chunk_id: str
+    op: str
+    status: int
+    error_type: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.chunk_id}: {self.status} {self.error_type}: {self.reason}"
+
+
+@dataclass
+class BulkReport:
+    """Outcome of one bulk write; goes into Dagster metadata as is (``as_metadata``)."""
+
+    index: str
+    indexed: int = 0
+    deleted: int = 0
+    #: Deletes of ids that were not in the index: fine (already gone), counted for visibility.
+    delete_not_found: int = 0
+    failed: int = 0
+    failures: list[BulkFailure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def summary(self, max_causes: int = 5) -> str:
+        text = (
+            f"{self.index}: {self.indexed} indexed, {self.deleted} deleted "
+            f"({self.delete_not_found} already absent), {self.failed} failed"
+        )
+        if self.failures:
+            shown = self.failures[:max_causes]
+            causes = "; ".join(str(f) for f in shown)
+            more = self.failed - len(shown)
+            text += f". First causes: {causes}" + (f" (+{more} more)" if more > 0 else "")
+        return text
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "indexed": self.indexed,
+            "deleted": self.deleted,
+            "delete_not_found": self.delete_not_found,
+            "failed": self.failed,
+            "first_failures": [str(f) for f in self.failures],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class IndexingError(RuntimeError):
+    """Some actions failed; raised after every other action was sent. Carries the report."""
+
+    def __init__(self, report: BulkReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+def to_es_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A chunk dict (CONTRACTS "Elasticsearch document") as a JSON-ready ``_source``.
+
+    The vector becomes a plain list of floats: numpy arrays are not JSON, and float32 values
+    serialise with ~17 spurious digits otherwise (7 decimals keep float32 precision for unit
+    vectors and halve the bulk payload).
+    """
+    if not doc.get("chunk_id"):
+        raise ValueError(f"chunk document without chunk_id: keys {sorted(doc)}")
+    source = dict(doc)
+    embedding = source.get("embedding")
+    if isinstance(embedding, np.ndarray):
+        source["embedding"] = [float(x) for x in embedding.astype(np.float64).round(7)]
+    elif embedding is not None:
+        source["embedding"] = [float(x) for x in embedding]
+    updated_at = source.get("updated_at")
+    if updated_at is not None and hasattr(updated_at, "isoformat"):
+        source["updated_at"] = updated_at.isoformat()
+    return source
+
+
+def bulk_actions(
+    index: str, docs: Iterable[Mapping[str, Any]], delete_ids: Iterable[str] = ()
+) -> Iterator[dict[str, Any]]:
+    """``index`` ops (``_id`` = chunk_id, full replace = upsert) then ``delete`` ops.
+
+    Upserts go first and deletes last, so a changed document's new chunks are searchable before
+    its old ones disappear (no window in which it has no chunks at all). Deletes are idempotent.
+    """
+    for doc in docs:
+        source = to_es_document(doc)
+        yield {"_op_type": "index", "_index": index, "_id": source["chunk_id"], "_source": source}
+    for chunk_id in delete_ids:
+        yield {"_op_type": "delete", "_index": index, "_id": chunk_id}
+
+
+def write_chunks(
+    client: Elasticsearch,
+    index: str,
+    docs: Iterable[Mapping[str, Any]] = (),
+    delete_ids: Iterable[str] = (),
+    *,
+    chunk_size: int = 500,
+    max_chunk_bytes: int = 50 * 1024 * 1024,
+    max_retries: int = 5,
+    initial_backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    request_timeout: float = 120.0,
+    max_failures_kept: int = 10,
+    require_alias: bool = False,
+    refresh: bool = False,
+    raise_on_failure: bool = True,
+) -> BulkReport:
+    """Upsert ``docs`` and delete ``delete_ids`` in ``index`` (an index or a write alias).
+
+    Incremental mode is this call against the live alias with ``require_alias=True``, so that a
+    missing alias fails instead of auto-creating a concrete index named like the alias.
+    Transient failures (429/502/503/504 per item or per request) are retried up to
+    ``max_retries`` times with exponential backoff from ``initial_backoff``; request timeouts
+    are retried by the transport (``retry_on_timeout``). An exception raised by the ``docs``
+    iterator propagates as is (the caller decides what a half-written load means).
+
+    Raises :class:`IndexingError` (after sending everything) when any action failed and
+    ``raise_on_failure``; the report is on the exception.
+    """
+    report = BulkReport(index=index)
+    started = time.perf_counter()
+    bulk_client = client.options(
+        request_timeout=request_timeout, retry_on_timeout=True, max_retries=max_retries
+    )
+    kwargs: dict[str, Any] = {"require_alias": True} if require_alias else {}
+    if refresh:
+        kwargs["refresh"] = "wait_for"
+    results = streaming_bulk(
+        bulk_client,
+        bulk_actions(index, docs, delete_ids),
+        chunk_size=chunk_size,
+        max_chunk_bytes=max_chunk_bytes,
+        raise_on_error=False,
+        raise_on_exception=True,
+        max_retries=max_retries,
+        initial_backoff=initial_backoff,
+        max_backoff=max_backoff,
+        retry_on_status=RETRY_ON_STATUS,
+        **kwargs,
+    )
+    for ok, item in results:
+        op, info = next(iter(item.items()))
+        status = int(info.get("status", 500))
+        if ok:
+            if op == "delete":
+                report.deleted += 1
+            else:
+                report.indexed += 1
+            continue
+        if op == "delete" and status == 404:
+            report.delete_not_found += 1
+            continue
+        report.failed += 1
+        if len(report.failures) < max_failures_kept:
+            report.failures.append(_failure_from_item(op, info))
+    report.seconds = time.perf_counter() - started
+    if report.failed:
+        log.warning("bulk write had failures: %s", report.summary())
+        if raise_on_failure:
+            raise IndexingError(report)
+    return report
+
+
+def _failure_from_item(op: str, info: Mapping[str, Any]) -> BulkFailure:
+    error = info.get("error")
+    if isinstance(error, Mapping):
+        error_type = str(error.get("type", "unknown"))
+        reason = str(error.get("reason", ""))
+        caused_by = error.get("caused_by")
+        if isinstance(caused_by, Mapping) and caused_by.get("reason"):
+            reason += f" (caused by {caused_by.get('type')}: {caused_by.get('reason')})"
+    else:  # a whole-request error the helper spread over the chunk's items
+        exc = info.get("exception")
+        error_type = type(exc).__name__ if exc is not None else "error"
+        reason = str(error or "")
+    if op == "delete" and info.get("result") == "not_found":
+        error_type = "not_found"
+    return BulkFailure(
+        chunk_id=str(info.get("_id", "?")),
+        op=op,
+        status=int(info.get("status", 500)),
+        error_type=error_type,
+        reason=reason[:500],
+    )

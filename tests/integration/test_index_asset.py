@@ -1,0 +1,113 @@
+"""The search index asset against the real node: incremental sync, rebuild + swap, checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from elasticsearch import Elasticsearch
+
+from llmops_dagster.config import Settings
+from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+from llmops_dagster.search.aliases import alias_indices, list_versions, rollback
+from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+
+pytestmark = pytest.mark.integration
+
+REBUILD = {"ops": {"search_index": {"config": {"full_rebuild": True}}}}
+
+
+def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_path: Path):
+    alias = f"test-{uuid.uuid4().hex[:8]}"
+    settings = tmp_settings.model_copy(
+        update={"elasticsearch_url": es_settings.elasticsearch_url, "es_index_alias": alias}
+    )
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_dir, corpus)
+    sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
+    yield settings, sources, corpus
+    client = Elasticsearch(es_settings.effective_es_url)
+    client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
+def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = None):
+    result = dg.materialize(
+        [*build_assets(settings, sources), *build_asset_checks()],
+        resources=build_resources(settings),
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=run_config or {},
+    )
+    assert result.success
+    return result
+
+
+def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch) -> None:
+    settings, sources, corpus = setup
+    alias = settings.es_index_alias
+
+    first = _run(settings, sources)
+    index1 = _meta(first, "search_index")
+    n_chunks = _meta(first, "chunks")["active_chunks"]
+    assert index1["mode"] == "rebuild"  # no alias yet → first build
+    assert index1["doc_count"] == index1["chunk_count"] == n_chunks
+    assert _checks(first) == {
+        "index_count_matches_chunks": True,
+        "alias_points_to_healthy_index": True,
+        "vector_dims_match_model": True,
+    }
+    live1 = alias_indices(es_client, alias)
+    assert live1 == [index1["index"]]
+
+    # Unchanged: incremental, nothing written.
+    second = _meta(_run(settings, sources), "search_index")
+    assert (second["mode"], second["indexed"], second["deleted"]) == ("incremental", 0, 0)
+    assert second["unchanged"] == n_chunks
+
+    # One changed file and one deleted file: exactly their chunks move.
+    target = corpus / "runbooks" / "lost-link.txt"
+    target.write_text(target.read_text() + "\n\nAfter recovery, file an incident in Roost.\n")
+    later = time.time() + 5
+    os.utime(target, (later, later))
+    (corpus / "policies" / "travel.html").unlink()
+    third = _run(settings, sources)
+    chunks3 = _meta(third, "chunks")
+    index3 = _meta(third, "search_index")
+    assert index3["mode"] == "incremental"
+    assert index3["indexed"] == chunks3["chunks_added"] >= 1
+    assert index3["deleted"] == chunks3["chunks_removed"] >= 1
+    assert index3["doc_count"] == chunks3["active_chunks"]
+    assert all(_checks(third).values())
+    hits = es_client.search(index=alias, query={"term": {"doc_id": "fs:policies/travel.html"}})
+    assert hits["hits"]["total"]["value"] == 0
+
+    # Full rebuild: a new physical index, alias swapped, the old one kept for rollback.
+    fourth = _run(settings, sources, REBUILD)
+    index4 = _meta(fourth, "search_index")
+    assert index4["mode"] == "rebuild"
+    assert index4["previous_index"] == index1["index"]
+    assert alias_indices(es_client, alias) == [index4["index"]]
+    assert list_versions(es_client, alias) == sorted([index1["index"], index4["index"]])
+    assert es_client.count(index=alias)["count"] == chunks3["active_chunks"]
+    assert all(_checks(fourth).values())
+
+    assert rollback(es_client, alias) == index1["index"]
+    assert alias_indices(es_client, alias) == [index1["index"]]
