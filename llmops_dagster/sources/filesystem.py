@@ -1,9 +1,9 @@
 """A dlt source over a folder: lists files by glob, reads their bytes, loads ``fs_files``.
 
-dlt's ``filesystem`` resource lists files; an ``incremental`` cursor on ``modification_date``
-passes on only files changed since the last run, so unchanged files are neither re-read nor
-re-loaded. Rows merge on the relative path, so a changed file replaces its row. Files larger
-than ``max_bytes`` are listed but not read: the row carries ``too_large=True`` and no content,
+dlt's ``filesystem`` resource lists files; the transformer keeps each file's modification date
+and size in dlt's resource state and passes on only files that are new or changed since the last
+run, so unchanged files are neither re-read nor re-loaded. Rows merge on the relative path, so
+a changed file replaces its row. Files larger than ``max_bytes`` are listed but not read: the row carries ``too_large=True`` and no content,
 so the documents step can reject it with a reason instead of the loader running out of memory.
 
 Deleted files never show up in an incremental listing; ``list_current_files`` gives the
@@ -74,15 +74,11 @@ def filesystem_source(
         raise ValueError(f"filesystem source: root {root_path} is not a folder (filesystem.root)")
     patterns = list(globs)
 
-    # One recursive listing filtered by our globs: one resource, one incremental cursor
-    # (several filesystem resources would each keep their own state and table).
+    # One recursive listing filtered by our globs: one resource, one state, one table.
     listing = filesystem(bucket_url=root_path.as_uri(), file_glob="**/*")
     listing.add_filter(lambda item: _matches(item["relative_path"], patterns))
-    listing.apply_hints(
-        incremental=dlt.sources.incremental(
-            "modification_date", initial_value=initial_modification_date
-        )
-    )
+    if initial_modification_date is not None:
+        listing.add_filter(lambda item: item["modification_date"] >= initial_modification_date)
 
     @dlt.transformer(
         name=FS_TABLE,
@@ -95,8 +91,17 @@ def filesystem_source(
         },
     )
     def read_files(items: Iterable[FileItemDict]) -> Iterator[dict[str, Any]]:
+        # Per-file state (path -> mtime|size) rather than one max-mtime cursor: a cursor misses
+        # files copied in with an *older* mtime (cp -p, rsync -a, tar -x), which would be lost.
+        # The state is committed with the load, so a failed load re-reads the same files.
+        seen: dict[str, str] = dlt.current.resource_state().setdefault("files", {})
         for item in items:
-            yield file_row(item, max_bytes)
+            stamp = f"{item['modification_date'].isoformat()}|{item.get('size_in_bytes')}"
+            if seen.get(item["relative_path"]) == stamp:
+                continue
+            row = file_row(item, max_bytes)
+            seen[item["relative_path"]] = stamp
+            yield row
 
     return listing | read_files
 

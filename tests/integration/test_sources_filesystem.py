@@ -79,3 +79,20 @@ def test_deleted_files_show_only_in_the_current_listing(tmp_path: Path) -> None:
     (root / "b.md").unlink()
     assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {}
     assert list_current_files(root) == {"a.md"}
+
+
+def test_a_file_copied_in_with_an_old_mtime_is_still_loaded(tmp_path: Path) -> None:
+    """cp -p / rsync -a / tar -x keep old mtimes: a max-mtime cursor would lose such files."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "recent.md").write_text("# Recent\n")
+    settings = Settings(llmops_home=tmp_path / "home")
+    pipeline = make_pipeline(settings, "fs_old_mtime_test")
+    assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {FS_TABLE: 1}
+
+    old = root / "archived.md"
+    old.write_text("# Archived long ago\n")
+    last_year = time.time() - 365 * 24 * 3600
+    os.utime(old, (last_year, last_year))
+    assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {FS_TABLE: 1}
+    assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {}
