@@ -5,13 +5,16 @@ import time
 
 import dagster as dg
 
+from assets._lineage import track
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.chunks.store import sync_chunks
 from llmops_dagster.documents.store import read_documents
 from llmops_dagster.embed.model import load_tokenizer
-from llmops_dagster.resources import LlmopsSettingsResource
+from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
 from llmops_dagster.text.chunking import chunk_document
+from llmops_dagster.tracking.digests import active_chunks_digest
+from llmops_dagster.tracking.lineage import DatasetRef
 from llmops_dagster.warehouse import connect
 
 
@@ -30,7 +33,10 @@ class ChunksConfig(dg.Config):
     pool=DUCKDB_POOL,
 )
 def chunks(
-    context: dg.AssetExecutionContext, config: ChunksConfig, llmops: LlmopsSettingsResource
+    context: dg.AssetExecutionContext,
+    config: ChunksConfig,
+    llmops: LlmopsSettingsResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Structure-aware chunks sized in the embedding model's tokens (`llmops.chunks`).
 
@@ -65,11 +71,36 @@ def chunks(
             "ORDER BY doc_id, position LIMIT 10",
             [report.chunked_doc_ids[:10]],
         ).fetchall()
+        digest = active_chunks_digest(con)
     if report.failed:
         context.log.warning(f"{len(report.failed)} documents failed to chunk: {report.failed}")
     columns = ["chunk_id", "doc_id", "position", "token_count", "section"]
+    lineage = track(
+        context,
+        mlflow,
+        params={
+            "chunk_size_tokens": size,
+            "overlap_tokens": overlap,
+            "tokenizer": settings.embedding_model,
+            "chunker_fingerprint": fingerprint,
+        },
+        metrics={
+            "docs_chunked": report.docs_chunked,
+            "chunks_added": report.chunks_added,
+            "chunks_removed": report.chunks_removed,
+            "active_chunks": report.active_chunks,
+        },
+        tags={"chunk_set.digest": digest},
+        datasets=[
+            DatasetRef(
+                name="chunks", digest=digest[:16], source=str(settings.effective_duckdb_path)
+            )
+        ],
+    )
     return dg.MaterializeResult(
         metadata={
+            **lineage,
+            "chunk_set_digest": digest,
             "docs_seen": report.docs_seen,
             "docs_chunked": report.docs_chunked,
             "docs_unchanged": report.docs_unchanged,

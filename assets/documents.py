@@ -4,13 +4,16 @@ import time
 
 import dagster as dg
 
+from assets._lineage import track
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.documents.build import build_documents
-from llmops_dagster.documents.store import read_documents, read_rejected
-from llmops_dagster.resources import LlmopsSettingsResource
+from llmops_dagster.documents.store import get_watermarks, read_documents, read_rejected
+from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
 from llmops_dagster.sources.source_config import SourcesConfig
 from llmops_dagster.text.pipeline import make_text_transform
+from llmops_dagster.tracking.digests import documents_digest
+from llmops_dagster.tracking.lineage import DatasetRef
 from llmops_dagster.warehouse import connect
 
 
@@ -36,7 +39,10 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
         ),
     )
     def documents(
-        context: dg.AssetExecutionContext, config: DocumentsConfig, llmops: LlmopsSettingsResource
+        context: dg.AssetExecutionContext,
+        config: DocumentsConfig,
+        llmops: LlmopsSettingsResource,
+        mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         settings = llmops.settings()
         redact = settings.redact_pii if config.redact_pii is None else config.redact_pii
@@ -53,11 +59,32 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
                 ["doc_id", "title", "format", "content_hash"]
             )
             rejected = read_rejected(con)
+            digest = documents_digest(con)
+            load_ids = get_watermarks(con)
+            listing = read_documents(con).select(["doc_id", "title", "format", "content_hash"])
         elapsed = time.perf_counter() - started
         summary = delta.summary()
         context.log.info(f"documents: {summary}")
+        lineage = track(
+            context,
+            mlflow,
+            params={"redact_pii": redact, "full_refresh": config.full_refresh},
+            metrics={k: float(v) for k, v in summary.items()},
+            tags={"documents.digest": digest, "dlt.load_ids": str(load_ids)},
+            datasets=[
+                DatasetRef(
+                    name="documents",
+                    digest=digest[:16],
+                    source=str(settings.effective_duckdb_path),
+                    rows=listing.to_pylist(),
+                )
+            ],
+        )
         return dg.MaterializeResult(
             metadata={
+                **lineage,
+                "documents_digest": digest,
+                "dlt_load_ids": dg.MetadataValue.json(load_ids),
                 **{k: dg.MetadataValue.int(v) for k, v in summary.items()},
                 "pii_redaction": redact,
                 "seconds": round(elapsed, 3),

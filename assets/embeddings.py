@@ -2,10 +2,11 @@
 
 import dagster as dg
 
+from assets._lineage import track
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.chunks.store import active_chunks
 from llmops_dagster.embed.cache import embed_missing
-from llmops_dagster.resources import LlmopsSettingsResource
+from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
 from llmops_dagster.warehouse import connect
 
 
@@ -17,7 +18,7 @@ from llmops_dagster.warehouse import connect
     pool=DUCKDB_POOL,
 )
 def embeddings(
-    context: dg.AssetExecutionContext, llmops: LlmopsSettingsResource
+    context: dg.AssetExecutionContext, llmops: LlmopsSettingsResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """Normalised sentence-transformers vectors in `llmops.embedding_cache`.
 
@@ -45,8 +46,24 @@ def embeddings(
     context.log.info(
         f"{stats.embedded} embedded, {stats.cached} from cache ({stats.texts_per_second:.1f}/s)"
     )
+    lineage = track(
+        context,
+        mlflow,
+        params={
+            "model_id": stats.model_id,
+            "dims": stats.dims,
+            "batch_size": settings.embed_batch_size,
+        },
+        metrics={
+            "embedded": stats.embedded,
+            "cached": stats.cached,
+            "texts_per_second": stats.texts_per_second,
+        },
+        tags={"embedding.model_id": stats.model_id},
+    )
     return dg.MaterializeResult(
         metadata={
+            **lineage,
             "model_id": stats.model_id,
             "dims": stats.dims,
             "active_chunks": len(items),

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
+from assets._lineage import track
 from assets.ingest import DUCKDB_POOL
-from llmops_dagster.resources import ElasticsearchResource, LlmopsSettingsResource
+from llmops_dagster.resources import ElasticsearchResource, LlmopsSettingsResource, MlflowResource
 from llmops_dagster.search.aliases import alias_indices
 from llmops_dagster.search.mapping import index_meta, mapped_vector_dims
 from llmops_dagster.search.sync import active_chunk_ids, sync_index
@@ -28,6 +29,7 @@ def search_index(
     config: SearchIndexConfig,
     llmops: LlmopsSettingsResource,
     elasticsearch: ElasticsearchResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """BM25 + int8-HNSW hybrid index behind an alias, one document per active chunk.
 
@@ -53,8 +55,31 @@ def search_index(
             ef_construction=settings.es_hnsw_ef_construction,
             log=context.log.info,
         )
+    lineage = track(
+        context,
+        mlflow,
+        params={
+            "mode": report.mode,
+            "alias": report.alias,
+            "index": report.index,
+            "model_id": embedder.model_id,
+            "dims": embedder.dims,
+        },
+        metrics={
+            "indexed": report.indexed,
+            "deleted": report.deleted,
+            "doc_count": report.doc_count,
+        },
+        tags={
+            "index.name": report.index,
+            "index.alias": report.alias,
+            "chunk_set.digest": report.chunk_set_digest,
+            "embedding.model_id": embedder.model_id,
+        },
+    )
     return dg.MaterializeResult(
         metadata={
+            **lineage,
             **report.as_metadata(),
             "elasticsearch_url": elasticsearch.settings().effective_es_url,
             "model_id": embedder.model_id,

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
         description="Defaults to SQLite under LLMOPS_HOME/mlflow.",
     )
+    mlflow_ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        validation_alias=AliasChoices("LLMOPS_MLFLOW_UI_URL"),
+        description="Where the MLflow UI answers; Dagster metadata links to runs there.",
+    )
     mlflow_experiment: str = Field(
         default="llmops-dagster", validation_alias=AliasChoices("LLMOPS_MLFLOW_EXPERIMENT")
     )

@@ -76,6 +76,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     }
     live1 = alias_indices(es_client, alias)
     assert live1 == [index1["index"]]
+    _assert_lineage_chain(settings, first)
 
     # Unchanged: incremental, nothing written.
     second = _meta(_run(settings, sources), "search_index")
@@ -111,3 +112,27 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
 
     assert rollback(es_client, alias) == index1["index"]
     assert alias_indices(es_client, alias) == [index1["index"]]
+
+
+def _assert_lineage_chain(settings: Settings, result: dg.ExecuteInProcessResult) -> None:
+    """Each materialization has an MLflow run whose upstream tag names the upstream's run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.effective_mlflow_uri)
+    runs = {a: _meta(result, a)["mlflow_run_id"] for a in ("documents", "chunks", "embeddings")}
+    runs["search_index"] = _meta(result, "search_index")["mlflow_run_id"]
+    chain = [("search_index", "embeddings"), ("embeddings", "chunks"), ("chunks", "documents")]
+    for asset, upstream in chain:
+        tags = client.get_run(runs[asset]).data.tags
+        assert tags[f"upstream.{upstream}"] == runs[upstream]
+        assert tags["dagster.run_id"] == result.run_id
+        assert tags["dagster.asset_key"] == asset
+        assert len(tags["code.version"]) >= 40
+    index_tags = client.get_run(runs["search_index"]).data.tags
+    chunk_tags = client.get_run(runs["chunks"]).data.tags
+    assert index_tags["chunk_set.digest"] == chunk_tags["chunk_set.digest"]
+    assert index_tags["index.name"] == _meta(result, "search_index")["index"]
+    documents_run = client.get_run(runs["documents"])
+    assert "fs_files" in documents_run.data.tags["dlt.load_ids"]
+    (dataset_input,) = documents_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "documents"

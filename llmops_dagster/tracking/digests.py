@@ -1,0 +1,31 @@
+"""Content digests of the warehouse tables, so lineage names exact data, not "latest"."""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+
+from llmops_dagster.chunks.store import CHUNKS_TABLE
+from llmops_dagster.search.mapping import chunk_set_digest
+
+
+def documents_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """sha256 over every (doc_id, content_hash), order-independent."""
+    digest = hashlib.sha256()
+    for doc_id, content_hash in con.execute(
+        "SELECT doc_id, content_hash FROM llmops.documents ORDER BY doc_id"
+    ).fetchall():
+        digest.update(f"{doc_id}\x1f{content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def active_chunks_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """The chunk-set digest the index records in its ``_meta`` (same function)."""
+    ids = [
+        r[0]
+        for r in con.execute(
+            f"SELECT chunk_id FROM {CHUNKS_TABLE} WHERE status = 'active'"
+        ).fetchall()
+    ]
+    return chunk_set_digest(ids)
