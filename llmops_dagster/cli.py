@@ -170,6 +170,96 @@ def index_rollback() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# RAG
+# --------------------------------------------------------------------------------------------
+
+
+def _champion_uri(settings) -> str | None:
+    """``models:/<name>@champion`` when the registry has a champion adapter, else None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from llmops_dagster.tracking.store import ensure_mlflow
+
+    store = ensure_mlflow(settings)
+    try:
+        MlflowClient(store.tracking_uri).get_model_version_by_alias(
+            settings.lora_model_name, "champion"
+        )
+    except MlflowException:
+        return None
+    return f"models:/{settings.lora_model_name}@champion"
+
+
+@main.command("ask")
+@click.argument("question")
+@click.option("--k", default=3, show_default=True, help="Chunks retrieved as context.")
+@click.option(
+    "--mode",
+    default="hybrid_rrf",
+    show_default=True,
+    type=click.Choice(["bm25", "knn", "hybrid_rrf", "hybrid_linear", "server_rrf"]),
+)
+@click.option(
+    "--model",
+    "model_ref",
+    default="champion",
+    show_default=True,
+    help="'champion' (the promoted adapter, else the base), 'base', or a models:/ URI.",
+)
+@click.option("--max-new-tokens", default=96, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def ask(
+    question: str, k: int, mode: str, model_ref: str, max_new_tokens: int, as_json: bool
+) -> None:
+    """Answer QUESTION from the index, citing chunk ids."""
+    from llmops_dagster.embed.model import load_embedder
+    from llmops_dagster.rag.answer import answer
+    from llmops_dagster.rag.llm import GeneratorError, load_generator
+    from llmops_dagster.rag.prompts import load_prompt
+    from llmops_dagster.search.retriever import HybridRetriever
+
+    settings, client = _checked_client()
+    adapter_uri = None
+    if model_ref == "champion":
+        adapter_uri = _champion_uri(settings)
+    elif model_ref != "base":
+        adapter_uri = model_ref
+    with console.status("loading models ..."):
+        try:
+            generator = load_generator(settings, adapter_uri=adapter_uri)
+        except GeneratorError as exc:
+            raise click.ClickException(str(exc)) from exc
+        retriever = HybridRetriever(
+            client, settings.es_index_alias, load_embedder(settings.embedding_model)
+        )
+    with console.status("retrieving and generating ..."):
+        result = answer(
+            question,
+            retriever=retriever,
+            generator=generator,
+            prompt=load_prompt(),
+            k=k,
+            mode=mode,
+            max_new_tokens=max_new_tokens,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    out = Console()
+    out.print(f"[bold]{result.text.strip()}[/bold]\n")
+    cites = ", ".join(result.cited_chunk_ids) or "none"
+    out.print(f"cited: {cites}{' (inferred)' if result.citations_inferred else ''}")
+    for hit in result.retrieved:
+        out.print(f"  [dim]{hit.chunk_id}[/dim] {hit.doc_id} ({hit.score:.3f})")
+    out.print(
+        f"model {result.model_id} · prompt {result.prompt_name}@{result.prompt_version} · "
+        f"retrieve {result.retrieve_ms:.0f} ms · generate {result.generate_ms:.0f} ms · "
+        f"tokens {result.prompt_tokens}+{result.completion_tokens}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Dagster
 # --------------------------------------------------------------------------------------------
 

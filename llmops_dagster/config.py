@@ -189,6 +189,21 @@ class Settings(BaseSettings):
         default="SmolLM2-135M-Instruct.Q4_1.gguf",
         validation_alias=AliasChoices("LLMOPS_GENERATOR_GGUF_FILE"),
     )
+    train_qa_path: Path = Field(
+        default=PROJECT_ROOT / "data" / "train" / "qa.jsonl",
+        validation_alias=AliasChoices("LLMOPS_TRAIN_QA"),
+        description="QA JSONL the LoRA dataset is built from (never the golden set).",
+    )
+    lora_model_name: str = Field(
+        default="llmops-generator-lora",
+        validation_alias=AliasChoices("LLMOPS_LORA_MODEL_NAME"),
+        description="Registered model name of the adapters in the MLflow registry.",
+    )
+    lora_max_steps: int = Field(
+        default=8,
+        validation_alias=AliasChoices("LLMOPS_LORA_MAX_STEPS"),
+        description="Optimizer steps; the default is a demo-sized run (about a minute on CPU).",
+    )
     torch_threads: int = Field(
         # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
         # contending with them made LoRA steps ~5x slower than one thread.

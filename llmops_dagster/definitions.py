@@ -31,10 +31,19 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
     from assets.embeddings import embeddings
     from assets.index import search_index
     from assets.ingest import build_ingest_assets
+    from assets.model import finetune_dataset, lora_adapter
 
     ingest = build_ingest_assets(settings, sources)
     ingest_keys = [key for assets_def in ingest for key in assets_def.keys]
-    return [*ingest, build_documents_asset(sources, ingest_keys), chunks, embeddings, search_index]
+    return [
+        *ingest,
+        build_documents_asset(sources, ingest_keys),
+        chunks,
+        embeddings,
+        search_index,
+        finetune_dataset,
+        lora_adapter,
+    ]
 
 
 def build_asset_checks() -> list[dg.AssetChecksDefinition]:

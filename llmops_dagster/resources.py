@@ -116,12 +116,16 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str | None = None
 
     def settings(self) -> Settings:
+        return self.apply_to(get_settings())
+
+    def apply_to(self, settings: Settings) -> Settings:
+        """``settings`` with this resource's tracking store (library calls take one Settings)."""
         update: dict[str, Any] = {}
         if self.tracking_uri:
             update["mlflow_tracking_uri"] = self.tracking_uri
         if self.experiment:
             update["mlflow_experiment"] = self.experiment
-        return get_settings().model_copy(update=update) if update else get_settings()
+        return settings.model_copy(update=update) if update else settings
 
     def store(self) -> MlflowStore:
         from llmops_dagster.tracking.store import ensure_mlflow

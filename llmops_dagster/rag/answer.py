@@ -1,0 +1,230 @@
+"""``answer(question)``: retrieve → fenced prompt → generate → cited answer with timings.
+
+Citations. The prompt asks for ``[chunk:ID]``; ``rag.prompts.parse_citations`` keeps only
+ids that were actually retrieved (a model cannot cite a chunk it never saw, and an injected
+chunk cannot make it cite a fake one). A 135M model often cites nothing, so when no valid
+citation is found the answer falls back to *inferred* citations: the retrieved chunks that
+share the most content words with the answer text (at least ``MIN_OVERLAP_TOKENS`` words, or
+all of a shorter answer's, and
+at least half the best chunk's overlap). Those are flagged ``citations_inferred=True`` so
+evaluation can score model-made and inferred citations apart;
+an answer that overlaps no chunk cites nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from llmops_dagster.rag.llm import Generator
+from llmops_dagster.rag.prompts import PromptTemplate, load_prompt, parse_citations
+
+DEFAULT_MODE = "hybrid_rrf"
+DEFAULT_K = 5
+DEFAULT_MAX_NEW_TOKENS = 128
+MIN_OVERLAP_TOKENS = 2
+
+_WORD_RE = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
+_STOPWORDS_TEXT = """
+a an and are as at be been but by can could did do does for from had has have how i if in into
+is it its may must no not of on or our over should so such than that the their them then there
+these they this to under up was we were what when where which who why will with would you your
+chunk
+"""
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+
+
+class HitLike(Protocol):
+    """A retrieved chunk (``search.retriever.Hit`` fits)."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    title: str
+    score: float
+
+
+class Retriever(Protocol):
+    """Anything that searches chunks (``search.retriever.HybridRetriever`` fits)."""
+
+    def search(
+        self, query: str, *, mode: str = DEFAULT_MODE, k: int = DEFAULT_K
+    ) -> Sequence[HitLike]: ...
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    chunk_id: str
+    doc_id: str
+    score: float
+    title: str = ""
+    text: str = ""
+
+
+@dataclass
+class Answer:
+    """An answer and everything needed to trace, score and cost it."""
+
+    answer_id: str
+    question: str
+    text: str
+    cited_chunk_ids: list[str]
+    #: True when the model cited nothing valid and the citations come from text overlap.
+    citations_inferred: bool
+    retrieved: list[RetrievedChunk]
+    prompt_name: str
+    prompt_version: str
+    model_id: str
+    mode: str
+    k: int
+    retrieve_ms: float
+    prompt_ms: float
+    generate_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def retrieved_ids(self) -> list[str]:
+        return [chunk.chunk_id for chunk in self.retrieved]
+
+    @property
+    def contexts(self) -> list[str]:
+        """The retrieved texts, in rank order (what faithfulness metrics judge against)."""
+        return [chunk.text for chunk in self.retrieved]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def content_tokens(text: str) -> list[str]:
+    """Lower-cased words without stop words: the unit of overlap and token-F1."""
+    return [w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
+
+
+def infer_citations(answer_text: str, hits: Sequence[HitLike]) -> list[str]:
+    """Retrieved chunks whose text shares the most content words with the answer."""
+    answer_words = set(content_tokens(answer_text))
+    if not answer_words:
+        return []
+    overlaps = [(len(answer_words & set(content_tokens(h.text))), h.chunk_id) for h in hits]
+    best = max((n for n, _ in overlaps), default=0)
+    # A one-word answer ("2019.") can only overlap by one word.
+    needed = min(MIN_OVERLAP_TOKENS, len(answer_words))
+    if best < needed:
+        return []
+    threshold = max(needed, (best + 1) // 2)
+    ranked = sorted(overlaps, key=lambda item: -item[0])  # stable: ties keep retrieval order
+    return [chunk_id for n, chunk_id in ranked if n >= threshold]
+
+
+def _citations(text: str, hits: Sequence[HitLike]) -> tuple[list[str], bool]:
+    cited = parse_citations(text, [h.chunk_id for h in hits])
+    if cited:
+        return cited, False
+    return infer_citations(text, hits), True
+
+
+def _retrieve(
+    retriever: Retriever, question: str, mode: str, k: int
+) -> tuple[list[HitLike], float]:
+    started = time.perf_counter()
+    hits = list(retriever.search(question, mode=mode, k=k))
+    return hits, (time.perf_counter() - started) * 1000
+
+
+def answer(
+    question: str,
+    *,
+    retriever: Retriever,
+    generator: Generator,
+    prompt: PromptTemplate | None = None,
+    k: int = DEFAULT_K,
+    mode: str = DEFAULT_MODE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+) -> Answer:
+    """Answer one question from the top ``k`` chunks ``retriever`` finds in ``mode``."""
+    return answer_many(
+        [question],
+        retriever=retriever,
+        generator=generator,
+        prompt=prompt,
+        k=k,
+        mode=mode,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+    )[0]
+
+
+def answer_many(
+    questions: Sequence[str],
+    *,
+    retriever: Retriever,
+    generator: Generator,
+    prompt: PromptTemplate | None = None,
+    k: int = DEFAULT_K,
+    mode: str = DEFAULT_MODE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+) -> list[Answer]:
+    """Answer many questions: retrieval one by one, generation in the generator's batches.
+
+    ``generate_ms`` of each answer is the wall time of the batched generate call (what each
+    caller waited); ``total_ms`` = its own retrieval + prompt time + that generate time.
+    """
+    if not questions:
+        return []
+    template = prompt or load_prompt()
+    retrieved: list[tuple[list[HitLike], float]] = []
+    prompts: list[list[dict[str, str]]] = []
+    prompt_ms: list[float] = []
+    for question in questions:
+        if not question or not question.strip():
+            raise ValueError("cannot answer an empty question")
+        retrieved.append(_retrieve(retriever, question, mode, k))
+        started = time.perf_counter()
+        prompts.append(template.messages(question, retrieved[-1][0]))
+        prompt_ms.append((time.perf_counter() - started) * 1000)
+    generations = generator.generate(
+        prompts, max_new_tokens=max_new_tokens, temperature=temperature
+    )
+    answers = []
+    for question, (hits, retrieve_ms), p_ms, gen in zip(
+        questions, retrieved, prompt_ms, generations, strict=True
+    ):
+        cited, inferred = _citations(gen.text, hits)
+        generate_ms = gen.seconds * 1000
+        answers.append(
+            Answer(
+                answer_id=str(uuid.uuid4()),
+                question=question,
+                text=gen.text,
+                cited_chunk_ids=cited,
+                citations_inferred=inferred,
+                retrieved=[
+                    RetrievedChunk(h.chunk_id, h.doc_id, float(h.score), h.title or "", h.text)
+                    for h in hits
+                ],
+                prompt_name=template.name,
+                prompt_version=template.version,
+                model_id=generator.model_id,
+                mode=str(mode),
+                k=k,
+                retrieve_ms=round(retrieve_ms, 3),
+                prompt_ms=round(p_ms, 3),
+                generate_ms=round(generate_ms, 3),
+                total_ms=round(retrieve_ms + p_ms + generate_ms, 3),
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+                finish_reason=gen.finish_reason,
+            )
+        )
+    return answers

@@ -1,0 +1,534 @@
+"""LoRA fine-tuning of the configured generator, logged and registered in MLflow.
+
+Why transformers ``Trainer`` and not TRL's ``SFTTrainer``: the one thing SFTTrainer would add
+here is completion-only loss, which is a ~20-line collator (:func:`tokenize_example` masks the
+prompt tokens with -100). TRL is another fast-moving dependency whose argument names change
+between minor releases; plain ``Trainer`` already gives CPU/GPU placement, bf16 on GPUs,
+gradient accumulation, evaluation and callbacks, and is what TRL builds on anyway.
+
+What a run records (so the evaluation gate and lineage can trust it):
+params (LoRA and optimisation settings, base model, dataset digest, index version); per-step
+``train_loss`` from a :class:`~transformers.TrainerCallback`; ``eval_loss_before`` and
+``eval_loss_after`` on the validation split; throughput; the dataset as an MLflow input and as
+a JSONL artifact; the adapter folder as artifacts under ``adapter/``; and a new version of the
+registered model whose source is that artifact folder (MLflow 3's ``register_model`` wants a
+logged model, so ``create_model_version(source=...)`` is used), tagged with the base model id,
+the architecture fingerprint, the dataset digest and the index version.
+
+It never touches the ``champion`` alias: promoting a version is the evaluation gate's job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmops_dagster.config import Settings
+from llmops_dagster.rag.llm import (
+    ADAPTER_METADATA_FILE,
+    TAG_BASE_FINGERPRINT,
+    TAG_BASE_MODEL_ID,
+    base_fingerprint,
+    load_base_model,
+)
+from llmops_dagster.train.dataset import SFTDataset, SFTExample
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTERED_MODEL = "llmops-generator-lora"
+TAG_DATASET_DIGEST = "llmops.dataset_digest"
+TAG_INDEX_VERSION = "llmops.index_version"
+TAG_PROMPT_VERSION = "llmops.prompt_version"
+TAG_KIND = "llmops.kind"
+#: Prompt tokens kept from the start (the system text) when a prompt must be cut to fit.
+_HEAD_TOKENS = 64
+
+
+class TrainingError(RuntimeError):
+    """Training could not run (bad parameters, empty dataset)."""
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """Every knob of a run; all of them are logged as MLflow params."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    max_steps: int = 40
+    learning_rate: float = 3e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 512
+    seed: int = 13
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        problems = []
+        if self.r < 1:
+            problems.append(f"r={self.r} must be >= 1")
+        if self.max_steps < 1:
+            problems.append(f"max_steps={self.max_steps} must be >= 1")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            problems.append("batch_size and grad_accum must be >= 1")
+        if self.max_seq_len < 32:
+            problems.append(f"max_seq_len={self.max_seq_len} is too short (< 32)")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            problems.append("target_modules is empty")
+        if problems:
+            raise TrainingError("bad LoRA parameters: " + "; ".join(problems))
+
+
+@dataclass
+class LoraResult:
+    """What a run produced; ``model_version`` is None only when ``register=False``."""
+
+    run_id: str
+    experiment_id: str
+    registered_model_name: str | None
+    model_version: str | None
+    adapter_dir: Path
+    artifact_uri: str
+    base_model_id: str
+    base_fingerprint: str
+    dataset_digest: str
+    index_version: str | None
+    params: LoraParams
+    device: str
+    steps: int
+    train_loss: float | None
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_tokens: int
+    train_seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def model_uri(self) -> str | None:
+        if self.model_version is None:
+            return None
+        return f"models:/{self.registered_model_name}/{self.model_version}"
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["adapter_dir"] = str(self.adapter_dir)
+        data["tokens_per_s"] = round(self.tokens_per_s, 2)
+        data["model_uri"] = self.model_uri
+        return data
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenisation with a completion-only loss
+# --------------------------------------------------------------------------------------------
+
+
+def tokenize_example(tokenizer: Any, example: SFTExample, max_seq_len: int) -> dict[str, list[int]]:
+    """``input_ids`` = prompt + completion; ``labels`` mask the prompt with -100.
+
+    When too long, the completion keeps at most half the window and the prompt loses its
+    middle (the start of the context), keeping the system text's head and the question at the
+    end — the parts that matter for what to answer.
+    """
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    completion_ids = completion_ids[: max(1, max_seq_len // 2)]
+    room = max_seq_len - len(completion_ids)
+    if len(prompt_ids) > room:
+        head = min(_HEAD_TOKENS, room // 4)
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head) :]
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [-100] * len(prompt_ids) + completion_ids,
+    }
+
+
+class CompletionCollator:
+    """Right-pads a batch; padding is masked in ``attention_mask`` and ``labels``.
+
+    Counts the real (non-pad) tokens it hands out while ``counting`` is on, which is how
+    throughput is measured identically here and in the benchmark's plain loop.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.counting = False
+        self.tokens = 0
+
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids, labels, attention = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            input_ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(f["labels"]) + [-100] * pad)
+            attention.append([1] * len(f["input_ids"]) + [0] * pad)
+        if self.counting:
+            self.tokens += sum(len(f["input_ids"]) for f in features)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+        }
+
+
+def tokenize_split(
+    tokenizer: Any, examples: Sequence[SFTExample], max_seq_len: int
+) -> list[dict[str, list[int]]]:
+    return [tokenize_example(tokenizer, ex, max_seq_len) for ex in examples]
+
+
+def lora_config(params: LoraParams) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        r=params.r,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=list(params.target_modules),
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _mlflow_loss_callback(client: Any, run_id: str, losses: list[float]) -> Any:
+    from transformers import TrainerCallback
+
+    class MlflowLossCallback(TrainerCallback):
+        """Per-step training loss → MLflow (transformers' own MLflow hook is disabled because
+        it uses the global active run, which is unsafe in a multi-asset process)."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs and "eval_loss" not in logs:
+                loss = float(logs["loss"])
+                losses.append(loss)
+                client.log_metric(run_id, "train_loss", loss, step=int(state.global_step))
+                if "learning_rate" in logs:
+                    client.log_metric(
+                        run_id,
+                        "learning_rate",
+                        float(logs["learning_rate"]),
+                        step=int(state.global_step),
+                    )
+
+    return MlflowLossCallback()
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def train_lora(
+    settings: Settings,
+    dataset: SFTDataset,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    max_steps: int = 40,
+    learning_rate: float = 3e-4,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    max_seq_len: int = 512,
+    seed: int = 13,
+    warmup_steps: int = 2,
+    index_version: str | None = None,
+    registered_model_name: str = DEFAULT_REGISTERED_MODEL,
+    register: bool = True,
+    run_name: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    output_dir: Path | None = None,
+    device: str | None = None,
+) -> LoraResult:
+    """Fine-tune a LoRA adapter on ``dataset`` and record everything in MLflow.
+
+    CPU defaults (40 steps of 4 sequences ≤ 512 tokens) take a few minutes on 2 cores; a GPU
+    is used when present. ``extra_tags`` (e.g. the Dagster run id, upstream MLflow run ids)
+    go on the run and on the model version.
+    """
+    params = LoraParams(
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=tuple(target_modules),
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        warmup_steps=warmup_steps,
+    )
+    params.validate()
+    if not dataset.train:
+        raise TrainingError("the fine-tuning dataset has no training examples")
+
+    from mlflow.tracking import MlflowClient
+
+    from llmops_dagster.tracking.store import ensure_mlflow
+
+    store = ensure_mlflow(settings)
+    client = MlflowClient(tracking_uri=store.tracking_uri)
+    base = load_base_model(settings, device=device, fresh=True)
+    base_id = base.source.model_id
+    fingerprint = base_fingerprint(base.model)
+    tags = {
+        TAG_KIND: "lora",
+        TAG_BASE_MODEL_ID: base_id,
+        TAG_BASE_FINGERPRINT: fingerprint,
+        TAG_DATASET_DIGEST: dataset.digest,
+        TAG_PROMPT_VERSION: dataset.prompt_version,
+        **({TAG_INDEX_VERSION: index_version} if index_version else {}),
+        **dict(extra_tags or {}),
+    }
+    run = client.create_run(store.experiment_id, run_name=run_name or "lora-finetune", tags=tags)
+    run_id = run.info.run_id
+    try:
+        result = _train_and_log(
+            settings,
+            client,
+            run_id,
+            store.experiment_id,
+            run.info.artifact_uri,
+            base,
+            dataset,
+            params,
+            index_version=index_version,
+            output_dir=output_dir,
+        )
+        if register:
+            result.registered_model_name = registered_model_name
+            result.model_version = register_adapter_version(
+                client,
+                registered_model_name,
+                source=result.artifact_uri,
+                run_id=run_id,
+                tags={k: v for k, v in tags.items() if k != TAG_KIND},
+            )
+            client.set_tag(run_id, "llmops.model_version", result.model_version)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return result
+
+
+def _train_and_log(
+    settings: Settings,
+    client: Any,
+    run_id: str,
+    experiment_id: str,
+    run_artifact_uri: str,
+    base: Any,
+    dataset: SFTDataset,
+    params: LoraParams,
+    *,
+    index_version: str | None,
+    output_dir: Path | None,
+) -> LoraResult:
+    import torch
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from peft import get_peft_model
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    set_seed(params.seed)
+    tokenizer = base.tokenizer
+    model = base.model
+    model.train()
+    peft_model = get_peft_model(model, lora_config(params))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    for key, value in {
+        **{k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+        "base_model_id": base.source.model_id,
+        "dataset_digest": dataset.digest,
+        "dataset_source": dataset.source,
+        "n_train": len(dataset.train),
+        "n_validation": len(dataset.validation),
+        "prompt_version": dataset.prompt_version,
+        "index_version": index_version or "",
+        "device": base.device,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainer": "transformers.Trainer",
+    }.items():
+        client.log_param(run_id, key, value)
+    client.log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(
+                Dataset(
+                    name="sft-" + Path(dataset.source).stem,
+                    digest=dataset.digest[:32],
+                    source_type="local",
+                    source=json.dumps({"uri": dataset.source}),
+                    profile=json.dumps(dataset.summary()),
+                ),
+                tags=[InputTag("mlflow.data.context", "training")],
+            )
+        ],
+    )
+
+    train_rows = tokenize_split(tokenizer, dataset.train, params.max_seq_len)
+    val_rows = tokenize_split(tokenizer, dataset.validation, params.max_seq_len)
+    collator = CompletionCollator(int(tokenizer.pad_token_id))
+    losses: list[float] = []
+    on_gpu = base.device.startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="llmops-lora-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            max_steps=params.max_steps,
+            per_device_train_batch_size=params.batch_size,
+            per_device_eval_batch_size=params.batch_size,
+            gradient_accumulation_steps=params.grad_accum,
+            learning_rate=params.learning_rate,
+            weight_decay=params.weight_decay,
+            warmup_steps=params.warmup_steps,
+            lr_scheduler_type="linear",
+            logging_steps=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            seed=params.seed,
+            data_seed=params.seed,
+            use_cpu=not on_gpu,
+            bf16=on_gpu and torch.cuda.is_bf16_supported(),
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=peft_model,
+            args=args,
+            train_dataset=train_rows,  # type: ignore[arg-type]  # a list is a map-style dataset
+            eval_dataset=val_rows or None,  # type: ignore[arg-type]
+            data_collator=collator,
+            callbacks=[_mlflow_loss_callback(client, run_id, losses)],
+        )
+        # disable_tqdm swaps the progress bar for a callback that prints every log dict.
+        trainer.remove_callback(PrinterCallback)
+        eval_before = _finite(trainer.evaluate()["eval_loss"]) if val_rows else None
+        collator.counting = True
+        started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - started
+        collator.counting = False
+        eval_after = _finite(trainer.evaluate()["eval_loss"]) if val_rows else None
+
+    steps = int(trainer.state.global_step)
+    metrics = {
+        "train_tokens": float(collator.tokens),
+        "train_seconds": train_seconds,
+        "tokens_per_s": collator.tokens / train_seconds if train_seconds > 0 else 0.0,
+    }
+    if eval_before is not None:
+        metrics["eval_loss_before"] = eval_before
+        client.log_metric(run_id, "eval_loss", eval_before, step=0)
+    if eval_after is not None:
+        metrics["eval_loss_after"] = eval_after
+        client.log_metric(run_id, "eval_loss", eval_after, step=steps)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=steps)
+
+    adapter_dir = (output_dir or settings.llmops_home / "adapters" / run_id).resolve()
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    # Record the portable base id (not this machine's cache path) so a loader can check it.
+    peft_model.peft_config["default"].base_model_name_or_path = base.source.model_id
+    # Embeddings are not trained; "auto" would look up the base's config by that id.
+    peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+    (adapter_dir / ADAPTER_METADATA_FILE).write_text(
+        json.dumps(
+            {
+                "base_model_id": base.source.model_id,
+                "base_model_fingerprint": base_fingerprint(peft_model.get_base_model()),
+                "dataset_digest": dataset.digest,
+                "prompt_name": dataset.prompt_name,
+                "prompt_version": dataset.prompt_version,
+                "index_version": index_version,
+                "mlflow_run_id": run_id,
+                "params": asdict(params),
+            },
+            indent=2,
+        )
+    )
+    client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+    with tempfile.TemporaryDirectory(prefix="llmops-sft-") as tmp:
+        client.log_artifact(run_id, str(dataset.write_jsonl(Path(tmp) / "sft.jsonl")), "dataset")
+    model.eval()
+    return LoraResult(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        registered_model_name=None,
+        model_version=None,
+        adapter_dir=adapter_dir,
+        artifact_uri=f"{run_artifact_uri.rstrip('/')}/adapter",
+        base_model_id=base.source.model_id,
+        base_fingerprint=base_fingerprint(peft_model.get_base_model()),
+        dataset_digest=dataset.digest,
+        index_version=index_version,
+        params=params,
+        device=base.device,
+        steps=steps,
+        train_loss=losses[-1] if losses else None,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+        train_tokens=collator.tokens,
+        train_seconds=train_seconds,
+        losses=losses,
+    )
+
+
+def register_adapter_version(
+    client: Any, name: str, *, source: str, run_id: str, tags: Mapping[str, str]
+) -> str:
+    """Create ``name`` if missing, then a new version pointing at the adapter artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name,
+                description="LoRA adapters for the RAG generator (llmops-dagster). "
+                "The evaluation gate moves the 'champion' alias.",
+            )
+        except MlflowException as exc:  # created concurrently by another run
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+    version = client.create_model_version(
+        name,
+        source=source,
+        run_id=run_id,
+        tags=dict(tags),
+        description=f"LoRA adapter from run {run_id}",
+    )
+    return str(version.version)

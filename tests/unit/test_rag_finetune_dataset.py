@@ -1,0 +1,164 @@
+"""Fine-tuning dataset: deterministic split, stable digest, chat formatting, loss masking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmops_dagster.rag.prompts import load_prompt
+from llmops_dagster.train.dataset import (
+    DEFAULT_TRAIN_QA,
+    ContextPassage,
+    DatasetError,
+    QAItem,
+    build_sft_dataset,
+    corpus_context_fn,
+    load_qa_jsonl,
+    split_items,
+    split_passages,
+)
+from llmops_dagster.train.lora import (
+    CompletionCollator,
+    LoraParams,
+    TrainingError,
+    tokenize_example,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class ChatMLTokenizer:
+    """A stand-in with SmolLM2's chat template and a whitespace 'tokenizer'."""
+
+    eos_token = "<|im_end|>"
+
+    def apply_chat_template(
+        self, conversation: Any, tokenize: bool = False, add_generation_prompt: bool = False
+    ) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [len(word) for word in text.split()]}
+
+
+def _context(item: QAItem) -> list[ContextPassage]:
+    return [ContextPassage(f"c-{item.id}", item.relevant_doc_ids[0], "some text", "T")]
+
+
+def test_train_qa_file_loads() -> None:
+    items = load_qa_jsonl(DEFAULT_TRAIN_QA)
+    assert len(items) == 60 and len({i.id for i in items}) == 60
+    assert all(i.question and i.reference_answer and i.relevant_doc_ids for i in items)
+
+
+def test_split_is_deterministic_disjoint_and_seed_dependent() -> None:
+    items = load_qa_jsonl()
+    train, val = split_items(items, val_fraction=0.2, seed=13)
+    again_train, again_val = split_items(list(reversed(items)), val_fraction=0.2, seed=13)
+    assert [i.id for i in train] == [i.id for i in again_train]
+    assert [i.id for i in val] == [i.id for i in again_val]
+    assert len(val) == 12 and not {i.id for i in train} & {i.id for i in val}
+    _, other_val = split_items(items, val_fraction=0.2, seed=14)
+    assert {i.id for i in other_val} != {i.id for i in val}
+
+
+def test_digest_is_stable_and_tracks_content() -> None:
+    tok = ChatMLTokenizer()
+    first = build_sft_dataset(tokenizer=tok, context_fn=_context)
+    second = build_sft_dataset(tokenizer=tok, context_fn=_context)
+    assert first.digest == second.digest and len(first.digest) == 64
+    assert first.canonical_jsonl() == second.canonical_jsonl()
+    assert build_sft_dataset(tokenizer=tok, context_fn=_context, seed=99).digest != first.digest
+    assert build_sft_dataset(tokenizer=tok).digest != first.digest  # no context → other data
+    assert first.prompt_version == load_prompt().version
+
+
+def test_examples_use_the_chat_template_and_cite_relevant_chunks() -> None:
+    dataset = build_sft_dataset(tokenizer=ChatMLTokenizer(), context_fn=_context)
+    example = dataset.train[0]
+    assert example.prompt.startswith("<|im_start|>system\n")
+    assert example.prompt.endswith("<|im_start|>assistant\n")
+    assert f'<chunk id="c-{example.id}">' in example.prompt
+    assert example.completion.endswith("<|im_end|>\n")
+    assert f"[chunk:c-{example.id}]" in example.completion
+    assert example.completion.startswith(example.reference_answer)
+
+
+def test_corpus_context_comes_from_the_relevant_documents(sample_dir: Path) -> None:
+    context = corpus_context_fn(sample_dir, k=2)
+    item = load_qa_jsonl()[0]
+    passages = context(item)
+    assert passages and all(p.doc_id in item.relevant_doc_ids for p in passages)
+    assert "9 September 2020" in passages[0].text
+    assert all(len(p.chunk_id) == 32 for p in passages)
+
+
+def test_split_passages_respects_the_word_budget() -> None:
+    text = "\n\n".join(" ".join(["w"] * 50) for _ in range(5)) + "\n\n" + " ".join(["x"] * 300)
+    passages = split_passages(text, max_words=120)
+    assert all(len(p.split()) <= 120 for p in passages)
+    assert sum(len(p.split()) for p in passages) == 550
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("not json\n", "not JSON"),
+        ('{"id": "a", "question": "q"}\n', "missing reference_answer"),
+        ('{"id": "a", "question": "q", "reference_answer": "r"}\n' * 2, "duplicate id"),
+        ("\n", "no items"),
+    ],
+)
+def test_bad_qa_files_fail_with_file_and_line(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=match):
+        load_qa_jsonl(path)
+
+
+def test_missing_qa_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_qa_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_tokenize_masks_the_prompt_and_truncates_the_middle() -> None:
+    dataset = build_sft_dataset(tokenizer=ChatMLTokenizer(), context_fn=_context)
+    tok = ChatMLTokenizer()
+    row = tokenize_example(tok, dataset.train[0], max_seq_len=40)
+    assert len(row["input_ids"]) == len(row["labels"]) <= 40
+    n_completion = len(tok(dataset.train[0].completion)["input_ids"])
+    assert row["labels"][-n_completion:] == row["input_ids"][-n_completion:]
+    assert set(row["labels"][:-n_completion]) == {-100}
+
+
+def test_collator_pads_and_masks_padding() -> None:
+    collator = CompletionCollator(pad_token_id=0)
+    collator.counting = True
+    batch = collator(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert collator.tokens == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"r": 0}, {"max_steps": 0}, {"max_seq_len": 8}, {"dropout": 1.0}, {"target_modules": ()}],
+)
+def test_bad_lora_params_are_rejected(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(TrainingError, match="bad LoRA parameters"):
+        LoraParams(**kwargs).validate()
+
+
+def test_canonical_jsonl_is_one_sorted_object_per_line() -> None:
+    dataset = build_sft_dataset(tokenizer=ChatMLTokenizer(), context_fn=_context)
+    lines = dataset.canonical_jsonl().splitlines()
+    assert len(lines) == 60
+    rows = [json.loads(line) for line in lines]
+    assert [r["split"] for r in rows] == ["train"] * 48 + ["validation"] * 12
