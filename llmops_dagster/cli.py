@@ -259,6 +259,46 @@ def ask(
     )
 
 
+@main.command("lineage")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+def lineage(ref: str, as_json: bool) -> None:
+    """The chain behind REF: an MLflow run id, models:/<name>/<version> or models:/<name>@alias.
+
+    Exits 1 when a link of the chain cannot be resolved.
+    """
+    from dataclasses import asdict
+
+    from mlflow.tracking import MlflowClient
+
+    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+    from llmops_dagster.tracking.trace import LineageError, trace
+
+    settings = get_settings()
+    try:
+        store = ensure_mlflow(settings)
+        chain = trace(MlflowClient(store.tracking_uri), ref)
+    except (MlflowUnavailable, LineageError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(asdict(chain), indent=2))
+    else:
+        out = Console()
+        out.print(f"[bold]lineage of {ref}[/bold] (run {chain.start})")
+        for node in chain.nodes:
+            out.print(
+                f"\n[bold cyan]{node.asset_key}[/bold cyan]  mlflow run {node.run_id}  "
+                f"dagster run {node.dagster_run_id[:8]}  code {node.code_version[:12]}"
+            )
+            for key, value in node.facts.items():
+                out.print(f"    {key}: {value}")
+            for asset, run_id in node.upstream.items():
+                out.print(f"    ← {asset} ({run_id})")
+        if chain.unresolved:
+            out.print(f"[red]unresolved runs: {', '.join(chain.unresolved)}[/red]")
+    sys.exit(0 if chain.complete else 1)
+
+
 # --------------------------------------------------------------------------------------------
 # Dagster
 # --------------------------------------------------------------------------------------------

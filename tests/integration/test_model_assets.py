@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from llmops_dagster.tracking.trace import trace
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +69,26 @@ def test_lora_adapter_is_registered_with_its_lineage(
         assert run_tags["dagster.run_id"] == result.run_id
         # Training registers a version but never promotes it.
         assert client.get_registered_model(settings.lora_model_name).aliases == {}
+
+        # The registered version traces back, link by link, to the dlt loads and the code.
+        chain = trace(client, f"models:/{settings.lora_model_name}/{adapter['model_version']}")
+        assert chain.complete
+        nodes = chain.by_asset()
+        assert set(nodes) == {
+            "lora_adapter",
+            "finetune_dataset",
+            "search_index",
+            "embeddings",
+            "chunks",
+            "documents",
+        }
+        assert nodes["search_index"].facts["index.name"] == index["index"]
+        assert (
+            nodes["search_index"].facts["chunk_set.digest"]
+            == nodes["chunks"].facts["chunk_set.digest"]
+        )
+        assert "fs_files" in nodes["documents"].facts["dlt.load_ids"]
+        assert {n.code_version for n in chain.nodes} == {nodes["documents"].code_version}
     finally:
         Elasticsearch(str(settings.elasticsearch_url)).indices.delete(
             index=f"{alias}-*", ignore_unavailable=True
