@@ -39,4 +39,10 @@ full_rebuild_schedule = dg.ScheduleDefinition(
 
 
 def build_jobs() -> tuple[list, list, list]:
-    return [reindex_job, full_rebuild_job], [reindex_schedule, full_rebuild_schedule], []
+    from jobs.sensors import evaluate_job, mlflow_registry_sensor
+
+    return (
+        [reindex_job, full_rebuild_job, evaluate_job],
+        [reindex_schedule, full_rebuild_schedule],
+        [mlflow_registry_sensor],
+    )

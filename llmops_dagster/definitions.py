@@ -29,6 +29,7 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
     from assets.embeddings import embeddings
+    from assets.evaluate import champion_model, rag_evaluation
     from assets.index import search_index
     from assets.ingest import build_ingest_assets
     from assets.model import finetune_dataset, lora_adapter
@@ -43,13 +44,16 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
         search_index,
         finetune_dataset,
         lora_adapter,
+        rag_evaluation,
+        champion_model,
     ]
 
 
 def build_asset_checks() -> list[dg.AssetChecksDefinition]:
+    from assets.evaluate import EVALUATION_CHECKS
     from assets.index import INDEX_CHECKS
 
-    return [*INDEX_CHECKS]
+    return [*INDEX_CHECKS, *EVALUATION_CHECKS]
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

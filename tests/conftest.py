@@ -83,3 +83,12 @@ def sample_dir() -> Path:
     path = get_settings().sample_data_dir
     assert path.is_dir(), f"sample corpus missing at {path}"
     return path
+
+
+def drop_indices(client, alias: str) -> None:
+    """Delete every versioned index of ``alias`` by name: clusters refuse wildcard deletes by
+    default (``action.destructive_requires_name``)."""
+    from llmops_dagster.search.aliases import list_versions
+
+    for name in list_versions(client, alias):
+        client.indices.delete(index=name, ignore_unavailable=True)

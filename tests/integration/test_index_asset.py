@@ -16,6 +16,7 @@ from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.search.aliases import alias_indices, list_versions, rollback
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from tests.conftest import drop_indices
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +46,7 @@ def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_p
     shutil.copytree(sample_dir, corpus)
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
     yield settings, sources, corpus
-    client = Elasticsearch(es_settings.effective_es_url)
-    client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+    drop_indices(Elasticsearch(es_settings.effective_es_url), alias)
 
 
 def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = None):

@@ -14,11 +14,22 @@ from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
+from tests.conftest import drop_indices
 
 pytestmark = pytest.mark.integration
 
 SHORT_TRAINING = {
-    "ops": {"lora_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256}}}
+    "ops": {
+        "lora_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256}},
+        "rag_evaluation": {"config": {"limit": 4, "max_new_tokens": 24}},
+    }
+}
+IMPOSSIBLE_GATE = {
+    "ops": {
+        "rag_evaluation": {
+            "config": {"limit": 2, "max_new_tokens": 16, "minimums": {"exact_match": 0.99}}
+        }
+    }
 }
 
 
@@ -31,8 +42,8 @@ def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
-def test_lora_adapter_is_registered_with_its_lineage(
-    tmp_settings: Settings, es_settings: Settings, sample_dir: Path
+def test_graph_trains_evaluates_gates_and_traces(
+    tmp_settings: Settings, es_settings: Settings, es_client: Elasticsearch, sample_dir: Path
 ) -> None:
     alias = f"model-{uuid.uuid4().hex[:8]}"
     settings = tmp_settings.model_copy(
@@ -43,13 +54,13 @@ def test_lora_adapter_is_registered_with_its_lineage(
         }
     )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
+    instance = dg.DagsterInstance.ephemeral()
+    assets = [*build_assets(settings, sources), *build_asset_checks()]
     try:
         result = dg.materialize(
-            [*build_assets(settings, sources), *build_asset_checks()],
-            resources=build_resources(settings),
-            instance=dg.DagsterInstance.ephemeral(),
+            assets, resources=build_resources(settings), instance=instance,
             run_config=SHORT_TRAINING,
-        )
+        )  # fmt: skip
         assert result.success
         dataset = _meta(result, "finetune_dataset")
         adapter = _meta(result, "lora_adapter")
@@ -67,14 +78,27 @@ def test_lora_adapter_is_registered_with_its_lineage(
         run_tags = client.get_run(version.run_id).data.tags
         assert run_tags["upstream.finetune_dataset"] == dataset["mlflow_run_id"]
         assert run_tags["dagster.run_id"] == result.run_id
-        # Training registers a version but never promotes it.
-        assert client.get_registered_model(settings.lora_model_name).aliases == {}
+        # The gate passed on the sample corpus, so the evaluated version became champion.
+        evaluation = _meta(result, "rag_evaluation")
+        assert evaluation["gate_passed"] is True
+        assert evaluation["cases"] == 4
+        assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
+            "quality_gate"
+        ]
+        champion = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+        assert str(champion.version) == adapter["model_version"]
+        assert _meta(result, "champion_model")["promoted"] is True
 
-        # The registered version traces back, link by link, to the dlt loads and the code.
-        chain = trace(client, f"models:/{settings.lora_model_name}/{adapter['model_version']}")
+        # The champion traces back, link by link, to the golden set, dlt loads and the code.
+        chain = trace(client, evaluation["mlflow_run_id"])
         assert chain.complete
         nodes = chain.by_asset()
+        facts = nodes["rag_evaluation"].facts
+        assert facts["model.uri"] == f"models:/{settings.lora_model_name}/{champion.version}"
+        assert facts["index.name"] == index["index"]
+        assert facts["golden.digest"] and facts["prompt.version"].startswith("rag_answer@")
         assert set(nodes) == {
+            "rag_evaluation",
             "lora_adapter",
             "finetune_dataset",
             "search_index",
@@ -89,7 +113,28 @@ def test_lora_adapter_is_registered_with_its_lineage(
         )
         assert "fs_files" in nodes["documents"].facts["dlt.load_ids"]
         assert {n.code_version for n in chain.nodes} == {nodes["documents"].code_version}
-    finally:
-        Elasticsearch(str(settings.elasticsearch_url)).indices.delete(
-            index=f"{alias}-*", ignore_unavailable=True
+
+        # A candidate that misses the gate: the check fails with the shortfall, champion stays.
+        failed = dg.materialize(
+            assets,
+            selection=["rag_evaluation", "champion_model"],
+            resources=build_resources(settings),
+            instance=instance,
+            run_config=IMPOSSIBLE_GATE,
+            raise_on_error=False,
         )
+        (gate_check,) = [
+            c for c in failed.get_asset_check_evaluations() if c.check_name == "quality_gate"
+        ]
+        assert gate_check.passed is False
+        assert "exact_match" in gate_check.metadata["summary"].value
+        assert "short by" in gate_check.metadata["summary"].value
+        assert not [
+            e
+            for e in failed.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "champion_model"
+        ]
+        still = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+        assert str(still.version) == str(champion.version)
+    finally:
+        drop_indices(es_client, alias)

@@ -25,6 +25,7 @@ from elasticsearch import Elasticsearch
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from tests.conftest import drop_indices
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,11 @@ def _free_port() -> int:
 
 
 def test_ui_shows_the_asset_graph_and_the_mlflow_link(
-    tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_path: Path
+    tmp_settings: Settings,
+    es_settings: Settings,
+    es_client: Elasticsearch,
+    sample_dir: Path,
+    tmp_path: Path,
 ) -> None:
     alias = f"ui-{uuid.uuid4().hex[:8]}"
     settings = tmp_settings.model_copy(
@@ -143,6 +148,4 @@ def test_ui_shows_the_asset_graph_and_the_mlflow_link(
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        Elasticsearch(str(settings.elasticsearch_url)).indices.delete(
-            index=f"{alias}-*", ignore_unavailable=True
-        )
+        drop_indices(es_client, alias)

@@ -1,0 +1,496 @@
+"""Retrieval benchmark on BEIR SciFact: every search mode, through the project's own code.
+
+Indexes the corpus with the project's mapping, bulk writer and versioned-alias rebuild, runs the
+300 test claims in each mode of :class:`~llmops_dagster.search.retriever.SearchMode`, and scores
+the runs at DOCUMENT level (a document's rank is that of its best chunk) with ``ir-measures``
+(trec_eval underneath): nDCG@10, Recall@100, MRR@10. Latency is one ``search`` call per query at
+k=10, as a RAG request would make it: query embedding + one msearch round trip + fusion.
+
+Why a benchmark in the repo: fusion parameters are config, and config changes must be measured.
+Document embeddings (``title + " " + text``, as MTEB embeds SciFact) are cached under
+``.llmops/bench-cache/`` because embedding 5,183 abstracts on two CPU cores takes minutes.
+
+Usage::
+
+    .venv/bin/python benchmarks/retrieval_scifact.py [DATA_DIR] [--limit-docs N] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from llmops_dagster.config import Settings  # noqa: E402
+from llmops_dagster.embed.model import Embedder, load_embedder  # noqa: E402
+from llmops_dagster.search.aliases import (  # noqa: E402
+    alias_indices,
+    list_versions,
+    rebuild,
+)
+from llmops_dagster.search.client import check_cluster, make_client  # noqa: E402
+from llmops_dagster.search.mapping import (  # noqa: E402
+    IndexSpec,
+    VectorIndexOptions,
+    build_index_body,
+)
+from llmops_dagster.search.retriever import (  # noqa: E402
+    HybridRetriever,
+    RetrieverConfig,
+    SearchMode,
+)
+
+log = logging.getLogger("retrieval_scifact")
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "bench" / "scifact"
+CACHE_DIR = REPO_ROOT / ".llmops" / "bench-cache"
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "retrieval_scifact.json"
+MODES = [m.value for m in SearchMode]
+
+
+# --- data ----------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as handle:
+        next(handle)  # header: query-id corpus-id score
+        for line in handle:
+            qid, doc_id, score = line.rstrip("\n").split("\t")
+            qrels.setdefault(qid, {})[doc_id] = int(score)
+    return qrels
+
+
+def chunk_id_for(doc_id: str, position: int, text: str) -> str:
+    """docs/CONTRACTS.md: sha256 hex (first 32) of ``doc_id \\x1f position \\x1f text``."""
+    return hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
+
+
+def embed_cached(embedder: Embedder, texts: list[str], name: str) -> np.ndarray:
+    """Embeddings from ``.llmops/bench-cache/<name>-<digest>.npy``, computed on a miss.
+
+    The digest covers the model and every text, so a changed corpus or model never reuses
+    stale vectors.
+    """
+    digest = hashlib.sha256()
+    digest.update(embedder.model_id.encode())  # canonical id: name@weights-hash
+    digest.update(b"\x1e")
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x1f")
+    path = CACHE_DIR / f"{name}-{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        vectors = np.load(path)
+        if vectors.shape == (len(texts), embedder.dims):
+            return vectors
+    log.info("embedding %d texts for %s (cached afterwards in %s)", len(texts), name, path)
+    started = time.perf_counter()
+    vectors = embedder.encode(texts, batch_size=32)
+    log.info("embedded in %.1f s", time.perf_counter() - started)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+
+
+def split_text(text: str, max_words: int) -> list[str]:
+    """Sentence-packing split into pieces of at most ~``max_words`` words (0 = no split).
+
+    A stand-in for the project's chunker when ``llmops_dagster.text.chunking`` is not there:
+    the embedding model reads only its first 256 word pieces, so long abstracts lose their
+    end unless split.
+    """
+    if max_words <= 0 or len(text.split()) <= max_words:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    count = 0
+    for sentence in _SENTENCE_END.split(text):
+        words = len(sentence.split())
+        if current and count + words > max_words:
+            pieces.append(" ".join(current))
+            current, count = [], 0
+        current.append(sentence)
+        count += words
+    if current:
+        pieces.append(" ".join(current))
+    return pieces
+
+
+def corpus_chunks(corpus: list[dict[str, Any]], max_words: int) -> list[dict[str, Any]]:
+    """Chunk rows (without vectors) per docs/CONTRACTS.md, ``_id`` = chunk_id."""
+    chunks: list[dict[str, Any]] = []
+    for row in corpus:
+        doc_id = f"scifact:{row['_id']}"
+        for position, text in enumerate(split_text(row["text"], max_words)):
+            chunks.append(
+                {
+                    "chunk_id": chunk_id_for(doc_id, position, text),
+                    "doc_id": doc_id,
+                    "source": "scifact",
+                    "title": row.get("title", ""),
+                    "uri": f"beir://scifact/{row['_id']}",
+                    "position": position,
+                    "section": "",
+                    "text": text,
+                    "content_hash": hashlib.sha256(text.encode()).hexdigest(),
+                }
+            )
+    return chunks
+
+
+def with_vectors(
+    chunks: list[dict[str, Any]], vectors: np.ndarray, model_id: str
+) -> Iterator[dict[str, Any]]:
+    for chunk, vector in zip(chunks, vectors, strict=True):
+        yield {**chunk, "model_id": model_id, "embedding": vector}
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+def doc_level_run(hits_per_query: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Chunk hits → document run: a document keeps its best chunk's rank.
+
+    Scores are rank-derived and strictly decreasing: trec_eval re-sorts by score and breaks
+    ties by document id, which would silently reorder fused lists with equal scores.
+    """
+    run: dict[str, dict[str, float]] = {}
+    for qid, hits in hits_per_query.items():
+        docs: dict[str, float] = {}
+        for hit in hits:
+            beir_id = hit.doc_id.split(":", 1)[1]
+            if beir_id not in docs:
+                docs[beir_id] = float(100_000 - len(docs))
+            if len(docs) == 100:  # Recall@100 counts the first 100 documents
+                break
+        run[qid] = docs
+    return run
+
+
+def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict:
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    measures = [nDCG @ 10, R @ 100, RR @ 10]
+    # Queries with no hits at all must still count (as 0), not vanish from the average.
+    run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
+    agg = ir_measures.calc_aggregate(measures, qrels, run)
+    return {
+        "ndcg@10": round(agg[nDCG @ 10], 4),
+        "recall@100": round(agg[R @ 100], 4),
+        "mrr@10": round(agg[RR @ 10], 4),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_mode(
+    retriever: HybridRetriever,
+    mode: str,
+    queries: list[dict[str, Any]],
+    qrels: dict[str, dict[str, int]],
+    chunk_k: int = 100,
+    **params: Any,
+) -> dict[str, Any]:
+    """Quality of one mode: top ``chunk_k`` chunks per query via batched ``search_many``."""
+    texts = [q["text"] for q in queries]
+    results = retriever.search_many(texts, mode=mode, k=chunk_k, **params)
+    effective = retriever.last_effective_mode
+    run = doc_level_run({q["_id"]: hits for q, hits in zip(queries, results, strict=True)})
+    row: dict[str, Any] = evaluate(run, qrels)
+    if effective is not None and effective.value != mode:
+        row["effective_mode"] = effective.value
+        row["note"] = retriever.server_rrf_fallback_reason
+    return row
+
+
+def measure_latency(
+    live: HybridRetriever, cached: HybridRetriever, modes: list[str], texts: list[str]
+) -> dict[str, dict[str, float]]:
+    """Per-mode latency of single ``search(k=10)`` calls, modes interleaved per query.
+
+    Interleaving spreads background noise (other processes on a small shared machine) over
+    all modes equally. ``e2e`` encodes the query live, as a RAG request does; ``es`` uses a
+    pre-computed query vector, isolating the msearch round trip and the fusion.
+    """
+    timings: dict[str, dict[str, list[float]]] = {m: {"e2e": [], "es": []} for m in modes}
+    for text in texts[:10]:  # warm-up
+        for mode in modes:
+            live.search(text, mode=mode, k=10)
+            cached.search(text, mode=mode, k=10)
+    for i, text in enumerate(texts):
+        rotated = modes[i % len(modes) :] + modes[: i % len(modes)]
+        for mode in rotated:
+            for kind, retriever in (("e2e", live), ("es", cached)):
+                started = time.perf_counter()
+                retriever.search(text, mode=mode, k=10)
+                timings[mode][kind].append((time.perf_counter() - started) * 1000)
+    out: dict[str, dict[str, float]] = {}
+    for mode, kinds in timings.items():
+        out[mode] = {
+            "p50_ms": round(percentile(kinds["e2e"], 50), 2),
+            "p95_ms": round(percentile(kinds["e2e"], 95), 2),
+            "es_p50_ms": round(percentile(kinds["es"], 50), 2),
+            "es_p95_ms": round(percentile(kinds["es"], 95), 2),
+        }
+    return out
+
+
+def exact_dense_reference(
+    chunk_vectors: np.ndarray,
+    query_vectors: np.ndarray,
+    chunks: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    qrels: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """Brute-force cosine over float32 vectors (what int8_hnsw approximates), doc level."""
+
+    class _Hit:
+        def __init__(self, doc_id: str) -> None:
+            self.doc_id = doc_id
+
+    scores = query_vectors @ chunk_vectors.T
+    top = np.argsort(-scores, axis=1)[:, :300]
+    hits = {q["_id"]: [_Hit(chunks[j]["doc_id"]) for j in top[i]] for i, q in enumerate(queries)}
+    return evaluate(doc_level_run(hits), qrels)
+
+
+# --- main ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit-docs", type=int, default=None)
+    parser.add_argument("--es-url", default=None, help="default: ELASTICSEARCH_URL / settings")
+    parser.add_argument("--alias", default="bench-scifact")
+    parser.add_argument("--window", type=int, default=None, help="RRF/linear window")
+    parser.add_argument("--num-candidates", type=int, default=None)
+    parser.add_argument("--rank-constant", type=int, default=None)
+    parser.add_argument("--analyzer", default=None, help="default: best the node offers")
+    parser.add_argument("--vector-type", default="int8_hnsw")
+    parser.add_argument(
+        "--chunk-words", type=int, default=0, help="split abstracts into ~N-word chunks (0: no)"
+    )
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--sweep", action="store_true", help="also sweep fusion parameters")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--drop-index", action="store_true", help="delete the index afterwards")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+
+    settings = Settings()
+    if args.es_url:
+        settings = settings.model_copy(update={"elasticsearch_url": args.es_url.rstrip("/")})
+    client = make_client(settings, request_timeout=120)
+    health = check_cluster(client, settings)
+    data: Path = args.data
+    corpus = read_jsonl(data / "corpus.jsonl")
+    queries = read_jsonl(data / "queries.jsonl")
+    qrels = read_qrels(data / "qrels.tsv")
+    if args.limit_docs:
+        # Keep every judged document so that the metrics stay meaningful on a subset.
+        judged = {d for rels in qrels.values() for d in rels}
+        kept = [row for row in corpus if row["_id"] in judged]
+        rest = [row for row in corpus if row["_id"] not in judged]
+        corpus = (kept + rest)[: max(args.limit_docs, len(kept))]
+    queries = [q for q in queries if q["_id"] in qrels]
+
+    embedder = load_embedder(settings.embedding_model)
+    chunks = corpus_chunks(corpus, args.chunk_words)
+    chunk_texts = [f"{c['title']} {c['text']}".strip() for c in chunks]
+    cache_name = "scifact-docs" if args.chunk_words <= 0 else "scifact-chunks"
+    chunk_vectors = embed_cached(embedder, chunk_texts, cache_name)
+    query_vectors = embed_cached(embedder, [q["text"] for q in queries], "scifact-queries")
+
+    spec = IndexSpec(
+        dims=embedder.dims,
+        model_id=embedder.model_id,
+        analyzer=args.analyzer,
+        vector_options=VectorIndexOptions(type=args.vector_type),
+    )
+    body = build_index_body(spec, client=client, meta={"benchmark": "beir-scifact-test"})
+    analyzer = body["mappings"]["_meta"]["analyzer"]
+    started = time.perf_counter()
+    report = rebuild(
+        client,
+        args.alias,
+        with_vectors(chunks, chunk_vectors, embedder.model_id),
+        len(chunks),
+        body,
+        smoke_query_vector=chunk_vectors[0],
+        keep=0,
+        bulk_options={"chunk_size": 500},
+    )
+    index_seconds = time.perf_counter() - started
+    client.indices.forcemerge(index=report.index, max_num_segments=1, wait_for_completion=True)
+    log.info("indexed %d chunks into %s in %.1f s", report.count, report.index, index_seconds)
+
+    class CachedQueryEncoder:
+        """Serves the cached query vectors (quality runs, and ES-only latency)."""
+
+        def __init__(self) -> None:
+            self.lookup = {q["text"]: query_vectors[i] for i, q in enumerate(queries)}
+
+        def encode(self, texts: Any) -> np.ndarray:
+            return np.stack([self.lookup[t] for t in texts])
+
+    config = RetrieverConfig()
+    overrides = {
+        key: value
+        for key, value in {
+            "window": args.window,
+            "num_candidates": args.num_candidates,
+            "rank_constant": args.rank_constant,
+        }.items()
+        if value is not None
+    }
+    config = replace(config, **overrides)
+    retriever = HybridRetriever(client, args.alias, CachedQueryEncoder(), config)
+    live = HybridRetriever(client, args.alias, embedder, config)
+
+    # With several chunks per document, 100 chunks cover fewer than 100 documents.
+    chunk_k = 100 if args.chunk_words <= 0 else 200
+    mode_names = args.modes.split(",")
+    modes: dict[str, Any] = {}
+    for mode in mode_names:
+        log.info("running mode %s", mode)
+        modes[mode] = run_mode(retriever, mode, queries, qrels, chunk_k=chunk_k)
+    log.info("measuring latency (%d queries x %d modes)", len(queries), len(mode_names))
+    latency = measure_latency(live, retriever, mode_names, [q["text"] for q in queries])
+    for mode in mode_names:
+        modes[mode].update(latency[mode])
+
+    sweep: list[dict[str, Any]] = []
+    if args.sweep:
+        for window, num_candidates in [(100, 100), (100, 200), (200, 400), (500, 1000)]:
+            for rank_constant in (20, 60):
+                row = run_mode(
+                    retriever,
+                    "hybrid_rrf",
+                    queries,
+                    qrels,
+                    chunk_k=chunk_k,
+                    window=window,
+                    num_candidates=num_candidates,
+                    rank_constant=rank_constant,
+                )
+                sweep.append(
+                    {
+                        "mode": "hybrid_rrf",
+                        "window": window,
+                        "num_candidates": num_candidates,
+                        "rank_constant": rank_constant,
+                        **row,
+                    }
+                )
+        for weights in [(0.3, 0.7), (0.5, 0.5), (0.7, 0.3)]:
+            for normalization in ("minmax", "l2"):
+                row = run_mode(
+                    retriever,
+                    "hybrid_linear",
+                    queries,
+                    qrels,
+                    chunk_k=chunk_k,
+                    weights=weights,
+                    normalization=normalization,
+                )
+                sweep.append(
+                    {
+                        "mode": "hybrid_linear",
+                        "weights": list(weights),
+                        "normalization": normalization,
+                        **row,
+                    }
+                )
+
+    reference = exact_dense_reference(chunk_vectors, query_vectors, chunks, queries, qrels)
+    result = {
+        "modes": modes,
+        "reference": {"exact_dense_float32": reference},
+        "sweep": sweep,
+        "setup": {
+            "dataset": "BEIR SciFact test (300 queries, 339 qrels)",
+            "documents": len(corpus),
+            "chunks": report.count,
+            "chunking": (
+                "one chunk per abstract"
+                if args.chunk_words <= 0
+                else f"sentence-packed chunks of <= ~{args.chunk_words} words"
+            )
+            + "; embedding input title + ' ' + chunk text",
+            "doc_level": "a document's rank is its best chunk's rank",
+            "chunks_retrieved_per_query": chunk_k,
+            "index": report.index,
+            "index_seconds": round(index_seconds, 1),
+            "analyzer": analyzer,
+            "vector_index": spec.vector_options.as_mapping(),
+            "bm25_fields": list(config.bm25_fields),
+            "bm25_type": config.bm25_type,
+            "bm25_tie_breaker": config.bm25_tie_breaker,
+            "window": config.window,
+            "num_candidates": config.num_candidates,
+            "rank_constant": config.rank_constant,
+            "linear_weights": list(config.linear_weights),
+            "normalization": config.normalization,
+            "latency": (
+                "one search() per query at k=10 after warm-up, modes interleaved; p50/p95_ms "
+                "end to end (live query embedding + msearch + fusion), es_p50/es_p95_ms with a "
+                "pre-computed query vector"
+            ),
+            "metrics_library": f"ir-measures {version('ir-measures')} "
+            f"(pytrec-eval-terrier {version('pytrec-eval-terrier')})",
+            "embedding_model": Path(embedder.model_id).name,
+            "elasticsearch": health.version,
+        },
+    }
+    print_table(modes, reference)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s", args.output)
+    if args.drop_index:
+        for name in set(list_versions(client, args.alias)) | set(alias_indices(client, args.alias)):
+            client.indices.delete(index=name, ignore_unavailable=True)
+    return 0
+
+
+def print_table(modes: dict[str, Any], reference: dict[str, Any]) -> None:
+    header = f"{'mode':<16}{'nDCG@10':>9}{'R@100':>8}{'MRR@10':>8}{'p50 ms':>9}{'p95 ms':>9}"
+    print(header)
+    print("-" * len(header))
+    for mode, row in modes.items():
+        name = mode + ("*" if "effective_mode" in row else "")
+        print(
+            f"{name:<16}{row['ndcg@10']:>9.4f}{row['recall@100']:>8.4f}{row['mrr@10']:>8.4f}"
+            f"{row.get('p50_ms', float('nan')):>9.1f}{row.get('p95_ms', float('nan')):>9.1f}"
+        )
+    print(
+        f"{'exact dense ref':<16}{reference['ndcg@10']:>9.4f}{reference['recall@100']:>8.4f}"
+        f"{reference['mrr@10']:>8.4f}"
+    )
+    fallbacks = [m for m, row in modes.items() if "effective_mode" in row]
+    if fallbacks:
+        print("* fell back to client-side RRF: " + str(modes[fallbacks[0]].get("note")))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

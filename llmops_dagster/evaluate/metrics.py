@@ -1,0 +1,426 @@
+"""Retrieval and deterministic answer metrics, as pure functions and as DeepEval metrics.
+
+Why both: the pure functions are the definition (unit- and property-tested); the
+:class:`~deepeval.metrics.BaseMetric` subclasses wrap them so that one DeepEval ``evaluate()``
+runs retrieval, deterministic and judge metrics side by side and reports them the same way.
+
+Retrieval metrics are *document-level*: the retriever returns chunks, the golden set labels
+documents. Chunk hits are mapped to their ``doc_id`` and de-duplicated keeping the first (best)
+rank, so three chunks of one relevant document count once — otherwise one long document could
+fill the top-k and inflate recall. The ids travel in the test case's ``metadata``
+(:data:`RETRIEVED_KEY`, :data:`RELEVANT_KEY`, optional :data:`GRADES_KEY`).
+
+Every score is in [0, 1]; ``success`` is ``score >= threshold``; ``reason`` says what was
+compared. Metric keys (:attr:`BaseMetric.__name__`) are MLflow-safe (``recall_at_5``, no ``@``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+from deepeval.metrics import BaseMetric
+from deepeval.test_case import LLMTestCase
+
+RETRIEVED_KEY = "retrieved_doc_ids"
+RELEVANT_KEY = "relevant_doc_ids"
+GRADES_KEY = "relevance_grades"
+
+# --------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------
+
+
+def dedupe_doc_ids(doc_ids: Iterable[str]) -> list[str]:
+    """Doc ids in first-seen (rank) order, each once: chunk hits → a document ranking."""
+    return list(dict.fromkeys(doc_ids))
+
+
+def recall_at_k(retrieved: Sequence[str], relevant: Iterable[str], k: int) -> float:
+    """Share of the relevant documents found in the top ``k`` (documents, deduplicated).
+
+    No relevant documents → 0.0: a query with nothing to find says nothing about the
+    retriever, and must not raise a gate's mean (golden loaders drop such queries).
+    """
+    relevant_set = set(relevant)
+    if not relevant_set or k <= 0:
+        return 0.0
+    top = set(dedupe_doc_ids(retrieved)[:k])
+    return len(top & relevant_set) / len(relevant_set)
+
+
+def reciprocal_rank(
+    retrieved: Sequence[str], relevant: Iterable[str], k: int | None = None
+) -> float:
+    """1 / rank of the first relevant document (within ``k``), 0.0 if none is found."""
+    relevant_set = set(relevant)
+    ranking = dedupe_doc_ids(retrieved)
+    if k is not None:
+        ranking = ranking[:k]
+    for rank, doc_id in enumerate(ranking, start=1):
+        if doc_id in relevant_set:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(
+    retrieved: Sequence[str], relevant: Iterable[str] | Mapping[str, float], k: int
+) -> float:
+    """Normalised DCG at ``k`` with linear gains (as trec_eval / BEIR compute it).
+
+    ``relevant`` is a set of ids (binary relevance) or a mapping id → grade (graded qrels).
+    """
+    grades = (
+        {d: float(g) for d, g in relevant.items() if g > 0}
+        if isinstance(relevant, Mapping)
+        else dict.fromkeys(relevant, 1.0)
+    )
+    if not grades or k <= 0:
+        return 0.0
+    ranking = dedupe_doc_ids(retrieved)[:k]
+    dcg = sum(grades.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranking))
+    ideal = sorted(grades.values(), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return min(1.0, dcg / idcg) if idcg > 0 else 0.0
+
+
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower().translate(_PUNCT_TABLE)
+    text = _ARTICLES_RE.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised texts are equal (SQuAD EM), else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1 over normalised tokens (bag of words, with multiplicity)."""
+    pred = normalize_answer(prediction).split()
+    ref = normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = Counter(pred) & Counter(ref)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+_ROUGE_LOCK = threading.Lock()
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence, Porter-stemmed), via ``rouge-score``."""
+    if not prediction.strip() or not reference.strip():
+        return float(prediction.strip() == reference.strip())
+    with _ROUGE_LOCK:  # the scorer's stemmer cache is not documented as thread-safe
+        return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two vectors mapped to [0, 1] by clipping negatives to 0.
+
+    Clipping rather than (1 + cos) / 2: sentence embeddings of unrelated texts sit near 0,
+    and an answer that says nothing related should score near 0, not 0.5.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0.0:
+        return 0.0
+    return float(min(1.0, max(0.0, float(a @ b) / norm)))
+
+
+class TextEncoder(Protocol):
+    """What the embedding metric needs (``embed.model.Embedder`` fits)."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def embedding_similarity(prediction: str, reference: str, encoder: TextEncoder) -> float:
+    """Cosine similarity of the two texts' embeddings, in [0, 1]."""
+    if not prediction.strip() or not reference.strip():
+        return float(prediction.strip() == reference.strip())
+    vectors = encoder.encode([prediction, reference])
+    return cosine_similarity(vectors[0], vectors[1])
+
+
+# --------------------------------------------------------------------------------------------
+# DeepEval metrics
+# --------------------------------------------------------------------------------------------
+
+
+class _DeterministicMetric(BaseMetric):
+    """Shared plumbing: no LLM, synchronous measure, ``a_measure`` delegates.
+
+    DeepEval copies metrics per test case by re-calling ``__init__`` with the attributes whose
+    names match its parameters, so every parameter is stored under its own name.
+    """
+
+    key = "deterministic"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.include_reason = True
+        self.async_mode = True
+        self.strict_mode = False
+        self.verbose_mode = False
+        self.evaluation_model = None
+        self.error = None
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        raise NotImplementedError
+
+    def measure(self, test_case: LLMTestCase, *args: Any, **kwargs: Any) -> float:
+        try:
+            score, reason = self._compute(test_case)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.score, self.reason, self.success = 0.0, self.error, False
+            raise
+        self.score = float(min(1.0, max(0.0, score)))
+        self.reason = reason
+        self.success = self.score >= self.threshold
+        return self.score
+
+    async def a_measure(self, test_case: LLMTestCase, *args: Any, **kwargs: Any) -> float:
+        return self.measure(test_case)
+
+    def is_successful(self) -> bool:
+        if self.error is not None or self.score is None:
+            return False
+        return bool(self.score >= self.threshold)
+
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        return self.key
+
+
+def _metadata(test_case: LLMTestCase) -> dict[str, Any]:
+    return dict(test_case.metadata or {})
+
+
+def _retrieval_inputs(test_case: LLMTestCase) -> tuple[list[str], list[str], dict[str, float]]:
+    meta = _metadata(test_case)
+    if RETRIEVED_KEY not in meta or RELEVANT_KEY not in meta:
+        raise KeyError(
+            f"retrieval metrics need metadata[{RETRIEVED_KEY!r}] and metadata[{RELEVANT_KEY!r}]"
+        )
+    grades = {str(k): float(v) for k, v in (meta.get(GRADES_KEY) or {}).items()}
+    return [str(d) for d in meta[RETRIEVED_KEY]], [str(d) for d in meta[RELEVANT_KEY]], grades
+
+
+class RecallAtK(_DeterministicMetric):
+    """Recall@k over documents (chunk hits deduplicated by ``doc_id``)."""
+
+    def __init__(self, k: int = 5, threshold: float = 0.5) -> None:
+        super().__init__(threshold)
+        self.k = k
+        self.key = f"recall_at_{k}"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        retrieved, relevant, _ = _retrieval_inputs(test_case)
+        score = recall_at_k(retrieved, relevant, self.k)
+        found = sorted(set(dedupe_doc_ids(retrieved)[: self.k]) & set(relevant))
+        return score, f"{len(found)}/{len(set(relevant))} relevant docs in top {self.k}: {found}"
+
+
+class MRR(_DeterministicMetric):
+    """Reciprocal rank of the first relevant document (mean over cases = MRR)."""
+
+    def __init__(self, k: int = 10, threshold: float = 0.5) -> None:
+        super().__init__(threshold)
+        self.k = k
+        self.key = "mrr"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        retrieved, relevant, _ = _retrieval_inputs(test_case)
+        score = reciprocal_rank(retrieved, relevant, self.k)
+        rank = round(1 / score) if score else None
+        return score, f"first relevant doc at rank {rank}" if rank else f"none in top {self.k}"
+
+
+class NDCGAtK(_DeterministicMetric):
+    """nDCG@k over documents; graded when the case carries ``relevance_grades``."""
+
+    def __init__(self, k: int = 10, threshold: float = 0.5) -> None:
+        super().__init__(threshold)
+        self.k = k
+        self.key = f"ndcg_at_{k}"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        retrieved, relevant, grades = _retrieval_inputs(test_case)
+        score = ndcg_at_k(retrieved, grades or relevant, self.k)
+        return score, f"nDCG@{self.k} of {len(dedupe_doc_ids(retrieved))} ranked docs"
+
+
+def _answer_pair(test_case: LLMTestCase) -> tuple[str, str]:
+    if test_case.expected_output is None:
+        raise ValueError("answer metrics need expected_output (a reference answer)")
+    return test_case.actual_output or "", test_case.expected_output
+
+
+class TokenF1(_DeterministicMetric):
+    """SQuAD token F1 between the answer and the reference answer."""
+
+    def __init__(self, threshold: float = 0.3) -> None:
+        super().__init__(threshold)
+        self.key = "token_f1"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        prediction, reference = _answer_pair(test_case)
+        return token_f1(prediction, reference), "token F1 vs reference (SQuAD normalisation)"
+
+
+class NormalizedExactMatch(_DeterministicMetric):
+    """SQuAD exact match (normalised); DeepEval's ``ExactMatchMetric`` compares raw strings."""
+
+    def __init__(self, threshold: float = 1.0) -> None:
+        super().__init__(threshold)
+        self.key = "exact_match"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        prediction, reference = _answer_pair(test_case)
+        score = exact_match(prediction, reference)
+        return score, "normalised texts equal" if score else "normalised texts differ"
+
+
+class RougeL(_DeterministicMetric):
+    """ROUGE-L F-measure between the answer and the reference answer."""
+
+    def __init__(self, threshold: float = 0.3) -> None:
+        super().__init__(threshold)
+        self.key = "rouge_l"
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        prediction, reference = _answer_pair(test_case)
+        return rouge_l(prediction, reference), "ROUGE-L F vs reference (rouge-score, stemmed)"
+
+
+class EmbeddingSimilarity(_DeterministicMetric):
+    """Cosine similarity of answer and reference embeddings (the project's embedder).
+
+    ``encoder`` is shared, not copied, across DeepEval's per-case metric copies (the copy
+    passes the same object back to ``__init__``); loaded lazily from ``model_id`` if absent.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder | None = None,
+        model_id: str | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__(threshold)
+        self.encoder = encoder
+        self.model_id = model_id
+        self.key = "embedding_similarity"
+
+    def _encoder(self) -> TextEncoder:
+        if self.encoder is None:
+            from llmops_dagster.config import get_settings
+            from llmops_dagster.embed.model import load_embedder
+
+            self.encoder = load_embedder(self.model_id or get_settings().embedding_model)
+        return self.encoder
+
+    def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
+        prediction, reference = _answer_pair(test_case)
+        return (
+            embedding_similarity(prediction, reference, self._encoder()),
+            "cosine of answer and reference embeddings (negatives clipped to 0)",
+        )
+
+
+RETRIEVAL_METRIC_TYPES: tuple[type[BaseMetric], ...] = (RecallAtK, MRR, NDCGAtK)
+
+
+def default_metrics(
+    *,
+    encoder: TextEncoder | None = None,
+    recall_k: int = 5,
+    ndcg_k: int = 10,
+    mrr_k: int = 10,
+    include_embedding: bool = True,
+) -> list[BaseMetric]:
+    """The judge-free metric set the default gate reads: retrieval + deterministic answer."""
+    metrics: list[BaseMetric] = [
+        RecallAtK(k=recall_k),
+        MRR(k=mrr_k),
+        NDCGAtK(k=ndcg_k),
+        TokenF1(),
+        NormalizedExactMatch(),
+        RougeL(),
+    ]
+    if include_embedding:
+        metrics.append(EmbeddingSimilarity(encoder=encoder))
+    return metrics
+
+
+def judge_metrics(judge: Any, *, threshold: float = 0.5) -> list[BaseMetric]:
+    """DeepEval's judge metrics over ``judge``: answer relevancy, faithfulness, G-Eval
+    correctness (against the reference answer). Reasons off: each reason is one more judge
+    call, and with a small judge the reason is the least informative part."""
+    from deepeval.metrics import AnswerRelevancyMetric, FaithfulnessMetric, GEval
+    from deepeval.test_case import SingleTurnParams
+
+    return [
+        AnswerRelevancyMetric(
+            threshold=threshold, model=judge, include_reason=False, async_mode=True
+        ),
+        FaithfulnessMetric(threshold=threshold, model=judge, include_reason=False, async_mode=True),
+        GEval(
+            name="Correctness",
+            criteria=(
+                "Is the actual output factually correct and complete compared with the expected "
+                "output? Penalise contradictions and missing facts; ignore style."
+            ),
+            evaluation_params=[
+                SingleTurnParams.INPUT,
+                SingleTurnParams.ACTUAL_OUTPUT,
+                SingleTurnParams.EXPECTED_OUTPUT,
+            ],
+            # Fixed steps: one judge call fewer per case, and the same rubric on every run.
+            evaluation_steps=[
+                "Compare the facts in the actual output with the expected output.",
+                "Lower the score for each contradicted or missing fact.",
+            ],
+            threshold=threshold,
+            model=judge,
+            async_mode=True,
+        ),
+    ]
+
+
+def metric_key(metric: Any) -> str:
+    """Stable, MLflow-safe key for any DeepEval metric (ours or DeepEval's built-ins)."""
+    name = getattr(metric, "key", None) if isinstance(metric, _DeterministicMetric) else None
+    if name:
+        return str(name)
+    raw = getattr(metric, "__name__", type(metric).__name__)
+    raw = str(raw)
+    geval = re.fullmatch(r"(.+?)\s*\[GEval\]", raw)
+    if geval:
+        raw = f"geval_{geval.group(1)}"
+    return re.sub(r"[^0-9a-z]+", "_", raw.lower()).strip("_")

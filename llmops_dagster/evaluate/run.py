@@ -1,0 +1,387 @@
+"""Run an evaluation: golden questions → RAG answers → DeepEval test cases → scores.
+
+Why two engines for the judge-free metrics: ``engine="deepeval"`` runs them inside DeepEval's
+``evaluate()`` (async, concurrent, the same report path as the judge metrics);
+``engine="direct"`` calls the same metric objects in a plain loop, which skips DeepEval's
+per-run bookkeeping (test-run files, per-case metric copies) when only cheap deterministic
+metrics run. Judge metrics always go through DeepEval ``evaluate()``: their multi-step
+prompting, verdict scoring and error handling are DeepEval's, not ours.
+
+Judge metrics may run on a sample of the cases (``judge_max_cases``): a CPU judge needs several
+seconds per call and several calls per case. The result records which judge ran, on how many
+cases, and whether its metrics gate (``judge_gates``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import llmops_dagster.evaluate  # noqa: F401  - DeepEval cache folder default before deepeval
+from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
+from llmops_dagster.evaluate.metrics import (
+    GRADES_KEY,
+    RELEVANT_KEY,
+    RETRIEVAL_METRIC_TYPES,
+    RETRIEVED_KEY,
+    default_metrics,
+    judge_metrics,
+    metric_key,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from deepeval.metrics import BaseMetric
+    from deepeval.test_case import LLMTestCase
+
+
+# --------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalCase:
+    """One golden question with the pipeline's answer and what was retrieved for it."""
+
+    case_id: str
+    question: str
+    actual_output: str
+    expected_output: str | None = None
+    retrieval_context: list[str] = field(default_factory=list)
+    #: Document ids of the retrieved chunks, in rank order (duplicates allowed: chunk hits).
+    retrieved_doc_ids: list[str] = field(default_factory=list)
+    relevant_doc_ids: list[str] = field(default_factory=list)
+    relevance_grades: dict[str, int] = field(default_factory=dict)
+    retrieved_chunk_ids: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_test_case(self) -> LLMTestCase:
+        from deepeval.test_case import LLMTestCase
+
+        return LLMTestCase(
+            name=self.case_id,
+            input=self.question,
+            actual_output=self.actual_output,
+            expected_output=self.expected_output,
+            # Faithfulness needs a non-empty context; an empty retrieval is scored as such.
+            retrieval_context=list(self.retrieval_context) or [""],
+            completion_time=(self.latency_ms / 1000) if self.latency_ms is not None else None,
+            metadata={
+                **self.metadata,
+                RETRIEVED_KEY: list(self.retrieved_doc_ids),
+                RELEVANT_KEY: list(self.relevant_doc_ids),
+                GRADES_KEY: dict(self.relevance_grades),
+            },
+        )
+
+
+class RetrievedLike(Protocol):
+    """A retrieved chunk (``rag.answer.RetrievedChunk`` fits)."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+
+
+class AnswerLike(Protocol):
+    """What :func:`build_cases` reads from an answer (``rag.answer.Answer`` fits)."""
+
+    text: str
+    total_ms: float
+
+    @property
+    def retrieved(self) -> Sequence[RetrievedLike]: ...
+
+
+#: Answers a batch of questions in one call (``lambda qs: answer_many(qs, retriever=…,
+#: generator=…)``): batched generation is where evaluation throughput comes from.
+AnswerFn = Callable[[Sequence[str]], Sequence[AnswerLike]]
+
+
+def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
+    chunks = list(answer.retrieved)
+    return EvalCase(
+        case_id=item.id,
+        question=item.question,
+        actual_output=answer.text,
+        expected_output=item.reference_answer,
+        retrieval_context=[c.text for c in chunks],
+        retrieved_doc_ids=[c.doc_id for c in chunks],
+        relevant_doc_ids=list(item.relevant_doc_ids),
+        relevance_grades=dict(item.relevance_grades),
+        retrieved_chunk_ids=[c.chunk_id for c in chunks],
+        latency_ms=float(answer.total_ms),
+        metadata={"type": item.type},
+    )
+
+
+def build_cases(
+    golden: GoldenSet | Sequence[GoldenItem], answer_fn: AnswerFn, *, batch_size: int = 8
+) -> list[EvalCase]:
+    """Answer every golden question, ``batch_size`` questions per ``answer_fn`` call."""
+    items = list(golden.items if isinstance(golden, GoldenSet) else golden)
+    cases: list[EvalCase] = []
+    step = max(1, batch_size)
+    for start in range(0, len(items), step):
+        batch = items[start : start + step]
+        answers = list(answer_fn([item.question for item in batch]))
+        if len(answers) != len(batch):
+            raise ValueError(
+                f"answer_fn returned {len(answers)} answers for {len(batch)} questions"
+            )
+        cases.extend(case_from_answer(item, ans) for item, ans in zip(batch, answers, strict=True))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Per-case rows, aggregate means and what produced them.
+
+    ``rows``: one dict per case (``case_id``, ``question``, ``actual_output``,
+    ``expected_output``, ``latency_ms``, ids as JSON strings, then ``<metric>`` score and
+    ``<metric>_reason`` per metric; ``None`` where a metric did not run or errored).
+    ``aggregates``: ``<metric>`` = mean over the cases it scored, plus ``latency_ms_mean``,
+    ``latency_ms_p95`` and ``n_cases``.
+    """
+
+    rows: list[dict[str, Any]]
+    aggregates: dict[str, float]
+    metric_keys: list[str]
+    judge_metric_keys: list[str]
+    judge: str | None
+    judge_gates: bool
+    judge_cases: int
+    errors: dict[str, int]
+    seconds: float
+    engine: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.rows)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def summary_markdown(self) -> str:
+        """A Markdown table of the aggregates (Dagster metadata, run descriptions)."""
+        lines = ["| metric | mean | kind |", "|---|---|---|"]
+        for key in self.metric_keys + self.judge_metric_keys:
+            value = self.aggregates.get(key)
+            kind = (
+                "judge (gates)"
+                if key in self.judge_metric_keys and self.judge_gates
+                else ("judge (report only)" if key in self.judge_metric_keys else "deterministic")
+            )
+            shown = "n/a" if value is None else f"{value:.3f}"
+            lines.append(f"| {key} | {shown} | {kind} |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _name_to_key(name: str) -> str:
+    geval = re.fullmatch(r"(.+?)\s*\[GEval\]", name)
+    if geval:
+        name = f"geval_{geval.group(1)}"
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def _needs_reference(metric: BaseMetric) -> bool:
+    return not isinstance(metric, RETRIEVAL_METRIC_TYPES)
+
+
+def _run_deepeval(
+    test_cases: list[LLMTestCase],
+    metrics: list[BaseMetric],
+    *,
+    max_concurrent: int,
+    show_progress: bool,
+) -> dict[str, dict[str, tuple[float | None, str | None, str | None]]]:
+    """DeepEval ``evaluate()`` → {case name: {metric key: (score, reason, error)}}."""
+    from deepeval import evaluate
+
+    # DeepEval prints a results banner even with print_results=False; keep logs clean unless
+    # progress was asked for.
+    quiet = contextlib.nullcontext() if show_progress else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        result = _evaluate(evaluate, test_cases, metrics, max_concurrent, show_progress)
+    return _collect(result)
+
+
+def _evaluate(
+    evaluate: Callable[..., Any],
+    test_cases: list[LLMTestCase],
+    metrics: list[BaseMetric],
+    max_concurrent: int,
+    show_progress: bool,
+) -> Any:
+    from deepeval.evaluate.configs import AsyncConfig, CacheConfig, DisplayConfig, ErrorConfig
+
+    return evaluate(
+        test_cases=test_cases,
+        metrics=metrics,
+        async_config=AsyncConfig(run_async=True, max_concurrent=max_concurrent),
+        display_config=DisplayConfig(
+            show_indicator=show_progress, print_results=False, inspect_after_run=False
+        ),
+        cache_config=CacheConfig(write_cache=False, use_cache=False),
+        # One failing judge call must not abort the whole evaluation: it is counted instead.
+        error_config=ErrorConfig(ignore_errors=True),
+    )
+
+
+def _collect(result: Any) -> dict[str, dict[str, tuple[float | None, str | None, str | None]]]:
+    out: dict[str, dict[str, tuple[float | None, str | None, str | None]]] = {}
+    for test_result in result.test_results:
+        per_metric = out.setdefault(str(test_result.name), {})
+        for data in test_result.metrics_data or []:
+            per_metric[_name_to_key(str(data.name))] = (data.score, data.reason, data.error)
+    return out
+
+
+def _run_direct(
+    test_cases: list[LLMTestCase], metrics: list[BaseMetric]
+) -> dict[str, dict[str, tuple[float | None, str | None, str | None]]]:
+    out: dict[str, dict[str, tuple[float | None, str | None, str | None]]] = {}
+    for case in test_cases:
+        per_metric = out.setdefault(str(case.name), {})
+        for metric in metrics:
+            try:
+                metric.measure(case)
+                per_metric[metric_key(metric)] = (metric.score, metric.reason, None)
+            except Exception as exc:  # same contract as DeepEval's ignore_errors
+                per_metric[metric_key(metric)] = (None, None, f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def evaluate_rag(
+    cases: Sequence[EvalCase],
+    *,
+    metrics: Sequence[BaseMetric] | None = None,
+    judge: Any = None,
+    judge_capable: bool = False,
+    judge_metric_list: Sequence[BaseMetric] | None = None,
+    judge_max_cases: int | None = None,
+    engine: Literal["deepeval", "direct"] = "deepeval",
+    max_concurrent: int = 8,
+    show_progress: bool = False,
+) -> EvalResult:
+    """Score ``cases`` with judge-free ``metrics`` (default :func:`default_metrics`) and, when
+    a ``judge`` (a ``DeepEvalBaseLLM``) is given, DeepEval's judge metrics through
+    ``evaluate()`` on the first ``judge_max_cases`` cases. ``judge_capable`` is recorded as
+    ``judge_gates``: only then may a gate read the judge metrics.
+
+    Answer metrics need a reference answer: when some case has none (a BEIR golden set) they are
+    left out and a note says so.
+    """
+    started = time.perf_counter()
+    cases = list(cases)
+    if not cases:
+        raise ValueError("evaluate_rag needs at least one case")
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique (they key DeepEval's results)")
+    notes: list[str] = []
+    deterministic = list(metrics) if metrics is not None else default_metrics()
+    if any(not c.expected_output for c in cases):
+        dropped = [metric_key(m) for m in deterministic if _needs_reference(m)]
+        deterministic = [m for m in deterministic if not _needs_reference(m)]
+        if dropped:
+            notes.append(f"no reference answer on some cases: skipped {dropped}")
+    test_cases = [c.to_test_case() for c in cases]
+
+    scores: dict[str, dict[str, tuple[float | None, str | None, str | None]]] = {}
+    if deterministic:
+        if engine == "deepeval":
+            scores = _run_deepeval(
+                test_cases,
+                deterministic,
+                max_concurrent=max_concurrent,
+                show_progress=show_progress,
+            )
+        else:
+            scores = _run_direct(test_cases, deterministic)
+    metric_keys = [metric_key(m) for m in deterministic]
+
+    judge_name: str | None = None
+    judge_keys: list[str] = []
+    judge_cases = 0
+    if judge is not None:
+        judge_name = str(judge.get_model_name())
+        jm = list(judge_metric_list) if judge_metric_list is not None else judge_metrics(judge)
+        judge_keys = [metric_key(m) for m in jm]
+        sample = test_cases[: judge_max_cases or len(test_cases)]
+        judge_cases = len(sample)
+        judged = _run_deepeval(
+            sample, jm, max_concurrent=max_concurrent, show_progress=show_progress
+        )
+        for name, per_metric in judged.items():
+            scores.setdefault(name, {}).update(per_metric)
+        if judge_cases < len(cases):
+            notes.append(f"judge metrics on the first {judge_cases} of {len(cases)} cases")
+        if not judge_capable:
+            notes.append("judge declared not capable: judge metrics are reported, not gated")
+
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, int] = {}
+    for case in cases:
+        row: dict[str, Any] = {
+            "case_id": case.case_id,
+            "question": case.question,
+            "actual_output": case.actual_output,
+            "expected_output": case.expected_output,
+            "latency_ms": case.latency_ms,
+            "retrieved_doc_ids": json.dumps(case.retrieved_doc_ids),
+            "relevant_doc_ids": json.dumps(case.relevant_doc_ids),
+        }
+        per_metric = scores.get(case.case_id, {})
+        for key in metric_keys + judge_keys:
+            score, reason, error = per_metric.get(key, (None, None, None))
+            row[key] = None if error else score
+            row[f"{key}_reason"] = error or reason
+            if error:
+                errors[key] = errors.get(key, 0) + 1
+        rows.append(row)
+
+    aggregates: dict[str, float] = {"n_cases": float(len(cases))}
+    for key in metric_keys + judge_keys:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        if values:
+            aggregates[key] = statistics.fmean(values)
+    latencies = sorted(float(c.latency_ms) for c in cases if c.latency_ms is not None)
+    if latencies:
+        aggregates["latency_ms_mean"] = statistics.fmean(latencies)
+        aggregates["latency_ms_p95"] = latencies[
+            min(len(latencies) - 1, int(0.95 * len(latencies)))
+        ]
+    return EvalResult(
+        rows=rows,
+        aggregates=aggregates,
+        metric_keys=metric_keys,
+        judge_metric_keys=judge_keys,
+        judge=judge_name,
+        judge_gates=bool(judge is not None and judge_capable),
+        judge_cases=judge_cases,
+        errors=errors,
+        seconds=time.perf_counter() - started,
+        engine=engine,
+        notes=notes,
+    )

@@ -1,0 +1,103 @@
+"""The local judge with the REAL packaged SmolLM2 model: for every schema the served DeepEval
+metrics ask for, ``generate(prompt, schema=S)`` returns an instance of S.
+
+Kept short (tight string/array bounds, few tokens): a 135M model on a CPU is slow, and what is
+tested here is the plumbing — constrained decoding, stopping, parsing, clamping — not judgement.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from deepeval.metrics.answer_relevancy import schema as ar
+from deepeval.metrics.faithfulness import schema as fa
+from deepeval.metrics.g_eval import schema as ge
+from deepeval.test_case import LLMTestCase
+from pydantic import BaseModel
+
+from llmops_dagster.config import get_settings
+from llmops_dagster.evaluate.judge import LocalJudge
+from llmops_dagster.evaluate.metrics import judge_metrics
+from llmops_dagster.rag.llm import load_local_generator
+
+pytestmark = pytest.mark.integration
+
+ANSWER = "Expense claims must be submitted within 30 days."
+CONTEXT = "Submit expense claims in Ledgerly within 30 days of incurring the cost."
+
+#: (metric, schema, prompt): the structured calls AnswerRelevancy, Faithfulness and G-Eval make.
+CALLS: list[tuple[str, type[BaseModel], str]] = [
+    (
+        "answer_relevancy",
+        ar.Statements,
+        f"List the statements in this text as JSON.\nText: {ANSWER}",
+    ),
+    (
+        "answer_relevancy",
+        ar.Verdicts,
+        "Is each statement relevant to 'When are claims due?' Answer yes or no as JSON."
+        f"\nStatements: ['{ANSWER}']",
+    ),
+    ("answer_relevancy", ar.AnswerRelevancyScoreReason, "Explain the score 1.0 briefly as JSON."),
+    ("faithfulness", fa.Truths, f"List the facts in this context as JSON.\nContext: {CONTEXT}"),
+    ("faithfulness", fa.Claims, f"List the claims in this text as JSON.\nText: {ANSWER}"),
+    (
+        "faithfulness",
+        fa.Verdicts,
+        "Does the context support each claim? yes or no, as JSON."
+        f"\nContext: {CONTEXT}\nClaims: ['{ANSWER}']",
+    ),
+    ("faithfulness", fa.FaithfulnessScoreReason, "Explain the score 1.0 briefly as JSON."),
+    (
+        "geval_correctness",
+        ge.Steps,
+        "List evaluation steps for checking factual correctness as JSON.",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def judge() -> LocalJudge:
+    generator = load_local_generator(get_settings())
+    return LocalJudge.from_generator(generator, max_new_tokens=40, max_string_chars=28, max_items=1)
+
+
+def test_local_judge_returns_schema_instances_for_every_served_metric(judge: LocalJudge) -> None:
+    served = {key for key, _, _ in CALLS}
+    assert served == {"answer_relevancy", "faithfulness", "geval_correctness"}
+    timings = []
+    for _, schema, prompt in CALLS:
+        started = time.perf_counter()
+        result = judge.generate(prompt, schema=schema)
+        timings.append(time.perf_counter() - started)
+        assert isinstance(result, schema), (schema.__name__, result)
+    assert judge.calls == len(CALLS)
+    print("judge call seconds:", [round(t, 1) for t in timings], "repaired:", judge.repaired_calls)
+
+
+def test_geval_through_deepeval_gets_a_clamped_score(judge: LocalJudge) -> None:
+    """G-Eval's final call (ReasonScore) via the real metric: the score lands in [0, 1]."""
+    returned: list[object] = []
+    original = judge.generate
+
+    def spy(prompt: object, schema: type[BaseModel] | None = None, **kwargs: object) -> object:
+        out = original(prompt, schema)
+        returned.append(out)
+        return out
+
+    judge.generate = spy  # type: ignore[method-assign]
+    try:
+        geval = judge_metrics(judge)[2]
+        geval.async_mode = False
+        case = LLMTestCase(
+            input="When are expense claims due?",
+            actual_output=ANSWER,
+            expected_output="Within 30 days of the cost.",
+        )
+        score = geval.measure(case, _show_indicator=False)
+    finally:
+        del judge.generate
+    assert [type(r).__name__ for r in returned] == ["ReasonScore"]
+    assert isinstance(returned[0], ge.ReasonScore) and 0 <= returned[0].score <= 10
+    assert 0.0 <= score <= 1.0

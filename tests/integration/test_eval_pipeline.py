@@ -1,0 +1,210 @@
+"""DeepEval evaluate() on hand-made cases, the judge path through DeepEval, MLflow logging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import mlflow
+import pytest
+from deepeval.models import DeepEvalBaseLLM
+from mlflow import MlflowClient
+
+from llmops_dagster.config import Settings
+from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
+from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet, load_golden
+from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
+from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
+
+pytestmark = pytest.mark.integration
+
+CASES = [
+    EvalCase(
+        case_id="q02",
+        question="Within how many days must an expense claim be submitted?",
+        actual_output="Expense claims must be submitted within 30 days.",
+        expected_output=(
+            "Expense claims must be submitted within 30 days of the date the cost was incurred."
+        ),
+        retrieval_context=["Submit claims within 30 days of incurring the cost."],
+        retrieved_doc_ids=[
+            "fs:handbook/expenses.md",
+            "fs:handbook/expenses.md",
+            "fs:handbook/leave.md",
+        ],
+        relevant_doc_ids=["fs:handbook/expenses.md"],
+        latency_ms=120.0,
+    ),
+    EvalCase(
+        case_id="q03",
+        question="Who has to approve an expense claim of £1,200?",
+        actual_output="Your line manager.",
+        expected_output=(
+            "A claim between £500.01 and £2,000 is approved by your department director."
+        ),
+        retrieval_context=["Claims up to £500 are approved by the line manager."],
+        retrieved_doc_ids=["fs:handbook/leave.md", "fs:handbook/expenses.md"],
+        relevant_doc_ids=["fs:handbook/expenses.md"],
+        latency_ms=300.0,
+    ),
+    EvalCase(
+        case_id="q01",
+        question="In which year was Northwind Drones founded?",
+        actual_output="2019",
+        expected_output="2019",
+        retrieval_context=["Founded in 2019 in a barn outside Harrogate."],
+        retrieved_doc_ids=["fs:handbook/remote-work.md"],
+        relevant_doc_ids=["fs:handbook/welcome.md"],
+        latency_ms=90.0,
+    ),
+]
+
+
+def test_deepeval_evaluate_with_retrieval_and_deterministic_metrics() -> None:
+    result = evaluate_rag(CASES, engine="deepeval")
+    assert result.engine == "deepeval" and result.errors == {} and result.judge is None
+    rows = {r["case_id"]: r for r in result.rows}
+    assert rows["q02"]["recall_at_5"] == 1.0 and rows["q02"]["mrr"] == 1.0
+    assert rows["q03"]["mrr"] == 0.5 and rows["q01"]["recall_at_5"] == 0.0
+    assert rows["q01"]["exact_match"] == 1.0 and rows["q03"]["exact_match"] == 0.0
+    assert rows["q02"]["token_f1"] > rows["q03"]["token_f1"]
+    assert 0.0 <= rows["q03"]["embedding_similarity"] <= 1.0
+    assert result.aggregates["recall_at_5"] == pytest.approx(2 / 3)
+    assert result.aggregates["mrr"] == pytest.approx(0.5)
+    assert result.aggregates["latency_ms_p95"] == 300.0
+    # the direct engine measures the very same metrics
+    direct = evaluate_rag(CASES, engine="direct")
+    for key in result.metric_keys:
+        assert direct.aggregates[key] == pytest.approx(result.aggregates[key]), key
+
+
+class CannedJudge(DeepEvalBaseLLM):
+    """A fast stand-in judge: every schema gets a fixed, valid instance (score 12 on 0–10 to
+    check that G-Eval sees what the judge returns and clamping is the judge's job)."""
+
+    def __init__(self) -> None:
+        self.schemas: list[str] = []
+        super().__init__(model="canned")
+
+    def load_model(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def get_model_name(self, *args: Any, **kwargs: Any) -> str:
+        return "canned-judge"
+
+    def generate(self, prompt: Any, schema: Any = None, **kwargs: Any) -> Any:
+        self.schemas.append(schema.__name__)
+        values = {
+            "statements": ["The claim deadline is 30 days."],
+            "truths": ["Claims are due in 30 days."],
+            "claims": ["Claims are due in 30 days."],
+            "verdicts": [{"verdict": "yes", "reason": "supported"}],
+            "steps": ["Compare facts."],
+            "reason": "consistent",
+            "score": 8,
+        }
+        return schema.model_validate({k: v for k, v in values.items() if k in schema.model_fields})
+
+    async def a_generate(self, prompt: Any, schema: Any = None, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return self.generate(prompt, schema)
+
+
+def test_judge_metrics_run_through_deepeval_and_gate_only_when_capable() -> None:
+    judge = CannedJudge()
+    result = evaluate_rag(CASES, judge=judge, judge_max_cases=2, judge_capable=False)
+    assert (
+        result.judge == "canned-judge" and result.judge_gates is False and result.judge_cases == 2
+    )
+    assert result.judge_metric_keys == ["answer_relevancy", "faithfulness", "geval_correctness"]
+    assert {"Statements", "Truths", "Claims", "Verdicts", "ReasonScore"} <= set(judge.schemas)
+    rows = {r["case_id"]: r for r in result.rows}
+    assert rows["q02"]["faithfulness"] == 1.0 and rows["q02"]["answer_relevancy"] == 1.0
+    assert rows["q02"]["geval_correctness"] == pytest.approx(0.8)
+    assert rows["q01"]["faithfulness"] is None  # outside the judged sample
+    assert any("not capable" in note for note in result.notes)
+
+    config = GateConfig(minimums={"recall_at_5": 0.5, "faithfulness": 1.1})
+    assert evaluate_gate(result.aggregates, config).passed  # judge not capable: advisory
+    capable = GateConfig(minimums=config.minimums, judge_capable=True)
+    gate = evaluate_gate(result.aggregates, capable)
+    assert not gate.passed and gate.failures[0].metric == "faithfulness"
+
+
+def test_build_cases_batches_answer_calls() -> None:
+    class Chunk:
+        def __init__(self, doc_id: str) -> None:
+            self.chunk_id, self.doc_id, self.text = f"c-{doc_id}", doc_id, f"text of {doc_id}"
+
+    class Ans:
+        def __init__(self, question: str) -> None:
+            self.text, self.total_ms = f"answer to {question}", 5.0
+            self.retrieved = [Chunk("fs:handbook/expenses.md")]
+
+    calls: list[int] = []
+
+    def answer_fn(questions: Any) -> list[Ans]:
+        calls.append(len(questions))
+        return [Ans(q) for q in questions]
+
+    golden = load_golden().subset(7)
+    cases = build_cases(golden, answer_fn, batch_size=3)
+    assert calls == [3, 3, 1] and [c.case_id for c in cases] == [i.id for i in golden.items]
+    assert cases[0].retrieved_chunk_ids == ["c-fs:handbook/expenses.md"]
+    assert cases[0].expected_output == golden.items[0].reference_answer
+
+
+def test_beir_style_cases_skip_answer_metrics() -> None:
+    golden = GoldenSet.from_items(
+        [GoldenItem("b1", "q?", ("beir:d1",), None, "beir", {"beir:d1": 2})], name="mini-beir"
+    )
+    case = EvalCase("b1", "q?", "a", None, ["t"], ["beir:d1"], ["beir:d1"], {"beir:d1": 2})
+    result = evaluate_rag([case], engine="direct")
+    assert (
+        result.metric_keys == ["recall_at_5", "mrr", "ndcg_at_10"] and golden.format == "qa_jsonl"
+    )
+    assert result.aggregates["ndcg_at_10"] == 1.0 and "skipped" in result.notes[0]
+
+
+def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) -> None:
+    golden = GoldenSet.from_items(
+        [
+            GoldenItem(c.case_id, c.question, tuple(c.relevant_doc_ids), c.expected_output)
+            for c in CASES
+        ],
+        name="handmade",
+    )
+    result = evaluate_rag(CASES, engine="direct")
+    config = GateConfig(minimums={"recall_at_5": 0.9})
+    gate = evaluate_gate(result.aggregates, config)
+    run_id = log_evaluation(
+        tmp_settings,
+        result,
+        golden,
+        gate_config=config,
+        gate_result=gate,
+        context={
+            "model_name": "rag-generator",
+            "model_version": "3",
+            "prompt_version": "v1",
+            "index_alias": "llmops-chunks",
+        },
+    )
+    client = MlflowClient(tracking_uri=tmp_settings.effective_mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics["recall_at_5"] == pytest.approx(2 / 3)
+    assert run.data.metrics["gate_passed"] == 0.0
+    assert run.data.metrics["gate_shortfall.recall_at_5"] == pytest.approx(0.9 - 2 / 3)
+    assert run.data.params["model_version"] == "3" and run.data.params["judge"] == "none"
+    assert run.data.params["gate.min.recall_at_5"] == "0.9"
+    assert run.data.tags["llmops.golden_sha256"] == golden.version
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert (
+        dataset_input.dataset.name == "handmade"
+        and dataset_input.dataset.digest == golden.version[:32]
+    )
+    table = client.load_table(run.info.experiment_id, TABLE_ARTIFACT, run_ids=[run_id])
+    assert sorted(table["case_id"]) == ["q01", "q02", "q03"]
+    gate_json = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/gate.json"))
+    assert gate_json["passed"] is False

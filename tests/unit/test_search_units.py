@@ -1,0 +1,261 @@
+"""Unit tests of the search package that need no cluster: bodies, requests, reports, names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from elasticsearch import exceptions as es_exceptions
+
+from llmops_dagster.search.aliases import version_index_name
+from llmops_dagster.search.mapping import (
+    CORE_ENGLISH_ANALYZER,
+    AnalyzerChoice,
+    IndexSpec,
+    VectorIndexOptions,
+    build_index_body,
+    chunk_set_digest,
+)
+from llmops_dagster.search.retriever import (
+    HybridRetriever,
+    RetrieverConfig,
+    SearchMode,
+    build_filter_clauses,
+)
+from llmops_dagster.search.writer import (
+    BulkFailure,
+    BulkReport,
+    IndexingError,
+    bulk_actions,
+    to_es_document,
+)
+
+pytestmark = pytest.mark.unit
+
+
+# --- mapping -------------------------------------------------------------------------------------
+def test_index_body_defaults() -> None:
+    body = build_index_body(IndexSpec(dims=384, model_id="m"), analyzer=AnalyzerChoice("standard"))
+    index = body["settings"]["index"]
+    assert (index["number_of_shards"], index["number_of_replicas"]) == (1, 0)
+    props = body["mappings"]["properties"]
+    assert props["embedding"] == {
+        "type": "dense_vector",
+        "dims": 384,
+        "index": True,
+        "similarity": "cosine",
+        "index_options": {"type": "int8_hnsw", "m": 16, "ef_construction": 100},
+    }
+    for name in ("chunk_id", "doc_id", "source", "uri", "section", "content_hash", "model_id"):
+        assert props[name] == {"type": "keyword"}
+    assert props["position"] == {"type": "integer"}
+    assert props["updated_at"] == {"type": "date"}
+    assert props["text"] == {"type": "text", "analyzer": "standard"}
+    assert body["mappings"]["dynamic"] == "strict"
+    assert body["mappings"]["_meta"]["model_id"] == "m"
+    assert body["mappings"]["_meta"]["dims"] == 384
+
+
+def test_index_body_configurable_vector_shards_bm25_and_core_analyzer() -> None:
+    spec = IndexSpec(
+        dims=8,
+        model_id="m",
+        shards=3,
+        replicas=1,
+        vector_options=VectorIndexOptions(type="flat"),
+        analyzer=CORE_ENGLISH_ANALYZER,
+        bm25_k1=0.9,
+        bm25_b=0.4,
+    )
+    body = build_index_body(spec, meta={"chunk_set_digest": "abc"})
+    index = body["settings"]["index"]
+    assert (index["number_of_shards"], index["number_of_replicas"]) == (3, 1)
+    assert index["similarity"]["default"] == {"type": "BM25", "k1": 0.9, "b": 0.4}
+    assert CORE_ENGLISH_ANALYZER in index["analysis"]["analyzer"]
+    assert index["analysis"]["filter"]["llmops_english_stop"]["stopwords"] == "_english_"
+    assert body["mappings"]["properties"]["embedding"]["index_options"] == {"type": "flat"}
+    assert body["mappings"]["_meta"]["chunk_set_digest"] == "abc"
+
+
+def test_index_spec_validates() -> None:
+    with pytest.raises(ValueError):
+        IndexSpec(dims=0, model_id="m")
+
+
+class _AnalyzeOnly:
+    """Fake client whose node knows only some analyzers/filters."""
+
+    def __init__(self, english: bool, stop: bool) -> None:
+        self.indices = self
+        self.english, self.stop = english, stop
+
+    def analyze(self, **kwargs: Any) -> dict:
+        if kwargs.get("analyzer") == "english" and not self.english:
+            raise _bad_request()
+        if "filter" in kwargs and not self.stop:
+            raise _bad_request()
+        return {"tokens": []}
+
+
+def _bad_request() -> es_exceptions.BadRequestError:
+    from elastic_transport import ApiResponseMeta, HttpHeaders
+
+    meta = ApiResponseMeta(400, "1.1", HttpHeaders(), 0.0, None)  # type: ignore[arg-type]
+    return es_exceptions.BadRequestError("illegal_argument_exception", meta, {})
+
+
+@pytest.mark.parametrize(
+    ("english", "stop", "expected"),
+    [(True, True, "english"), (False, True, CORE_ENGLISH_ANALYZER), (False, False, "standard")],
+)
+def test_analyzer_detection_prefers_best_available(
+    english: bool, stop: bool, expected: str
+) -> None:
+    body = build_index_body(IndexSpec(dims=4, model_id="m"), client=_AnalyzeOnly(english, stop))  # type: ignore[arg-type]
+    assert body["mappings"]["properties"]["text"]["analyzer"] == expected
+    assert body["mappings"]["_meta"]["analyzer"] == expected
+
+
+def test_chunk_set_digest_is_order_independent() -> None:
+    assert chunk_set_digest(["b", "a", "a"]) == chunk_set_digest(["a", "b"])
+    assert chunk_set_digest(["a"]) != chunk_set_digest(["a", "b"])
+
+
+# --- writer --------------------------------------------------------------------------------------
+def test_to_es_document_serialises_vectors_and_dates() -> None:
+    doc = to_es_document(
+        {
+            "chunk_id": "c1",
+            "embedding": np.array([0.1, 0.2], dtype=np.float32),
+            "updated_at": datetime(2026, 1, 2, tzinfo=UTC),
+        }
+    )
+    assert doc["embedding"] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert all(type(x) is float for x in doc["embedding"])
+    assert doc["updated_at"] == "2026-01-02T00:00:00+00:00"
+    with pytest.raises(ValueError, match="chunk_id"):
+        to_es_document({"text": "no id"})
+
+
+def test_bulk_actions_upserts_first_then_deletes() -> None:
+    actions = list(bulk_actions("idx", [{"chunk_id": "a"}, {"chunk_id": "b"}], ["x"]))
+    assert [(a["_op_type"], a["_id"]) for a in actions] == [
+        ("index", "a"),
+        ("index", "b"),
+        ("delete", "x"),
+    ]
+
+
+def test_indexing_error_message_names_causes_not_just_a_count() -> None:
+    report = BulkReport(index="idx", indexed=3, failed=12)
+    report.failures = [
+        BulkFailure(
+            "id-1", "index", 400, "document_parsing_exception", "failed to parse [position]"
+        )
+    ]
+    message = str(IndexingError(report))
+    assert "id-1" in message and "document_parsing_exception" in message
+    assert "position" in message and "12 failed" in message and "+11 more" in message
+
+
+# --- aliases -------------------------------------------------------------------------------------
+def test_version_names_sort_by_time_and_carry_digest() -> None:
+    early = version_index_name("a", "abcdef0123", datetime(2026, 1, 1, tzinfo=UTC))
+    late = version_index_name("a", "00000000ff", datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC))
+    assert early == "a-20260101000000000000-abcdef01"
+    assert early < late
+    with pytest.raises(ValueError):
+        version_index_name("a", "NOT-HEX!")
+
+
+# --- retriever -----------------------------------------------------------------------------------
+def test_filter_clauses() -> None:
+    assert build_filter_clauses({"source": "fs", "doc_id": ["b", "a"]}) == [
+        {"term": {"source": "fs"}},
+        {"terms": {"doc_id": ["a", "b"]}},
+    ]
+    assert build_filter_clauses(None) == []
+
+
+class _FakeEncoder:
+    def encode(self, texts: Any) -> np.ndarray:
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+class _RecordingClient:
+    """Fake ES: records msearch bodies and answers canned hit lists."""
+
+    def __init__(self, bm25: list[tuple[str, float]], knn: list[tuple[str, float]]) -> None:
+        self.lists = {"bm25": bm25, "knn": knn}
+        self.searches: list[dict] = []
+        self.probe_error: Exception | None = None
+
+    def msearch(self, index: str, searches: list[dict], **_: Any) -> dict:
+        self.searches.extend(searches[1::2])
+        responses = []
+        for body in searches[1::2]:
+            hits = self.lists["knn" if "knn" in body else "bm25"]
+            responses.append(
+                {
+                    "hits": {
+                        "hits": [
+                            {"_id": i, "_score": s, "_source": {"doc_id": f"d-{i}", "text": i}}
+                            for i, s in hits[: body["size"]]
+                        ]
+                    }
+                }
+            )
+        return {"responses": responses}
+
+    def search(self, **_: Any) -> dict:
+        if self.probe_error:
+            raise self.probe_error
+        return {}
+
+
+def test_hybrid_sends_both_searches_in_one_msearch_with_filters() -> None:
+    client = _RecordingClient([("a", 3.0), ("b", 2.0)], [("b", 0.9), ("c", 0.8)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder(), RetrieverConfig(window=50))  # type: ignore[arg-type]
+    hits = retriever.search("q", mode="hybrid_rrf", k=2, filters={"source": "fs"})
+    assert [h.chunk_id for h in hits] == ["b", "a"]
+    assert hits[0].bm25_rank == 2 and hits[0].knn_rank == 1
+    bm25_body, knn_body = client.searches
+    assert bm25_body["size"] == 50
+    assert bm25_body["query"]["bool"]["filter"] == [{"term": {"source": "fs"}}]
+    assert knn_body["knn"]["filter"] == [{"term": {"source": "fs"}}]
+    assert knn_body["knn"]["k"] == 50 and knn_body["knn"]["num_candidates"] >= 50
+
+
+def test_linear_mode_uses_weights() -> None:
+    client = _RecordingClient([("a", 10.0), ("b", 1.0)], [("b", 0.9), ("a", 0.1)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    bm25_heavy = retriever.search("q", mode="hybrid_linear", weights=(0.9, 0.1))
+    knn_heavy = retriever.search("q", mode="hybrid_linear", weights=(0.1, 0.9))
+    assert bm25_heavy[0].chunk_id == "a" and knn_heavy[0].chunk_id == "b"
+
+
+def test_server_rrf_used_when_supported_and_falls_back_otherwise() -> None:
+    client = _RecordingClient([("a", 1.0)], [("a", 1.0)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    retriever.search("q", mode=SearchMode.SERVER_RRF)
+    assert "retriever" in client.searches[-1]
+    assert client.searches[-1]["retriever"]["rrf"]["rank_constant"] == 60
+    assert retriever.last_effective_mode is SearchMode.SERVER_RRF
+
+    client = _RecordingClient([("a", 1.0)], [("a", 1.0)])
+    client.probe_error = _bad_request()
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    hits = retriever.search("q", mode="server_rrf")
+    assert retriever.last_effective_mode is SearchMode.HYBRID_RRF
+    assert retriever.server_rrf_fallback_reason and hits[0].mode == "hybrid_rrf"
+    assert all("retriever" not in body for body in client.searches)
+
+
+def test_bm25_mode_needs_no_embedder() -> None:
+    client = _RecordingClient([("a", 1.0)], [])
+    hits = HybridRetriever(client, "alias").search("q", mode="bm25")  # type: ignore[arg-type]
+    assert hits[0].bm25_rank == 1
+    with pytest.raises(ValueError, match="embedder"):
+        HybridRetriever(client, "alias").search("q", mode="knn")  # type: ignore[arg-type]
