@@ -30,9 +30,9 @@ class EvaluationConfig(dg.Config):
     """QA JSONL or BEIR folder; default: data/golden/qa.jsonl."""
     limit: int | None = None
     """Evaluate only the first N golden items (smoke runs)."""
-    k: int = 5
+    k: int = 3
     mode: str = "hybrid_rrf"
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     batch_size: int = 8
     judge: str | None = None
     """none | local | openai; default LLMOPS_JUDGE (none). openai reads LLMOPS_JUDGE_BASE_URL,

@@ -22,6 +22,19 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "chunks": ("active_chunks", "docs_chunked", "chunks_added", "chunks_removed"),
     "embeddings": ("model_id", "embedded", "cached", "texts_per_second"),
     "search_index": ("mode", "alias", "index", "doc_count", "indexed", "deleted"),
+    "finetune_dataset": ("n_train", "n_validation", "digest"),
+    "lora_adapter": ("model_uri", "steps", "eval_loss_before", "eval_loss_after"),
+    "rag_evaluation": (
+        "model_uri",
+        "cases",
+        "metric/recall_at_5",
+        "metric/ndcg_at_10",
+        "metric/mrr",
+        "metric/token_f1",
+        "metric/rouge_l",
+        "gate_passed",
+    ),
+    "champion_model": ("champion", "version", "previous_version", "promoted"),
 }
 
 
@@ -72,10 +85,42 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
     console.print(
         f"Run {result.run_id} {'succeeded' if result.success else '[red]failed[/red]'} in "
         f"{time.perf_counter() - began:.0f}s.\n"
-        f"Dagster UI:  .venv/bin/llmops-dagster dev   → http://127.0.0.1:3000 (DAGSTER_HOME={home})\n"
+        f"Dagster UI:  .venv/bin/llmops-dagster dev → http://127.0.0.1:3000 ({home})\n"
         f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {store.tracking_uri}\n"
         f"Elasticsearch: {es['url']} (alias {settings.es_index_alias})"
     )
+    _print_champion_lineage(console, settings, store.tracking_uri)
     if not keep_services:
         elasticsearch_down(settings, log=log)
     return 0 if result.success else 1
+
+
+def _print_champion_lineage(console: Console, settings: Settings, tracking_uri: str) -> None:
+    """The champion's chain: the evaluation that promoted it back to data and code."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from llmops_dagster.evaluate.gate import TAG_EVAL_RUN
+    from llmops_dagster.tracking.trace import trace
+
+    client = MlflowClient(tracking_uri)
+    try:
+        champion = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+    except MlflowException:
+        console.print("[yellow]No champion yet: the quality gate did not pass.[/yellow]")
+        return
+    evaluation_run = champion.tags.get(TAG_EVAL_RUN) or champion.run_id
+    chain = trace(client, evaluation_run)
+    table = Table("step", "mlflow run", "facts", title=(
+        f"champion models:/{settings.lora_model_name}/{champion.version} — lineage"
+    ))  # fmt: skip
+    for node in chain.nodes:
+        facts = ", ".join(f"{k}={_short(v)}" for k, v in node.facts.items())
+        table.add_row(node.asset_key, node.run_id[:12], facts)
+    console.print(table)
+    code = {n.code_version for n in chain.nodes}
+    console.print(
+        f"code version: {', '.join(sorted(code))} · links resolved: "
+        f"{'all' if chain.complete else 'missing ' + ', '.join(chain.unresolved)}\n"
+        f"Full chain: .venv/bin/llmops-dagster lineage {evaluation_run}"
+    )
