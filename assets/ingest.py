@@ -13,8 +13,10 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from llmops_dagster.config import Settings
-from llmops_dagster.sources.pipeline import make_pipeline
+from llmops_dagster.resources import MlflowResource
+from llmops_dagster.sources.pipeline import loaded_row_counts, make_pipeline
 from llmops_dagster.sources.source_config import SourcesConfig
+from llmops_dagster.tracking.lineage import log_asset_run
 
 DUCKDB_POOL = "duckdb"  # one writer per DuckDB file: every asset that writes it shares this pool
 
@@ -58,8 +60,33 @@ def _make_dlt_assets(
         dagster_dlt_translator=translator,
         pool=DUCKDB_POOL,
     )
-    def _assets(context: dg.AssetExecutionContext, dlt: DagsterDltResource) -> Iterator[Any]:
-        yield from dlt.run(context=context, dlt_source=make_source())
+    def _assets(
+        context: dg.AssetExecutionContext, dlt: DagsterDltResource, mlflow: MlflowResource
+    ) -> Iterator[Any]:
+        events = list(dlt.run(context=context, dlt_source=make_source()))
+        # The first link of the lineage chain: one MLflow run per load, naming dlt's load ids,
+        # attached to every table this load materialized.
+        trace = pipeline.last_trace
+        load_ids = list(trace.last_load_info.loads_ids) if trace and trace.last_load_info else []
+        rows = loaded_row_counts(pipeline)
+        run = log_asset_run(
+            mlflow.store(),
+            asset_key=f"ingest_{name}",
+            dagster_run_id=context.run_id,
+            params={"pipeline": pipeline.pipeline_name, "dataset": pipeline.dataset_name},
+            metrics={f"rows.{table}": float(n) for table, n in rows.items()},
+            tags={"dlt.load_ids": ",".join(load_ids), "dlt.pipeline": pipeline.pipeline_name},
+            ui_url=mlflow.settings().mlflow_ui_url,
+        )
+        for event in events:
+            yield event._replace(
+                metadata={
+                    **(event.metadata or {}),
+                    "mlflow_run_id": run.run_id,
+                    "mlflow_run": dg.MetadataValue.url(run.url),
+                    "dlt_load_ids": ",".join(load_ids),
+                }
+            )
 
     return _assets
 

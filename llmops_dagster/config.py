@@ -12,6 +12,7 @@ import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,6 +180,15 @@ class Settings(BaseSettings):
         default_factory=default_embedding_model,
         validation_alias=AliasChoices("LLMOPS_EMBEDDING_MODEL"),
         description="A sentence-transformers model id or path.",
+    )
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        default="torch",
+        validation_alias=AliasChoices("LLMOPS_EMBEDDING_BACKEND"),
+        description=(
+            "torch: stock sentence-transformers fp32. onnx-int8: the same model converted once "
+            "(cached under models_cache_dir) to a fused int8 ONNX Runtime graph, ~2-3x faster "
+            "on CPU; its vectors get their own model id (<id>+onnx-int8)."
+        ),
     )
     generator_model: str = Field(
         default_factory=default_generator_model,

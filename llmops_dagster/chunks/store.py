@@ -89,6 +89,7 @@ def sync_chunks(
     *,
     fingerprint: str,
     progress: Callable[[int, int], None] | None = None,
+    block_size: int = 256,
 ) -> ChunkSyncReport:
     """Bring the chunk table in line with ``documents``.
 
@@ -116,7 +117,7 @@ def sync_chunks(
                 f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
                 "WHERE status = 'active' AND doc_id IN (SELECT doc_id FROM _gone)",
                 [now],
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             con.execute(f"DELETE FROM {STATE_TABLE} WHERE doc_id IN (SELECT doc_id FROM _gone)")
         finally:
             con.unregister("_gone")
@@ -131,85 +132,128 @@ def sync_chunks(
     report.docs_unchanged = len(doc_ids) - len(todo)
     texts = documents.column("text")
     formats = documents.column("format") if "format" in documents.column_names else None
-    for done, i in enumerate(todo, start=1):
-        doc_id = doc_ids[i]
-        try:
-            chunks = list(
-                chunker(doc_id, texts[i].as_py() or "", formats[i].as_py() if formats else "md")
-            )
-        except Exception as exc:  # one bad document never stops the run
-            report.failed[doc_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        _apply_document_chunks(con, doc_id, hashes[i], fingerprint, chunks, now, report)
+    done = 0
+    for start in range(0, len(todo), block_size):
+        block: list[tuple[str, str, list[ChunkLike]]] = []
+        for i in todo[start : start + block_size]:
+            doc_id = doc_ids[i]
+            fmt = formats[i].as_py() if formats else "md"
+            try:
+                block.append(
+                    (doc_id, hashes[i], list(chunker(doc_id, texts[i].as_py() or "", fmt)))
+                )
+            except Exception as exc:  # one bad document never stops the run
+                report.failed[doc_id] = f"{type(exc).__name__}: {exc}"
+        if block:
+            _apply_block(con, block, fingerprint, now, report)
+        done += len(todo[start : start + block_size])
         if progress:
             progress(done, len(todo))
     report.active_chunks = con.execute(
         f"SELECT count(*) FROM {CHUNKS_TABLE} WHERE status = 'active'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     return report
 
 
-def _apply_document_chunks(
+def _apply_block(
     con: duckdb.DuckDBPyConnection,
-    doc_id: str,
-    doc_hash: str,
+    block: Sequence[tuple[str, str, Sequence[ChunkLike]]],
     fingerprint: str,
-    chunks: Sequence[ChunkLike],
     now: dt.datetime,
     report: ChunkSyncReport,
 ) -> None:
-    old_active = {
-        r[0]
-        for r in con.execute(
-            f"SELECT chunk_id FROM {CHUNKS_TABLE} WHERE doc_id = ? AND status = 'active'", [doc_id]
+    """Apply the new chunk sets of a block of documents with a handful of set-based statements.
+
+    One round of SQL per block, not per document: per-document statements cost ~15 ms each
+    and made chunking a fifth of a full indexing run.
+    """
+    block_ids = [doc_id for doc_id, _, _ in block]
+    _register(con, "_block", pa.table({"doc_id": pa.array(block_ids, pa.string())}))
+    try:
+        old_rows = con.execute(
+            f"SELECT doc_id, chunk_id FROM {CHUNKS_TABLE} "
+            "WHERE status = 'active' AND doc_id IN (SELECT doc_id FROM _block)"
         ).fetchall()
-    }
-    new_ids = [c.chunk_id for c in chunks]
-    stale = sorted(old_active - set(new_ids))
-    fresh = [c for c in chunks if c.chunk_id not in old_active]
-    if stale:
-        con.execute(
-            f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
-            "WHERE chunk_id IN (SELECT unnest(?::VARCHAR[]))",
-            [now, stale],
-        )
-    if fresh:
-        table = pa.table(
+    finally:
+        con.unregister("_block")
+    old_by_doc: dict[str, set[str]] = {}
+    for doc_id, chunk_id in old_rows:
+        old_by_doc.setdefault(doc_id, set()).add(chunk_id)
+
+    stale: list[str] = []
+    fresh: list[ChunkLike] = []
+    for doc_id, _, chunks in block:
+        old_active = old_by_doc.get(doc_id, set())
+        new_ids = {c.chunk_id for c in chunks}
+        doc_stale = old_active - new_ids
+        doc_fresh = [c for c in chunks if c.chunk_id not in old_active]
+        stale.extend(doc_stale)
+        fresh.extend(doc_fresh)
+        report.docs_chunked += 1
+        report.chunked_doc_ids.append(doc_id)
+        report.chunks_added += len(doc_fresh)
+        report.chunks_removed += len(doc_stale)
+        report.chunks_kept += len(old_active & new_ids)
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if stale:
+            con.execute(
+                f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
+                "WHERE chunk_id IN (SELECT unnest(?::VARCHAR[]))",
+                [now, sorted(stale)],
+            )
+        if fresh:
+            table = pa.table(
+                {
+                    "chunk_id": [c.chunk_id for c in fresh],
+                    "doc_id": [c.doc_id for c in fresh],
+                    "position": pa.array([c.position for c in fresh], pa.int32()),
+                    "text": [c.text for c in fresh],
+                    "token_count": pa.array([c.token_count for c in fresh], pa.int32()),
+                    "content_hash": [c.content_hash for c in fresh],
+                    "section": [c.section for c in fresh],
+                }
+            )
+            _register(con, "_fresh", table)
+            try:
+                # A chunk id removed earlier that comes back is re-activated, not duplicated.
+                con.execute(
+                    f"""INSERT INTO {CHUNKS_TABLE}
+                        SELECT chunk_id, doc_id, position, text, token_count, content_hash,
+                               section, 'active', ?, NULL FROM _fresh
+                        ON CONFLICT (chunk_id) DO UPDATE SET status = 'active',
+                            removed_at = NULL, chunked_at = excluded.chunked_at""",
+                    [now],
+                )
+            finally:
+                con.unregister("_fresh")
+        state = pa.table(
             {
-                "chunk_id": [c.chunk_id for c in fresh],
-                "doc_id": [c.doc_id for c in fresh],
-                "position": pa.array([c.position for c in fresh], pa.int32()),
-                "text": [c.text for c in fresh],
-                "token_count": pa.array([c.token_count for c in fresh], pa.int32()),
-                "content_hash": [c.content_hash for c in fresh],
-                "section": [c.section for c in fresh],
+                "doc_id": block_ids,
+                "doc_content_hash": [h for _, h, _ in block],
+                "chunker_fingerprint": [fingerprint] * len(block),
+                "chunk_count": pa.array([len(c) for _, _, c in block], pa.int32()),
             }
         )
-        _register(con, "_fresh", table)
+        _register(con, "_state", state)
         try:
-            # A chunk id that was removed earlier and comes back is re-activated, not duplicated.
             con.execute(
-                f"""INSERT INTO {CHUNKS_TABLE}
-                    SELECT chunk_id, doc_id, position, text, token_count, content_hash, section,
-                           'active', ?, NULL FROM _fresh
-                    ON CONFLICT (chunk_id) DO UPDATE SET status = 'active', removed_at = NULL,
-                        chunked_at = excluded.chunked_at""",
+                f"""INSERT INTO {STATE_TABLE}
+                    SELECT doc_id, doc_content_hash, chunker_fingerprint, chunk_count, ?
+                    FROM _state
+                    ON CONFLICT (doc_id) DO UPDATE SET
+                        doc_content_hash = excluded.doc_content_hash,
+                        chunker_fingerprint = excluded.chunker_fingerprint,
+                        chunk_count = excluded.chunk_count, chunked_at = excluded.chunked_at""",
                 [now],
             )
         finally:
-            con.unregister("_fresh")
-    con.execute(
-        f"""INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?)
-            ON CONFLICT (doc_id) DO UPDATE SET doc_content_hash = excluded.doc_content_hash,
-                chunker_fingerprint = excluded.chunker_fingerprint,
-                chunk_count = excluded.chunk_count, chunked_at = excluded.chunked_at""",
-        [doc_id, doc_hash, fingerprint, len(chunks), now],
-    )
-    report.docs_chunked += 1
-    report.chunked_doc_ids.append(doc_id)
-    report.chunks_added += len(fresh)
-    report.chunks_removed += len(stale)
-    report.chunks_kept += len(old_active & set(new_ids))
+            con.unregister("_state")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def active_chunks(con: duckdb.DuckDBPyConnection) -> pa.Table:

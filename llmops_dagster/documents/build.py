@@ -22,10 +22,10 @@ from llmops_dagster.documents.normalize import (
     normalize_record_rows,
 )
 from llmops_dagster.documents.store import DocumentsDelta, get_watermarks, sync_documents
-from llmops_dagster.sources.filesystem import FS_TABLE, list_current_files
-from llmops_dagster.sources.rest_api import API_TABLE_PREFIX, load_rest_api_config
+from llmops_dagster.sources.filesystem import list_current_files
+from llmops_dagster.sources.rest_api import load_rest_api_config
 from llmops_dagster.sources.source_config import RecordMapping, SourcesConfig
-from llmops_dagster.sources.sql import SQL_TABLE_PREFIX
+from llmops_dagster.sources.tables import API_TABLE_PREFIX, FS_TABLE, SQL_TABLE_PREFIX
 
 _BATCH_ROWS = 256
 

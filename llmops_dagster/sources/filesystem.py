@@ -3,8 +3,9 @@
 dlt's ``filesystem`` resource lists files; the transformer keeps each file's modification date
 and size in dlt's resource state and passes on only files that are new or changed since the last
 run, so unchanged files are neither re-read nor re-loaded. Rows merge on the relative path, so
-a changed file replaces its row. Files larger than ``max_bytes`` are listed but not read: the row carries ``too_large=True`` and no content,
-so the documents step can reject it with a reason instead of the loader running out of memory.
+a changed file replaces its row. Files larger than ``max_bytes`` are listed but not read: the
+row carries ``too_large=True`` and no content, so the documents step can reject it with a
+reason instead of the loader running out of memory.
 
 Deleted files never show up in an incremental listing; ``list_current_files`` gives the
 documents step the full current set to compare against.
@@ -24,8 +25,7 @@ from dlt.sources import DltResource, DltSource
 from dlt.sources.filesystem import filesystem
 
 from llmops_dagster.sources.source_config import DEFAULT_GLOBS, DEFAULT_MAX_BYTES
-
-FS_TABLE = "fs_files"
+from llmops_dagster.sources.tables import FS_TABLE
 
 
 def _matches(relative_path: str, globs: Sequence[str]) -> bool:

@@ -22,8 +22,8 @@ from dlt.sources import DltSource
 from dlt.sources.rest_api import rest_api_source
 
 from llmops_dagster.sources.source_config import RecordMapping
+from llmops_dagster.sources.tables import API_TABLE_PREFIX
 
-API_TABLE_PREFIX = "api_"
 _SECRET_KEYS = {"token", "password", "api_key", "client_secret", "access_token"}
 
 

@@ -15,8 +15,7 @@ from dlt.sources import DltSource
 from dlt.sources.sql_database import sql_database
 
 from llmops_dagster.sources.source_config import SqlSourceConfig, SqlTableConfig
-
-SQL_TABLE_PREFIX = "sql_"
+from llmops_dagster.sources.tables import SQL_TABLE_PREFIX
 
 
 def sql_table_name(table: str) -> str:

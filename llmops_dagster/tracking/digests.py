@@ -7,7 +7,6 @@ import hashlib
 import duckdb
 
 from llmops_dagster.chunks.store import CHUNKS_TABLE
-from llmops_dagster.search.mapping import chunk_set_digest
 
 
 def documents_digest(con: duckdb.DuckDBPyConnection) -> str:
@@ -22,6 +21,10 @@ def documents_digest(con: duckdb.DuckDBPyConnection) -> str:
 
 def active_chunks_digest(con: duckdb.DuckDBPyConnection) -> str:
     """The chunk-set digest the index records in its ``_meta`` (same function)."""
+    # Imported here: search.mapping pulls the Elasticsearch client, which the code location's
+    # import (definitions) should not pay for.
+    from llmops_dagster.search.mapping import chunk_set_digest
+
     ids = [
         r[0]
         for r in con.execute(

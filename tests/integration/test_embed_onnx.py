@@ -90,7 +90,7 @@ def test_order_and_batching_do_not_change_results(fast: Embedder, sample_texts: 
     small = fast.encode(texts, batch_size=3)
     reversed_ = fast.encode(texts[::-1], batch_size=64)[::-1]
     # Dynamic quantization scales activations per batch: close, not bit-identical.
-    assert ((whole * small).sum(axis=1)).min() >= 0.995
+    assert ((whole * small).sum(axis=1)).min() >= 0.99
     np.testing.assert_allclose(whole, reversed_, atol=1e-5)
     assert fast.encode([]).shape == (0, 384)
     assert fast.encode([""]).shape == (1, 384)

@@ -52,6 +52,7 @@ def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_p
 def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = None):
     result = dg.materialize(
         [*build_assets(settings, sources), *build_asset_checks()],
+        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
         resources=build_resources(settings),
         instance=dg.DagsterInstance.ephemeral(),
         run_config=run_config or {},
@@ -121,7 +122,13 @@ def _assert_lineage_chain(settings: Settings, result: dg.ExecuteInProcessResult)
     client = MlflowClient(settings.effective_mlflow_uri)
     runs = {a: _meta(result, a)["mlflow_run_id"] for a in ("documents", "chunks", "embeddings")}
     runs["search_index"] = _meta(result, "search_index")["mlflow_run_id"]
-    chain = [("search_index", "embeddings"), ("embeddings", "chunks"), ("chunks", "documents")]
+    runs["fs/files"] = _meta(result, "fs/files")["mlflow_run_id"]
+    chain = [
+        ("search_index", "embeddings"),
+        ("embeddings", "chunks"),
+        ("chunks", "documents"),
+        ("documents", "fs/files"),
+    ]
     for asset, upstream in chain:
         tags = client.get_run(runs[asset]).data.tags
         assert tags[f"upstream.{upstream}"] == runs[upstream]

@@ -98,6 +98,7 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert facts["index.name"] == index["index"]
         assert facts["golden.digest"] and facts["prompt.version"].startswith("rag_answer@")
         assert set(nodes) == {
+            "ingest_fs",
             "rag_evaluation",
             "lora_adapter",
             "finetune_dataset",
@@ -112,6 +113,8 @@ def test_graph_trains_evaluates_gates_and_traces(
             == nodes["chunks"].facts["chunk_set.digest"]
         )
         assert "fs_files" in nodes["documents"].facts["dlt.load_ids"]
+        load_ids = nodes["ingest_fs"].facts["dlt.load_ids"]
+        assert load_ids and load_ids.split(",")[0] in nodes["documents"].facts["dlt.load_ids"]
         assert {n.code_version for n in chain.nodes} == {nodes["documents"].code_version}
 
         # A candidate that misses the gate: the check fails with the shortfall, champion stays.

@@ -33,6 +33,7 @@ def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 def _run(settings: Settings, sources: SourcesConfig) -> dg.ExecuteInProcessResult:
     result = dg.materialize(
         build_assets(settings, sources),
+        selection=dg.AssetSelection.groups("ingest", "prepare"),
         resources=build_resources(settings),
         instance=dg.DagsterInstance.ephemeral(),
     )

@@ -86,6 +86,7 @@ def test_ui_shows_the_asset_graph_and_the_mlflow_link(
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = dg.materialize(
             [*build_assets(settings, sources), *build_asset_checks()],
+            selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
             resources=build_resources(settings),
             instance=instance,
         )
