@@ -16,7 +16,7 @@ is scored on:
 
 Usage::
 
-    .venv/bin/python benchmarks/chunkers.py /work/shared/bench/scifact/corpus.jsonl \
+    .venv/bin/python benchmarks/chunkers.py ../shared/bench/scifact/corpus.jsonl \
         [--limit 2000] [--group 1] [--chunk-size 200] [--overlap 32]
 
 The corpus is a JSONL file (``text`` field, ``title`` optional) or a folder of ``.md``/``.txt``

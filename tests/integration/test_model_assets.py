@@ -12,6 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+from llmops_dagster.embed.model import load_embedder
+from llmops_dagster.rag.answer import answer
+from llmops_dagster.rag.llm import load_generator
+from llmops_dagster.search.retriever import HybridRetriever
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
 from tests.conftest import drop_indices
@@ -116,6 +120,27 @@ def test_graph_trains_evaluates_gates_and_traces(
         load_ids = nodes["ingest_fs"].facts["dlt.load_ids"]
         assert load_ids and load_ids.split(",")[0] in nodes["documents"].facts["dlt.load_ids"]
         assert {n.code_version for n in chain.nodes} == {nodes["documents"].code_version}
+
+        # Serving the champion: an answer that cites chunks the live index really holds.
+        answered = answer(
+            "How many days' notice does annual leave need?",
+            retriever=HybridRetriever(es_client, alias, load_embedder(settings.embedding_model)),
+            generator=load_generator(
+                settings, adapter_uri=f"models:/{settings.lora_model_name}@champion"
+            ),
+            k=3,
+            max_new_tokens=24,
+        )
+        assert answered.text.strip()
+        # A 135M model rarely cites by itself; citations are then inferred from overlap and may
+        # be empty, but never name a chunk that was not retrieved from the live index.
+        assert len(answered.retrieved_ids) == 3
+        assert set(answered.cited_chunk_ids) <= set(answered.retrieved_ids)
+        for chunk_id in answered.retrieved_ids:
+            assert es_client.exists(index=alias, id=chunk_id)
+        assert answered.prompt_tokens > 0 and answered.completion_tokens > 0
+        assert answered.retrieve_ms > 0 and answered.generate_ms > 0
+        assert "+lora" in answered.model_id
 
         # A candidate that misses the gate: the check fails with the shortfall, champion stays.
         failed = dg.materialize(
