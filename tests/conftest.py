@@ -92,3 +92,13 @@ def drop_indices(client, alias: str) -> None:
 
     for name in list_versions(client, alias):
         client.indices.delete(index=name, ignore_unavailable=True)
+
+
+def asset_metadata(result, asset: str) -> dict:
+    """Metadata values of the one materialization of ``asset`` (by user string) in a run."""
+    (event,) = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}

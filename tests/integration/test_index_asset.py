@@ -16,20 +16,11 @@ from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.search.aliases import alias_indices, list_versions, rollback
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
-from tests.conftest import drop_indices
+from tests.conftest import asset_metadata, drop_indices
 
 pytestmark = pytest.mark.integration
 
 REBUILD = {"ops": {"search_index": {"config": {"full_rebuild": True}}}}
-
-
-def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (event,) = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == asset
-    ]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -66,8 +57,8 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     alias = settings.es_index_alias
 
     first = _run(settings, sources)
-    index1 = _meta(first, "search_index")
-    n_chunks = _meta(first, "chunks")["active_chunks"]
+    index1 = asset_metadata(first, "search_index")
+    n_chunks = asset_metadata(first, "chunks")["active_chunks"]
     assert index1["mode"] == "rebuild"  # no alias yet → first build
     assert index1["doc_count"] == index1["chunk_count"] == n_chunks
     assert _checks(first) == {
@@ -80,7 +71,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     _assert_lineage_chain(settings, first)
 
     # Unchanged: incremental, nothing written.
-    second = _meta(_run(settings, sources), "search_index")
+    second = asset_metadata(_run(settings, sources), "search_index")
     assert (second["mode"], second["indexed"], second["deleted"]) == ("incremental", 0, 0)
     assert second["unchanged"] == n_chunks
 
@@ -91,8 +82,8 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     os.utime(target, (later, later))
     (corpus / "policies" / "travel.html").unlink()
     third = _run(settings, sources)
-    chunks3 = _meta(third, "chunks")
-    index3 = _meta(third, "search_index")
+    chunks3 = asset_metadata(third, "chunks")
+    index3 = asset_metadata(third, "search_index")
     assert index3["mode"] == "incremental"
     assert index3["indexed"] == chunks3["chunks_added"] >= 1
     assert index3["deleted"] == chunks3["chunks_removed"] >= 1
@@ -103,7 +94,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
 
     # Full rebuild: a new physical index, alias swapped, the old one kept for rollback.
     fourth = _run(settings, sources, REBUILD)
-    index4 = _meta(fourth, "search_index")
+    index4 = asset_metadata(fourth, "search_index")
     assert index4["mode"] == "rebuild"
     assert index4["previous_index"] == index1["index"]
     assert alias_indices(es_client, alias) == [index4["index"]]
@@ -120,9 +111,11 @@ def _assert_lineage_chain(settings: Settings, result: dg.ExecuteInProcessResult)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(settings.effective_mlflow_uri)
-    runs = {a: _meta(result, a)["mlflow_run_id"] for a in ("documents", "chunks", "embeddings")}
-    runs["search_index"] = _meta(result, "search_index")["mlflow_run_id"]
-    runs["fs/files"] = _meta(result, "fs/files")["mlflow_run_id"]
+    runs = {
+        a: asset_metadata(result, a)["mlflow_run_id"] for a in ("documents", "chunks", "embeddings")
+    }
+    runs["search_index"] = asset_metadata(result, "search_index")["mlflow_run_id"]
+    runs["fs/files"] = asset_metadata(result, "fs/files")["mlflow_run_id"]
     chain = [
         ("search_index", "embeddings"),
         ("embeddings", "chunks"),
@@ -138,7 +131,7 @@ def _assert_lineage_chain(settings: Settings, result: dg.ExecuteInProcessResult)
     index_tags = client.get_run(runs["search_index"]).data.tags
     chunk_tags = client.get_run(runs["chunks"]).data.tags
     assert index_tags["chunk_set.digest"] == chunk_tags["chunk_set.digest"]
-    assert index_tags["index.name"] == _meta(result, "search_index")["index"]
+    assert index_tags["index.name"] == asset_metadata(result, "search_index")["index"]
     documents_run = client.get_run(runs["documents"])
     assert "fs_files" in documents_run.data.tags["dlt.load_ids"]
     (dataset_input,) = documents_run.inputs.dataset_inputs

@@ -18,7 +18,7 @@ from llmops_dagster.rag.llm import load_generator
 from llmops_dagster.search.retriever import HybridRetriever
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
-from tests.conftest import drop_indices
+from tests.conftest import asset_metadata, drop_indices
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +35,6 @@ IMPOSSIBLE_GATE = {
         }
     }
 }
-
-
-def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (event,) = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == asset
-    ]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
 def test_graph_trains_evaluates_gates_and_traces(
@@ -66,9 +57,9 @@ def test_graph_trains_evaluates_gates_and_traces(
             run_config=SHORT_TRAINING,
         )  # fmt: skip
         assert result.success
-        dataset = _meta(result, "finetune_dataset")
-        adapter = _meta(result, "lora_adapter")
-        index = _meta(result, "search_index")
+        dataset = asset_metadata(result, "finetune_dataset")
+        adapter = asset_metadata(result, "lora_adapter")
+        index = asset_metadata(result, "search_index")
         assert dataset["n_train"] + dataset["n_validation"] == 60
         assert adapter["steps"] == 2
         assert adapter["dataset_digest"] == dataset["digest"]
@@ -83,7 +74,7 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert run_tags["upstream.finetune_dataset"] == dataset["mlflow_run_id"]
         assert run_tags["dagster.run_id"] == result.run_id
         # The gate passed on the sample corpus, so the evaluated version became champion.
-        evaluation = _meta(result, "rag_evaluation")
+        evaluation = asset_metadata(result, "rag_evaluation")
         assert evaluation["gate_passed"] is True
         assert evaluation["cases"] == 4
         assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
@@ -91,7 +82,7 @@ def test_graph_trains_evaluates_gates_and_traces(
         ]
         champion = client.get_model_version_by_alias(settings.lora_model_name, "champion")
         assert str(champion.version) == adapter["model_version"]
-        assert _meta(result, "champion_model")["promoted"] is True
+        assert asset_metadata(result, "champion_model")["promoted"] is True
 
         # The champion traces back, link by link, to the golden set, dlt loads and the code.
         chain = trace(client, evaluation["mlflow_run_id"])

@@ -17,17 +17,9 @@ import pytest
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from tests.conftest import asset_metadata
 
 pytestmark = pytest.mark.integration
-
-
-def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (event,) = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == asset
-    ]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
 def _run(settings: Settings, sources: SourcesConfig) -> dg.ExecuteInProcessResult:
@@ -65,10 +57,10 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
 
     first = _run(tmp_settings, sources)
-    _meta(first, "fs/files")  # the dlt asset materialized (exactly once)
-    docs = _meta(first, "documents")
-    chunks = _meta(first, "chunks")
-    emb = _meta(first, "embeddings")
+    asset_metadata(first, "fs/files")  # the dlt asset materialized (exactly once)
+    docs = asset_metadata(first, "documents")
+    chunks = asset_metadata(first, "chunks")
+    emb = asset_metadata(first, "embeddings")
     n_docs = docs["total_documents"]
     assert 40 <= n_docs <= 60
     assert docs["new"] == n_docs and docs["rejected"] == 0
@@ -79,11 +71,11 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
 
     # Unchanged second run: nothing re-read, re-chunked or re-embedded.
     second = _run(tmp_settings, sources)
-    assert _meta(second, "documents")["new"] == 0
-    assert _meta(second, "documents")["changed"] == 0
-    assert _meta(second, "chunks")["docs_chunked"] == 0
-    assert _meta(second, "embeddings")["embedded"] == 0
-    assert _meta(second, "embeddings")["cached"] == emb["distinct_texts"]
+    assert asset_metadata(second, "documents")["new"] == 0
+    assert asset_metadata(second, "documents")["changed"] == 0
+    assert asset_metadata(second, "chunks")["docs_chunked"] == 0
+    assert asset_metadata(second, "embeddings")["embedded"] == 0
+    assert asset_metadata(second, "embeddings")["cached"] == emb["distinct_texts"]
 
     # Change one file: only that document is re-chunked, only its new chunk texts embedded.
     target = corpus / "runbooks" / "battery-swap.txt"
@@ -94,9 +86,9 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     )
     _bump_mtime(target)
     third = _run(tmp_settings, sources)
-    assert _meta(third, "documents")["changed"] == 1
-    assert _meta(third, "documents")["new"] == 0
-    chunks3 = _meta(third, "chunks")
+    assert asset_metadata(third, "documents")["changed"] == 1
+    assert asset_metadata(third, "documents")["new"] == 0
+    chunks3 = asset_metadata(third, "chunks")
     assert chunks3["docs_chunked"] == 1
     after = _doc_chunks(tmp_settings, doc_id)
     added = after - before
@@ -104,7 +96,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     assert chunks3["chunks_removed"] == len(before - after)
     assert _doc_chunks(tmp_settings, doc_id, "removed") == before - after
     # Exactly the new chunk texts are embedded (none of the other documents' chunks).
-    assert _meta(third, "embeddings")["embedded"] == len(added)
+    assert asset_metadata(third, "embeddings")["embedded"] == len(added)
 
     # Delete a file: its chunks are marked removed; nothing is embedded.
     gone = corpus / "policies" / "travel.html"
@@ -113,13 +105,13 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     assert gone_chunks
     gone.unlink()
     fourth = _run(tmp_settings, sources)
-    assert _meta(fourth, "documents")["deleted"] == 1
-    chunks4 = _meta(fourth, "chunks")
+    assert asset_metadata(fourth, "documents")["deleted"] == 1
+    chunks4 = asset_metadata(fourth, "chunks")
     assert chunks4["docs_removed"] == 1
     assert chunks4["chunks_removed"] == len(gone_chunks)
     assert _doc_chunks(tmp_settings, gone_id) == set()
     assert _doc_chunks(tmp_settings, gone_id, "removed") == gone_chunks
-    assert _meta(fourth, "embeddings")["embedded"] == 0
+    assert asset_metadata(fourth, "embeddings")["embedded"] == 0
     assert chunks4["active_chunks"] == chunks3["active_chunks"] - len(gone_chunks)
 
 
