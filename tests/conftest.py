@@ -41,10 +41,12 @@ def es_settings() -> Iterator[Settings]:
     # Under LLMOPS_HOME, not pytest's tmp dir: when we run as root the node runs as a system
     # user, which cannot enter root's private (0700) pytest temp folders.
     node_dir = base.llmops_home / "elasticsearch" / f"test-node-{TEST_ES_PORT}"
-    shutil.rmtree(node_dir / "data", ignore_errors=True)
-    node = local_node(base, node_dir=node_dir, port=TEST_ES_PORT)
     try:
         fetch_distribution(base.es_dist_dir, base.es_version)
+        # After the fetch: as root, local_node may relocate the node to a folder the
+        # unprivileged Elasticsearch user can reach, copying the distribution there.
+        node = local_node(base, node_dir=node_dir, port=TEST_ES_PORT)
+        shutil.rmtree(node.node_dir / "data", ignore_errors=True)
         start_node(node)
     except ElasticsearchSetupError as exc:
         pytest.fail(f"could not start the test Elasticsearch node: {exc}", pytrace=False)

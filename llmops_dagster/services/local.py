@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import stat
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +24,44 @@ from llmops_dagster.services.elasticsearch_local import (
 )
 
 
+def _world_traversable(path: Path) -> bool:
+    """Whether a user other than the owner can reach ``path`` (every ancestor has o+x)."""
+    for folder in [path, *path.parents]:
+        if folder.exists() and not folder.stat().st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _relocated_for_es_user(node: LocalNode) -> LocalNode:
+    """As root, the node runs as an unprivileged user, which cannot enter a checkout below a
+    private (0700) folder such as a mktemp dir; such nodes run from /var/tmp instead, with a
+    copy of the distribution. Deterministic, so status/stop find the same pid file."""
+    if os.geteuid() != 0 or (
+        _world_traversable(node.dist_home) and _world_traversable(node.node_dir)
+    ):
+        return node
+    key = hashlib.sha256(str(node.node_dir).encode()).hexdigest()[:12]
+    root = Path("/var/tmp/llmops-elasticsearch")
+    dist = root / "dist" / node.dist_home.name
+    if not (dist / "bin" / "elasticsearch").is_file() and node.dist_home.is_dir():
+        staging = dist.with_name(f".{dist.name}-{os.getpid()}")
+        shutil.copytree(node.dist_home, staging, symlinks=True, dirs_exist_ok=True)
+        staging.rename(dist)
+    return replace(node, dist_home=dist, node_dir=root / "nodes" / key)
+
+
 def local_node(
     settings: Settings, *, node_dir: Path | None = None, port: int | None = None
 ) -> LocalNode:
     from llmops_dagster.services.elasticsearch_local import distribution_home
 
-    return LocalNode(
+    node = LocalNode(
         dist_home=distribution_home(settings.es_dist_dir, settings.es_version),
         node_dir=node_dir or settings.es_node_dir,
         port=port or settings.es_port,
         heap=settings.es_heap,
     )
+    return _relocated_for_es_user(node)
 
 
 def dagster_home() -> Path:

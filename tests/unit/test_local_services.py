@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,28 @@ def test_status_of_a_node_that_never_ran(tmp_path: Path) -> None:
         "node_dir": str(tmp_path / "node"),
     }
     assert es_local.stop_node(node) is False
+
+
+def test_root_runs_nodes_of_private_checkouts_from_var_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmops_dagster.services.local import _relocated_for_es_user
+
+    private = tmp_path / "private"  # pytest's tmp folders are 0700 for root
+    private.mkdir(mode=0o700)
+    public = Path(tempfile.mkdtemp(dir="/var/tmp"))  # /var/tmp is 1777: reachable by anyone
+    public.chmod(0o755)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+
+    inside = es_local.LocalNode(dist_home=private / "dist", node_dir=private / "node", port=1)
+    moved = _relocated_for_es_user(inside)
+    assert moved.node_dir.parent == Path("/var/tmp/llmops-elasticsearch/nodes")
+    assert moved.dist_home == Path("/var/tmp/llmops-elasticsearch/dist/dist")
+    assert _relocated_for_es_user(inside) == moved  # deterministic: status/stop find it again
+
+    reachable = es_local.LocalNode(dist_home=public / "dist", node_dir=public / "node", port=1)
+    assert _relocated_for_es_user(reachable) == reachable
+    public.rmdir()
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)  # not root: the node runs as ourselves
+    assert _relocated_for_es_user(inside) == inside
