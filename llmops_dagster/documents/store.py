@@ -113,12 +113,6 @@ class DocumentsDelta:
         }
 
 
-def connect(path: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(path)
-    ensure_tables(con)
-    return con
-
-
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     con.execute(_DOCUMENTS_DDL)
