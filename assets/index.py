@@ -23,6 +23,9 @@ class SearchIndexConfig(dg.Config):
     owners=["team:search"],
     pool=DUCKDB_POOL,
     tags={"llmops/writes": "search-alias"},
+    # Transient cluster trouble (a restart, a 503 burst) is retried; the sync diffs the live
+    # index against the warehouse, so a retry after a half-written bulk converges exactly.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
 )
 def search_index(
     context: dg.AssetExecutionContext,
