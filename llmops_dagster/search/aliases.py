@@ -23,7 +23,7 @@ from typing import Any
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 
-from llmops_dagster.search.mapping import chunk_set_digest
+from llmops_dagster.search.mapping import chunk_set_digest, index_meta
 from llmops_dagster.search.writer import BulkReport, write_chunks
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,11 @@ def prune_versions(client: Elasticsearch, alias: str, keep: int) -> tuple[list[s
     """
     live = set(alias_indices(client, alias))
     others = [name for name in list_versions(client, alias) if name not in live]
-    kept = others[-keep:] if keep > 0 else []
+    # A rebuild interrupted so hard that it could not delete its own index (the cluster went
+    # away mid-load) leaves an index without ``built_at``: never a rollback target, always junk.
+    orphans = [name for name in others if "built_at" not in index_meta(client, name)]
+    complete = [name for name in others if name not in orphans]
+    kept = complete[-keep:] if keep > 0 else []
     deleted = [name for name in others if name not in kept]
     for name in deleted:
         client.indices.delete(index=name, ignore_unavailable=True)
@@ -291,7 +295,11 @@ def rollback(client: Elasticsearch, alias: str) -> str:
     live = current_index(client, alias)
     if live is None:
         raise RollbackError(f"alias {alias!r} does not exist")
-    older = [name for name in list_versions(client, alias) if name < live]
+    older = [
+        name
+        for name in list_versions(client, alias)
+        if name < live and "built_at" in index_meta(client, name)  # completed rebuilds only
+    ]
     if not older:
         raise RollbackError(f"no index older than {live} is kept for alias {alias!r}")
     target = older[-1]

@@ -142,7 +142,34 @@ def _index_spec(
     )
 
 
+def _client_url(client: Elasticsearch) -> str:
+    try:
+        return str(client.transport.node_pool.all()[0].base_url)
+    except (AttributeError, IndexError):
+        return "the configured cluster"
+
+
 def sync_index(
+    client: Elasticsearch, con: duckdb.DuckDBPyConnection, **kwargs: Any
+) -> IndexSyncReport:
+    """Bring the alias in line with the warehouse (see :func:`_sync_index` for the arguments).
+
+    A cluster that goes away mid-run becomes an :class:`IndexSyncError` naming the URL: the
+    alias is untouched by a failed rebuild, and a rerun converges because the sync diffs the
+    live index against the warehouse.
+    """
+    try:
+        return _sync_index(client, con, **kwargs)
+    except (es_exceptions.ConnectionError, es_exceptions.ConnectionTimeout) as exc:
+        raise IndexSyncError(
+            f"Elasticsearch at {_client_url(client)} became unreachable during the "
+            f"{kwargs.get('mode', 'incremental')} sync of {kwargs.get('alias')} "
+            f"(connection error: {exc}); the live alias was not moved — rerun once the "
+            "cluster is back (the sync is idempotent)"
+        ) from exc
+
+
+def _sync_index(
     client: Elasticsearch,
     con: duckdb.DuckDBPyConnection,
     *,
