@@ -1,0 +1,59 @@
+"""Bounded concurrent-search load through the project's retriever (loopback node only).
+
+    .venv/bin/python benchmarks/load_search.py --clients 4 --seconds 10
+
+Uses the alias of the demo (`llmops-dagster demo` first) and the golden questions as queries;
+prints a table per mode and writes benchmarks/results/load_search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import llmops_dagster  # noqa: F401  - offline env defaults
+from llmops_dagster.config import get_settings
+from llmops_dagster.embed.model import load_embedder
+from llmops_dagster.search.client import check_cluster, make_client
+from llmops_dagster.search.load import run_load
+from llmops_dagster.search.retriever import HybridRetriever
+
+RESULTS = Path(__file__).parent / "results" / "load_search.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-requests", type=int, default=5000)
+    args = parser.parse_args()
+
+    settings = get_settings()
+    if not settings.effective_es_url.startswith(("http://127.", "http://localhost")):
+        raise SystemExit("load tests only target a loopback node")
+    client = make_client(settings)
+    check_cluster(client, settings)
+    golden = Path(__file__).resolve().parents[1] / "data" / "golden" / "qa.jsonl"
+    queries = [json.loads(line)["question"] for line in golden.read_text().splitlines() if line]
+    retriever = HybridRetriever(
+        client, settings.es_index_alias, load_embedder(settings.embedding_model)
+    )
+    results = {}
+    print(f"{'mode':<14}{'reqs':>7}{'errors':>8}{'qps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for mode in ("bm25", "knn", "hybrid_rrf"):
+        summary = run_load(
+            retriever, queries, clients=args.clients, duration_s=args.seconds,
+            max_requests=args.max_requests, mode=mode,
+        ).summary()  # fmt: skip
+        results[mode] = summary
+        print(
+            f"{mode:<14}{summary['requests']:>7}{summary['errors']:>8}{summary['qps']:>8}"
+            f"{summary['p50_ms']:>9}{summary['p95_ms']:>9}{summary['p99_ms']:>9}"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"clients": args.clients, "modes": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
