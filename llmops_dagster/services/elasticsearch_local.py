@@ -19,6 +19,7 @@ import os
 import pwd
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -27,6 +28,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmops_dagster.services.java import find_java_home
 
@@ -119,10 +121,17 @@ class LocalNode:
     port: int
     heap: str = "512m"
     cluster_name: str = "llmops-local"
+    #: Extra elasticsearch.yml settings, e.g. to enable security and TLS for a test node.
+    extra_settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        tls = dict(self.extra_settings).get("xpack.security.http.ssl.enabled", False)
+        return "https" if tls else "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -153,6 +162,7 @@ def _elasticsearch_yml(node: LocalNode) -> str:
         # Laptops and CI disks are often >90 % full; watermarks would make indices read-only.
         "cluster.routing.allocation.disk.threshold_enabled": False,
         "action.destructive_requires_name": False,
+        **dict(node.extra_settings),
     }
     return "".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items())
 
@@ -186,8 +196,10 @@ def _prepare_node_dir(node: LocalNode) -> pwd.struct_passwd | None:
     for sub in ("config", "data", "logs", "tmp"):
         (node.node_dir / sub).mkdir(parents=True, exist_ok=True)
     config_dir = node.node_dir / "config"
-    # A private copy of the config, so the unpacked distribution stays read-only and shared.
-    shutil.copytree(node.dist_home / "config", config_dir, dirs_exist_ok=True)
+    # A private copy of the config, so the unpacked distribution stays read-only and shared;
+    # made once, so files written into it later (file-realm users, certificates) survive.
+    if not (config_dir / "jvm.options").is_file():
+        shutil.copytree(node.dist_home / "config", config_dir, dirs_exist_ok=True)
     (config_dir / "elasticsearch.yml").write_text(_elasticsearch_yml(node))
     (config_dir / "jvm.options.d").mkdir(exist_ok=True)
     if os.geteuid() != 0:
@@ -220,10 +232,17 @@ def _alive(pid: int) -> bool:
 
 
 def cluster_health(url: str, *, timeout: float = 3.0) -> dict | None:
-    """``_cluster/health`` of a cluster without credentials, or None if it does not answer."""
+    """``_cluster/health`` without credentials; ``{"status": "secured"}`` when a secured node
+    answers 401; None when nothing answers. A liveness probe of our own loopback node, so TLS
+    is not verified here (the clients the pipeline uses do verify)."""
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(f"{url}/_cluster/health", timeout=timeout) as response:
+        with urllib.request.urlopen(
+            f"{url}/_cluster/health", timeout=timeout, context=context
+        ) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return {"status": "secured"} if exc.code == 401 else None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
@@ -236,7 +255,7 @@ def node_status(node: LocalNode) -> dict:
         "url": node.url,
         "pid": pid if running else None,
         "running": running,
-        "healthy": bool(health and health.get("status") in {"green", "yellow"}),
+        "healthy": bool(health and health.get("status") in {"green", "yellow", "secured"}),
         "status": (health or {}).get("status"),
         "node_dir": str(node.node_dir),
     }
@@ -247,6 +266,40 @@ def _log_tail(node: LocalNode, lines: int = 25) -> str:
         if candidate.is_file():
             return "\n".join(candidate.read_text(errors="replace").splitlines()[-lines:])
     return "(no log written)"
+
+
+def _node_process(
+    node: LocalNode, java_home: Path, user: pwd.struct_passwd | None
+) -> tuple[dict[str, str], list[str]]:
+    """Environment and command prefix for the node and its CLI tools (same user, same conf)."""
+    env = {
+        **os.environ,
+        "ES_JAVA_HOME": str(java_home),
+        "ES_PATH_CONF": str(node.node_dir / "config"),
+        "ES_TMPDIR": str(node.node_dir / "tmp"),
+        "ES_JAVA_OPTS": f"-Xms{node.heap} -Xmx{node.heap} "
+        + os.environ.get("LLMOPS_ES_EXTRA_JAVA_OPTS", ""),
+    }
+    env.pop("JAVA_TOOL_OPTIONS", None)  # its banner on stderr confuses the launcher's checks
+    if user is None:
+        return env, []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ElasticsearchSetupError("Running as root needs `setpriv` (util-linux).")
+    env["HOME"] = str(node.node_dir)
+    return env, [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+
+
+def run_node_tool(node: LocalNode, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one of the distribution's CLI tools (``elasticsearch-users`` ...) against the node's
+    config folder, as the node's user: e.g. to add a file-realm user to a secured test node."""
+    java_home, _ = find_java_home()
+    user = _prepare_node_dir(node)
+    env, prefix = _node_process(node, java_home, user)
+    return subprocess.run(
+        [*prefix, str(node.dist_home / "bin" / tool), *args],
+        env=env, cwd=node.node_dir, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
 
 
 def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) -> dict:
@@ -265,25 +318,14 @@ def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) ->
     java_home, java_major = find_java_home()
     user = _prepare_node_dir(node)
     node.pid_file.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "ES_JAVA_HOME": str(java_home),
-        "ES_PATH_CONF": str(node.node_dir / "config"),
-        "ES_TMPDIR": str(node.node_dir / "tmp"),
-        "ES_JAVA_OPTS": f"-Xms{node.heap} -Xmx{node.heap} "
-        + os.environ.get("LLMOPS_ES_EXTRA_JAVA_OPTS", ""),
-    }
-    env.pop("JAVA_TOOL_OPTIONS", None)  # its banner on stderr confuses the launcher's checks
-    command = [str(node.dist_home / "bin" / "elasticsearch"), "-d", "-p", str(node.pid_file)]
-    if user is not None:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            raise ElasticsearchSetupError("Running as root needs `setpriv` (util-linux).")
-        env["HOME"] = str(node.node_dir)
-        command = [
-            setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
-            *command,
-        ]  # fmt: skip
+    env, prefix = _node_process(node, java_home, user)
+    command = [
+        *prefix,
+        str(node.dist_home / "bin" / "elasticsearch"),
+        "-d",
+        "-p",
+        str(node.pid_file),
+    ]
     log(f"Starting Elasticsearch (Java {java_major} at {java_home}) on {node.url} ...")
     with node.console_log.open("ab") as console:
         proc = subprocess.run(
