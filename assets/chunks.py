@@ -5,24 +5,26 @@ import time
 
 import dagster as dg
 
-from assets._lineage import track
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.chunks.store import sync_chunks
 from llmops_dagster.documents.store import read_documents
-from llmops_dagster.embed.model import load_tokenizer
-from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
+from llmops_dagster.resources import (
+    CorpusResource,
+    MlflowResource,
+    ModelsResource,
+    WarehouseResource,
+)
 from llmops_dagster.text.chunking import chunk_document
 from llmops_dagster.tracking.digests import active_chunks_digest
-from llmops_dagster.tracking.lineage import DatasetRef
-from llmops_dagster.warehouse import connect
+from llmops_dagster.tracking.runs import DatasetRef
 
 
 class ChunksConfig(dg.Config):
     chunk_size: int | None = None
-    """Max tokens per chunk (embedding model tokenizer); default LLMOPS_CHUNK_SIZE."""
+    """Max tokens per chunk (embedding model tokenizer); default: the corpus resource's."""
     overlap: int | None = None
-    """Tokens shared by consecutive chunks of a section; default LLMOPS_CHUNK_OVERLAP."""
+    """Tokens shared by consecutive chunks of a section; default: the corpus resource's."""
 
 
 @dg.asset(
@@ -35,7 +37,9 @@ class ChunksConfig(dg.Config):
 def chunks(
     context: dg.AssetExecutionContext,
     config: ChunksConfig,
-    llmops: LlmopsSettingsResource,
+    corpus: CorpusResource,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Structure-aware chunks sized in the embedding model's tokens (`llmops.chunks`).
@@ -43,14 +47,13 @@ def chunks(
     Only documents whose text or chunker settings changed are re-chunked; chunks of changed or
     deleted documents are marked `removed` so the index can delete them.
     """
-    settings = llmops.settings()
-    size = config.chunk_size or settings.chunk_size_tokens
-    overlap = settings.chunk_overlap_tokens if config.overlap is None else config.overlap
-    tokenizer = load_tokenizer(settings.embedding_model)
+    size = config.chunk_size or corpus.chunk_size_tokens
+    overlap = corpus.chunk_overlap_tokens if config.overlap is None else config.overlap
+    tokenizer = models.tokenizer()
     # The fingerprint makes a settings change re-chunk everything, and nothing else does.
-    fingerprint = hashlib.sha256(
-        f"{settings.embedding_model}|{size}|{overlap}".encode()
-    ).hexdigest()[:16]
+    fingerprint = hashlib.sha256(f"{models.embedding_model}|{size}|{overlap}".encode()).hexdigest()[
+        :16
+    ]
 
     def chunker(doc_id: str, text: str, fmt: str):
         return chunk_document(
@@ -62,7 +65,7 @@ def chunks(
             context.log.info(f"chunked {done}/{total} changed documents")
 
     started = time.perf_counter()
-    with connect(settings.effective_duckdb_path) as con:
+    with warehouse.get_connection() as con:
         documents = read_documents(con).select(["doc_id", "content_hash", "text", "format"])
         report = sync_chunks(con, documents, chunker, fingerprint=fingerprint, progress=progress)
         preview = con.execute(
@@ -75,13 +78,12 @@ def chunks(
     if report.failed:
         context.log.warning(f"{len(report.failed)} documents failed to chunk: {report.failed}")
     columns = ["chunk_id", "doc_id", "position", "token_count", "section"]
-    lineage = track(
+    lineage = mlflow.log_asset_run(
         context,
-        mlflow,
         params={
             "chunk_size_tokens": size,
             "overlap_tokens": overlap,
-            "tokenizer": settings.embedding_model,
+            "tokenizer": models.embedding_model,
             "chunker_fingerprint": fingerprint,
         },
         metrics={
@@ -91,11 +93,7 @@ def chunks(
             "active_chunks": report.active_chunks,
         },
         tags={"chunk_set.digest": digest},
-        datasets=[
-            DatasetRef(
-                name="chunks", digest=digest[:16], source=str(settings.effective_duckdb_path)
-            )
-        ],
+        datasets=[DatasetRef(name="chunks", digest=digest[:16], source=str(warehouse.path))],
     )
     return dg.MaterializeResult(
         metadata={

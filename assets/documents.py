@@ -4,24 +4,22 @@ import time
 
 import dagster as dg
 
-from assets._lineage import track
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.documents.build import build_documents
 from llmops_dagster.documents.store import get_watermarks, read_documents, read_rejected
-from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
+from llmops_dagster.resources import CorpusResource, MlflowResource, WarehouseResource
 from llmops_dagster.sources.source_config import SourcesConfig
 from llmops_dagster.text.pipeline import make_text_transform
 from llmops_dagster.tracking.digests import documents_digest
-from llmops_dagster.tracking.lineage import DatasetRef
-from llmops_dagster.warehouse import connect
+from llmops_dagster.tracking.runs import DatasetRef
 
 
 class DocumentsConfig(dg.Config):
     full_refresh: bool = False
     """Re-read every raw row (e.g. after changing cleaning or PII settings)."""
     redact_pii: bool | None = None
-    """Override LLMOPS_REDACT_PII for this run."""
+    """Override the corpus resource's redact_pii (LLMOPS_REDACT_PII) for this run."""
 
 
 def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
@@ -41,19 +39,19 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
     def documents(
         context: dg.AssetExecutionContext,
         config: DocumentsConfig,
-        llmops: LlmopsSettingsResource,
+        corpus: CorpusResource,
+        warehouse: WarehouseResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        settings = llmops.settings()
-        redact = settings.redact_pii if config.redact_pii is None else config.redact_pii
+        redact = corpus.redact_pii if config.redact_pii is None else config.redact_pii
         started = time.perf_counter()
-        with connect(settings.effective_duckdb_path) as con:
+        with warehouse.get_connection() as con:
             delta = build_documents(
-                settings,
+                con,
                 sources,
+                dataset=warehouse.dlt_dataset,
                 transform=make_text_transform(redact_pii=redact),
                 full_refresh=config.full_refresh,
-                con=con,
             )
             preview = read_documents(con, delta.to_chunk[:10]).select(
                 ["doc_id", "title", "format", "content_hash"]
@@ -65,9 +63,8 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
         elapsed = time.perf_counter() - started
         summary = delta.summary()
         context.log.info(f"documents: {summary}")
-        lineage = track(
+        lineage = mlflow.log_asset_run(
             context,
-            mlflow,
             params={"redact_pii": redact, "full_refresh": config.full_refresh},
             metrics={k: float(v) for k, v in summary.items()},
             tags={"documents.digest": digest, "dlt.load_ids": str(load_ids)},
@@ -75,7 +72,7 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
                 DatasetRef(
                     name="documents",
                     digest=digest[:16],
-                    source=str(settings.effective_duckdb_path),
+                    source=str(warehouse.path),
                     rows=listing.to_pylist(),
                 )
             ],

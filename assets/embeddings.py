@@ -2,12 +2,10 @@
 
 import dagster as dg
 
-from assets._lineage import track
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.chunks.store import active_chunks
 from llmops_dagster.embed.cache import embed_missing
-from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
-from llmops_dagster.warehouse import connect
+from llmops_dagster.resources import MlflowResource, ModelsResource, WarehouseResource
 
 
 @dg.asset(
@@ -18,15 +16,18 @@ from llmops_dagster.warehouse import connect
     pool=DUCKDB_POOL,
 )
 def embeddings(
-    context: dg.AssetExecutionContext, llmops: LlmopsSettingsResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Normalised sentence-transformers vectors in `llmops.embedding_cache`.
 
     Keyed by (model id, chunk text hash): unchanged text is never embedded twice, and a new
     model id gets its own vectors instead of mixing spaces.
     """
-    settings = llmops.settings()
-    with connect(settings.effective_duckdb_path) as con:
+    batch_size = models.embed_batch_size
+    with warehouse.get_connection() as con:
         chunk_table = active_chunks(con).select(["content_hash", "text"])
         items = list(
             zip(
@@ -35,24 +36,21 @@ def embeddings(
                 strict=True,
             )
         )
-        embedder = llmops.embedder()
+        embedder = models.embedder()
 
         def progress(done: int, total: int) -> None:
             context.log.info(f"embedded {done}/{total} new texts")
 
-        stats = embed_missing(
-            con, embedder, items, batch_size=settings.embed_batch_size, progress=progress
-        )
+        stats = embed_missing(con, embedder, items, batch_size=batch_size, progress=progress)
     context.log.info(
         f"{stats.embedded} embedded, {stats.cached} from cache ({stats.texts_per_second:.1f}/s)"
     )
-    lineage = track(
+    lineage = mlflow.log_asset_run(
         context,
-        mlflow,
         params={
             "model_id": stats.model_id,
             "dims": stats.dims,
-            "batch_size": settings.embed_batch_size,
+            "batch_size": batch_size,
         },
         metrics={
             "embedded": stats.embedded,
@@ -72,6 +70,6 @@ def embeddings(
             "cached": stats.cached,
             "embed_seconds": round(stats.seconds, 3),
             "texts_per_second": round(stats.texts_per_second, 1),
-            "batch_size": settings.embed_batch_size,
+            "batch_size": batch_size,
         }
     )

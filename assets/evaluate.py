@@ -11,15 +11,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from assets._lineage import upstream_mlflow_runs
 from assets._metadata import md
-from llmops_dagster.resources import ElasticsearchResource, LlmopsSettingsResource, MlflowResource
-from llmops_dagster.tracking.lineage import (
-    TAG_ASSET_KEY,
-    TAG_CODE_VERSION,
-    TAG_DAGSTER_RUN,
-    code_version,
-    run_url,
+from llmops_dagster.resources import (
+    CorpusResource,
+    ElasticsearchResource,
+    MlflowResource,
+    ModelsResource,
+    build_rag_pipeline,
 )
 
 
@@ -27,7 +25,7 @@ class EvaluationConfig(dg.Config):
     model_version: str | None = None
     """Candidate adapter version; default: the newest registered version."""
     golden_path: str | None = None
-    """QA JSONL or BEIR folder; default: data/golden/qa.jsonl."""
+    """QA JSONL or BEIR folder; default: the corpus resource's golden_path."""
     limit: int | None = None
     """Evaluate only the first N golden items (smoke runs)."""
     k: int = 3
@@ -35,8 +33,7 @@ class EvaluationConfig(dg.Config):
     max_new_tokens: int = 32
     batch_size: int = 8
     judge: str | None = None
-    """none | local | openai; default LLMOPS_JUDGE (none). openai reads LLMOPS_JUDGE_BASE_URL,
-    LLMOPS_JUDGE_MODEL and the key from the env variable LLMOPS_JUDGE_API_KEY_ENV names."""
+    """none | local | openai; default: the models resource's judge (LLMOPS_JUDGE)."""
     judge_max_cases: int = 3
     judge_capable: bool | None = None
     """Only a judge declared capable may gate (LLMOPS_JUDGE_CAPABLE); a 135M local one is not."""
@@ -64,112 +61,99 @@ def _candidate_version(client: Any, name: str, requested: str | None) -> str:
 def rag_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    llmops: LlmopsSettingsResource,
+    corpus: CorpusResource,
+    models: ModelsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
 ):
-    """The candidate adapter answers every golden question through the live alias; DeepEval
-    scores retrieval (recall@k, MRR, nDCG@k), answers (token F1, exact match, ROUGE-L,
-    embedding similarity) and, with a judge configured, relevancy/faithfulness/correctness."""
-    from mlflow.tracking import MlflowClient
-
+    """The candidate adapter answers every golden question through the RAG pipeline on the
+    live alias; DeepEval scores retrieval (recall@k, MRR, nDCG@k), answers (token F1, exact
+    match, ROUGE-L, embedding similarity) and, with a judge configured, relevancy /
+    faithfulness / correctness."""
     from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
     from llmops_dagster.evaluate.golden import load_golden
-    from llmops_dagster.evaluate.judge import JudgeConfig, build_judge
+    from llmops_dagster.evaluate.judge import build_judge
     from llmops_dagster.evaluate.metrics import default_metrics
     from llmops_dagster.evaluate.run import build_cases, evaluate_rag
     from llmops_dagster.evaluate.tracking import log_evaluation
-    from llmops_dagster.rag.answer import answer_many
-    from llmops_dagster.rag.llm import load_generator
-    from llmops_dagster.rag.prompts import load_prompt
+    from llmops_dagster.rag.pipeline import RetrievalSettings
     from llmops_dagster.search.aliases import current_index
-    from llmops_dagster.search.retriever import HybridRetriever
 
-    settings = mlflow.apply_to(llmops.settings())
-    store = mlflow.store()
-    client = MlflowClient(store.tracking_uri)
-    name = settings.lora_model_name
-    version = _candidate_version(client, name, config.model_version)
+    name = models.adapter_model_name
+    version = _candidate_version(mlflow.client(), name, config.model_version)
     model_uri = f"models:/{name}/{version}"
-    golden = load_golden(config.golden_path) if config.golden_path else load_golden()
+    golden = load_golden(config.golden_path or corpus.golden_path)
     if config.limit:
         golden = golden.subset(config.limit)
-    es = elasticsearch.get_client()
-    index_name = current_index(es, elasticsearch.alias)
-    embedder = llmops.embedder()
-    retriever = HybridRetriever(es, elasticsearch.alias, embedder)
-    generator = load_generator(settings, adapter_uri=model_uri)
-    prompt = load_prompt()
+    index_name = current_index(elasticsearch.get_client(), elasticsearch.alias)
+    pipeline = build_rag_pipeline(
+        elasticsearch,
+        models,
+        mlflow,
+        adapter_uri=model_uri,
+        retrieval=RetrievalSettings(mode=config.mode, k=config.k),
+        max_new_tokens=config.max_new_tokens,
+    )
     context.log.info(f"evaluating {model_uri} on {len(golden.items)} golden items ({index_name})")
 
     def answer_batch(questions):
-        done = answer_many(
-            questions,
-            retriever=retriever,
-            generator=generator,
-            prompt=prompt,
-            k=config.k,
-            mode=config.mode,
-            max_new_tokens=config.max_new_tokens,
-        )
+        done = pipeline.answer_many(questions)
         context.log.info(f"answered {len(done)} questions")
         return done
 
     cases = build_cases(golden, answer_batch, batch_size=config.batch_size)
-    judge_config = JudgeConfig.from_env()
+    judge_spec = models.judge_spec()
     if config.judge is not None:
-        judge_config = replace(judge_config, kind=config.judge)
+        judge_spec = replace(judge_spec, kind=config.judge)  # type: ignore[arg-type]
     if config.judge_capable is not None:
-        judge_config = replace(judge_config, capable=config.judge_capable)
-    judge = build_judge(judge_config, generator=generator)
+        judge_spec = replace(judge_spec, capable=config.judge_capable)
+    judge = build_judge(judge_spec, generator=pipeline.generator)
     result = evaluate_rag(
         cases,
-        metrics=default_metrics(encoder=embedder),
+        metrics=default_metrics(encoder=models.embedder()),
         judge=judge,
-        judge_capable=judge_config.capable,
+        judge_capable=judge_spec.capable,
         judge_max_cases=config.judge_max_cases,
     )
     gate_config = GateConfig(
-        minimums=config.minimums, maximums=config.maximums, judge_capable=judge_config.capable
+        minimums=config.minimums, maximums=config.maximums, judge_capable=judge_spec.capable
     )
     gate = evaluate_gate(result.aggregates, gate_config)
-    lineage_tags = {
-        TAG_DAGSTER_RUN: context.run_id,
-        TAG_ASSET_KEY: context.asset_key.to_user_string(),
-        TAG_CODE_VERSION: code_version(),
-        **{f"upstream.{k}": v for k, v in upstream_mlflow_runs(context).items()},
-        "golden.name": golden.name,
-        "golden.digest": golden.version,
-        "model.uri": model_uri,
-        "prompt.version": f"{prompt.name}@{prompt.version}",
-        "index.name": str(index_name),
-        "index.alias": elasticsearch.alias,
-    }
-    run_id = log_evaluation(
-        settings,
-        result,
-        golden,
-        gate_config=gate_config,
-        gate_result=gate,
-        context={"model_uri": model_uri, "index": index_name, "mode": config.mode, "k": config.k},
-        tags=lineage_tags,
-    )
+    with mlflow.asset_run(context) as run:
+        log_evaluation(
+            run,
+            result,
+            golden,
+            gate_config=gate_config,
+            gate_result=gate,
+            context={
+                "model_uri": model_uri,
+                "index": index_name,
+                "mode": config.mode,
+                "k": config.k,
+            },
+            tags={
+                "golden.name": golden.name,
+                "golden.digest": golden.version,
+                "model.uri": model_uri,
+                "prompt.version": pipeline.prompt_ref,
+                "index.name": str(index_name),
+                "index.alias": elasticsearch.alias,
+            },
+        )
     context.log.info(gate.summary())
     aggregates = {k: round(float(v), 4) for k, v in result.aggregates.items()}
     value = {
         "model_name": name,
         "model_version": version,
-        "evaluation_run_id": run_id,
+        "evaluation_run_id": run.run_id,
         "gate": gate,
         "aggregates": aggregates,
     }
     return dg.Output(
         value,
         metadata={
-            "mlflow_run_id": run_id,
-            "mlflow_run": dg.MetadataValue.url(
-                run_url(settings.mlflow_ui_url, store.experiment_id, run_id)
-            ),
+            **mlflow.run_metadata(run),
             "model_uri": model_uri,
             "golden_set": f"{golden.name}@{golden.version[:12]}",
             "cases": len(result.rows),
@@ -219,13 +203,10 @@ def champion_model(
 ) -> dg.MaterializeResult:
     """Points the registry alias `champion` at the evaluated version (runs only when the
     blocking quality gate passed); the previous champion is recorded in tags for rollback."""
-    from mlflow.tracking import MlflowClient
-
     from llmops_dagster.evaluate.gate import promote_champion
 
-    client = MlflowClient(mlflow.store().tracking_uri)
     promotion = promote_champion(
-        client,
+        mlflow.client(),
         rag_evaluation["model_name"],
         rag_evaluation["model_version"],
         rag_evaluation["gate"],

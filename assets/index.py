@@ -2,13 +2,16 @@
 
 import dagster as dg
 
-from assets._lineage import track
 from assets.ingest import DUCKDB_POOL
-from llmops_dagster.resources import ElasticsearchResource, LlmopsSettingsResource, MlflowResource
+from llmops_dagster.resources import (
+    ElasticsearchResource,
+    MlflowResource,
+    ModelsResource,
+    WarehouseResource,
+)
 from llmops_dagster.search.aliases import alias_indices
 from llmops_dagster.search.mapping import index_meta, mapped_vector_dims
 from llmops_dagster.search.sync import active_chunk_ids, sync_index
-from llmops_dagster.warehouse import connect
 
 
 class SearchIndexConfig(dg.Config):
@@ -30,7 +33,8 @@ class SearchIndexConfig(dg.Config):
 def search_index(
     context: dg.AssetExecutionContext,
     config: SearchIndexConfig,
-    llmops: LlmopsSettingsResource,
+    models: ModelsResource,
+    warehouse: WarehouseResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
@@ -40,10 +44,9 @@ def search_index(
     chunk id. `full_rebuild` writes `<alias>-<version>`, verifies count and a smoke query, then
     swaps the alias in one atomic call; previous versions are kept for rollback.
     """
-    settings = llmops.settings()
     client = elasticsearch.get_client()
-    embedder = llmops.embedder()
-    with connect(settings.effective_duckdb_path) as con:
+    embedder = models.embedder()
+    with warehouse.get_connection() as con:
         report = sync_index(
             client,
             con,
@@ -51,16 +54,11 @@ def search_index(
             model_id=embedder.model_id,
             dims=embedder.dims,
             mode="rebuild" if config.full_rebuild else "incremental",
-            keep=settings.es_keep_versions,
-            shards=settings.es_shards,
-            replicas=settings.es_replicas,
-            hnsw_m=settings.es_hnsw_m,
-            ef_construction=settings.es_hnsw_ef_construction,
+            **elasticsearch.index_layout(),
             log=context.log.info,
         )
-    lineage = track(
+    lineage = mlflow.log_asset_run(
         context,
-        mlflow,
         params={
             "mode": report.mode,
             "alias": report.alias,
@@ -84,7 +82,7 @@ def search_index(
         metadata={
             **lineage,
             **report.as_metadata(),
-            "elasticsearch_url": elasticsearch.settings().effective_es_url,
+            "elasticsearch_url": elasticsearch.url,
             "model_id": embedder.model_id,
             "dims": embedder.dims,
             "dagster/row_count": dg.MetadataValue.int(report.doc_count),
@@ -94,10 +92,10 @@ def search_index(
 
 @dg.asset_check(asset=search_index, blocking=True, description="ES docs == active chunks")
 def index_count_matches_chunks(
-    llmops: LlmopsSettingsResource, elasticsearch: ElasticsearchResource
+    warehouse: WarehouseResource, elasticsearch: ElasticsearchResource
 ) -> dg.AssetCheckResult:
     client = elasticsearch.get_client()
-    with connect(llmops.settings().effective_duckdb_path) as con:
+    with warehouse.get_connection() as con:
         expected = len(active_chunk_ids(con))
     client.indices.refresh(index=elasticsearch.alias)
     actual = int(client.count(index=elasticsearch.alias)["count"])
@@ -122,10 +120,10 @@ def alias_points_to_healthy_index(elasticsearch: ElasticsearchResource) -> dg.As
 
 @dg.asset_check(asset=search_index, blocking=True, description="mapping dims == model dims")
 def vector_dims_match_model(
-    llmops: LlmopsSettingsResource, elasticsearch: ElasticsearchResource
+    models: ModelsResource, elasticsearch: ElasticsearchResource
 ) -> dg.AssetCheckResult:
     client = elasticsearch.get_client()
-    embedder = llmops.embedder()
+    embedder = models.embedder()
     mapped = mapped_vector_dims(client, elasticsearch.alias)
     meta_model = index_meta(client, elasticsearch.alias).get("model_id")
     return dg.AssetCheckResult(

@@ -12,11 +12,9 @@ import dagster as dg
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from llmops_dagster.config import Settings
-from llmops_dagster.resources import MlflowResource
-from llmops_dagster.sources.pipeline import loaded_row_counts, make_pipeline
+from llmops_dagster.resources import MlflowResource, WarehouseResource
+from llmops_dagster.sources.pipeline import WarehouseTarget, loaded_row_counts, make_pipeline
 from llmops_dagster.sources.source_config import SourcesConfig
-from llmops_dagster.tracking.lineage import log_asset_run
 
 DUCKDB_POOL = "duckdb"  # one writer per DuckDB file: every asset that writes it shares this pool
 
@@ -46,52 +44,53 @@ class SourcePrefixedTranslator(DagsterDltTranslator):
 def _make_dlt_assets(
     *,
     name: str,
-    settings: Settings,
+    target: WarehouseTarget,
     sources: SourcesConfig,
     make_source: Any,
     translator: SourcePrefixedTranslator,
 ) -> dg.AssetsDefinition:
-    pipeline = make_pipeline(settings, f"llmops_{name}", sources.destination)
+    pipeline_name = f"llmops_{name}"
+    # The decorator needs a pipeline to describe the assets; runs use the warehouse resource's.
+    described_by = make_pipeline(target, pipeline_name, sources.destination)
 
     @dlt_assets(
         dlt_source=make_source(),
-        dlt_pipeline=pipeline,
+        dlt_pipeline=described_by,
         name=f"ingest_{name}",
         dagster_dlt_translator=translator,
         pool=DUCKDB_POOL,
     )
     def _assets(
-        context: dg.AssetExecutionContext, dlt: DagsterDltResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        dlt: DagsterDltResource,
+        warehouse: WarehouseResource,
+        mlflow: MlflowResource,
     ) -> Iterator[Any]:
-        events = list(dlt.run(context=context, dlt_source=make_source()))
+        pipeline = make_pipeline(warehouse.dlt_target(), pipeline_name, sources.destination)
+        events = list(dlt.run(context=context, dlt_source=make_source(), dlt_pipeline=pipeline))
         # The first link of the lineage chain: one MLflow run per load, naming dlt's load ids,
         # attached to every table this load materialized.
         trace = pipeline.last_trace
         load_ids = list(trace.last_load_info.loads_ids) if trace and trace.last_load_info else []
         rows = loaded_row_counts(pipeline)
-        run = log_asset_run(
-            mlflow.store(),
+        link = mlflow.log_asset_run(
+            context,
             asset_key=f"ingest_{name}",
-            dagster_run_id=context.run_id,
             params={"pipeline": pipeline.pipeline_name, "dataset": pipeline.dataset_name},
             metrics={f"rows.{table}": float(n) for table, n in rows.items()},
             tags={"dlt.load_ids": ",".join(load_ids), "dlt.pipeline": pipeline.pipeline_name},
-            ui_url=mlflow.settings().mlflow_ui_url,
         )
         for event in events:
             yield event._replace(
-                metadata={
-                    **(event.metadata or {}),
-                    "mlflow_run_id": run.run_id,
-                    "mlflow_run": dg.MetadataValue.url(run.url),
-                    "dlt_load_ids": ",".join(load_ids),
-                }
+                metadata={**(event.metadata or {}), **link, "dlt_load_ids": ",".join(load_ids)}
             )
 
     return _assets
 
 
-def build_ingest_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDefinition]:
+def build_ingest_assets(
+    sources: SourcesConfig, target: WarehouseTarget, *, sources_file: str = "sources.yaml"
+) -> list[dg.AssetsDefinition]:
     """The dlt asset definitions for every source configured in ``sources.yaml``."""
     assets: list[dg.AssetsDefinition] = []
     if sources.filesystem is not None:
@@ -101,12 +100,12 @@ def build_ingest_assets(settings: Settings, sources: SourcesConfig) -> list[dg.A
         if not fs.root.is_dir():
             raise ValueError(
                 f"sources.yaml: filesystem.root {fs.root} is not a folder "
-                f"(set LLMOPS_SOURCES_CONFIG or fix {settings.sources_config})"
+                f"(set LLMOPS_SOURCES_CONFIG or fix {sources_file})"
             )
         assets.append(
             _make_dlt_assets(
                 name=fs.source_name,
-                settings=settings,
+                target=target,
                 sources=sources,
                 make_source=lambda: make_filesystem_source(fs.root, fs.globs, fs.max_bytes),
                 translator=SourcePrefixedTranslator(
@@ -126,7 +125,7 @@ def build_ingest_assets(settings: Settings, sources: SourcesConfig) -> list[dg.A
         assets.append(
             _make_dlt_assets(
                 name=api.source_name,
-                settings=settings,
+                target=target,
                 sources=sources,
                 # Secrets are read from the env at run time only, never at definition load.
                 make_source=lambda: make_rest_api_source(api.config_path),
@@ -144,7 +143,7 @@ def build_ingest_assets(settings: Settings, sources: SourcesConfig) -> list[dg.A
         assets.append(
             _make_dlt_assets(
                 name=sql.source_name,
-                settings=settings,
+                target=target,
                 sources=sources,
                 make_source=lambda: make_sql_source_from_config(sql),
                 translator=SourcePrefixedTranslator(

@@ -4,14 +4,13 @@ registered in the MLflow registry (promotion to `champion` is the evaluation gat
 import dagster as dg
 from pydantic import Field
 
-from assets._lineage import track, upstream_mlflow_runs
 from assets._metadata import md
-from llmops_dagster.resources import ElasticsearchResource, LlmopsSettingsResource, MlflowResource
-from llmops_dagster.tracking.lineage import (
-    TAG_ASSET_KEY,
-    TAG_CODE_VERSION,
-    TAG_DAGSTER_RUN,
-    code_version,
+from llmops_dagster.resources import (
+    CorpusResource,
+    ElasticsearchResource,
+    MlflowResource,
+    ModelsResource,
+    build_rag_pipeline,
 )
 
 
@@ -24,7 +23,7 @@ class FinetuneDatasetConfig(dg.Config):
 
 class LoraTrainingConfig(dg.Config):
     max_steps: int | None = None
-    """Optimizer steps (default LLMOPS_LORA_MAX_STEPS)."""
+    """Optimizer steps (default: the models resource's lora_max_steps)."""
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -43,32 +42,35 @@ class LoraTrainingConfig(dg.Config):
 def finetune_dataset(
     context: dg.AssetExecutionContext,
     config: FinetuneDatasetConfig,
-    llmops: LlmopsSettingsResource,
+    corpus: CorpusResource,
+    models: ModelsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
 ):
     """Instruction/response pairs from the training QA set, each with the context the live
-    retriever returns, in the generator's chat template; fixed-seed train/validation split."""
-    from llmops_dagster.rag.llm import load_base_model
-    from llmops_dagster.search.retriever import HybridRetriever
-    from llmops_dagster.train.dataset import build_sft_dataset, retriever_context_fn
+    RAG pipeline retrieves, in the generator's chat template; fixed-seed train/validation
+    split."""
+    from pathlib import Path
 
-    settings = llmops.settings()
-    retriever = HybridRetriever(elasticsearch.get_client(), elasticsearch.alias, llmops.embedder())
-    tokenizer = load_base_model(settings).tokenizer
+    from llmops_dagster.rag.pipeline import RetrievalSettings
+    from llmops_dagster.train.dataset import build_sft_dataset
+
+    pipeline = build_rag_pipeline(
+        elasticsearch, models, mlflow, retrieval=RetrievalSettings(k=config.context_k)
+    )
     dataset = build_sft_dataset(
-        settings.train_qa_path,
-        tokenizer=tokenizer,
-        context_fn=retriever_context_fn(retriever, k=config.context_k),
+        Path(corpus.train_qa_path),
+        tokenizer=models.base_model().tokenizer,
+        prompt=pipeline.prompt,
+        context_fn=pipeline.context_fn(),
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
-    path = settings.llmops_home / "datasets" / f"sft-{dataset.digest[:12]}.jsonl"
+    path = Path(corpus.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
     dataset.write_jsonl(path)
     summary = dataset.summary()
-    lineage = track(
+    lineage = mlflow.log_asset_run(
         context,
-        mlflow,
         params={k: v for k, v in summary.items() if k != "digest"},
         metrics={"n_train": summary["n_train"], "n_validation": summary["n_validation"]},
         tags={"dataset.digest": dataset.digest},
@@ -92,50 +94,44 @@ def lora_adapter(
     context: dg.AssetExecutionContext,
     config: LoraTrainingConfig,
     finetune_dataset,
-    llmops: LlmopsSettingsResource,
+    models: ModelsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """A LoRA adapter (peft) on the generator, trained with transformers' Trainer, logged and
     registered as a new model version. It does not move `champion`: the evaluation gate does."""
+    from pathlib import Path
+
     from llmops_dagster.search.aliases import current_index
     from llmops_dagster.train.lora import train_lora
 
-    settings = llmops.settings()
-    mlflow.store()  # fail fast, naming MLFLOW_TRACKING_URI, before minutes of training
+    mlflow.store()  # fail fast, naming the tracking URI, before minutes of training
     index_version = current_index(elasticsearch.get_client(), elasticsearch.alias)
-    lineage_tags = {
-        TAG_DAGSTER_RUN: context.run_id,
-        TAG_ASSET_KEY: context.asset_key.to_user_string(),
-        TAG_CODE_VERSION: code_version(),
-        **{f"upstream.{k}": v for k, v in upstream_mlflow_runs(context).items()},
-    }
-    result = train_lora(
-        mlflow.apply_to(settings),
-        finetune_dataset,
-        r=config.r,
-        alpha=config.alpha,
-        dropout=config.dropout,
-        target_modules=tuple(config.target_modules),
-        max_steps=config.max_steps or settings.lora_max_steps,
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        max_seq_len=config.max_seq_len,
-        index_version=index_version,
-        registered_model_name=settings.lora_model_name,
-        extra_tags=lineage_tags,
-    )
+    base = models.base_model(fresh=True)
+    with mlflow.asset_run(context) as run:
+        result = train_lora(
+            base,
+            finetune_dataset,
+            run,
+            r=config.r,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            target_modules=tuple(config.target_modules),
+            max_steps=config.max_steps or models.lora_max_steps,
+            learning_rate=config.learning_rate,
+            batch_size=config.batch_size,
+            max_seq_len=config.max_seq_len,
+            index_version=index_version,
+            registered_model_name=models.adapter_model_name,
+            output_dir=Path(models.cache_dir) / "adapters" / "trained" / run.run_id,
+        )
     context.log.info(
         f"registered {result.registered_model_name} v{result.model_version} "
         f"(eval loss {result.eval_loss_before} → {result.eval_loss_after})"
     )
-    url = mlflow.settings().mlflow_ui_url.rstrip("/")
     return dg.MaterializeResult(
         metadata={
-            "mlflow_run_id": result.run_id,
-            "mlflow_run": dg.MetadataValue.url(
-                f"{url}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-            ),
+            **mlflow.run_metadata(run),
             "registered_model": str(result.registered_model_name),
             "model_version": str(result.model_version),
             "model_uri": f"models:/{result.registered_model_name}/{result.model_version}",

@@ -162,11 +162,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/chunkers.json")
     args = parser.parse_args()
 
+    from llmops_dagster.config import Settings, apply_offline_env_defaults
+
+    apply_offline_env_defaults()  # before transformers reads HF_HUB_OFFLINE
     from transformers import AutoTokenizer
 
-    from llmops_dagster.config import get_settings
-
-    tokenizer = AutoTokenizer.from_pretrained(get_settings().embedding_model)
+    tokenizer = AutoTokenizer.from_pretrained(Settings().models.embedding_model)
     docs = load_corpus(args.corpus, args.limit, args.group)
     candidates, count = make_candidates(tokenizer, args.chunk_size, args.overlap)
 

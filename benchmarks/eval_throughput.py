@@ -36,14 +36,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import llmops_dagster  # noqa: E402,F401  - offline env defaults first
-from llmops_dagster.config import get_settings  # noqa: E402
-from llmops_dagster.embed.model import load_embedder  # noqa: E402
-from llmops_dagster.evaluate.golden import load_golden  # noqa: E402
-from llmops_dagster.evaluate.metrics import default_metrics  # noqa: E402
-from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag  # noqa: E402
-from llmops_dagster.rag.answer import answer_many  # noqa: E402
-from llmops_dagster.rag.llm import LocalTransformersGenerator, load_base_model  # noqa: E402
+from llmops_dagster.config import apply_offline_env_defaults
+
+apply_offline_env_defaults()  # this script is where the process starts
+from llmops_dagster.config import Settings
+from llmops_dagster.embed.model import load_embedder
+from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.evaluate.metrics import default_metrics
+from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
+from llmops_dagster.models.local import LocalTransformersGenerator, load_base_model
+from llmops_dagster.models.spec import LocalModelSpec
+from llmops_dagster.rag.answer import answer_many
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "eval_throughput.json"
 
@@ -103,11 +106,21 @@ def sample_chunks(sample_dir: Path, words: int = 120) -> list[tuple[str, str, st
 
 
 def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str, Any]:
-    settings = get_settings()
+    settings = Settings()
     golden = load_golden().subset(cases_n)
-    embedder = load_embedder(settings.embedding_model)
-    retriever = InMemoryRetriever(sample_chunks(settings.sample_data_dir), embedder)
-    loaded = load_base_model(settings)
+    embedder = load_embedder(
+        settings.models.embedding_model,
+        backend=settings.models.embedding_backend,
+        cache_dir=settings.models_cache_dir,
+    )
+    retriever = InMemoryRetriever(sample_chunks(settings.corpus.sample_data_dir), embedder)
+    spec = LocalModelSpec(
+        model=settings.models.generator_model,
+        gguf_file=settings.models.generator_gguf_file,
+        cache_dir=settings.models_cache_dir,
+        threads=settings.models.torch_threads,
+    )
+    loaded = load_base_model(spec)
     serial_gen = LocalTransformersGenerator(loaded, batch_size=1)
     batched_gen = LocalTransformersGenerator(loaded, batch_size=batch_size)
     metrics = default_metrics(encoder=embedder)
@@ -161,7 +174,7 @@ def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str,
             "golden_version": golden.short_version,
             "generator": loaded.source.model_id,
             "device": loaded.device,
-            "torch_threads": settings.torch_threads,
+            "torch_threads": spec.threads,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         },
     }

@@ -12,9 +12,10 @@ held-out QA metric for the base model vs the adapter.
    context (ranked by the question only, not the reference answer). Metric: token F1 between
    the answer (citations stripped) and the reference answer, over content words.
 
-Writes ``benchmarks/results/finetune.json``. Model, MLflow store and adapters live in a temp
-LLMOPS_HOME except the shared converted-model cache. Runs in a few minutes on 2 CPU cores with
-the defaults; ``--threads 1`` is faster than 2 on a machine that other jobs share.
+Writes ``benchmarks/results/finetune.json``. The MLflow store and the adapter live in a temp
+folder; the base model comes from the shared converted-model cache (LLMOPS_HOME/models). Runs
+in a few minutes on 2 CPU cores with the defaults; ``--threads 1`` is faster than 2 on a
+machine that other jobs share.
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import llmops_dagster  # noqa: F401  - offline env defaults first
-from llmops_dagster.config import PROJECT_ROOT, get_settings
+from llmops_dagster.config import apply_offline_env_defaults
+
+apply_offline_env_defaults()  # this script is where the process starts
+from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.models.local import load_base_model, load_local_generator
+from llmops_dagster.models.registry import load_adapter_generator
+from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import content_tokens
-from llmops_dagster.rag.llm import (
-    load_adapter_generator,
-    load_base_model,
-    load_local_generator,
-)
 from llmops_dagster.rag.prompts import load_prompt
+from llmops_dagster.tracking.runs import open_run
+from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
     build_sft_dataset,
     corpus_context_fn,
@@ -67,14 +70,14 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def plain_loop(settings: Any, dataset: Any, params: LoraParams) -> dict[str, float]:
+def plain_loop(spec: LocalModelSpec, dataset: Any, params: LoraParams) -> dict[str, float]:
     """The reference: peft + a hand-written AdamW loop over the same rows and batch size."""
     import torch
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup, set_seed
 
     set_seed(params.seed)
-    base = load_base_model(settings, fresh=True)
+    base = load_base_model(spec, fresh=True)
     model = get_peft_model(base.model, lora_config(params))
     model.train()
     rows = tokenize_split(base.tokenizer, dataset.train, params.max_seq_len)
@@ -130,19 +133,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    base_settings = get_settings()
-    if args.threads:
-        base_settings = base_settings.model_copy(update={"torch_threads": args.threads})
-    load_local_generator(base_settings)  # warm (and, once, create) the shared converted cache
-    home = Path(tempfile.mkdtemp(prefix="llmops-bench-")) / "home"
-    settings = base_settings.model_copy(
-        update={
-            "llmops_home": home,
-            "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-        }
+    settings = Settings()
+    spec = LocalModelSpec(
+        model=settings.models.generator_model,
+        gguf_file=settings.models.generator_gguf_file,
+        cache_dir=settings.models_cache_dir,
+        threads=args.threads or settings.models.torch_threads,
     )
-    base = load_local_generator(settings)
-    context_fn = corpus_context_fn(settings.sample_data_dir, k=2)
+    base = load_local_generator(spec)  # warm (and, once, create) the shared converted cache
+    home = Path(tempfile.mkdtemp(prefix="llmops-bench-"))
+    store = ensure_mlflow(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", "benchmark-finetune")
+    sample_dir = settings.corpus.sample_data_dir
+    context_fn = corpus_context_fn(sample_dir, k=2)
     dataset = build_sft_dataset(tokenizer=base.tokenizer, context_fn=context_fn)
     params = LoraParams(
         max_steps=args.steps,
@@ -152,26 +154,29 @@ def main() -> None:
     )
 
     started = time.perf_counter()
-    plain = plain_loop(settings, dataset, params)
+    plain = plain_loop(spec, dataset, params)
     plain_wall = time.perf_counter() - started
     started = time.perf_counter()
-    result = train_lora(
-        settings,
-        dataset,
-        max_steps=params.max_steps,
-        batch_size=params.batch_size,
-        max_seq_len=params.max_seq_len,
-        learning_rate=params.learning_rate,
-        index_version="benchmark",
-        registered_model_name="benchmark-lora",
-    )
+    with open_run(store, run_name="benchmark-lora", tags={}, ui_url="http://127.0.0.1:5000") as run:
+        result = train_lora(
+            load_base_model(spec, fresh=True),
+            dataset,
+            run,
+            max_steps=params.max_steps,
+            batch_size=params.batch_size,
+            max_seq_len=params.max_seq_len,
+            learning_rate=params.learning_rate,
+            index_version="benchmark",
+            registered_model_name="benchmark-lora",
+            output_dir=home / "adapter",
+        )
     project_wall = time.perf_counter() - started
 
     golden = load_qa_jsonl(GOLDEN)[: args.heldout]
-    heldout_context = corpus_context_fn(settings.sample_data_dir, k=2, use_reference=False)
+    heldout_context = corpus_context_fn(sample_dir, k=2, use_reference=False)
     started = time.perf_counter()
     base_f1 = heldout_f1(base, golden, heldout_context, args.max_new_tokens)
-    adapter = load_adapter_generator(settings, result.adapter_dir)
+    adapter = load_adapter_generator(spec, result.adapter_dir)
     adapter_f1 = heldout_f1(adapter, golden, heldout_context, args.max_new_tokens)
     heldout_wall = time.perf_counter() - started
 
@@ -203,7 +208,7 @@ def main() -> None:
                 "target_modules": list(params.target_modules),
                 "n_train": len(dataset.train),
                 "device": result.device,
-                "torch_threads": settings.torch_threads,
+                "torch_threads": spec.threads,
                 "model": result.base_model_id,
             },
         },

@@ -12,8 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-import llmops_dagster  # noqa: F401  - offline env defaults
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import apply_offline_env_defaults
+
+apply_offline_env_defaults()  # this script is where the process starts
+from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search.client import check_cluster, make_client
 from llmops_dagster.search.load import run_load
@@ -29,15 +31,21 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=5000)
     args = parser.parse_args()
 
-    settings = get_settings()
-    if not settings.effective_es_url.startswith(("http://127.", "http://localhost")):
+    settings = Settings()
+    if not settings.es_url.startswith(("http://127.", "http://localhost")):
         raise SystemExit("load tests only target a loopback node")
-    client = make_client(settings)
-    check_cluster(client, settings)
+    client = make_client(settings.cluster_spec())
+    check_cluster(client, settings.cluster_spec())
     golden = Path(__file__).resolve().parents[1] / "data" / "golden" / "qa.jsonl"
     queries = [json.loads(line)["question"] for line in golden.read_text().splitlines() if line]
     retriever = HybridRetriever(
-        client, settings.es_index_alias, load_embedder(settings.embedding_model)
+        client,
+        settings.elasticsearch.index_alias,
+        load_embedder(
+            settings.models.embedding_model,
+            backend=settings.models.embedding_backend,
+            cache_dir=settings.models_cache_dir,
+        ),
     )
     results = {}
     print(f"{'mode':<14}{'reqs':>7}{'errors':>8}{'qps':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")

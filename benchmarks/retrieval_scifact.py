@@ -35,20 +35,22 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from llmops_dagster.config import Settings  # noqa: E402
-from llmops_dagster.embed.model import Embedder, load_embedder  # noqa: E402
-from llmops_dagster.search.aliases import (  # noqa: E402
+from llmops_dagster.config import Settings, apply_offline_env_defaults
+
+apply_offline_env_defaults()  # this script is where the process starts
+from llmops_dagster.embed.model import Embedder, load_embedder
+from llmops_dagster.search.aliases import (
     alias_indices,
     list_versions,
     rebuild,
 )
-from llmops_dagster.search.client import check_cluster, make_client  # noqa: E402
-from llmops_dagster.search.mapping import (  # noqa: E402
+from llmops_dagster.search.client import check_cluster, make_client
+from llmops_dagster.search.mapping import (
     IndexSpec,
     VectorIndexOptions,
     build_index_body,
 )
-from llmops_dagster.search.retriever import (  # noqa: E402
+from llmops_dagster.search.retriever import (
     HybridRetriever,
     RetrieverConfig,
     SearchMode,
@@ -301,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.es_url:
         settings = settings.model_copy(update={"elasticsearch_url": args.es_url.rstrip("/")})
-    client = make_client(settings, request_timeout=120)
-    health = check_cluster(client, settings)
+    client = make_client(settings.cluster_spec(), request_timeout=120)
+    health = check_cluster(client, settings.cluster_spec())
     data: Path = args.data
     corpus = read_jsonl(data / "corpus.jsonl")
     queries = read_jsonl(data / "queries.jsonl")
@@ -315,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         corpus = (kept + rest)[: max(args.limit_docs, len(kept))]
     queries = [q for q in queries if q["_id"] in qrels]
 
-    embedder = load_embedder(settings.embedding_model)
+    embedder = load_embedder(
+        settings.models.embedding_model,
+        backend=settings.models.embedding_backend,
+        cache_dir=settings.models_cache_dir,
+    )
     chunks = corpus_chunks(corpus, args.chunk_words)
     chunk_texts = [f"{c['title']} {c['text']}".strip() for c in chunks]
     cache_name = "scifact-docs" if args.chunk_words <= 0 else "scifact-chunks"

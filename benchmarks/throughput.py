@@ -46,20 +46,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-import llmops_dagster  # noqa: E402,F401  - offline env defaults first
-from llmops_dagster.chunks.store import active_chunks, sync_chunks  # noqa: E402
-from llmops_dagster.config import Settings  # noqa: E402
-from llmops_dagster.documents.models import Document, content_hash  # noqa: E402
-from llmops_dagster.documents.normalize import NormalizedBatch  # noqa: E402
-from llmops_dagster.documents.store import read_documents, sync_documents  # noqa: E402
-from llmops_dagster.embed.cache import embed_missing  # noqa: E402
-from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer  # noqa: E402
-from llmops_dagster.search.aliases import alias_indices, list_versions  # noqa: E402
-from llmops_dagster.search.client import check_cluster, make_client  # noqa: E402
-from llmops_dagster.search.retriever import HybridRetriever, SearchMode  # noqa: E402
-from llmops_dagster.search.sync import sync_index  # noqa: E402
-from llmops_dagster.text.chunking import chunk_document  # noqa: E402
-from llmops_dagster.warehouse import connect  # noqa: E402
+from llmops_dagster.config import apply_offline_env_defaults
+
+apply_offline_env_defaults()  # this script is where the process starts
+from llmops_dagster.chunks.store import active_chunks, sync_chunks
+from llmops_dagster.config import Settings
+from llmops_dagster.documents.models import Document, content_hash
+from llmops_dagster.documents.normalize import NormalizedBatch
+from llmops_dagster.documents.store import read_documents, sync_documents
+from llmops_dagster.embed.cache import embed_missing
+from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
+from llmops_dagster.search.aliases import alias_indices, list_versions
+from llmops_dagster.search.client import check_cluster, make_client
+from llmops_dagster.search.retriever import HybridRetriever, SearchMode
+from llmops_dagster.search.sync import sync_index
+from llmops_dagster.text.chunking import chunk_document
+from llmops_dagster.warehouse import connect
 
 log = logging.getLogger("throughput")
 
@@ -113,10 +115,10 @@ class Pipeline:
         self.embedder = embedder
         self.client = client
         self.alias = alias
-        tokenizer = load_tokenizer(settings.embedding_model)
-        size, overlap = settings.chunk_size_tokens, settings.chunk_overlap_tokens
+        tokenizer = load_tokenizer(settings.models.embedding_model)
+        size, overlap = settings.corpus.chunk_size_tokens, settings.corpus.chunk_overlap_tokens
         self.fingerprint = hashlib.sha256(
-            f"{settings.embedding_model}|{size}|{overlap}".encode()
+            f"{settings.models.embedding_model}|{size}|{overlap}".encode()
         ).hexdigest()[:16]
 
         def chunker(doc_id: str, text: str, fmt: str) -> list:
@@ -130,7 +132,7 @@ class Pipeline:
         """One pass documents → chunks → embeddings → index; stage times in seconds."""
         t: dict[str, Any] = {}
         started = time.perf_counter()
-        with connect(self.settings.effective_duckdb_path) as con:
+        with connect(self.settings.duckdb_path) as con:
             mark = time.perf_counter()
             sync_documents(con, NormalizedBatch(documents=docs))
             t["documents_s"] = time.perf_counter() - mark
@@ -148,7 +150,7 @@ class Pipeline:
                 )
             )
             stats = embed_missing(
-                con, self.embedder, items, batch_size=self.settings.embed_batch_size
+                con, self.embedder, items, batch_size=self.settings.models.embed_batch_size
             )
             t["embed_s"] = time.perf_counter() - mark
             t["embed_model_s"] = stats.seconds
@@ -161,10 +163,10 @@ class Pipeline:
                 dims=self.embedder.dims,
                 mode=mode,  # type: ignore[arg-type]
                 keep=0,
-                shards=self.settings.es_shards,
-                replicas=self.settings.es_replicas,
-                hnsw_m=self.settings.es_hnsw_m,
-                ef_construction=self.settings.es_hnsw_ef_construction,
+                shards=self.settings.elasticsearch.shards,
+                replicas=self.settings.elasticsearch.replicas,
+                hnsw_m=self.settings.elasticsearch.hnsw_m,
+                ef_construction=self.settings.elasticsearch.hnsw_ef_construction,
             )
             t["index_s"] = time.perf_counter() - mark
         t["total_s"] = time.perf_counter() - started
@@ -354,15 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.es_url:
         update["elasticsearch_url"] = args.es_url.rstrip("/")
     settings = settings.model_copy(update=update)
-    client = make_client(settings, request_timeout=120)
-    health = check_cluster(client, settings)
+    client = make_client(settings.cluster_spec(), request_timeout=120)
+    health = check_cluster(client, settings.cluster_spec())
 
     corpus_all = read_jsonl(args.data / "corpus.jsonl")
     corpus = corpus_all[: args.limit_docs] if args.limit_docs else corpus_all
-    batch = settings.embed_batch_size
+    batch = settings.models.embed_batch_size
     log.info("loading embedders (torch fp32 and onnx-int8; conversion is cached)")
-    fp32 = load_embedder(settings.embedding_model, backend="torch")
-    fast = load_embedder(settings.embedding_model, backend="onnx-int8")
+    fp32 = load_embedder(settings.models.embedding_model, backend="torch")
+    fast = load_embedder(
+        settings.models.embedding_model, backend="onnx-int8", cache_dir=settings.models_cache_dir
+    )
     embedder = fast if args.backend == "onnx-int8" else fp32
     alias = "bench-throughput"
     drop_alias(client, alias)
@@ -384,14 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     # p4: 1 % of the documents change.
     step = 100
     revised = {row["_id"] for row in corpus[::step]}
-    with connect(settings.effective_duckdb_path) as con:
+    with connect(settings.duckdb_path) as con:
         before = {r[0] for r in con.execute("SELECT DISTINCT content_hash FROM llmops.chunks "
                                             "WHERE status = 'active'").fetchall()}  # fmt: skip
         cached_before = {r[0] for r in con.execute(
             "SELECT content_hash FROM llmops.embedding_cache WHERE model_id = ?",
             [embedder.model_id]).fetchall()}  # fmt: skip
     incremental = pipeline.run(scifact_documents(corpus, revised=revised))
-    with connect(settings.effective_duckdb_path) as con:
+    with connect(settings.duckdb_path) as con:
         after = {r[0] for r in con.execute("SELECT DISTINCT content_hash FROM llmops.chunks "
                                            "WHERE status = 'active'").fetchall()}  # fmt: skip
     expected_new = after - cached_before
@@ -485,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "corpus": str(args.data),
             "limit_docs": args.limit_docs,
             "batch_size": batch,
-            "chunk_size_tokens": settings.chunk_size_tokens,
+            "chunk_size_tokens": settings.corpus.chunk_size_tokens,
             "models": {"fp32": fp32.model_id, "fast": fast.model_id},
             "elasticsearch": health.version,
             "cpus": os.cpu_count(),

@@ -1,10 +1,9 @@
 """Jobs, schedules and sensors of the code location."""
 
-import os
-
 import dagster as dg
 
 REINDEX_SELECTION = dg.AssetSelection.groups("ingest", "prepare", "index")
+EVALUATION_SELECTION = dg.AssetSelection.assets("rag_evaluation", "champion_model")
 
 # Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
 reindex_job = dg.define_asset_job(
@@ -21,28 +20,43 @@ full_rebuild_job = dg.define_asset_job(
     description="Like reindex, but writes a new versioned index and swaps the alias atomically.",
 )
 
-reindex_schedule = dg.ScheduleDefinition(
-    name="reindex_incremental",
-    job=reindex_job,
-    cron_schedule=os.environ.get("LLMOPS_REINDEX_CRON", "0 * * * *"),
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Incremental reindex; cheap when nothing changed (nothing is re-embedded).",
-)
-
-full_rebuild_schedule = dg.ScheduleDefinition(
-    name="reindex_weekly_full_rebuild",
-    job=full_rebuild_job,
-    cron_schedule=os.environ.get("LLMOPS_FULL_REBUILD_CRON", "0 3 * * 0"),
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Periodic zero-downtime rebuild (compacts deletes, applies mapping changes).",
+evaluate_job = dg.define_asset_job(
+    name="evaluate_candidate",
+    selection=EVALUATION_SELECTION,
+    description="Evaluate one adapter version on the golden set; promote it if the gate passes.",
 )
 
 
-def build_jobs() -> tuple[list, list, list]:
-    from jobs.sensors import evaluate_job, mlflow_registry_sensor
+def build_schedules(
+    *, reindex_cron: str = "0 * * * *", full_rebuild_cron: str = "0 3 * * 0"
+) -> list[dg.ScheduleDefinition]:
+    """The reindex schedules; cron strings come from ``build_definitions`` (settings)."""
+    return [
+        dg.ScheduleDefinition(
+            name="reindex_incremental",
+            job=reindex_job,
+            cron_schedule=reindex_cron,
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Incremental reindex; cheap when nothing changed (nothing re-embedded).",
+        ),
+        dg.ScheduleDefinition(
+            name="reindex_weekly_full_rebuild",
+            job=full_rebuild_job,
+            cron_schedule=full_rebuild_cron,
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Periodic zero-downtime rebuild (compacts deletes, applies mapping "
+            "changes).",
+        ),
+    ]
+
+
+def build_jobs(
+    *, reindex_cron: str = "0 * * * *", full_rebuild_cron: str = "0 3 * * 0"
+) -> tuple[list, list, list]:
+    from jobs.sensors import mlflow_registry_sensor
 
     return (
         [reindex_job, full_rebuild_job, evaluate_job],
-        [reindex_schedule, full_rebuild_schedule],
+        build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
         [mlflow_registry_sensor],
     )

@@ -2,15 +2,8 @@
 
 import dagster as dg
 
-from llmops_dagster.resources import LlmopsSettingsResource, MlflowResource
-
-EVALUATION_SELECTION = dg.AssetSelection.assets("rag_evaluation", "champion_model")
-
-evaluate_job = dg.define_asset_job(
-    name="evaluate_candidate",
-    selection=EVALUATION_SELECTION,
-    description="Evaluate one adapter version on the golden set; promote it if the gate passes.",
-)
+from jobs import evaluate_job
+from llmops_dagster.resources import MlflowResource, ModelsResource
 
 
 @dg.sensor(
@@ -20,14 +13,12 @@ evaluate_job = dg.define_asset_job(
     description="Polls the MLflow registry; the cursor holds the versions and aliases seen.",
 )
 def mlflow_registry_sensor(
-    context: dg.SensorEvaluationContext, llmops: LlmopsSettingsResource, mlflow: MlflowResource
+    context: dg.SensorEvaluationContext, models: ModelsResource, mlflow: MlflowResource
 ):
-    from mlflow.tracking import MlflowClient
-
     from llmops_dagster.evaluate.registry_watch import diff_snapshots, registry_snapshot
 
-    name = llmops.settings().lora_model_name
-    client = MlflowClient(mlflow.store().tracking_uri)
+    name = models.adapter_model_name
+    client = mlflow.client()
     events, cursor = diff_snapshots(context.cursor, registry_snapshot(client, name))
     requested: set[str] = set()
     for event in events:

@@ -1,8 +1,8 @@
-"""llmops-dagster: a Dagster code location for the whole LLMOps loop."""
+"""llmops-dagster: a Dagster code location for the whole LLMOps loop.
 
-from llmops_dagster.config import apply_offline_env_defaults
-
-# Before anything imports huggingface_hub, deepeval, dlt or mlflow: they read these at import.
-apply_offline_env_defaults()
+Importing the package changes nothing in the environment: the offline defaults
+(``config.apply_offline_env_defaults``) are applied where a process starts — the CLI, the code
+location (``definitions``), the test session.
+"""
 
 __version__ = "0.1.0"

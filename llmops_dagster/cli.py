@@ -10,9 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 import llmops_dagster
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import Settings, apply_offline_env_defaults
 
 console = Console(stderr=True)
+
+
+def get_settings() -> Settings:
+    return Settings()
 
 
 def _log(message: str) -> None:
@@ -23,6 +27,8 @@ def _log(message: str) -> None:
 @click.version_option(llmops_dagster.__version__)
 def main() -> None:
     """llmops-dagster: a Dagster code location for the whole LLMOps loop."""
+    # This process starts here: offline defaults before any library reads them.
+    apply_offline_env_defaults()
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,7 +51,7 @@ def services_fetch() -> None:
 
     settings = get_settings()
     try:
-        home = fetch_distribution(settings.es_dist_dir, settings.es_version, log=_log)
+        home = fetch_distribution(settings.es_dist_dir, settings.local_node.version, log=_log)
     except ElasticsearchSetupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(home))
@@ -62,7 +68,7 @@ def services_up() -> None:
     settings = get_settings()
     try:
         status = elasticsearch_up(settings, log=_log)
-        store = ensure_mlflow(settings)
+        store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
     except (ElasticsearchSetupError, ElasticsearchUnavailable, MlflowUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     _log(f"MLflow store: {store.tracking_uri}")
@@ -125,13 +131,20 @@ def index() -> None:
     """The Elasticsearch alias and its versioned indices."""
 
 
+def _resources(settings: Settings) -> dict:
+    """The code location's resources, built from the same settings (secrets resolved)."""
+    from llmops_dagster.resources import build_resources
+
+    return build_resources(settings, with_dlt=False, resolve_secrets=True)
+
+
 def _checked_client():
-    from llmops_dagster.search.client import ElasticsearchUnavailable, check_cluster, make_client
+    from llmops_dagster.search.client import ElasticsearchUnavailable
 
     settings = get_settings()
-    client = make_client(settings)
+    elasticsearch = _resources(settings)["elasticsearch"]
     try:
-        check_cluster(client, settings)
+        client = elasticsearch.get_client()
     except ElasticsearchUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     return settings, client
@@ -143,7 +156,7 @@ def index_status() -> None:
     from llmops_dagster.search.aliases import current_index, list_versions
 
     settings, client = _checked_client()
-    alias = settings.es_index_alias
+    alias = settings.elasticsearch.index_alias
     live = current_index(client, alias)
     table = Table("index", "docs", "live")
     for name in list_versions(client, alias):
@@ -160,7 +173,7 @@ def index_rollback() -> None:
     from llmops_dagster.search.aliases import RollbackError, current_index, rollback
 
     settings, client = _checked_client()
-    alias = settings.es_index_alias
+    alias = settings.elasticsearch.index_alias
     live = current_index(client, alias)
     try:
         target = rollback(client, alias)
@@ -174,21 +187,15 @@ def index_rollback() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _champion_uri(settings) -> str | None:
+def _champion_uri(mlflow, name: str) -> str | None:
     """``models:/<name>@champion`` when the registry has a champion adapter, else None."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from llmops_dagster.tracking.store import ensure_mlflow
-
-    store = ensure_mlflow(settings)
     try:
-        MlflowClient(store.tracking_uri).get_model_version_by_alias(
-            settings.lora_model_name, "champion"
-        )
+        mlflow.client().get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None
-    return f"models:/{settings.lora_model_name}@champion"
+    return f"models:/{name}@champion"
 
 
 @main.command("ask")
@@ -213,36 +220,33 @@ def ask(
     question: str, k: int, mode: str, model_ref: str, max_new_tokens: int, as_json: bool
 ) -> None:
     """Answer QUESTION from the index, citing chunk ids."""
-    from llmops_dagster.embed.model import load_embedder
-    from llmops_dagster.rag.answer import answer
-    from llmops_dagster.rag.llm import GeneratorError, load_generator
-    from llmops_dagster.rag.prompts import load_prompt
-    from llmops_dagster.search.retriever import HybridRetriever
+    from llmops_dagster.models.base import GeneratorError
+    from llmops_dagster.rag.pipeline import RetrievalSettings
+    from llmops_dagster.resources import build_rag_pipeline
+    from llmops_dagster.search.client import ElasticsearchUnavailable
+    from llmops_dagster.tracking.store import MlflowUnavailable
 
-    settings, client = _checked_client()
-    adapter_uri = None
-    if model_ref == "champion":
-        adapter_uri = _champion_uri(settings)
-    elif model_ref != "base":
-        adapter_uri = model_ref
+    resources = _resources(get_settings())
+    models, mlflow = resources["models"], resources["mlflow"]
     with console.status("loading models ..."):
         try:
-            generator = load_generator(settings, adapter_uri=adapter_uri)
-        except GeneratorError as exc:
+            adapter_uri = None
+            if model_ref == "champion":
+                adapter_uri = _champion_uri(mlflow, models.adapter_model_name)
+            elif model_ref != "base":
+                adapter_uri = model_ref
+            pipeline = build_rag_pipeline(
+                resources["elasticsearch"],
+                models,
+                mlflow,
+                adapter_uri=adapter_uri,
+                retrieval=RetrievalSettings(mode=mode, k=k),
+                max_new_tokens=max_new_tokens,
+            )
+        except (GeneratorError, ElasticsearchUnavailable, MlflowUnavailable) as exc:
             raise click.ClickException(str(exc)) from exc
-        retriever = HybridRetriever(
-            client, settings.es_index_alias, load_embedder(settings.embedding_model)
-        )
     with console.status("retrieving and generating ..."):
-        result = answer(
-            question,
-            retriever=retriever,
-            generator=generator,
-            prompt=load_prompt(),
-            k=k,
-            mode=mode,
-            max_new_tokens=max_new_tokens,
-        )
+        result = pipeline.answer(question)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return
@@ -276,7 +280,7 @@ def lineage(ref: str, as_json: bool) -> None:
 
     settings = get_settings()
     try:
-        store = ensure_mlflow(settings)
+        store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
         chain = trace(MlflowClient(store.tracking_uri), ref)
     except (MlflowUnavailable, LineageError) as exc:
         raise click.ClickException(str(exc)) from exc

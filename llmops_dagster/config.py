@@ -1,25 +1,33 @@
-"""Settings for the whole project: one pydantic object, read from the environment.
+"""What the CLI, the demo and the local services read from the environment, grouped by concern.
+
+This is the one module that reads configuration from the environment. Everything downstream
+gets values, never this object: ``definitions.build_resources(settings)`` copies each group into
+the Dagster resource that owns that concern (secrets as ``dg.EnvVar`` references), and the
+resources hand the library explicit arguments or small spec objects. A value given to a resource
+is therefore the value the code uses; nothing re-reads the environment at run time.
 
 Every default works on one machine with no network: the local Elasticsearch node started by
 ``llmops-dagster services up``, MLflow on SQLite, DuckDB files, and the models that PyPI
-packages ship. Each setting is overridable by an environment variable (names below), so the
-same code points at a real cluster, an MLflow server or a hub model by configuration only.
+packages ship. Environment variable names are given by each field's ``validation_alias``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from llmops_dagster.search.client import ClusterSpec
+    from llmops_dagster.sources.pipeline import WarehouseTarget
+
 # Environment defaults that keep every entry point offline-safe. They are *defaults*: a user who
-# exports another value keeps it. Applied on package import (see ``llmops_dagster/__init__``) so
-# that Dagster subprocesses, tests and the CLI all get them, not only the shell that ran set-up.
+# exports another value keeps it. Applied where a process starts (the CLI, the code location,
+# the test session), never as a side effect of importing the package.
 OFFLINE_ENV_DEFAULTS: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -34,9 +42,17 @@ OFFLINE_ENV_DEFAULTS: dict[str, str] = {
 }
 
 
-def apply_offline_env_defaults() -> None:
+def apply_offline_env_defaults(home: Path | None = None) -> None:
+    """Set the offline defaults (and DeepEval's cache folder under ``home``) in this process.
+
+    DeepEval reads ``DEEPEVAL_CACHE_FOLDER`` once, at its first import, and otherwise writes
+    ``./.deepeval`` into the working directory: pointing it under the project's home keeps
+    those files with the other local state.
+    """
     for key, value in OFFLINE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    folder = (home or Settings().home) / "deepeval"
+    os.environ.setdefault("DEEPEVAL_CACHE_FOLDER", str(folder))
 
 
 def _find_project_root() -> Path:
@@ -73,204 +89,353 @@ def default_generator_model() -> str:
     return str(found) if found and found.is_dir() else "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-class Settings(BaseSettings):
-    """All configuration. Environment variable names are given by ``validation_alias``."""
+def default_torch_threads() -> int:
+    # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
+    # contending with them made LoRA steps ~5x slower than one thread.
+    return max(1, (os.cpu_count() or 2) - 1)
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
 
-    # --- where things live -------------------------------------------------------------------
-    llmops_home: Path = Field(
-        default=PROJECT_ROOT / ".llmops",
-        validation_alias=AliasChoices("LLMOPS_HOME"),
-        description="Git-ignored folder for downloads, local stores and caches.",
-    )
-    sample_data_dir: Path = Field(
-        default=PROJECT_ROOT / "data" / "sample",
-        validation_alias=AliasChoices("LLMOPS_SAMPLE_DATA_DIR"),
-    )
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
 
-    # --- Elasticsearch -------------------------------------------------------------------------
-    elasticsearch_url: str | None = Field(
+
+_GROUP = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+
+class ElasticsearchSettings(BaseSettings):
+    """The search cluster and the index layout (→ ``ElasticsearchResource``)."""
+
+    model_config = _GROUP
+
+    url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("ELASTICSEARCH_URL"),
+        validation_alias=_env("ELASTICSEARCH_URL"),
         description="An existing cluster. When unset, the local node (services up) is used.",
     )
-    elasticsearch_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ELASTICSEARCH_API_KEY")
+    api_key: SecretStr | None = Field(default=None, validation_alias=_env("ELASTICSEARCH_API_KEY"))
+    username: str | None = Field(default=None, validation_alias=_env("ELASTICSEARCH_USERNAME"))
+    password: SecretStr | None = Field(
+        default=None, validation_alias=_env("ELASTICSEARCH_PASSWORD")
     )
-    elasticsearch_username: str | None = Field(
-        default=None, validation_alias=AliasChoices("ELASTICSEARCH_USERNAME")
+    ca_certs: Path | None = Field(default=None, validation_alias=_env("ELASTICSEARCH_CA_CERTS"))
+    verify_certs: bool = Field(default=True, validation_alias=_env("ELASTICSEARCH_VERIFY_CERTS"))
+    index_alias: str = Field(
+        default="llmops-chunks", validation_alias=_env("LLMOPS_ES_INDEX_ALIAS")
     )
-    elasticsearch_password: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ELASTICSEARCH_PASSWORD")
-    )
-    elasticsearch_ca_certs: Path | None = Field(
-        default=None, validation_alias=AliasChoices("ELASTICSEARCH_CA_CERTS")
-    )
-    elasticsearch_verify_certs: bool = Field(
-        default=True, validation_alias=AliasChoices("ELASTICSEARCH_VERIFY_CERTS")
-    )
-    es_version: str = Field(default="9.5.0", validation_alias=AliasChoices("LLMOPS_ES_VERSION"))
-    es_port: int = Field(default=9200, validation_alias=AliasChoices("LLMOPS_ES_PORT"))
-    es_heap: str = Field(default="512m", validation_alias=AliasChoices("LLMOPS_ES_HEAP"))
-    es_java_home: Path | None = Field(default=None, validation_alias=AliasChoices("ES_JAVA_HOME"))
-    es_index_alias: str = Field(
-        default="llmops-chunks", validation_alias=AliasChoices("LLMOPS_ES_INDEX_ALIAS")
-    )
-
-    es_keep_versions: int = Field(
+    keep_versions: int = Field(
         default=2,
-        validation_alias=AliasChoices("LLMOPS_ES_KEEP_VERSIONS"),
+        validation_alias=_env("LLMOPS_ES_KEEP_VERSIONS"),
         description="Previous physical indices kept for rollback after a rebuild.",
     )
-    es_shards: int = Field(default=1, validation_alias=AliasChoices("LLMOPS_ES_SHARDS"))
-    es_replicas: int = Field(
+    shards: int = Field(default=1, validation_alias=_env("LLMOPS_ES_SHARDS"))
+    replicas: int = Field(
         default=0,
-        validation_alias=AliasChoices("LLMOPS_ES_REPLICAS"),
+        validation_alias=_env("LLMOPS_ES_REPLICAS"),
         description="0 on one node (replicas could never be assigned: health stays yellow).",
     )
-    es_hnsw_m: int = Field(default=16, validation_alias=AliasChoices("LLMOPS_ES_HNSW_M"))
-    es_hnsw_ef_construction: int = Field(
-        default=100, validation_alias=AliasChoices("LLMOPS_ES_HNSW_EF_CONSTRUCTION")
+    hnsw_m: int = Field(default=16, validation_alias=_env("LLMOPS_ES_HNSW_M"))
+    hnsw_ef_construction: int = Field(
+        default=100, validation_alias=_env("LLMOPS_ES_HNSW_EF_CONSTRUCTION")
     )
 
-    # --- MLflow --------------------------------------------------------------------------------
-    mlflow_tracking_uri: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
-        description="Defaults to SQLite under LLMOPS_HOME/mlflow.",
-    )
-    mlflow_ui_url: str = Field(
-        default="http://127.0.0.1:5000",
-        validation_alias=AliasChoices("LLMOPS_MLFLOW_UI_URL"),
-        description="Where the MLflow UI answers; Dagster metadata links to runs there.",
-    )
-    mlflow_experiment: str = Field(
-        default="llmops-dagster", validation_alias=AliasChoices("LLMOPS_MLFLOW_EXPERIMENT")
-    )
-
-    # --- DuckDB / dlt --------------------------------------------------------------------------
-    duckdb_path: Path | None = Field(
-        default=None,
-        validation_alias=AliasChoices("LLMOPS_DUCKDB_PATH"),
-        description="Defaults to LLMOPS_HOME/warehouse.duckdb.",
-    )
-    dlt_dataset: str = Field(default="raw", validation_alias=AliasChoices("LLMOPS_DLT_DATASET"))
-
-    sources_config: Path = Field(
-        default=PROJECT_ROOT / "sources.yaml",
-        validation_alias=AliasChoices("LLMOPS_SOURCES_CONFIG"),
-        description="Which folders / REST APIs / SQL tables feed the pipeline.",
-    )
-
-    # --- text processing -----------------------------------------------------------------------
-    redact_pii: bool = Field(default=True, validation_alias=AliasChoices("LLMOPS_REDACT_PII"))
-    chunk_size_tokens: int = Field(
-        default=200,
-        validation_alias=AliasChoices("LLMOPS_CHUNK_SIZE"),
-        description="Fits all-MiniLM-L6-v2's 256-token window with room for special tokens.",
-    )
-    chunk_overlap_tokens: int = Field(
-        default=32, validation_alias=AliasChoices("LLMOPS_CHUNK_OVERLAP")
-    )
-    embed_batch_size: int = Field(default=64, validation_alias=AliasChoices("LLMOPS_EMBED_BATCH"))
-
-    # --- models --------------------------------------------------------------------------------
-    embedding_model: str = Field(
-        default_factory=default_embedding_model,
-        validation_alias=AliasChoices("LLMOPS_EMBEDDING_MODEL"),
-        description="A sentence-transformers model id or path.",
-    )
-    embedding_backend: Literal["torch", "onnx-int8"] = Field(
-        default="torch",
-        validation_alias=AliasChoices("LLMOPS_EMBEDDING_BACKEND"),
-        description=(
-            "torch: stock sentence-transformers fp32. onnx-int8: the same model converted once "
-            "(cached under models_cache_dir) to a fused int8 ONNX Runtime graph, ~2-3x faster "
-            "on CPU; its vectors get their own model id (<id>+onnx-int8)."
-        ),
-    )
-    generator_model: str = Field(
-        default_factory=default_generator_model,
-        validation_alias=AliasChoices("LLMOPS_GENERATOR_MODEL"),
-        description="An HF model id or a folder (with generator_gguf_file: a GGUF in it).",
-    )
-    generator_gguf_file: str | None = Field(
-        default="SmolLM2-135M-Instruct.Q4_1.gguf",
-        validation_alias=AliasChoices("LLMOPS_GENERATOR_GGUF_FILE"),
-    )
-    train_qa_path: Path = Field(
-        default=PROJECT_ROOT / "data" / "train" / "qa.jsonl",
-        validation_alias=AliasChoices("LLMOPS_TRAIN_QA"),
-        description="QA JSONL the LoRA dataset is built from (never the golden set).",
-    )
-    lora_model_name: str = Field(
-        default="llmops-generator-lora",
-        validation_alias=AliasChoices("LLMOPS_LORA_MODEL_NAME"),
-        description="Registered model name of the adapters in the MLflow registry.",
-    )
-    lora_max_steps: int = Field(
-        default=8,
-        validation_alias=AliasChoices("LLMOPS_LORA_MAX_STEPS"),
-        description="Optimizer steps; the default is a demo-sized run (about a minute on CPU).",
-    )
-    torch_threads: int = Field(
-        # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
-        # contending with them made LoRA steps ~5x slower than one thread.
-        default=max(1, (os.cpu_count() or 2) - 1),
-        validation_alias=AliasChoices("LLMOPS_TORCH_THREADS"),
-    )
-
-    @field_validator("elasticsearch_url")
+    @field_validator("url")
     @classmethod
     def _strip_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
         return value.strip().rstrip("/")
 
-    # --- derived paths -------------------------------------------------------------------------
+
+class LocalNodeSettings(BaseSettings):
+    """The local Elasticsearch node that ``services up`` and the tests start."""
+
+    model_config = _GROUP
+
+    version: str = Field(default="9.5.0", validation_alias=_env("LLMOPS_ES_VERSION"))
+    port: int = Field(default=9200, validation_alias=_env("LLMOPS_ES_PORT"))
+    heap: str = Field(default="512m", validation_alias=_env("LLMOPS_ES_HEAP"))
+    java_home: Path | None = Field(default=None, validation_alias=_env("ES_JAVA_HOME"))
+    extra_java_opts: str = Field(default="", validation_alias=_env("LLMOPS_ES_EXTRA_JAVA_OPTS"))
+
+
+class MlflowSettings(BaseSettings):
+    """Tracking store, registry and UI (→ ``MlflowResource``)."""
+
+    model_config = _GROUP
+
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=_env("MLFLOW_TRACKING_URI"),
+        description="Defaults to SQLite under LLMOPS_HOME/mlflow.",
+    )
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        validation_alias=_env("LLMOPS_MLFLOW_UI_URL"),
+        description="Where the MLflow UI answers; Dagster metadata links to runs there.",
+    )
+    experiment: str = Field(
+        default="llmops-dagster", validation_alias=_env("LLMOPS_MLFLOW_EXPERIMENT")
+    )
+
+
+class WarehouseSettings(BaseSettings):
+    """The DuckDB file dlt loads into, where the pipeline tables live (→ ``WarehouseResource``)."""
+
+    model_config = _GROUP
+
+    duckdb_path: Path | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_DUCKDB_PATH"),
+        description="Defaults to LLMOPS_HOME/warehouse.duckdb.",
+    )
+    dlt_dataset: str = Field(default="raw", validation_alias=_env("LLMOPS_DLT_DATASET"))
+
+
+class CorpusSettings(BaseSettings):
+    """What feeds the pipeline and how text is prepared (→ ``CorpusResource``)."""
+
+    model_config = _GROUP
+
+    sample_data_dir: Path = Field(
+        default=PROJECT_ROOT / "data" / "sample", validation_alias=_env("LLMOPS_SAMPLE_DATA_DIR")
+    )
+    sources_config: Path = Field(
+        default=PROJECT_ROOT / "sources.yaml",
+        validation_alias=_env("LLMOPS_SOURCES_CONFIG"),
+        description="Which folders / REST APIs / SQL tables feed the pipeline.",
+    )
+    redact_pii: bool = Field(default=True, validation_alias=_env("LLMOPS_REDACT_PII"))
+    chunk_size_tokens: int = Field(
+        default=200,
+        validation_alias=_env("LLMOPS_CHUNK_SIZE"),
+        description="Fits all-MiniLM-L6-v2's 256-token window with room for special tokens.",
+    )
+    chunk_overlap_tokens: int = Field(default=32, validation_alias=_env("LLMOPS_CHUNK_OVERLAP"))
+    train_qa_path: Path = Field(
+        default=PROJECT_ROOT / "data" / "train" / "qa.jsonl",
+        validation_alias=_env("LLMOPS_TRAIN_QA"),
+        description="QA JSONL the LoRA dataset is built from (never the golden set).",
+    )
+    golden_path: Path = Field(
+        default=PROJECT_ROOT / "data" / "golden" / "qa.jsonl",
+        validation_alias=_env("LLMOPS_GOLDEN"),
+        description="Golden QA JSONL (or a BEIR folder) the evaluation scores against.",
+    )
+
+
+class ModelSettings(BaseSettings):
+    """Embedding model, generator, fine-tuning and threads (→ ``ModelsResource``)."""
+
+    model_config = _GROUP
+
+    embedding_model: str = Field(
+        default_factory=default_embedding_model,
+        validation_alias=_env("LLMOPS_EMBEDDING_MODEL"),
+        description="A sentence-transformers model id or path.",
+    )
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        default="torch",
+        validation_alias=_env("LLMOPS_EMBEDDING_BACKEND"),
+        description=(
+            "torch: stock sentence-transformers fp32. onnx-int8: the same model converted once "
+            "(cached under LLMOPS_HOME/models) to a fused int8 ONNX Runtime graph; its vectors "
+            "get their own model id (<id>+onnx-int8)."
+        ),
+    )
+    embed_batch_size: int = Field(default=64, validation_alias=_env("LLMOPS_EMBED_BATCH"))
+    generator_backend: Literal["local", "openai"] = Field(
+        default="local",
+        validation_alias=_env("LLMOPS_GENERATOR_BACKEND"),
+        description="local: transformers on this machine; openai: an OpenAI-compatible server.",
+    )
+    generator_model: str = Field(
+        default_factory=default_generator_model,
+        validation_alias=_env("LLMOPS_GENERATOR_MODEL"),
+        description="An HF model id or a folder (with generator_gguf_file: a GGUF in it).",
+    )
+    generator_gguf_file: str | None = Field(
+        default="SmolLM2-135M-Instruct.Q4_1.gguf",
+        validation_alias=_env("LLMOPS_GENERATOR_GGUF_FILE"),
+    )
+    generator_base_url: str | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_GENERATOR_BASE_URL"),
+        description="OpenAI-compatible endpoint (…/v1) when generator_backend is openai.",
+    )
+    generator_remote_model: str | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_GENERATOR_REMOTE_MODEL"),
+        description="Model name the OpenAI-compatible endpoint serves.",
+    )
+    generator_api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        validation_alias=_env("LLMOPS_GENERATOR_API_KEY_ENV"),
+        description="Name of the variable holding the endpoint's key (passed as an EnvVar).",
+    )
+    torch_threads: int = Field(
+        default_factory=default_torch_threads, validation_alias=_env("LLMOPS_TORCH_THREADS")
+    )
+    adapter_model_name: str = Field(
+        default="llmops-generator-lora",
+        validation_alias=_env("LLMOPS_LORA_MODEL_NAME"),
+        description="Registered model name of the adapters in the MLflow registry.",
+    )
+    lora_max_steps: int = Field(
+        default=8,
+        validation_alias=_env("LLMOPS_LORA_MAX_STEPS"),
+        description="Optimizer steps; the default is a demo-sized run (about a minute on CPU).",
+    )
+
+
+class JudgeSettings(BaseSettings):
+    """The DeepEval judge (→ ``ModelsResource``'s judge fields)."""
+
+    model_config = _GROUP
+
+    kind: Literal["none", "local", "openai"] = Field(
+        default="none", validation_alias=_env("LLMOPS_JUDGE")
+    )
+    capable: bool = Field(
+        default=False,
+        validation_alias=_env("LLMOPS_JUDGE_CAPABLE"),
+        description="Only a judge declared capable may gate; a 135M local one is not.",
+    )
+    base_url: str | None = Field(default=None, validation_alias=_env("LLMOPS_JUDGE_BASE_URL"))
+    model: str | None = Field(default=None, validation_alias=_env("LLMOPS_JUDGE_MODEL"))
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", validation_alias=_env("LLMOPS_JUDGE_API_KEY_ENV")
+    )
+    max_new_tokens: int = Field(default=192, validation_alias=_env("LLMOPS_JUDGE_MAX_NEW_TOKENS"))
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() or "none" if isinstance(value, str) else value
+
+
+class ScheduleSettings(BaseSettings):
+    """Cron strings of the reindex schedules."""
+
+    model_config = _GROUP
+
+    reindex_cron: str = Field(default="0 * * * *", validation_alias=_env("LLMOPS_REINDEX_CRON"))
+    full_rebuild_cron: str = Field(
+        default="0 3 * * 0", validation_alias=_env("LLMOPS_FULL_REBUILD_CRON")
+    )
+
+
+class Settings(BaseModel):
+    """All groups; ``Settings()`` reads every group from the environment.
+
+    Tests and tools derive variants with :meth:`override` instead of patching the environment.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field must not be ignored silently
+
+    home: Path = Field(
+        default_factory=lambda: Path(os.environ.get("LLMOPS_HOME") or PROJECT_ROOT / ".llmops"),
+        description="LLMOPS_HOME: git-ignored folder for downloads, local stores and caches.",
+    )
+    elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
+    local_node: LocalNodeSettings = Field(default_factory=LocalNodeSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    def override(self, *, home: Path | None = None, **groups: dict[str, Any]) -> Settings:
+        """A copy with some fields of some groups replaced, e.g.
+        ``settings.override(elasticsearch={"url": url}, mlflow={"experiment": "t"})``."""
+        update: dict[str, Any] = {}
+        if home is not None:
+            update["home"] = Path(home)
+        for group, values in groups.items():
+            current = getattr(self, group)
+            update[group] = current.model_copy(update=values)
+        return self.model_copy(update=update)
+
+    # --- derived values (defaults that depend on LLMOPS_HOME) ----------------------------------
     @property
     def es_dist_dir(self) -> Path:
-        return self.llmops_home / "elasticsearch" / "dist"
+        return self.home / "elasticsearch" / "dist"
 
     @property
     def es_node_dir(self) -> Path:
-        return self.llmops_home / "elasticsearch" / "node"
+        return self.home / "elasticsearch" / "node"
 
     @property
     def local_es_url(self) -> str:
-        return f"http://127.0.0.1:{self.es_port}"
+        return f"http://127.0.0.1:{self.local_node.port}"
 
     @property
-    def effective_es_url(self) -> str:
-        return self.elasticsearch_url or self.local_es_url
+    def es_url(self) -> str:
+        """ELASTICSEARCH_URL, else the local node."""
+        return self.elasticsearch.url or self.local_es_url
 
     @property
     def uses_external_es(self) -> bool:
-        return self.elasticsearch_url is not None
+        return self.elasticsearch.url is not None
 
     @property
     def mlflow_dir(self) -> Path:
-        return self.llmops_home / "mlflow"
+        return self.home / "mlflow"
 
     @property
-    def effective_mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+    def mlflow_uri(self) -> str:
+        """MLFLOW_TRACKING_URI, else SQLite under LLMOPS_HOME/mlflow."""
+        return self.mlflow.tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_root(self) -> Path:
-        return self.mlflow_dir / "artifacts"
-
-    @property
-    def effective_duckdb_path(self) -> Path:
-        return self.duckdb_path or self.llmops_home / "warehouse.duckdb"
+    def duckdb_path(self) -> Path:
+        return self.warehouse.duckdb_path or self.home / "warehouse.duckdb"
 
     @property
     def models_cache_dir(self) -> Path:
-        return self.llmops_home / "models"
+        return self.home / "models"
 
+    @property
+    def dlt_dir(self) -> Path:
+        return self.home / "dlt"
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings; tests build their own ``Settings(...)`` instead of patching."""
-    return Settings()
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    def es_hint(self) -> str:
+        """Which settings decide the cluster: quoted in every connection error."""
+        if self.uses_external_es:
+            return (
+                f"ELASTICSEARCH_URL={self.elasticsearch.url!s} is set; check that URL "
+                "(and ELASTICSEARCH_API_KEY / ELASTICSEARCH_USERNAME / ELASTICSEARCH_CA_CERTS)"
+            )
+        return (
+            f"no ELASTICSEARCH_URL is set, so the local node at {self.local_es_url} is used; "
+            "start it with `llmops-dagster services up` or set ELASTICSEARCH_URL"
+        )
+
+    def cluster_spec(self) -> ClusterSpec:
+        """The cluster as the CLI and the local services reach it."""
+        from llmops_dagster.search.client import ClusterSpec
+
+        es = self.elasticsearch
+        return ClusterSpec(
+            url=self.es_url,
+            api_key=es.api_key.get_secret_value() if es.api_key else None,
+            username=es.username,
+            password=es.password.get_secret_value() if es.password else None,
+            ca_certs=str(es.ca_certs) if es.ca_certs else None,
+            verify_certs=es.verify_certs,
+            hint=self.es_hint(),
+        )
+
+    def warehouse_target(self) -> WarehouseTarget:
+        """Where dlt loads raw data (the CLI's and the tests' view of the warehouse)."""
+        from llmops_dagster.sources.pipeline import WarehouseTarget
+
+        return WarehouseTarget(
+            duckdb_path=self.duckdb_path,
+            dataset=self.warehouse.dlt_dataset,
+            pipelines_dir=self.dlt_dir,
+        )

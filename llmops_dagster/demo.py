@@ -1,20 +1,22 @@
 """The demo: start the local services and materialize the whole asset graph on the sample corpus.
 
 Runs go into the project's Dagster instance (``dagster_home/``), so ``llmops-dagster dev``
-shows them afterwards, with their metadata and logs.
+shows them afterwards, with their metadata and logs. The console shows a live row per step and
+the summary (``llmops_dagster.console``); the full log goes to a file whose path is printed.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from llmops_dagster.config import Settings
+from llmops_dagster.console import demo_log_path, run_job_with_console, shorten
 
 # The metadata worth a line in the summary, per asset (everything else is in the UI).
 SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -37,10 +39,7 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "champion_model": ("champion", "version", "previous_version", "promoted"),
 }
 
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else "…" + text[-59:]
+# The key of the demo's logger in the job's logger definitions and in the run config.
 
 
 def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], None]) -> int:
@@ -54,15 +53,19 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
     began = time.perf_counter()
     log("1/3 services: Elasticsearch + MLflow")
     es = elasticsearch_up(settings, log=log)
-    store = ensure_mlflow(settings)
+    store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
 
-    log("2/3 materializing the asset graph on the sample corpus (progress in the Dagster log)")
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
-    defs = build_definitions(settings.model_copy(update={"elasticsearch_url": es["url"]}))
-    job = defs.resolve_implicit_global_asset_job_def()
+    run_id = str(uuid.uuid4())
+    log_path = demo_log_path(home, run_id)
+    log("2/3 materializing the asset graph on the sample corpus")
+    log(f"full Dagster log (DEBUG) and library output: {log_path}")
+    defs = build_definitions(settings.override(elasticsearch={"url": es["url"]}))
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result, _ = run_job_with_console(
+            defs, instance=instance, console=console, log_path=log_path, run_id=run_id
+        )
     log("3/3 summary")
 
     table = Table("asset", "result", title="llmops-dagster demo")
@@ -75,7 +78,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
             if wanted
             else {k: v for k, v in metadata.items() if k.startswith("dagster/row_count")}
         )
-        table.add_row(key, ", ".join(f"{k}={_short(v)}" for k, v in shown.items()) or "ok")
+        table.add_row(key, ", ".join(f"{k}={shorten(v)}" for k, v in shown.items()) or "ok")
     for check in result.get_asset_check_evaluations():
         table.add_row(
             f"check {check.asset_key.to_user_string()}:{check.check_name}",
@@ -87,9 +90,10 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
         f"{time.perf_counter() - began:.0f}s.\n"
         f"Dagster UI:  .venv/bin/llmops-dagster dev → http://127.0.0.1:3000 ({home})\n"
         f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {store.tracking_uri}\n"
-        f"Elasticsearch: {es['url']} (alias {settings.es_index_alias})"
+        f"Elasticsearch: {es['url']} (alias {settings.elasticsearch.index_alias})"
     )
     _print_champion_lineage(console, settings, store.tracking_uri)
+    console.print(f"Full log of the run: {log_path}")
     if not keep_services:
         elasticsearch_down(settings, log=log)
     return 0 if result.success else 1
@@ -105,17 +109,17 @@ def _print_champion_lineage(console: Console, settings: Settings, tracking_uri: 
 
     client = MlflowClient(tracking_uri)
     try:
-        champion = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+        champion = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
     except MlflowException:
         console.print("[yellow]No champion yet: the quality gate did not pass.[/yellow]")
         return
     evaluation_run = champion.tags.get(TAG_EVAL_RUN) or champion.run_id
     chain = trace(client, evaluation_run)
     table = Table("step", "mlflow run", "facts", title=(
-        f"champion models:/{settings.lora_model_name}/{champion.version} — lineage"
+        f"champion models:/{settings.models.adapter_model_name}/{champion.version} — lineage"
     ))  # fmt: skip
     for node in chain.nodes:
-        facts = ", ".join(f"{k}={_short(v)}" for k, v in node.facts.items())
+        facts = ", ".join(f"{k}={shorten(v)}" for k, v in node.facts.items())
         table.add_row(node.asset_key, node.run_id[:12], facts)
     console.print(table)
     code = {n.code_version for n in chain.nodes}

@@ -1,133 +1,473 @@
-"""Dagster resources: thin, configurable wrappers over the library's settings and clients.
+"""Dagster resources: each owns the configuration of one concern and the client it makes.
 
-Every field defaults to ``None`` = "use the project settings" (env vars, see config.py), so the
-code location runs with no configuration at all, while a deployment sets what it needs, with
-secrets through ``dg.EnvVar``.
+Configuration flows one way: environment → ``config.Settings`` → ``definitions.build_resources``
+→ these fields (secrets as ``dg.EnvVar`` references, resolved only at run time) → explicit
+arguments or spec objects into the library. No resource reads the environment or a settings
+object at run time, so a value set on a resource is the value the code uses. Clients and models
+are made lazily, on first use in a run, and kept for that run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from pydantic import PrivateAttr
+from dagster_duckdb import DuckDBResource
+from pydantic import Field, PrivateAttr
 
-from llmops_dagster.config import Settings, get_settings
+from llmops_dagster.config import Settings
+from llmops_dagster.models.spec import (
+    GeneratorSpec,
+    JudgeSpec,
+    LocalModelSpec,
+    OpenAIEndpointSpec,
+)
+from llmops_dagster.search.client import ClusterSpec
+from llmops_dagster.tracking.lineage import lineage_tags
+from llmops_dagster.tracking.runs import MLFLOW_RUN_ID, MLFLOW_RUN_URL, DatasetRef, RunHandle
 
 if TYPE_CHECKING:
+    import duckdb
     from elasticsearch import Elasticsearch
 
     from llmops_dagster.embed.model import Embedder
+    from llmops_dagster.models.base import Generator
+    from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
     from llmops_dagster.tracking.store import MlflowStore
 
 
-class LlmopsSettingsResource(dg.ConfigurableResource):
-    """Where the pipeline's stores live. Unset fields fall back to ``Settings`` from the env."""
+class WarehouseResource(DuckDBResource):
+    """The DuckDB file dlt loads into and the pipeline's own tables (schema ``llmops``) live in.
 
-    llmops_home: str | None = None
-    duckdb_path: str | None = None
-    dlt_dataset: str | None = None
-    sample_data_dir: str | None = None
-    embedding_model: str | None = None
-    generator_model: str | None = None
+    Dagster's ``DuckDBResource`` (``database`` = the file), with two changes for the
+    one-writer rule: the connection is closed even when the body raises (the base class closes
+    it only on success, leaving the file locked for the next asset in the same process), and
+    it retries a file locked by another process for up to a minute (the ``duckdb`` pool
+    serialises writers within one Dagster instance; the retry covers other processes).
+    """
 
-    def settings(self) -> Settings:
-        overrides: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "llmops_home": self.llmops_home,
-                "duckdb_path": self.duckdb_path,
-                "dlt_dataset": self.dlt_dataset,
-                "sample_data_dir": self.sample_data_dir,
-                "embedding_model": self.embedding_model,
-                "generator_model": self.generator_model,
-            }.items()
-            if value is not None
-        }
-        base = get_settings()
-        return base.model_copy(update=_coerce_paths(overrides)) if overrides else base
+    dlt_dataset: str = Field(default="raw", description="dlt dataset (schema) of raw tables.")
+    dlt_pipelines_dir: str = Field(description="Where dlt keeps pipeline state (cursors).")
 
-    def embedder(self) -> Embedder:
-        from llmops_dagster.embed.model import load_embedder
+    @property
+    def path(self) -> Path:
+        return Path(self.database)
 
-        return load_embedder(self.settings().embedding_model)
+    lock_wait_s: float = Field(
+        default=60.0, description="How long to wait for another process's write lock."
+    )
 
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        from llmops_dagster.warehouse import connect
 
-def _coerce_paths(overrides: dict[str, Any]) -> dict[str, Any]:
-    path_fields = {"llmops_home", "duckdb_path", "sample_data_dir"}
-    return {k: Path(v) if k in path_fields else v for k, v in overrides.items()}
+        with connect(self.path, wait_s=self.lock_wait_s) as con:
+            yield con
+
+    def dlt_target(self) -> Any:
+        from llmops_dagster.sources.pipeline import WarehouseTarget
+
+        return WarehouseTarget(
+            duckdb_path=self.path,
+            dataset=self.dlt_dataset,
+            pipelines_dir=Path(self.dlt_pipelines_dir),
+        )
 
 
 class ElasticsearchResource(dg.ConfigurableResource):
-    """The search cluster: the local node by default, any cluster through ``url``.
+    """The search cluster and the layout of the versioned indices behind ``index_alias``.
 
-    ``api_key`` / ``password`` should come from ``dg.EnvVar`` so they never appear in run config.
+    Anchor: an ``EnvVar`` for every secret; the client is made on first use and checked
+    (``_cluster/health``) so an unreachable cluster fails fast, naming the setting.
     """
 
-    url: str | None = None
-    api_key: str | None = None
+    url: str = Field(default="http://127.0.0.1:9200", description="Cluster URL.")
+    api_key: str | None = Field(default=None, description="Use dg.EnvVar('ELASTICSEARCH_API_KEY').")
     username: str | None = None
-    password: str | None = None
-    ca_certs: str | None = None
+    password: str | None = Field(default=None, description="Use dg.EnvVar(...).")
+    ca_certs: str | None = Field(default=None, description="CA bundle for https clusters.")
     verify_certs: bool = True
-    index_alias: str | None = None
+    index_alias: str = Field(default="llmops-chunks", description="Alias queries go through.")
+    keep_versions: int = Field(default=2, description="Old indices kept for rollback.")
+    shards: int = 1
+    replicas: int = Field(default=0, description="0 on one node; ≥ 1 on a cluster.")
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+    request_timeout_s: float = 30.0
 
     _client: Any = PrivateAttr(default=None)
 
-    def settings(self) -> Settings:
-        from pydantic import SecretStr
-
-        update: dict[str, Any] = {"elasticsearch_verify_certs": self.verify_certs}
-        if self.url:
-            update["elasticsearch_url"] = self.url.rstrip("/")
-        if self.api_key:
-            update["elasticsearch_api_key"] = SecretStr(self.api_key)
-        if self.username:
-            update["elasticsearch_username"] = self.username
-        if self.password:
-            update["elasticsearch_password"] = SecretStr(self.password)
-        if self.ca_certs:
-            update["elasticsearch_ca_certs"] = Path(self.ca_certs)
-        if self.index_alias:
-            update["es_index_alias"] = self.index_alias
-        return get_settings().model_copy(update=update)
-
     @property
     def alias(self) -> str:
-        return self.settings().es_index_alias
+        return self.index_alias
+
+    def cluster_spec(self) -> ClusterSpec:
+        return ClusterSpec(
+            url=self.url.rstrip("/"),
+            api_key=self.api_key or None,
+            username=self.username or None,
+            password=self.password or None,
+            ca_certs=self.ca_certs or None,
+            verify_certs=self.verify_certs,
+            hint=(
+                f"the elasticsearch resource's url is {self.url} (ELASTICSEARCH_URL; unset means "
+                "the local node, started by `llmops-dagster services up`)"
+            ),
+        )
 
     def get_client(self) -> Elasticsearch:
         """A checked client: fails fast with the setting to fix if the cluster is unreachable."""
         if self._client is None:
             from llmops_dagster.search.client import check_cluster, make_client
 
-            settings = self.settings()
-            client = make_client(settings)
-            check_cluster(client, settings)
+            spec = self.cluster_spec()
+            client = make_client(spec, request_timeout=self.request_timeout_s)
+            check_cluster(client, spec)
             self._client = client
         return self._client
 
+    def index_layout(self) -> dict[str, int]:
+        """Keyword arguments of ``search.sync.sync_index`` that shape new indices."""
+        return {
+            "keep": self.keep_versions,
+            "shards": self.shards,
+            "replicas": self.replicas,
+            "hnsw_m": self.hnsw_m,
+            "ef_construction": self.hnsw_ef_construction,
+        }
+
 
 class MlflowResource(dg.ConfigurableResource):
-    """The MLflow tracking store and registry (SQLite + local artifacts by default)."""
+    """Tracking store + registry, and the one way assets write their lineage run.
 
-    tracking_uri: str | None = None
-    experiment: str | None = None
+    Every asset records its materialization through :meth:`asset_run` (or the shorthand
+    :meth:`log_asset_run`): this resource owns the lineage tags (Dagster run, asset key,
+    partition, code version, upstream MLflow runs), the run URL and the metadata keys.
+    """
 
-    def settings(self) -> Settings:
-        return self.apply_to(get_settings())
+    tracking_uri: str = Field(description="sqlite:///… (default, local) or http(s)://server.")
+    experiment: str = Field(default="llmops-dagster", description="MLflow experiment name.")
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000", description="Where the MLflow UI answers (links)."
+    )
 
-    def apply_to(self, settings: Settings) -> Settings:
-        """``settings`` with this resource's tracking store (library calls take one Settings)."""
-        update: dict[str, Any] = {}
-        if self.tracking_uri:
-            update["mlflow_tracking_uri"] = self.tracking_uri
-        if self.experiment:
-            update["mlflow_experiment"] = self.experiment
-        return settings.model_copy(update=update) if update else settings
+    _store: Any = PrivateAttr(default=None)
 
     def store(self) -> MlflowStore:
-        from llmops_dagster.tracking.store import ensure_mlflow
+        """The store and experiment, created if needed; fails fast naming the tracking URI."""
+        if self._store is None:
+            from llmops_dagster.tracking.store import ensure_mlflow
 
-        return ensure_mlflow(self.settings())
+            self._store = ensure_mlflow(self.tracking_uri, self.experiment)
+        return self._store
+
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.store().tracking_uri)
+
+    @staticmethod
+    def upstream_runs(context: dg.AssetExecutionContext) -> dict[str, str]:
+        """MLflow run ids recorded in the latest materialization of each upstream asset."""
+        found: dict[str, str] = {}
+        deps: set[dg.AssetKey] = set()
+        for key in context.selected_asset_keys:
+            deps |= set(context.assets_def.asset_deps.get(key, set()))
+        for key in sorted(deps, key=lambda k: k.to_user_string()):
+            event = context.instance.get_latest_materialization_event(key)
+            materialization = event.asset_materialization if event else None
+            value = materialization.metadata.get(MLFLOW_RUN_ID) if materialization else None
+            if value is not None:
+                found[key.to_user_string()] = str(value.value)
+        return found
+
+    @contextmanager
+    def asset_run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        asset_key: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Iterator[RunHandle]:
+        """An MLflow run for this materialization, tagged as a link of the lineage chain;
+        ended FINISHED, or FAILED when the body raises."""
+        from llmops_dagster.tracking.runs import open_run
+
+        key = asset_key or context.asset_key.to_user_string()
+        all_tags = {
+            **lineage_tags(
+                asset_key=key,
+                dagster_run_id=context.run_id,
+                partition=context.partition_key if context.has_partition_key else None,
+                upstream_runs=self.upstream_runs(context),
+            ),
+            **{k: str(v) for k, v in (tags or {}).items()},
+        }
+        run_name = f"{key.replace('/', '.')}-{context.run_id[:8]}"
+        with open_run(self.store(), run_name=run_name, tags=all_tags, ui_url=self.ui_url) as run:
+            yield run
+        context.log.info(f"MLflow run {run.run_id}: {run.url}")
+
+    def log_asset_run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        datasets: Sequence[DatasetRef] = (),
+        asset_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Log one materialization and return the metadata entries that link to its run."""
+        with self.asset_run(context, asset_key=asset_key, tags=tags) as run:
+            run.log(params=params, metrics=metrics, datasets=datasets)
+        return self.run_metadata(run)
+
+    @staticmethod
+    def run_metadata(run: RunHandle) -> dict[str, Any]:
+        """The metadata keys that link a materialization to its MLflow run."""
+        return {MLFLOW_RUN_ID: run.run_id, MLFLOW_RUN_URL: dg.MetadataValue.url(run.url)}
+
+
+class ModelsResource(dg.ConfigurableResource):
+    """Embedding model, generator (local or OpenAI-compatible), judge, adapters, threads."""
+
+    embedding_model: str = Field(description="sentence-transformers id or folder.")
+    embedding_backend: str = Field(default="torch", description="torch | onnx-int8")
+    embed_batch_size: int = 64
+    generator_backend: str = Field(default="local", description="local | openai")
+    generator_model: str = Field(description="HF id or folder (local backend).")
+    generator_gguf_file: str | None = None
+    generator_base_url: str | None = Field(default=None, description="…/v1 (openai backend).")
+    generator_remote_model: str | None = None
+    generator_api_key: str | None = Field(default=None, description="Use dg.EnvVar(...).")
+    torch_threads: int = Field(default=1, description="torch intra-op threads.")
+    device: str | None = Field(default=None, description="cpu / cuda; default: cuda if found.")
+    cache_dir: str = Field(description="Converted models, ONNX exports, downloaded adapters.")
+    adapter_model_name: str = Field(
+        default="llmops-generator-lora", description="Registered model name of the adapters."
+    )
+    lora_max_steps: int = 8
+    judge: str = Field(default="none", description="none | local | openai")
+    judge_capable: bool = Field(default=False, description="May judge metrics gate?")
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: str | None = Field(default=None, description="Use dg.EnvVar(...).")
+    judge_max_new_tokens: int = 192
+
+    def embedder(self) -> Embedder:
+        from llmops_dagster.embed.model import load_embedder
+
+        return load_embedder(
+            self.embedding_model,
+            backend=self.embedding_backend,
+            cache_dir=Path(self.cache_dir),
+            threads=self.torch_threads,
+        )
+
+    def tokenizer(self) -> Any:
+        """The embedding model's tokenizer (chunk sizes are counted in its tokens)."""
+        from llmops_dagster.embed.model import load_tokenizer
+
+        return load_tokenizer(self.embedding_model)
+
+    def local_model_spec(self) -> LocalModelSpec:
+        return LocalModelSpec(
+            model=self.generator_model,
+            gguf_file=self.generator_gguf_file or None,
+            cache_dir=Path(self.cache_dir),
+            threads=max(1, self.torch_threads),
+            device=self.device,
+        )
+
+    def generator_spec(self) -> GeneratorSpec:
+        if self.generator_backend == "openai":
+            from llmops_dagster.models.base import GeneratorConfigError
+
+            if not self.generator_base_url or not self.generator_remote_model:
+                raise GeneratorConfigError(
+                    "generator_backend=openai needs generator_base_url and "
+                    "generator_remote_model (LLMOPS_GENERATOR_BASE_URL, "
+                    "LLMOPS_GENERATOR_REMOTE_MODEL)"
+                )
+            return GeneratorSpec(
+                backend="openai",
+                openai=OpenAIEndpointSpec(
+                    base_url=self.generator_base_url,
+                    model=self.generator_remote_model,
+                    api_key=self.generator_api_key or None,
+                ),
+            )
+        if self.generator_backend != "local":
+            from llmops_dagster.models.base import GeneratorConfigError
+
+            raise GeneratorConfigError(
+                f"generator_backend={self.generator_backend!r}: expected local or openai "
+                "(LLMOPS_GENERATOR_BACKEND)"
+            )
+        return GeneratorSpec(backend="local", local=self.local_model_spec())
+
+    def generator(
+        self, *, adapter_uri: str | None = None, tracking_uri: str | None = None
+    ) -> Generator:
+        """The configured generator; with ``adapter_uri`` (``models:/name/3``, ``@alias``)
+        the local base + that registered LoRA adapter."""
+        from llmops_dagster.models import load_generator
+
+        return load_generator(
+            self.generator_spec(), adapter_uri=adapter_uri, tracking_uri=tracking_uri
+        )
+
+    def base_model(self, *, fresh: bool = False) -> Any:
+        """The local base model + tokenizer (``fresh``: a private copy, e.g. for training)."""
+        from llmops_dagster.models.local import load_base_model
+
+        return load_base_model(self.local_model_spec(), fresh=fresh)
+
+    def judge_spec(self) -> JudgeSpec:
+        endpoint = None
+        if self.judge == "openai" and self.judge_base_url and self.judge_model:
+            endpoint = OpenAIEndpointSpec(
+                base_url=self.judge_base_url,
+                model=self.judge_model,
+                api_key=self.judge_api_key or None,
+                timeout_s=120.0,
+            )
+        return JudgeSpec(
+            kind=self.judge,  # type: ignore[arg-type]
+            capable=self.judge_capable,
+            endpoint=endpoint,
+            max_new_tokens=self.judge_max_new_tokens,
+        )
+
+
+class CorpusResource(dg.ConfigurableResource):
+    """How text is prepared, and the QA files fine-tuning and evaluation read."""
+
+    redact_pii: bool = Field(default=True, description="Redact PII before chunking.")
+    chunk_size_tokens: int = Field(default=200, description="Embedding-tokenizer tokens.")
+    chunk_overlap_tokens: int = 32
+    train_qa_path: str = Field(description="QA JSONL for the SFT dataset (never golden).")
+    golden_path: str = Field(description="Golden QA JSONL or BEIR folder.")
+    datasets_dir: str = Field(description="Where built SFT datasets are written.")
+
+
+def build_rag_pipeline(
+    elasticsearch: ElasticsearchResource,
+    models: ModelsResource,
+    mlflow: MlflowResource | None = None,
+    *,
+    adapter_uri: str | None = None,
+    retrieval: RetrievalSettings | None = None,
+    max_new_tokens: int | None = None,
+    generator: Generator | None = None,
+) -> RagPipeline:
+    """The one way to wire a RAG: the index alias's retriever, the configured embedder,
+    the repo's prompt and the configured generator (base, or base + ``adapter_uri``)."""
+    from llmops_dagster.rag.answer import DEFAULT_MAX_NEW_TOKENS
+    from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
+    from llmops_dagster.rag.prompts import load_prompt
+    from llmops_dagster.search.retriever import HybridRetriever
+
+    retriever = HybridRetriever(elasticsearch.get_client(), elasticsearch.alias, models.embedder())
+    if generator is None:
+        tracking_uri = mlflow.store().tracking_uri if mlflow is not None else None
+        generator = models.generator(adapter_uri=adapter_uri, tracking_uri=tracking_uri)
+    return RagPipeline(
+        retriever=retriever,
+        generator=generator,
+        prompt=load_prompt(),
+        retrieval=retrieval or RetrievalSettings(),
+        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+    )
+
+
+def build_resources(
+    settings: Settings, *, with_dlt: bool = True, resolve_secrets: bool = False
+) -> dict[str, Any]:
+    """Every resource, each filled with its own group of ``settings`` (the one place where
+    settings become resource fields; the CLI uses the same resources as the code location).
+
+    Secrets are ``dg.EnvVar`` references, resolved by Dagster at run time and never written
+    into run config or the UI. Outside Dagster (the CLI) nothing resolves an ``EnvVar``, so
+    ``resolve_secrets=True`` puts the values themselves into the resource objects.
+    """
+    import os
+
+    def _secret(value: Any, env_name: str) -> Any:
+        if not value:
+            return None
+        if not resolve_secrets:
+            return dg.EnvVar(env_name)
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+    es, ml, models, judge, corpus = (
+        settings.elasticsearch,
+        settings.mlflow,
+        settings.models,
+        settings.judge,
+        settings.corpus,
+    )
+    resources: dict[str, Any] = {
+        "warehouse": WarehouseResource(
+            database=str(settings.duckdb_path),
+            dlt_dataset=settings.warehouse.dlt_dataset,
+            dlt_pipelines_dir=str(settings.dlt_dir),
+        ),
+        "elasticsearch": ElasticsearchResource(
+            url=settings.es_url,
+            api_key=_secret(es.api_key, "ELASTICSEARCH_API_KEY"),
+            username=es.username,
+            password=_secret(es.password, "ELASTICSEARCH_PASSWORD"),
+            ca_certs=str(es.ca_certs) if es.ca_certs else None,
+            verify_certs=es.verify_certs,
+            index_alias=es.index_alias,
+            keep_versions=es.keep_versions,
+            shards=es.shards,
+            replicas=es.replicas,
+            hnsw_m=es.hnsw_m,
+            hnsw_ef_construction=es.hnsw_ef_construction,
+        ),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.mlflow_uri, experiment=ml.experiment, ui_url=ml.ui_url
+        ),
+        "models": ModelsResource(
+            embedding_model=models.embedding_model,
+            embedding_backend=models.embedding_backend,
+            embed_batch_size=models.embed_batch_size,
+            generator_backend=models.generator_backend,
+            generator_model=models.generator_model,
+            generator_gguf_file=models.generator_gguf_file,
+            generator_base_url=models.generator_base_url,
+            generator_remote_model=models.generator_remote_model,
+            generator_api_key=_secret(
+                os.environ.get(models.generator_api_key_env), models.generator_api_key_env
+            ),
+            torch_threads=models.torch_threads,
+            cache_dir=str(settings.models_cache_dir),
+            adapter_model_name=models.adapter_model_name,
+            lora_max_steps=models.lora_max_steps,
+            judge=judge.kind,
+            judge_capable=judge.capable,
+            judge_base_url=judge.base_url,
+            judge_model=judge.model,
+            judge_api_key=_secret(os.environ.get(judge.api_key_env), judge.api_key_env),
+            judge_max_new_tokens=judge.max_new_tokens,
+        ),
+        "corpus": CorpusResource(
+            redact_pii=corpus.redact_pii,
+            chunk_size_tokens=corpus.chunk_size_tokens,
+            chunk_overlap_tokens=corpus.chunk_overlap_tokens,
+            train_qa_path=str(corpus.train_qa_path),
+            golden_path=str(corpus.golden_path),
+            datasets_dir=str(settings.datasets_dir),
+        ),
+    }
+    if with_dlt:
+        from dagster_dlt import DagsterDltResource
+
+        resources["dlt"] = DagsterDltResource()
+    return resources

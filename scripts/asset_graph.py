@@ -1,7 +1,12 @@
-"""Print the code location's asset graph as Mermaid, generated from the Definitions.
+"""Print the code location's pictures as Mermaid, generated from the Definitions.
 
-`--write-readme` replaces the block between the asset-graph markers in README.md, and a unit
-test checks that the README's picture equals this output, so it cannot drift from the code.
+- the asset graph (README.md, between the asset-graph markers);
+- the configuration flow, settings → resources → RAG pipeline → assets (docs/ARCHITECTURE.md,
+  between the resource-flow markers): which resources each asset requires, read from the
+  Definitions, and which assets build the RAG pipeline, read from their source.
+
+`--write` replaces both blocks, and a unit test checks that the documents' pictures equal this
+output, so they cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 BEGIN, END = "<!-- asset-graph:begin -->", "<!-- asset-graph:end -->"
+FLOW_BEGIN, FLOW_END = "<!-- resource-flow:begin -->", "<!-- resource-flow:end -->"
 
 
 def _node(name: str) -> str:
@@ -39,14 +47,64 @@ def mermaid() -> str:
     return "\n".join(lines)
 
 
+def _uses_rag_pipeline(assets_def: object) -> bool:
+    import inspect
+
+    fn = assets_def.op.compute_fn.decorated_fn  # type: ignore[attr-defined]
+    return "build_rag_pipeline(" in inspect.getsource(fn)
+
+
+def resource_flow_mermaid() -> str:
+    """Settings group → resource → (RAG pipeline) → asset, from the code location."""
+    from llmops_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assets_defs = sorted(
+        {
+            id(graph.get(k).assets_def): graph.get(k).assets_def for k in graph.get_all_asset_keys()
+        }.values(),
+        key=lambda a: a.node_def.name,
+    )
+    resources = sorted(defs.resources or {})
+    lines = ["```mermaid", "flowchart LR", '  env[("environment<br/>config.Settings")]']
+    for key in resources:
+        lines.append(f'  env --> res_{key}["{key}<br/>{type(defs.resources[key]).__name__}"]')
+    lines.append('  rag{{"RagPipeline<br/>(resources.build_rag_pipeline)"}}')
+    users: list[str] = []
+    for assets_def in assets_defs:
+        node = f"asset_{_node(assets_def.node_def.name)}"
+        label = ", ".join(sorted(k.to_user_string() for k in assets_def.keys))
+        lines.append(f'  {node}(["{label}"])')
+        for key in sorted(set(assets_def.required_resource_keys) & set(resources)):
+            lines.append(f"  res_{key} --> {node}")
+        if _uses_rag_pipeline(assets_def):
+            users.append(node)
+    for key in ("elasticsearch", "models", "mlflow"):
+        lines.append(f"  res_{key} --> rag")
+    lines += [f"  rag --> {node}" for node in users]
+    lines.append('  rag --> cli_ask[/"llmops-dagster ask"/]')
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    return text.split(begin, 1)[1].split(end, 1)[0].strip()
+
+
 def readme_block(text: str) -> str:
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    return block(text)
+
+
+def _replace(path: Path, begin: str, end: str, content: str) -> None:
+    text = path.read_text()
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{content}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":
-    block = mermaid()
-    if "--write-readme" in sys.argv:
-        text = README.read_text()
-        head, rest = text.split(BEGIN, 1)
-        README.write_text(f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}")
-    print(block)
+    graph_block, flow_block = mermaid(), resource_flow_mermaid()
+    if "--write" in sys.argv or "--write-readme" in sys.argv:
+        _replace(README, BEGIN, END, graph_block)
+        _replace(ARCHITECTURE, FLOW_BEGIN, FLOW_END, flow_block)
+    print(graph_block)
+    print(flow_block)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import llmops_dagster  # noqa: F401  - offline env defaults before any heavy import
-from llmops_dagster.config import Settings, get_settings
+from llmops_dagster.config import Settings, apply_offline_env_defaults
+
+# The test session is where this process starts: offline defaults before any heavy import.
+apply_offline_env_defaults()
 
 TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
 
@@ -22,11 +24,11 @@ TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
 @pytest.fixture(scope="session")
 def es_settings() -> Iterator[Settings]:
     """Settings pointing at a healthy cluster: ELASTICSEARCH_URL, or a node started for tests."""
-    base = get_settings()
+    base = Settings()
     if base.uses_external_es:
         from llmops_dagster.search.client import check_cluster, make_client
 
-        check_cluster(make_client(base), base)
+        check_cluster(make_client(base.cluster_spec()), base.cluster_spec())
         yield base
         return
 
@@ -40,9 +42,9 @@ def es_settings() -> Iterator[Settings]:
 
     # Under LLMOPS_HOME, not pytest's tmp dir: when we run as root the node runs as a system
     # user, which cannot enter root's private (0700) pytest temp folders.
-    node_dir = base.llmops_home / "elasticsearch" / f"test-node-{TEST_ES_PORT}"
+    node_dir = base.home / "elasticsearch" / f"test-node-{TEST_ES_PORT}"
     try:
-        fetch_distribution(base.es_dist_dir, base.es_version)
+        fetch_distribution(base.es_dist_dir, base.local_node.version)
         # After the fetch: as root, local_node may relocate the node to a folder the
         # unprivileged Elasticsearch user can reach, copying the distribution there.
         node = local_node(base, node_dir=node_dir, port=TEST_ES_PORT)
@@ -50,7 +52,7 @@ def es_settings() -> Iterator[Settings]:
         start_node(node)
     except ElasticsearchSetupError as exc:
         pytest.fail(f"could not start the test Elasticsearch node: {exc}", pytrace=False)
-    settings = base.model_copy(update={"elasticsearch_url": node.url})
+    settings = base.override(elasticsearch={"url": node.url})
     try:
         yield settings
     finally:
@@ -61,7 +63,7 @@ def es_settings() -> Iterator[Settings]:
 def es_client(es_settings: Settings):
     from llmops_dagster.search.client import make_client
 
-    client = make_client(es_settings)
+    client = make_client(es_settings.cluster_spec())
     yield client
     client.close()
 
@@ -71,18 +73,16 @@ def tmp_settings(tmp_path: Path) -> Settings:
     """Settings whose stores (DuckDB, MLflow, dlt state, caches) all live in a temp folder."""
     home = tmp_path / "llmops-home"
     home.mkdir()
-    return get_settings().model_copy(
-        update={
-            "llmops_home": home,
-            "duckdb_path": home / "warehouse.duckdb",
-            "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-        }
+    return Settings().override(
+        home=home,
+        warehouse={"duckdb_path": home / "warehouse.duckdb"},
+        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
     )
 
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    path = get_settings().sample_data_dir
+    path = Settings().corpus.sample_data_dir
     assert path.is_dir(), f"sample corpus missing at {path}"
     return path
 

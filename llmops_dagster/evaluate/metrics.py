@@ -339,10 +339,11 @@ class EmbeddingSimilarity(_DeterministicMetric):
 
     def _encoder(self) -> TextEncoder:
         if self.encoder is None:
-            from llmops_dagster.config import get_settings
+            if not self.model_id:
+                raise ValueError("EmbeddingSimilarity needs an encoder or a model_id")
             from llmops_dagster.embed.model import load_embedder
 
-            self.encoder = load_embedder(self.model_id or get_settings().embedding_model)
+            self.encoder = load_embedder(self.model_id)
         return self.encoder
 
     def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:

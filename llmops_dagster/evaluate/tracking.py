@@ -10,16 +10,13 @@ characters and the full sha256 goes into the ``llmops.golden_sha256`` tag.
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from llmops_dagster.config import Settings
 from llmops_dagster.evaluate.gate import GateConfig, GateResult
 from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.run import EvalResult
-from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.tracking.runs import RunHandle
 
 TABLE_ARTIFACT = "evaluation/cases.json"
 GATE_ARTIFACT = "evaluation/gate.json"
@@ -55,59 +52,45 @@ def evaluation_params(
 
 
 def log_evaluation(
-    settings: Settings,
+    run: RunHandle,
     result: EvalResult,
     golden: GoldenSet,
     *,
     gate_config: GateConfig | None = None,
     gate_result: GateResult | None = None,
     context: Mapping[str, Any] | None = None,
-    run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> str:
-    """Log one evaluation as an MLflow run (nested when a run is already active); returns the
-    run id. ``context`` values become params (see :func:`evaluation_params`)."""
-    import mlflow
-
-    store = ensure_mlflow(settings)
-    active = mlflow.active_run()
-    run_tags = {
-        "llmops.kind": "evaluation",
-        "llmops.golden_sha256": golden.version,
-        "llmops.judge": result.judge or "none",
-        **{str(k): str(v) for k, v in (tags or {}).items()},
-    }
-    with mlflow.start_run(
-        experiment_id=None if active else store.experiment_id,
-        run_name=run_name or f"evaluate-{golden.name}",
-        nested=active is not None,
-        tags=run_tags,
-    ) as run:
-        mlflow.log_params(
-            evaluation_params(result, golden, gate_config=gate_config, context=context)
-        )
-        metrics = {k: float(v) for k, v in result.aggregates.items() if v is not None}
-        for key, count in result.errors.items():
-            metrics[f"{key}_errors"] = float(count)
-        metrics["eval_seconds"] = float(result.seconds)
-        if gate_result is not None:
-            metrics["gate_passed"] = float(gate_result.passed)
-            for failure in gate_result.failures:
-                if failure.value is not None:
-                    metrics[f"gate_shortfall.{failure.metric}"] = float(failure.shortfall)
-        mlflow.log_metrics(metrics)
-        mlflow.log_table(result.to_dataframe(), artifact_file=TABLE_ARTIFACT)
-        with warnings.catch_warnings():
-            # A local path matches two equivalent MLflow source types; it picks one and warns.
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
-                golden.to_dataframe(),
-                source=golden.path.resolve().as_uri() if golden.path else golden.name,
-                name=golden.name,
-                digest=golden.version[:32],
-            )
-        mlflow.log_input(dataset, context="evaluation")
-        mlflow.log_text(result.summary_markdown(), SUMMARY_ARTIFACT)
-        if gate_result is not None:
-            mlflow.log_text(json.dumps(gate_result.to_dict(), indent=2, default=str), GATE_ARTIFACT)
-        return run.info.run_id
+    """Log one evaluation into ``run`` (opened by the caller with its lineage tags); returns
+    the run id. ``context`` values become params (see :func:`evaluation_params`)."""
+    metrics = {k: float(v) for k, v in result.aggregates.items() if v is not None}
+    for key, count in result.errors.items():
+        metrics[f"{key}_errors"] = float(count)
+    metrics["eval_seconds"] = float(result.seconds)
+    if gate_result is not None:
+        metrics["gate_passed"] = float(gate_result.passed)
+        for failure in gate_result.failures:
+            if failure.value is not None:
+                metrics[f"gate_shortfall.{failure.metric}"] = float(failure.shortfall)
+    run.log(
+        params=evaluation_params(result, golden, gate_config=gate_config, context=context),
+        metrics=metrics,
+        tags={
+            "llmops.kind": "evaluation",
+            "llmops.golden_sha256": golden.version,
+            "llmops.judge": result.judge or "none",
+            **{str(k): str(v) for k, v in (tags or {}).items()},
+        },
+    )
+    run.log_table(result.to_dataframe(), TABLE_ARTIFACT)
+    run.log_dataframe_input(
+        golden.to_dataframe(),
+        name=golden.name,
+        digest=golden.version[:32],
+        source=golden.path.resolve().as_uri() if golden.path else golden.name,
+        context="evaluation",
+    )
+    run.log_text(result.summary_markdown(), SUMMARY_ARTIFACT)
+    if gate_result is not None:
+        run.log_json(gate_result.to_dict(), GATE_ARTIFACT)
+    return run.run_id

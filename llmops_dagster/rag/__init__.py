@@ -1,5 +1,5 @@
-"""Retrieval-augmented generation: versioned prompts, LLM backends, ``answer(question)``.
+"""Retrieval-augmented generation: versioned prompts and ``answer(question)``.
 
-Dagster-free; import the submodules (``rag.llm`` pulls torch/transformers only when a local
-model is loaded).
+Dagster-free. The language models behind the answers live in :mod:`llmops_dagster.models`
+(torch/transformers are imported only when a local model is loaded).
 """

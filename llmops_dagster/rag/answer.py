@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from llmops_dagster.rag.llm import Generator
+from llmops_dagster.models.base import Generator
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt, parse_citations
 
 DEFAULT_MODE = "hybrid_rrf"

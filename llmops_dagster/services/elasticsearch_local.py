@@ -123,6 +123,10 @@ class LocalNode:
     cluster_name: str = "llmops-local"
     #: Extra elasticsearch.yml settings, e.g. to enable security and TLS for a test node.
     extra_settings: tuple[tuple[str, Any], ...] = ()
+    #: ES_JAVA_HOME (settings); None → the newest JDK ≥ 21 found on the machine.
+    java_home: Path | None = None
+    #: Appended to ES_JAVA_OPTS (LLMOPS_ES_EXTRA_JAVA_OPTS).
+    extra_java_opts: str = ""
 
     @property
     def scheme(self) -> str:
@@ -277,8 +281,7 @@ def _node_process(
         "ES_JAVA_HOME": str(java_home),
         "ES_PATH_CONF": str(node.node_dir / "config"),
         "ES_TMPDIR": str(node.node_dir / "tmp"),
-        "ES_JAVA_OPTS": f"-Xms{node.heap} -Xmx{node.heap} "
-        + os.environ.get("LLMOPS_ES_EXTRA_JAVA_OPTS", ""),
+        "ES_JAVA_OPTS": f"-Xms{node.heap} -Xmx{node.heap} {node.extra_java_opts}".strip(),
     }
     env.pop("JAVA_TOOL_OPTIONS", None)  # its banner on stderr confuses the launcher's checks
     if user is None:
@@ -293,7 +296,7 @@ def _node_process(
 def run_node_tool(node: LocalNode, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run one of the distribution's CLI tools (``elasticsearch-users`` ...) against the node's
     config folder, as the node's user: e.g. to add a file-realm user to a secured test node."""
-    java_home, _ = find_java_home()
+    java_home, _ = find_java_home(node.java_home)
     user = _prepare_node_dir(node)
     env, prefix = _node_process(node, java_home, user)
     return subprocess.run(
@@ -315,7 +318,7 @@ def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) ->
             f"Something else already answers at {node.url}; stop it or choose another port "
             "with LLMOPS_ES_PORT (or use it via ELASTICSEARCH_URL)."
         )
-    java_home, java_major = find_java_home()
+    java_home, java_major = find_java_home(node.java_home)
     user = _prepare_node_dir(node)
     node.pid_file.unlink(missing_ok=True)
     env, prefix = _node_process(node, java_home, user)

@@ -40,10 +40,9 @@ def java_major(java_home: Path) -> int | None:
 
 
 def find_java_home(preferred: Path | None = None) -> tuple[Path, int]:
-    """``ES_JAVA_HOME`` (or ``preferred``) if set, else the newest JDK >= 21 we can find."""
-    explicit = preferred or (
-        Path(os.environ["ES_JAVA_HOME"]) if os.environ.get("ES_JAVA_HOME") else None
-    )
+    """``preferred`` (the ES_JAVA_HOME setting) if given, else the newest JDK >= 21 found in
+    JAVA_HOME or the usual JVM folders."""
+    explicit = preferred
     if explicit is not None:
         major = java_major(explicit)
         if major is None:

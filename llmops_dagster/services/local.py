@@ -56,10 +56,12 @@ def local_node(
     from llmops_dagster.services.elasticsearch_local import distribution_home
 
     node = LocalNode(
-        dist_home=distribution_home(settings.es_dist_dir, settings.es_version),
+        dist_home=distribution_home(settings.es_dist_dir, settings.local_node.version),
         node_dir=node_dir or settings.es_node_dir,
-        port=port or settings.es_port,
-        heap=settings.es_heap,
+        port=port or settings.local_node.port,
+        heap=settings.local_node.heap,
+        java_home=settings.local_node.java_home,
+        extra_java_opts=settings.local_node.extra_java_opts,
     )
     return _relocated_for_es_user(node)
 
@@ -78,10 +80,10 @@ def elasticsearch_up(settings: Settings, *, log: Log) -> dict[str, Any]:
     if settings.uses_external_es:
         from llmops_dagster.search.client import check_cluster, make_client
 
-        health = check_cluster(make_client(settings), settings)
-        log(f"Using the cluster at ELASTICSEARCH_URL={settings.elasticsearch_url}: {health.status}")
+        health = check_cluster(make_client(settings.cluster_spec()), settings.cluster_spec())
+        log(f"Using the cluster at ELASTICSEARCH_URL={settings.elasticsearch.url}: {health.status}")
         return {"url": health.url, "external": True, "status": health.status}
-    fetch_distribution(settings.es_dist_dir, settings.es_version, log=log)
+    fetch_distribution(settings.es_dist_dir, settings.local_node.version, log=log)
     return start_node(local_node(settings), log=log)
 
 
@@ -101,10 +103,10 @@ def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
         )
 
         try:
-            health = check_cluster(make_client(settings), settings)
+            health = check_cluster(make_client(settings.cluster_spec()), settings.cluster_spec())
         except ElasticsearchUnavailable as exc:
             return {
-                "url": settings.effective_es_url,
+                "url": settings.es_url,
                 "external": True,
                 "healthy": False,
                 "error": str(exc),
@@ -118,7 +120,7 @@ def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
         }
     status = node_status(local_node(settings))
     status["external"] = False
-    status["version"] = settings.es_version
+    status["version"] = settings.local_node.version
     if not status["running"]:
         status["error"] = (
             f"the local node is not running at {settings.local_es_url}: start it with "
@@ -131,9 +133,9 @@ def _mlflow_status(settings: Settings) -> dict[str, Any]:
     from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
 
     try:
-        store = ensure_mlflow(settings)
+        store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
     except MlflowUnavailable as exc:
-        return {"uri": settings.effective_mlflow_uri, "healthy": False, "error": str(exc)}
+        return {"uri": settings.mlflow_uri, "healthy": False, "error": str(exc)}
     return {"uri": store.tracking_uri, "healthy": True, "experiment": store.experiment_name}
 
 

@@ -1,4 +1,4 @@
-"""dlt pipelines bound to the project's settings: DuckDB by default, any dlt destination by config.
+"""dlt pipelines bound to one warehouse target: DuckDB by default, any dlt destination by config.
 
 One place decides where raw data lands, so that every source (and the Dagster assets that run
 them) agrees on the file, the dataset (``raw``) and the pipeline state folder.
@@ -7,34 +7,44 @@ them) agrees on the file, the dataset (``raw``) and the pipeline state folder.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dlt
 from dlt.common.destination import Destination
 from dlt.common.pipeline import LoadInfo
 
-from llmops_dagster.config import Settings
 from llmops_dagster.sources.source_config import DestinationConfig
 
 
-def _duckdb_destination(settings: Settings) -> Any:
-    path = settings.effective_duckdb_path
+@dataclass(frozen=True)
+class WarehouseTarget:
+    """Where raw data lands: the DuckDB file, the dataset (schema) and dlt's state folder."""
+
+    duckdb_path: Path
+    dataset: str = "raw"
+    pipelines_dir: Path = Path(".llmops/dlt")
+
+
+def _duckdb_destination(target: WarehouseTarget) -> Any:
+    path = target.duckdb_path
     # DuckDB names its catalog after the file stem; a schema with the same name makes every
     # unqualified reference "Ambiguous reference to catalog or schema".
-    if path.stem == settings.dlt_dataset:
+    if path.stem == target.dataset:
         raise ValueError(
-            f"LLMOPS_DLT_DATASET={settings.dlt_dataset!r} equals the DuckDB file's stem "
+            f"LLMOPS_DLT_DATASET={target.dataset!r} equals the DuckDB file's stem "
             f"({path.name}); rename one of them (LLMOPS_DUCKDB_PATH or LLMOPS_DLT_DATASET)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return dlt.destinations.duckdb(credentials=str(path))
 
 
-def make_destination(settings: Settings, destination: DestinationConfig | None = None) -> Any:
-    """The dlt destination object: DuckDB at ``effective_duckdb_path`` unless configured."""
+def make_destination(target: WarehouseTarget, destination: DestinationConfig | None = None) -> Any:
+    """The dlt destination object: DuckDB at ``target.duckdb_path`` unless configured."""
     destination = destination or DestinationConfig()
     if destination.name == "duckdb" and not destination.credentials_env:
-        return _duckdb_destination(settings)
+        return _duckdb_destination(target)
     kwargs: dict[str, Any] = {}
     if destination.credentials_env:
         value = os.environ.get(destination.credentials_env)
@@ -49,21 +59,21 @@ def make_destination(settings: Settings, destination: DestinationConfig | None =
 
 
 def make_pipeline(
-    settings: Settings,
+    target: WarehouseTarget,
     pipeline_name: str,
     destination: DestinationConfig | None = None,
 ) -> dlt.Pipeline:
-    """A dlt pipeline writing dataset ``settings.dlt_dataset``; state under LLMOPS_HOME/dlt.
+    """A dlt pipeline writing dataset ``target.dataset``; state under ``target.pipelines_dir``.
 
     Pipeline state (incremental cursors) lives both there and in the destination, so a fresh
     machine resumes from the destination rather than reloading everything.
     """
-    pipelines_dir = settings.llmops_home / "dlt"
+    pipelines_dir = target.pipelines_dir
     pipelines_dir.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
         pipeline_name=pipeline_name,
-        destination=make_destination(settings, destination),
-        dataset_name=settings.dlt_dataset,
+        destination=make_destination(target, destination),
+        dataset_name=target.dataset,
         pipelines_dir=str(pipelines_dir),
     )
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any
+
+from llmops_dagster.memo import ProcessCache
 
 DEFAULT_CHUNK_SIZE = 200
 """all-MiniLM-L6-v2 has a 256-token window; 200 + [CLS]/[SEP] leaves slack for query prefixes."""
@@ -135,25 +136,14 @@ class TokenCounter:
         return [len(encoding.ids) for encoding in encodings]
 
 
-_COUNTERS: dict[int, tuple[Any, TokenCounter]] = {}
-_COUNTERS_LOCK = threading.Lock()
+_COUNTERS: ProcessCache[Any] = ProcessCache("token counters", max_entries=8)
 
 
 def token_counter(tokenizer: Any) -> TokenCounter:
     """One :class:`TokenCounter` per tokenizer object (copying the backend costs ~20 ms)."""
     if isinstance(tokenizer, TokenCounter):
         return tokenizer
-    key = id(tokenizer)
-    with _COUNTERS_LOCK:
-        cached = _COUNTERS.get(key)
-        # Keep a reference to the tokenizer so its id cannot be reused while cached.
-        if cached is not None and cached[0] is tokenizer:
-            return cached[1]
-        counter = TokenCounter(tokenizer)
-        if len(_COUNTERS) >= 8:
-            _COUNTERS.pop(next(iter(_COUNTERS)))
-        _COUNTERS[key] = (tokenizer, counter)
-        return counter
+    return _COUNTERS.get_for(tokenizer, lambda: TokenCounter(tokenizer))
 
 
 # --- sections ----------------------------------------------------------------------------------

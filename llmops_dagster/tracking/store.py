@@ -1,4 +1,4 @@
-"""The MLflow tracking store: SQLite + local artifacts by default, any URI from the env."""
+"""The MLflow tracking store: SQLite + local artifacts by default, or any tracking URI."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-from llmops_dagster.config import Settings
 
 
 class MlflowUnavailable(RuntimeError):
@@ -33,16 +31,15 @@ def _check_http(uri: str) -> None:
         ) from exc
 
 
-def ensure_mlflow(settings: Settings) -> MlflowStore:
+def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
     """Create (if needed) the store and the project's experiment; fail fast with the setting.
 
     For SQLite stores the experiment's artifact location is pinned to ``artifacts/`` beside the
     database file (LLMOPS_HOME/mlflow by default).
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = settings.effective_mlflow_uri
+    uri = tracking_uri
     artifact_location: str | None = None
     if uri.startswith("sqlite:///"):
         # Artifacts next to the database, never in a stray ./mlruns of the working directory.
@@ -52,17 +49,16 @@ def ensure_mlflow(settings: Settings) -> MlflowStore:
         artifact_location = artifact_root.as_uri()
     elif uri.startswith(("http://", "https://")):
         _check_http(uri)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
-        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-        if experiment is None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
             experiment_id = client.create_experiment(
-                settings.mlflow_experiment, artifact_location=artifact_location
+                experiment, artifact_location=artifact_location
             )
         else:
-            experiment_id = experiment.experiment_id
-            artifact_location = experiment.artifact_location
+            experiment_id = found.experiment_id
+            artifact_location = found.artifact_location
     except Exception as exc:  # MLflow raises many types here (sqlalchemy, rest, io)
         raise MlflowUnavailable(
             f"MLflow store MLFLOW_TRACKING_URI={uri} cannot be used: {type(exc).__name__}: {exc}"
@@ -71,5 +67,5 @@ def ensure_mlflow(settings: Settings) -> MlflowStore:
         tracking_uri=uri,
         artifact_location=artifact_location,
         experiment_id=experiment_id,
-        experiment_name=settings.mlflow_experiment,
+        experiment_name=experiment,
     )

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of the configured generator, logged and registered in MLflow.
+"""LoRA fine-tuning of a loaded base model, logged into a caller's MLflow run and registered.
 
 Why transformers ``Trainer`` and not TRL's ``SFTTrainer``: the one thing SFTTrainer would add
 here is completion-only loss, which is a ~20-line collator (:func:`tokenize_example` masks the
@@ -15,7 +15,10 @@ registered model whose source is that artifact folder (MLflow 3's ``register_mod
 logged model, so ``create_model_version(source=...)`` is used), tagged with the base model id,
 the architecture fingerprint, the dataset digest and the index version.
 
-It never touches the ``champion`` alias: promoting a version is the evaluation gate's job.
+The caller opens and closes the run (:func:`llmops_dagster.tracking.runs.open_run`, with its
+lineage tags) and passes a private copy of the base (``load_base_model(spec, fresh=True)``);
+this module only writes into that run. It never touches the ``champion`` alias: promoting a
+version is the evaluation gate's job.
 """
 
 from __future__ import annotations
@@ -30,26 +33,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.config import Settings
-from llmops_dagster.rag.llm import (
+from llmops_dagster.models.local import LoadedModel, base_fingerprint
+from llmops_dagster.models.registry import (
     ADAPTER_METADATA_FILE,
+    DEFAULT_REGISTERED_MODEL,
     TAG_BASE_FINGERPRINT,
     TAG_BASE_MODEL_ID,
-    base_fingerprint,
-    load_base_model,
+    TAG_DATASET_DIGEST,
+    TAG_INDEX_VERSION,
+    TAG_KIND,
+    TAG_MODEL_VERSION,
+    TAG_PROMPT_VERSION,
+    register_adapter_version,
 )
 from llmops_dagster.train.dataset import SFTDataset, SFTExample
 
 if TYPE_CHECKING:
     import torch
 
+    from llmops_dagster.tracking.runs import DatasetRef, RunHandle
+
 log = logging.getLogger(__name__)
 
-DEFAULT_REGISTERED_MODEL = "llmops-generator-lora"
-TAG_DATASET_DIGEST = "llmops.dataset_digest"
-TAG_INDEX_VERSION = "llmops.index_version"
-TAG_PROMPT_VERSION = "llmops.prompt_version"
-TAG_KIND = "llmops.kind"
 #: Prompt tokens kept from the start (the system text) when a prompt must be cut to fit.
 _HEAD_TOKENS = 64
 
@@ -246,8 +251,9 @@ def _finite(value: Any) -> float | None:
 
 
 def train_lora(
-    settings: Settings,
+    base: LoadedModel,
     dataset: SFTDataset,
+    run: RunHandle,
     *,
     r: int = 8,
     alpha: int = 16,
@@ -263,16 +269,16 @@ def train_lora(
     index_version: str | None = None,
     registered_model_name: str = DEFAULT_REGISTERED_MODEL,
     register: bool = True,
-    run_name: str | None = None,
-    extra_tags: Mapping[str, str] | None = None,
     output_dir: Path | None = None,
-    device: str | None = None,
 ) -> LoraResult:
-    """Fine-tune a LoRA adapter on ``dataset`` and record everything in MLflow.
+    """Fine-tune a LoRA adapter on ``dataset`` into ``base`` and record everything in ``run``.
 
-    CPU defaults (40 steps of 4 sequences ≤ 512 tokens) take a few minutes on 2 cores; a GPU
-    is used when present. ``extra_tags`` (e.g. the Dagster run id, upstream MLflow run ids)
-    go on the run and on the model version.
+    ``base`` is trained in place: pass a private copy (``load_base_model(spec, fresh=True)``).
+    The run gets params, per-step loss, metrics, the dataset input, the LoRA tags and the
+    adapter under ``adapter/``; with ``register`` a new version of ``registered_model_name``
+    points at it, tagged with the run's tags (its lineage included). The adapter folder is
+    written to ``output_dir`` (default: a new temporary folder). CPU defaults (40 steps of 4
+    sequences ≤ 512 tokens) take a few minutes on 2 cores; a GPU is used when ``base`` is on one.
     """
     params = LoraParams(
         r=r,
@@ -290,72 +296,67 @@ def train_lora(
     params.validate()
     if not dataset.train:
         raise TrainingError("the fine-tuning dataset has no training examples")
-
-    from mlflow.tracking import MlflowClient
-
-    from llmops_dagster.tracking.store import ensure_mlflow
-
-    store = ensure_mlflow(settings)
-    client = MlflowClient(tracking_uri=store.tracking_uri)
-    base = load_base_model(settings, device=device, fresh=True)
-    base_id = base.source.model_id
-    fingerprint = base_fingerprint(base.model)
-    tags = {
+    if base.shared:
+        raise TrainingError(
+            "train_lora trains the model it is given, and this one is the process-wide cached "
+            "base other callers use: pass load_base_model(spec, fresh=True)"
+        )
+    lora_tags = {
         TAG_KIND: "lora",
-        TAG_BASE_MODEL_ID: base_id,
-        TAG_BASE_FINGERPRINT: fingerprint,
+        TAG_BASE_MODEL_ID: base.source.model_id,
+        TAG_BASE_FINGERPRINT: base_fingerprint(base.model),
         TAG_DATASET_DIGEST: dataset.digest,
         TAG_PROMPT_VERSION: dataset.prompt_version,
         **({TAG_INDEX_VERSION: index_version} if index_version else {}),
-        **dict(extra_tags or {}),
     }
-    run = client.create_run(store.experiment_id, run_name=run_name or "lora-finetune", tags=tags)
-    run_id = run.info.run_id
-    try:
-        result = _train_and_log(
-            settings,
-            client,
-            run_id,
-            store.experiment_id,
-            run.info.artifact_uri,
-            base,
-            dataset,
-            params,
-            index_version=index_version,
-            output_dir=output_dir,
+    for key, value in lora_tags.items():
+        run.set_tag(key, value)
+    result = _train_and_log(
+        base, dataset, params, run, index_version=index_version, output_dir=output_dir
+    )
+    if register:
+        version_tags = {
+            k: v for k, v in run.tags.items() if k != TAG_KIND and not k.startswith("mlflow.")
+        }
+        result.registered_model_name = registered_model_name
+        result.model_version = register_adapter_version(
+            run.client,
+            registered_model_name,
+            source=result.artifact_uri,
+            run_id=run.run_id,
+            tags=version_tags,
         )
-        if register:
-            result.registered_model_name = registered_model_name
-            result.model_version = register_adapter_version(
-                client,
-                registered_model_name,
-                source=result.artifact_uri,
-                run_id=run_id,
-                tags={k: v for k, v in tags.items() if k != TAG_KIND},
-            )
-            client.set_tag(run_id, "llmops.model_version", result.model_version)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+        run.set_tag(TAG_MODEL_VERSION, result.model_version)
     return result
 
 
+def _sft_dataset_ref(dataset: SFTDataset) -> DatasetRef:
+    from llmops_dagster.tracking.runs import DatasetRef
+
+    rows = [
+        {"split": split, "id": ex.id, "prompt": ex.prompt, "completion": ex.completion}
+        for split, examples in (("train", dataset.train), ("validation", dataset.validation))
+        for ex in examples
+    ]
+    return DatasetRef(
+        name="sft-" + Path(dataset.source).stem,
+        digest=dataset.digest[:32],
+        source=dataset.source,
+        rows=rows,
+        context="training",
+    )
+
+
 def _train_and_log(
-    settings: Settings,
-    client: Any,
-    run_id: str,
-    experiment_id: str,
-    run_artifact_uri: str,
-    base: Any,
+    base: LoadedModel,
     dataset: SFTDataset,
     params: LoraParams,
+    run: RunHandle,
     *,
     index_version: str | None,
     output_dir: Path | None,
 ) -> LoraResult:
     import torch
-    from mlflow.entities import Dataset, DatasetInput, InputTag
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
@@ -365,36 +366,22 @@ def _train_and_log(
     model.train()
     peft_model = get_peft_model(model, lora_config(params))
     trainable, total = peft_model.get_nb_trainable_parameters()
-
-    for key, value in {
-        **{k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
-        "base_model_id": base.source.model_id,
-        "dataset_digest": dataset.digest,
-        "dataset_source": dataset.source,
-        "n_train": len(dataset.train),
-        "n_validation": len(dataset.validation),
-        "prompt_version": dataset.prompt_version,
-        "index_version": index_version or "",
-        "device": base.device,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainer": "transformers.Trainer",
-    }.items():
-        client.log_param(run_id, key, value)
-    client.log_inputs(
-        run_id,
-        datasets=[
-            DatasetInput(
-                Dataset(
-                    name="sft-" + Path(dataset.source).stem,
-                    digest=dataset.digest[:32],
-                    source_type="local",
-                    source=json.dumps({"uri": dataset.source}),
-                    profile=json.dumps(dataset.summary()),
-                ),
-                tags=[InputTag("mlflow.data.context", "training")],
-            )
-        ],
+    run.log(
+        params={
+            **{k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+            "base_model_id": base.source.model_id,
+            "dataset_digest": dataset.digest,
+            "dataset_source": dataset.source,
+            "n_train": len(dataset.train),
+            "n_validation": len(dataset.validation),
+            "prompt_version": dataset.prompt_version,
+            "index_version": index_version or "",
+            "device": base.device,
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainer": "transformers.Trainer",
+        },
+        datasets=[_sft_dataset_ref(dataset)],
     )
 
     train_rows = tokenize_split(tokenizer, dataset.train, params.max_seq_len)
@@ -431,7 +418,7 @@ def _train_and_log(
             train_dataset=train_rows,  # type: ignore[arg-type]  # a list is a map-style dataset
             eval_dataset=val_rows or None,  # type: ignore[arg-type]
             data_collator=collator,
-            callbacks=[_mlflow_loss_callback(client, run_id, losses)],
+            callbacks=[_mlflow_loss_callback(run.client, run.run_id, losses)],
         )
         # disable_tqdm swaps the progress bar for a callback that prints every log dict.
         trainer.remove_callback(PrinterCallback)
@@ -451,14 +438,16 @@ def _train_and_log(
     }
     if eval_before is not None:
         metrics["eval_loss_before"] = eval_before
-        client.log_metric(run_id, "eval_loss", eval_before, step=0)
+        run.client.log_metric(run.run_id, "eval_loss", eval_before, step=0)
     if eval_after is not None:
         metrics["eval_loss_after"] = eval_after
-        client.log_metric(run_id, "eval_loss", eval_after, step=steps)
+        run.client.log_metric(run.run_id, "eval_loss", eval_after, step=steps)
     for key, value in metrics.items():
-        client.log_metric(run_id, key, value, step=steps)
+        run.client.log_metric(run.run_id, key, value, step=steps)
 
-    adapter_dir = (output_dir or settings.llmops_home / "adapters" / run_id).resolve()
+    if output_dir is None:
+        output_dir = Path(tempfile.mkdtemp(prefix=f"llmops-adapter-{run.run_id[:8]}-"))
+    adapter_dir = Path(output_dir).resolve()
     adapter_dir.mkdir(parents=True, exist_ok=True)
     # Record the portable base id (not this machine's cache path) so a loader can check it.
     peft_model.peft_config["default"].base_model_name_or_path = base.source.model_id
@@ -473,23 +462,24 @@ def _train_and_log(
                 "prompt_name": dataset.prompt_name,
                 "prompt_version": dataset.prompt_version,
                 "index_version": index_version,
-                "mlflow_run_id": run_id,
+                "mlflow_run_id": run.run_id,
                 "params": asdict(params),
             },
             indent=2,
         )
     )
-    client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+    run.client.log_artifacts(run.run_id, str(adapter_dir), artifact_path="adapter")
     with tempfile.TemporaryDirectory(prefix="llmops-sft-") as tmp:
-        client.log_artifact(run_id, str(dataset.write_jsonl(Path(tmp) / "sft.jsonl")), "dataset")
+        jsonl = dataset.write_jsonl(Path(tmp) / "sft.jsonl")
+        run.client.log_artifact(run.run_id, str(jsonl), "dataset")
     model.eval()
     return LoraResult(
-        run_id=run_id,
-        experiment_id=experiment_id,
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
         registered_model_name=None,
         model_version=None,
         adapter_dir=adapter_dir,
-        artifact_uri=f"{run_artifact_uri.rstrip('/')}/adapter",
+        artifact_uri=f"{run.artifact_uri.rstrip('/')}/adapter",
         base_model_id=base.source.model_id,
         base_fingerprint=base_fingerprint(peft_model.get_base_model()),
         dataset_digest=dataset.digest,
@@ -504,31 +494,3 @@ def _train_and_log(
         train_seconds=train_seconds,
         losses=losses,
     )
-
-
-def register_adapter_version(
-    client: Any, name: str, *, source: str, run_id: str, tags: Mapping[str, str]
-) -> str:
-    """Create ``name`` if missing, then a new version pointing at the adapter artifacts."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        try:
-            client.create_registered_model(
-                name,
-                description="LoRA adapters for the RAG generator (llmops-dagster). "
-                "The evaluation gate moves the 'champion' alias.",
-            )
-        except MlflowException as exc:  # created concurrently by another run
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-    version = client.create_model_version(
-        name,
-        source=source,
-        run_id=run_id,
-        tags=dict(tags),
-        description=f"LoRA adapter from run {run_id}",
-    )
-    return str(version.version)

@@ -25,6 +25,7 @@ from llmops_dagster.sources.source_config import (
     SqlSourceConfig,
 )
 from llmops_dagster.sources.sql import make_sql_source_from_config
+from llmops_dagster.warehouse import connect
 from tests.unit.doc_fixtures import BROKEN_PDF, make_pdf
 
 pytestmark = pytest.mark.integration
@@ -60,18 +61,23 @@ def build_malformed_folder(root: Path) -> None:
     _write(root / "broken.pdf", BROKEN_PDF)
 
 
+def _build(settings: Settings, sources: SourcesConfig, **kwargs):
+    with connect(settings.duckdb_path) as con:
+        return build_documents(con, sources, dataset=settings.warehouse.dlt_dataset, **kwargs)
+
+
 def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
     root = tmp_path / "corpus"
     build_malformed_folder(root)
-    settings = Settings(llmops_home=tmp_path / "home")
+    settings = Settings(home=tmp_path / "home")
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=root, max_bytes=MAX_BYTES))
-    pipeline = make_pipeline(settings, "docs_e2e_test")
+    pipeline = make_pipeline(settings.warehouse_target(), "docs_e2e_test")
 
     def load() -> dict[str, int]:
         return run_pipeline(pipeline, make_filesystem_source(root, max_bytes=MAX_BYTES))[1]
 
     assert load() == {"fs_files": 11}
-    delta = build_documents(settings, sources, transform=redact_ada)
+    delta = _build(settings, sources, transform=redact_ada)
     assert delta.new == [
         "fs:export/faq.json#q1",
         "fs:export/faq.json#q2",
@@ -91,7 +97,7 @@ def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
     }
     assert (delta.changed, delta.unchanged, delta.deleted, delta.total_documents) == ([], [], [], 7)
 
-    con = duckdb.connect(str(settings.effective_duckdb_path))
+    con = duckdb.connect(str(settings.duckdb_path))
     try:
         docs = {r["doc_id"]: r for r in read_documents(con).to_pylist()}
         rejected = {r["natural_key"]: r["reason"] for r in read_rejected(con).to_pylist()}
@@ -115,7 +121,7 @@ def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
 
     # Unchanged folder: dlt loads nothing, the documents step reads nothing.
     assert load() == {}
-    idle = build_documents(settings, sources)
+    idle = _build(settings, sources)
     assert idle.summary()["new"] == idle.summary()["changed"] == idle.summary()["deleted"] == 0
     assert idle.unchanged == [] and idle.total_documents == 7
 
@@ -125,7 +131,7 @@ def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
     _write(root / "binary.txt", b"now plain text", bump=5)
     _write(root / "export" / "faq.json", json.dumps(records_q1()).encode(), bump=5)
     assert load() == {"fs_files": 3}
-    delta = build_documents(settings, sources)
+    delta = _build(settings, sources)
     assert delta.new == ["fs:binary.txt"]
     assert delta.changed == ["fs:good.md"]
     assert delta.unchanged == ["fs:export/faq.json#q1"]
@@ -134,7 +140,7 @@ def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
     assert delta.rejected_by_reason == {}
     assert delta.total_documents == 6
 
-    con = duckdb.connect(str(settings.effective_duckdb_path))
+    con = duckdb.connect(str(settings.duckdb_path))
     try:
         remaining = sorted(r["natural_key"] for r in read_rejected(con).to_pylist())
     finally:
@@ -142,11 +148,11 @@ def test_malformed_folder_then_incremental_changes(tmp_path: Path) -> None:
     assert remaining == ["broken.html", "broken.pdf", "empty.md", "huge.md", "latin1.txt"]
 
     # A full refresh (e.g. the cleaning transform changed) re-reads all raw rows but keeps ids.
-    full = build_documents(settings, sources, transform=redact_ada, full_refresh=True)
+    full = _build(settings, sources, transform=redact_ada, full_refresh=True)
     assert (full.new, full.changed, full.deleted) == ([], [], [])
     assert len(full.unchanged) == 6 and full.total_documents == 6
     # ...and a different transform shows up as changed documents, for the chunker to redo.
-    retransformed = build_documents(settings, sources, full_refresh=True)
+    retransformed = _build(settings, sources, full_refresh=True)
     assert retransformed.changed == ["fs:export/people.csv#1"]
 
 
@@ -208,12 +214,12 @@ def test_sql_and_api_rows_become_record_documents(tmp_path: Path) -> None:
             "rest_api": RestApiSourceConfig(config_path=api_yaml).model_dump(),
         }
     )
-    settings = Settings(llmops_home=tmp_path / "home")
+    settings = Settings(home=tmp_path / "home")
     assert isinstance(sources.sql, SqlSourceConfig)
-    sql_pipeline = make_pipeline(settings, "sql_docs_test")
+    sql_pipeline = make_pipeline(settings.warehouse_target(), "sql_docs_test")
     assert run_pipeline(sql_pipeline, make_sql_source_from_config(sources.sql))[1] == {"sql_faq": 2}
     # API rows as dlt would load them (the HTTP path is covered in test_sources_rest_api).
-    api_pipeline = make_pipeline(settings, "api_docs_test")
+    api_pipeline = make_pipeline(settings.warehouse_target(), "api_docs_test")
     api_pipeline.run(
         [{"id": 7, "headline": "Seven", "body": "About seven."}],
         table_name="api_articles",
@@ -221,9 +227,9 @@ def test_sql_and_api_rows_become_record_documents(tmp_path: Path) -> None:
         write_disposition="merge",
     )
 
-    delta = build_documents(settings, sources)
+    delta = _build(settings, sources)
     assert delta.new == ["kb:articles#7", "sql:faq#1", "sql:faq#2"]
-    con = duckdb.connect(str(settings.effective_duckdb_path))
+    con = duckdb.connect(str(settings.duckdb_path))
     try:
         docs = {r["doc_id"]: r for r in read_documents(con).to_pylist()}
     finally:
@@ -235,4 +241,4 @@ def test_sql_and_api_rows_become_record_documents(tmp_path: Path) -> None:
     assert docs["kb:articles#7"]["title"] == "Seven"
     assert docs["kb:articles#7"]["uri"] == "https://kb.example.com/v1/articles#7"
     assert docs["kb:articles#7"]["format"] == "record"
-    assert build_documents(settings, sources).new == []
+    assert _build(settings, sources).new == []

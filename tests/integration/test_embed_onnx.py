@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import Settings
 from llmops_dagster.embed.cache import embed_missing, load_vectors
 from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
 from llmops_dagster.text.chunking import chunk_document
@@ -33,21 +33,25 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def fp32() -> Embedder:
-    return load_embedder(get_settings().embedding_model, backend="torch")
+    return load_embedder(Settings().models.embedding_model, backend="torch")
 
 
 @pytest.fixture(scope="module")
 def fast() -> Embedder:
-    return load_embedder(get_settings().embedding_model, backend="onnx-int8")
+    return load_embedder(
+        Settings().models.embedding_model,
+        backend="onnx-int8",
+        cache_dir=Settings().models_cache_dir,
+    )
 
 
 @pytest.fixture(scope="module")
 def sample_texts() -> list[str]:
     """~50 chunk texts from data/sample, chunked as the pipeline chunks them."""
-    settings = get_settings()
-    tokenizer = load_tokenizer(settings.embedding_model)
+    settings = Settings()
+    tokenizer = load_tokenizer(settings.models.embedding_model)
     texts: list[str] = []
-    for path in sorted(settings.sample_data_dir.rglob("*.md")):
+    for path in sorted(settings.corpus.sample_data_dir.rglob("*.md")):
         text = path.read_text(encoding="utf-8", errors="ignore")
         chunks = chunk_document(path.name, text, tokenizer=tokenizer, chunk_size=200, overlap=32)
         texts.extend(c.text for c in chunks)
@@ -61,7 +65,7 @@ def test_fast_backend_is_a_distinct_model_of_the_same_shape(fp32: Embedder, fast
     assert fast.dims == fp32.dims == 384
     assert fast.max_seq_length == fp32.max_seq_length
     folder = Path(fast.model.folder)  # type: ignore[union-attr]
-    assert folder.is_relative_to(get_settings().models_cache_dir)
+    assert folder.is_relative_to(Settings().models_cache_dir)
 
 
 def test_vectors_match_fp32(fp32: Embedder, fast: Embedder, sample_texts: list[str]) -> None:
@@ -112,9 +116,11 @@ def test_inference_does_not_import_torch(fast: Embedder) -> None:
     code = textwrap.dedent(
         """
         import sys
-        from llmops_dagster.config import get_settings
+        from llmops_dagster.config import Settings
         from llmops_dagster.embed.model import load_embedder
-        e = load_embedder(get_settings().embedding_model, backend="onnx-int8")
+        s = Settings()
+        cache = s.models_cache_dir
+        e = load_embedder(s.models.embedding_model, backend="onnx-int8", cache_dir=cache)
         assert e.encode(["hello world"]).shape == (1, 384)
         heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
         print(",".join(heavy))

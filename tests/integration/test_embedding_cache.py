@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import Settings
 from llmops_dagster.embed.cache import embed_missing, load_vectors
 from llmops_dagster.embed.model import Embedder, load_embedder
 
@@ -22,7 +22,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return load_embedder(get_settings().embedding_model)
+    return load_embedder(Settings().models.embedding_model)
 
 
 def test_each_text_is_embedded_once_per_model(embedder: Embedder) -> None:

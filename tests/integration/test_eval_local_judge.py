@@ -16,10 +16,11 @@ from deepeval.metrics.g_eval import schema as ge
 from deepeval.test_case import LLMTestCase
 from pydantic import BaseModel
 
-from llmops_dagster.config import get_settings
-from llmops_dagster.evaluate.judge import LocalJudge
+from llmops_dagster.config import PROJECT_ROOT, default_generator_model
+from llmops_dagster.evaluate.judge import LocalJudge, build_judge
 from llmops_dagster.evaluate.metrics import judge_metrics
-from llmops_dagster.rag.llm import load_local_generator
+from llmops_dagster.models.local import LocalTransformersGenerator, load_local_generator
+from llmops_dagster.models.spec import JudgeSpec, LocalModelSpec
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +58,34 @@ CALLS: list[tuple[str, type[BaseModel], str]] = [
 ]
 
 
+#: The shared project cache: the GGUF → safetensors conversion (~40 s) happens once, not per test.
+SPEC = LocalModelSpec(
+    model=default_generator_model(),
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    cache_dir=PROJECT_ROOT / ".llmops" / "models",
+    threads=1,
+)
+
+
 @pytest.fixture(scope="module")
-def judge() -> LocalJudge:
-    generator = load_local_generator(get_settings())
-    return LocalJudge.from_generator(generator, max_new_tokens=40, max_string_chars=28, max_items=1)
+def generator() -> LocalTransformersGenerator:
+    return load_local_generator(SPEC)
+
+
+@pytest.fixture(scope="module")
+def judge(generator: LocalTransformersGenerator) -> LocalJudge:
+    return LocalJudge(generator, max_new_tokens=40, max_string_chars=28, max_items=1)
+
+
+def test_build_judge_reuses_the_generator_and_its_lock(
+    generator: LocalTransformersGenerator,
+) -> None:
+    judge = build_judge(JudgeSpec(kind="local", max_new_tokens=24), generator=generator)
+    assert isinstance(judge, LocalJudge) and judge.max_new_tokens == 24
+    assert judge.load_model() is generator.model and judge.lock is generator.lock
+    assert judge.get_model_name() == "local:SmolLM2-135M-Instruct.Q4_1.gguf"
+    text = judge.generate("Say hello.")  # no schema: plain greedy text
+    assert isinstance(text, str)
 
 
 def test_local_judge_returns_schema_instances_for_every_served_metric(judge: LocalJudge) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -12,10 +13,14 @@ from deepeval.models import DeepEvalBaseLLM
 from mlflow import MlflowClient
 
 from llmops_dagster.config import Settings
+from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
 from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet, load_golden
+from llmops_dagster.evaluate.metrics import default_metrics
 from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
+from llmops_dagster.tracking.runs import open_run
+from llmops_dagster.tracking.store import ensure_mlflow
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +66,14 @@ CASES = [
 ]
 
 
+def _metrics():
+    """The default metric set with the configured embedding model (the library has no default
+    model: the models resource passes its embedder)."""
+    return default_metrics(encoder=load_embedder(Settings().models.embedding_model))
+
+
 def test_deepeval_evaluate_with_retrieval_and_deterministic_metrics() -> None:
-    result = evaluate_rag(CASES, engine="deepeval")
+    result = evaluate_rag(CASES, metrics=_metrics(), engine="deepeval")
     assert result.engine == "deepeval" and result.errors == {} and result.judge is None
     rows = {r["case_id"]: r for r in result.rows}
     assert rows["q02"]["recall_at_5"] == 1.0 and rows["q02"]["mrr"] == 1.0
@@ -74,7 +85,7 @@ def test_deepeval_evaluate_with_retrieval_and_deterministic_metrics() -> None:
     assert result.aggregates["mrr"] == pytest.approx(0.5)
     assert result.aggregates["latency_ms_p95"] == 300.0
     # the direct engine measures the very same metrics
-    direct = evaluate_rag(CASES, engine="direct")
+    direct = evaluate_rag(CASES, metrics=_metrics(), engine="direct")
     for key in result.metric_keys:
         assert direct.aggregates[key] == pytest.approx(result.aggregates[key]), key
 
@@ -113,7 +124,9 @@ class CannedJudge(DeepEvalBaseLLM):
 
 def test_judge_metrics_run_through_deepeval_and_gate_only_when_capable() -> None:
     judge = CannedJudge()
-    result = evaluate_rag(CASES, judge=judge, judge_max_cases=2, judge_capable=False)
+    result = evaluate_rag(
+        CASES, metrics=_metrics(), judge=judge, judge_max_cases=2, judge_capable=False
+    )
     assert (
         result.judge == "canned-judge" and result.judge_gates is False and result.judge_cases == 2
     )
@@ -160,7 +173,7 @@ def test_beir_style_cases_skip_answer_metrics() -> None:
         [GoldenItem("b1", "q?", ("beir:d1",), None, "beir", {"beir:d1": 2})], name="mini-beir"
     )
     case = EvalCase("b1", "q?", "a", None, ["t"], ["beir:d1"], ["beir:d1"], {"beir:d1": 2})
-    result = evaluate_rag([case], engine="direct")
+    result = evaluate_rag([case], metrics=_metrics(), engine="direct")
     assert (
         result.metric_keys == ["recall_at_5", "mrr", "ndcg_at_10"] and golden.format == "qa_jsonl"
     )
@@ -175,23 +188,25 @@ def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) 
         ],
         name="handmade",
     )
-    result = evaluate_rag(CASES, engine="direct")
+    result = evaluate_rag(CASES, metrics=_metrics(), engine="direct")
     config = GateConfig(minimums={"recall_at_5": 0.9})
     gate = evaluate_gate(result.aggregates, config)
-    run_id = log_evaluation(
-        tmp_settings,
-        result,
-        golden,
-        gate_config=config,
-        gate_result=gate,
-        context={
-            "model_name": "rag-generator",
-            "model_version": "3",
-            "prompt_version": "v1",
-            "index_alias": "llmops-chunks",
-        },
-    )
-    client = MlflowClient(tracking_uri=tmp_settings.effective_mlflow_uri)
+    store = ensure_mlflow(tmp_settings.mlflow_uri, "evaluations")
+    with open_run(store, run_name="evaluate", tags={}, ui_url="http://127.0.0.1:5000") as run:
+        run_id = log_evaluation(
+            run,
+            result,
+            golden,
+            gate_config=config,
+            gate_result=gate,
+            context={
+                "model_name": "rag-generator",
+                "model_version": "3",
+                "prompt_version": "v1",
+                "index_alias": "llmops-chunks",
+            },
+        )
+    client = MlflowClient(tracking_uri=tmp_settings.mlflow_uri)
     run = client.get_run(run_id)
     assert run.data.metrics["recall_at_5"] == pytest.approx(2 / 3)
     assert run.data.metrics["gate_passed"] == 0.0
@@ -204,7 +219,13 @@ def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) 
         dataset_input.dataset.name == "handmade"
         and dataset_input.dataset.digest == golden.version[:32]
     )
+    # MlflowClient.load_table searches runs through the fluent API (the global tracking URI).
+    mlflow.set_tracking_uri(tmp_settings.mlflow_uri)
     table = client.load_table(run.info.experiment_id, TABLE_ARTIFACT, run_ids=[run_id])
     assert sorted(table["case_id"]) == ["q01", "q02", "q03"]
-    gate_json = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/gate.json"))
+    assert run.info.status == "FINISHED"
+    gate_file = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="evaluation/gate.json", tracking_uri=tmp_settings.mlflow_uri
+    )
+    gate_json = json.loads(Path(gate_file).read_text())
     assert gate_json["passed"] is False

@@ -31,14 +31,15 @@ FAILING = {"recall_at_5": 0.4, "token_f1": 0.3}
 
 @pytest.fixture
 def client(tmp_settings: Settings) -> MlflowClient:
-    ensure_mlflow(tmp_settings)
-    uri = tmp_settings.effective_mlflow_uri
+    ensure_mlflow(tmp_settings.mlflow_uri, tmp_settings.mlflow.experiment)
+    uri = tmp_settings.mlflow_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def register_version(client: MlflowClient, settings: Settings) -> str:
     """A model version whose source is a plain logged artifact folder (like a LoRA adapter)."""
-    store = ensure_mlflow(settings)
+    store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
+    mlflow.set_tracking_uri(store.tracking_uri)  # this test writes with the fluent API
     with mlflow.start_run(experiment_id=store.experiment_id) as run:
         mlflow.log_text('{"r": 8}', "adapter/adapter_config.json")
     try:

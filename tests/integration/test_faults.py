@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from elasticsearch import Elasticsearch
 
-from llmops_dagster.config import Settings, get_settings
+from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_assets, build_resources
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search import sync as sync_module
@@ -33,9 +33,9 @@ FAULT_PORT = int(os.environ.get("LLMOPS_FAULT_ES_PORT", "9262"))
 
 @pytest.fixture(scope="module")
 def fault_node(es_settings: Settings) -> Iterator[LocalNode]:
-    base = get_settings()
+    base = Settings()
     node = local_node(
-        base, node_dir=base.llmops_home / "elasticsearch" / f"fault-node-{FAULT_PORT}",
+        base, node_dir=base.home / "elasticsearch" / f"fault-node-{FAULT_PORT}",
         port=FAULT_PORT,
     )  # fmt: skip
     start_node(node)
@@ -47,10 +47,11 @@ def fault_node(es_settings: Settings) -> Iterator[LocalNode]:
 def warehouse(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Settings:
     """The sample corpus chunked and embedded once (ingest + prepare, no index)."""
     home = tmp_path_factory.mktemp("fault-home")
-    settings = get_settings().model_copy(
-        update={"llmops_home": home, "duckdb_path": home / "warehouse.duckdb",
-                "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow.db'}"}
-    )  # fmt: skip
+    settings = Settings().override(
+        home=home,
+        warehouse={"duckdb_path": home / "warehouse.duckdb"},
+        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"},
+    )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     result = dg.materialize(
         build_assets(settings, sources),
@@ -63,8 +64,8 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Set
 
 
 def _sync(client: Elasticsearch, settings: Settings, alias: str, mode: str):
-    embedder = load_embedder(settings.embedding_model)
-    with duckdb.connect(str(settings.effective_duckdb_path)) as con:
+    embedder = load_embedder(settings.models.embedding_model)
+    with duckdb.connect(str(settings.duckdb_path)) as con:
         return sync_index(
             client, con, alias=alias, model_id=embedder.model_id, dims=embedder.dims,
             mode=mode, bulk_chunk_size=20,
@@ -87,16 +88,16 @@ def _stop_after(node: LocalNode, n: int, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_es_stopped_mid_bulk_then_rerun_ends_with_exact_counts(
     fault_node: LocalNode, warehouse: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = warehouse.model_copy(update={"elasticsearch_url": fault_node.url})
-    client = make_client(settings, request_timeout=5).options(max_retries=0)
+    settings = warehouse.override(elasticsearch={"url": fault_node.url})
+    client = make_client(settings.cluster_spec(), request_timeout=5).options(max_retries=0)
     alias = f"fault-{uuid.uuid4().hex[:8]}"
     first = _sync(client, settings, alias, "rebuild")
-    with duckdb.connect(str(settings.effective_duckdb_path)) as con:
+    with duckdb.connect(str(settings.duckdb_path)) as con:
         expected = len(active_chunk_ids(con))
     assert first.doc_count == expected
 
     # The live index loses 60 documents, so the incremental run has a real bulk to send.
-    ids = sorted(active_chunk_ids(duckdb.connect(str(settings.effective_duckdb_path))))[:60]
+    ids = sorted(active_chunk_ids(duckdb.connect(str(settings.duckdb_path))))[:60]
     for chunk_id in ids:
         client.delete(index=alias, id=chunk_id, refresh=False)
     client.indices.refresh(index=alias)
@@ -107,7 +108,7 @@ def test_es_stopped_mid_bulk_then_rerun_ends_with_exact_counts(
     monkeypatch.undo()
 
     start_node(fault_node)
-    client = make_client(settings)
+    client = make_client(settings.cluster_spec())
     rerun = _sync(client, settings, alias, "incremental")
     assert rerun.doc_count == expected
     assert rerun.indexed <= 60 and rerun.deleted == 0
@@ -118,8 +119,8 @@ def test_es_stopped_mid_rebuild_keeps_the_old_index_live(
     fault_node: LocalNode, warehouse: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     start_node(fault_node)
-    settings = warehouse.model_copy(update={"elasticsearch_url": fault_node.url})
-    client = make_client(settings, request_timeout=5).options(max_retries=0)
+    settings = warehouse.override(elasticsearch={"url": fault_node.url})
+    client = make_client(settings.cluster_spec(), request_timeout=5).options(max_retries=0)
     alias = f"fault-{uuid.uuid4().hex[:8]}"
     live = _sync(client, settings, alias, "rebuild").index
 
@@ -129,7 +130,7 @@ def test_es_stopped_mid_rebuild_keeps_the_old_index_live(
     monkeypatch.undo()
 
     start_node(fault_node)
-    client = make_client(settings)
+    client = make_client(settings.cluster_spec())
     assert alias_indices(client, alias) == [live]
     hits = client.search(index=alias, query={"match": {"text": "battery"}})
     assert hits["hits"]["total"]["value"] > 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from elasticsearch import Elasticsearch, helpers
 
-from llmops_dagster.config import Settings
+from llmops_dagster.config import ElasticsearchSettings, MlflowSettings, Settings
 from llmops_dagster.search.client import ElasticsearchUnavailable, check_cluster, make_client
 from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_hybrid_index_basics_on_the_real_node(
     es_client: Elasticsearch, es_settings: Settings
 ) -> None:
-    health = check_cluster(es_client, es_settings)
+    health = check_cluster(es_client, es_settings.cluster_spec())
     assert health.status in {"green", "yellow"}
     assert health.version and health.version.startswith("9.")
 
@@ -85,11 +85,13 @@ def test_hybrid_index_basics_on_the_real_node(
 
 
 def test_bad_elasticsearch_url_names_the_setting() -> None:
-    settings = Settings(ELASTICSEARCH_URL="http://127.0.0.1:9")
+    settings = Settings(elasticsearch=ElasticsearchSettings(ELASTICSEARCH_URL="http://127.0.0.1:9"))
     with pytest.raises(
         ElasticsearchUnavailable, match=re.escape("ELASTICSEARCH_URL=http://127.0.0.1:9")
     ):
-        check_cluster(make_client(settings, request_timeout=2), settings)
+        check_cluster(
+            make_client(settings.cluster_spec(), request_timeout=2), settings.cluster_spec()
+        )
 
 
 def test_cli_status_reports_bad_url_and_exits_nonzero(tmp_path) -> None:
@@ -112,7 +114,7 @@ def test_cli_status_reports_bad_url_and_exits_nonzero(tmp_path) -> None:
 def test_cli_status_against_the_real_node(es_settings: Settings, tmp_path) -> None:
     env = {
         **os.environ,
-        "ELASTICSEARCH_URL": es_settings.effective_es_url,
+        "ELASTICSEARCH_URL": es_settings.es_url,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     proc = subprocess.run(
@@ -128,10 +130,11 @@ def test_cli_status_against_the_real_node(es_settings: Settings, tmp_path) -> No
 def test_mlflow_sqlite_store_keeps_runs_and_artifacts(tmp_settings: Settings) -> None:
     import mlflow
 
-    store = ensure_mlflow(tmp_settings)
+    store = ensure_mlflow(tmp_settings.mlflow_uri, tmp_settings.mlflow.experiment)
     assert store.tracking_uri.startswith("sqlite:///")
-    artifacts = tmp_settings.llmops_home / "mlflow" / "artifacts"
+    artifacts = tmp_settings.home / "mlflow" / "artifacts"
     assert store.artifact_location == artifacts.as_uri()
+    mlflow.set_tracking_uri(store.tracking_uri)  # this test writes with the fluent API
     with mlflow.start_run(experiment_id=store.experiment_id) as run:
         mlflow.log_param("chunk_size", 200)
         mlflow.log_metric("ndcg_at_10", 0.71)
@@ -141,12 +144,15 @@ def test_mlflow_sqlite_store_keeps_runs_and_artifacts(tmp_settings: Settings) ->
     assert fetched.data.metrics["ndcg_at_10"] == pytest.approx(0.71)
     assert list(artifacts.rglob("probe.json")), "artifact must land beside the SQLite store"
     # Idempotent: a second call finds the same experiment.
-    assert ensure_mlflow(tmp_settings).experiment_id == store.experiment_id
+    assert (
+        ensure_mlflow(tmp_settings.mlflow_uri, tmp_settings.mlflow.experiment).experiment_id
+        == store.experiment_id
+    )
 
 
 def test_unreachable_mlflow_server_names_the_setting() -> None:
-    settings = Settings(MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    settings = Settings(mlflow=MlflowSettings(MLFLOW_TRACKING_URI="http://127.0.0.1:9"))
     with pytest.raises(
         MlflowUnavailable, match=re.escape("MLFLOW_TRACKING_URI=http://127.0.0.1:9")
     ):
-        ensure_mlflow(settings)
+        ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)

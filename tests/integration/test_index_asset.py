@@ -30,14 +30,14 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 @pytest.fixture
 def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_path: Path):
     alias = f"test-{uuid.uuid4().hex[:8]}"
-    settings = tmp_settings.model_copy(
-        update={"elasticsearch_url": es_settings.elasticsearch_url, "es_index_alias": alias}
+    settings = tmp_settings.override(
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias}
     )
     corpus = tmp_path / "corpus"
     shutil.copytree(sample_dir, corpus)
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
     yield settings, sources, corpus
-    drop_indices(Elasticsearch(es_settings.effective_es_url), alias)
+    drop_indices(Elasticsearch(es_settings.es_url), alias)
 
 
 def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = None):
@@ -54,7 +54,7 @@ def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = N
 
 def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch) -> None:
     settings, sources, corpus = setup
-    alias = settings.es_index_alias
+    alias = settings.elasticsearch.index_alias
 
     first = _run(settings, sources)
     index1 = asset_metadata(first, "search_index")
@@ -110,7 +110,7 @@ def _assert_lineage_chain(settings: Settings, result: dg.ExecuteInProcessResult)
     """Each materialization has an MLflow run whose upstream tag names the upstream's run."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(settings.effective_mlflow_uri)
+    client = MlflowClient(settings.mlflow_uri)
     runs = {
         a: asset_metadata(result, a)["mlflow_run_id"] for a in ("documents", "chunks", "embeddings")
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,38 +12,54 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from llmops_dagster.config import Settings, get_settings
-from llmops_dagster.rag.llm import (
+from llmops_dagster.config import PROJECT_ROOT, default_generator_model
+from llmops_dagster.models import load_generator
+from llmops_dagster.models.base import AdapterMismatchError
+from llmops_dagster.models.local import (
+    LocalTransformersGenerator,
+    load_base_model,
+    load_local_generator,
+)
+from llmops_dagster.models.registry import (
     TAG_BASE_FINGERPRINT,
     TAG_BASE_MODEL_ID,
-    AdapterMismatchError,
-    LocalTransformersGenerator,
+    TAG_DATASET_DIGEST,
+    TAG_INDEX_VERSION,
+    TAG_KIND,
+    TAG_MODEL_VERSION,
     load_adapter_generator,
-    load_local_generator,
     load_registered_generator,
 )
+from llmops_dagster.models.spec import GeneratorSpec, LocalModelSpec
+from llmops_dagster.tracking.runs import open_run
+from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
     SFTDataset,
     build_sft_dataset,
     corpus_context_fn,
     load_qa_jsonl,
 )
-from llmops_dagster.train.lora import (
-    TAG_DATASET_DIGEST,
-    TAG_INDEX_VERSION,
-    LoraResult,
-    train_lora,
-)
+from llmops_dagster.train.lora import LoraResult, train_lora
 
 pytestmark = pytest.mark.integration
 
 MODEL_NAME = "test-generator-lora"
 PROBE = "<|im_start|>user\nWhen was Northwind founded?<|im_end|>\n<|im_start|>assistant\n"
+#: The shared project cache: the GGUF → safetensors conversion (~40 s) happens once.
+# One torch thread: on a shared 2-core box two OpenMP threads stall each other (5x slower).
+SPEC = LocalModelSpec(
+    model=default_generator_model(),
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    cache_dir=PROJECT_ROOT / ".llmops" / "models",
+    threads=1,
+)
+LINEAGE = {"dagster.run_id": "test-run", "upstream.finetune_dataset": "abc123"}
 
 
 @dataclass
 class Trained:
-    settings: Settings
+    tracking_uri: str
+    spec: LocalModelSpec
     dataset: SFTDataset
     result: LoraResult
     client: MlflowClient
@@ -52,40 +67,41 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
-    # Warm the model from the default LLMOPS_HOME (shared converted cache); the run's stores
-    # (MLflow, adapters) live in a temp home.
-    # One torch thread: on a shared 2-core box two OpenMP threads stall each other (5x slower).
-    base = load_local_generator(get_settings().model_copy(update={"torch_threads": 1}))
-    home = tmp_path_factory.mktemp("lora") / "llmops-home"
-    home.mkdir()
-    settings = get_settings().model_copy(
-        update={
-            "llmops_home": home,
-            "duckdb_path": home / "warehouse.duckdb",
-            "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-            "torch_threads": 1,
-        }
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    home = tmp_path_factory.mktemp("lora")
+    store = ensure_mlflow(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", "test")
+    # Adapters download into a temp cache; the base model comes from the shared one (the
+    # converted copy is keyed by the GGUF, so the base stays cached per process either way).
+    spec = LocalModelSpec(
+        model=SPEC.model, gguf_file=SPEC.gguf_file, cache_dir=home / "models", threads=1
     )
+    base = load_local_generator(SPEC)
     # 16 items → 12 train / 4 validation: enough for 4 steps, and a quick before/after eval.
     dataset = build_sft_dataset(
         load_qa_jsonl()[:16],
         tokenizer=base.tokenizer,
-        context_fn=corpus_context_fn(settings.sample_data_dir, k=1),
+        context_fn=corpus_context_fn(PROJECT_ROOT / "data" / "sample", k=1),
         val_fraction=0.25,
     )
-    result = train_lora(
-        settings,
-        dataset,
-        max_steps=4,
-        batch_size=2,
-        max_seq_len=256,
-        learning_rate=2e-3,
-        warmup_steps=0,
-        index_version="llmops-chunks-test-v1",
-        registered_model_name=MODEL_NAME,
+    with open_run(
+        store, run_name="lora-finetune", tags=LINEAGE, ui_url="http://127.0.0.1:5000"
+    ) as run:
+        result = train_lora(
+            load_base_model(SPEC, fresh=True),
+            dataset,
+            run,
+            max_steps=4,
+            batch_size=2,
+            max_seq_len=256,
+            learning_rate=2e-3,
+            warmup_steps=0,
+            index_version="llmops-chunks-test-v1",
+            registered_model_name=MODEL_NAME,
+            output_dir=home / "adapter",
+        )
+    return Trained(
+        store.tracking_uri, spec, dataset, result, MlflowClient(store.tracking_uri), base
     )
-    yield Trained(settings, dataset, result, MlflowClient(settings.effective_mlflow_uri), base)
 
 
 def _logits(generator: LocalTransformersGenerator) -> torch.Tensor:
@@ -97,6 +113,7 @@ def _logits(generator: LocalTransformersGenerator) -> torch.Tensor:
 def test_run_is_logged_and_version_registered_with_tags(trained: Trained) -> None:
     result, client = trained.result, trained.client
     assert result.model_version == "1" and result.steps == 4
+    assert result.adapter_dir == (trained.spec.cache_dir.parent / "adapter").resolve()
     version = client.get_model_version(MODEL_NAME, result.model_version)
     assert version.run_id == result.run_id
     assert version.source == result.artifact_uri
@@ -104,11 +121,15 @@ def test_run_is_logged_and_version_registered_with_tags(trained: Trained) -> Non
     assert version.tags[TAG_DATASET_DIGEST] == trained.dataset.digest
     assert version.tags[TAG_INDEX_VERSION] == "llmops-chunks-test-v1"
     assert version.tags[TAG_BASE_FINGERPRINT] == result.base_fingerprint
+    # The caller's lineage tags travel from the run to the version.
+    assert {k: version.tags[k] for k in LINEAGE} == LINEAGE
     # Registering never promotes: the evaluation gate owns "champion".
     assert not client.get_registered_model(MODEL_NAME).aliases
 
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_KIND] == "lora" and run.data.tags[TAG_MODEL_VERSION] == "1"
+    assert run.data.tags[TAG_DATASET_DIGEST] == trained.dataset.digest
     assert run.data.params["r"] == "8" and run.data.params["target_modules"] == "q_proj,v_proj"
     assert run.data.params["dataset_digest"] == trained.dataset.digest
     assert {"eval_loss_before", "eval_loss_after", "tokens_per_s"} <= set(run.data.metrics)
@@ -123,17 +144,24 @@ def test_run_is_logged_and_version_registered_with_tags(trained: Trained) -> Non
 
 def test_adapter_loads_by_version_and_alias_and_changes_logits(trained: Trained) -> None:
     trained.client.set_registered_model_alias(MODEL_NAME, "candidate", trained.result.model_version)
-    by_version = load_registered_generator(trained.settings, MODEL_NAME, version=1)
-    by_alias = load_registered_generator(trained.settings, MODEL_NAME, alias="candidate")
+    by_version = load_registered_generator(
+        trained.spec, trained.tracking_uri, f"models:/{MODEL_NAME}/1"
+    )
+    by_alias = load_generator(
+        GeneratorSpec(local=trained.spec),
+        adapter_uri=f"models:/{MODEL_NAME}@candidate",
+        tracking_uri=trained.tracking_uri,
+    )
     assert by_version.model_id == f"SmolLM2-135M-Instruct.Q4_1.gguf+lora:{MODEL_NAME}/v1"
     assert by_alias.model_id == by_version.model_id
+    assert (trained.spec.cache_dir / "adapters").is_dir()  # downloaded once, under cache_dir
 
     base_logits = _logits(trained.base)
     adapted = _logits(by_version)
     assert torch.allclose(adapted, _logits(by_alias))
     assert (adapted - base_logits).abs().max().item() > 1e-3
-    # The plain base generator is untouched by loading an adapter on top of it.
-    assert torch.allclose(base_logits, _logits(load_local_generator(trained.settings)), atol=1e-4)
+    # The plain base generator is untouched by training on a fresh copy or by an adapter.
+    assert torch.allclose(base_logits, _logits(load_local_generator(trained.spec)), atol=1e-4)
     [out] = by_version.generate([PROBE], max_new_tokens=6)
     assert out.completion_tokens > 0
 
@@ -147,7 +175,7 @@ def test_adapter_for_another_base_is_rejected(trained: Trained, tmp_path: Path) 
     with pytest.raises(
         AdapterMismatchError, match=r"SmolLM2-360M-Instruct.*LLMOPS_GENERATOR_MODEL"
     ):
-        load_adapter_generator(trained.settings, foreign)
+        load_adapter_generator(trained.spec, foreign)
 
 
 def test_registry_tag_for_another_base_is_rejected(trained: Trained) -> None:
@@ -158,4 +186,6 @@ def test_registry_tag_for_another_base_is_rejected(trained: Trained) -> None:
         tags={TAG_BASE_MODEL_ID: "Qwen/Qwen2.5-0.5B-Instruct"},
     )
     with pytest.raises(AdapterMismatchError, match=r"Qwen2\.5-0\.5B-Instruct"):
-        load_registered_generator(trained.settings, MODEL_NAME, version=other.version)
+        load_registered_generator(
+            trained.spec, trained.tracking_uri, f"models:/{MODEL_NAME}/{other.version}"
+        )

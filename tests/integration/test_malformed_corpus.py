@@ -41,8 +41,8 @@ def test_hostile_folder_is_indexed_or_rejected_with_reasons(
     root = tmp_path / "hostile"
     _hostile_folder(root, sample_dir)
     alias = f"hostile-{uuid.uuid4().hex[:8]}"
-    settings = tmp_settings.model_copy(
-        update={"elasticsearch_url": es_settings.elasticsearch_url, "es_index_alias": alias}
+    settings = tmp_settings.override(
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias}
     )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=root))
 

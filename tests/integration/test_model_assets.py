@@ -12,10 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
-from llmops_dagster.embed.model import load_embedder
-from llmops_dagster.rag.answer import answer
-from llmops_dagster.rag.llm import load_generator
-from llmops_dagster.search.retriever import HybridRetriever
+from llmops_dagster.rag.pipeline import RetrievalSettings
+from llmops_dagster.resources import build_rag_pipeline
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
 from tests.conftest import asset_metadata, drop_indices
@@ -41,12 +39,9 @@ def test_graph_trains_evaluates_gates_and_traces(
     tmp_settings: Settings, es_settings: Settings, es_client: Elasticsearch, sample_dir: Path
 ) -> None:
     alias = f"model-{uuid.uuid4().hex[:8]}"
-    settings = tmp_settings.model_copy(
-        update={
-            "elasticsearch_url": es_settings.elasticsearch_url,
-            "es_index_alias": alias,
-            "torch_threads": 1,
-        }
+    settings = tmp_settings.override(
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
+        models={"torch_threads": 1},
     )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     instance = dg.DagsterInstance.ephemeral()
@@ -65,8 +60,10 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert adapter["dataset_digest"] == dataset["digest"]
         assert adapter["index_version"] == index["index"]
 
-        client = MlflowClient(settings.effective_mlflow_uri)
-        version = client.get_model_version(settings.lora_model_name, adapter["model_version"])
+        client = MlflowClient(settings.mlflow_uri)
+        version = client.get_model_version(
+            settings.models.adapter_model_name, adapter["model_version"]
+        )
         assert version.tags["llmops.dataset_digest"] == dataset["digest"]
         assert version.tags["llmops.index_version"] == index["index"]
         assert version.run_id == adapter["mlflow_run_id"]
@@ -80,7 +77,7 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
             "quality_gate"
         ]
-        champion = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+        champion = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
         assert str(champion.version) == adapter["model_version"]
         assert asset_metadata(result, "champion_model")["promoted"] is True
 
@@ -89,7 +86,9 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert chain.complete
         nodes = chain.by_asset()
         facts = nodes["rag_evaluation"].facts
-        assert facts["model.uri"] == f"models:/{settings.lora_model_name}/{champion.version}"
+        assert (
+            facts["model.uri"] == f"models:/{settings.models.adapter_model_name}/{champion.version}"
+        )
         assert facts["index.name"] == index["index"]
         assert facts["golden.digest"] and facts["prompt.version"].startswith("rag_answer@")
         assert set(nodes) == {
@@ -113,15 +112,16 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert {n.code_version for n in chain.nodes} == {nodes["documents"].code_version}
 
         # Serving the champion: an answer that cites chunks the live index really holds.
-        answered = answer(
-            "How many days' notice does annual leave need?",
-            retriever=HybridRetriever(es_client, alias, load_embedder(settings.embedding_model)),
-            generator=load_generator(
-                settings, adapter_uri=f"models:/{settings.lora_model_name}@champion"
-            ),
-            k=3,
+        resources = build_resources(settings, resolve_secrets=True)
+        pipeline = build_rag_pipeline(
+            resources["elasticsearch"],
+            resources["models"],
+            resources["mlflow"],
+            adapter_uri=f"models:/{settings.models.adapter_model_name}@champion",
+            retrieval=RetrievalSettings(k=3),
             max_new_tokens=24,
         )
+        answered = pipeline.answer("How many days' notice does annual leave need?")
         assert answered.text.strip()
         # A 135M model rarely cites by itself; citations are then inferred from overlap and may
         # be empty, but never name a chunk that was not retrieved from the live index.
@@ -153,7 +153,7 @@ def test_graph_trains_evaluates_gates_and_traces(
             for e in failed.get_asset_materialization_events()
             if e.asset_key.to_user_string() == "champion_model"
         ]
-        still = client.get_model_version_by_alias(settings.lora_model_name, "champion")
+        still = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
         assert str(still.version) == str(champion.version)
     finally:
         drop_indices(es_client, alias)

@@ -46,7 +46,7 @@ def corpus(tmp_path: Path, sample_dir: Path) -> Path:
 
 
 def _doc_chunks(settings: Settings, doc_id: str, status: str = "active") -> set[str]:
-    with duckdb.connect(str(settings.effective_duckdb_path), read_only=True) as con:
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         rows = con.execute(
             "SELECT chunk_id FROM llmops.chunks WHERE doc_id = ? AND status = ?", [doc_id, status]
         ).fetchall()
@@ -118,7 +118,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
 def test_pii_is_redacted_before_chunking(tmp_settings: Settings, corpus: Path) -> None:
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
     _run(tmp_settings, sources)
-    with duckdb.connect(str(tmp_settings.effective_duckdb_path), read_only=True) as con:
+    with duckdb.connect(str(tmp_settings.duckdb_path), read_only=True) as con:
         texts = " ".join(r[0] for r in con.execute("SELECT text FROM llmops.chunks").fetchall())
     for secret in (
         "priya.raman@example.com",

@@ -4,19 +4,16 @@ the clear errors for a bad model path or an unreachable OpenAI-compatible endpoi
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
-from llmops_dagster.config import Settings, get_settings
+from llmops_dagster.config import Settings
+from llmops_dagster.models.base import EndpointUnavailable, GeneratorConfigError
+from llmops_dagster.models.local import LocalTransformersGenerator, load_local_generator
+from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
+from llmops_dagster.models.spec import LocalModelSpec, OpenAIEndpointSpec
 from llmops_dagster.rag.answer import answer, answer_many
-from llmops_dagster.rag.llm import (
-    EndpointUnavailable,
-    GeneratorConfigError,
-    LocalTransformersGenerator,
-    OpenAICompatibleGenerator,
-    load_local_generator,
-)
 from llmops_dagster.rag.prompts import load_prompt
 from llmops_dagster.train.dataset import load_corpus_passages
 
@@ -42,20 +39,27 @@ class InMemoryRetriever:
         return self.hits[:k]
 
 
-def _settings() -> Settings:
+def _spec(**changes: object) -> LocalModelSpec:
     # The default LLMOPS_HOME: its converted-safetensors cache is shared by every test. One
     # torch thread: on a shared 2-core box two OpenMP threads stall each other (5x slower).
-    return get_settings().model_copy(update={"torch_threads": 1})
+    settings = Settings()
+    spec = LocalModelSpec(
+        model=settings.models.generator_model,
+        gguf_file=settings.models.generator_gguf_file,
+        cache_dir=settings.models_cache_dir,
+        threads=1,
+    )
+    return replace(spec, **changes)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def generator() -> LocalTransformersGenerator:
-    return load_local_generator(_settings())
+    return load_local_generator(_spec())
 
 
 @pytest.fixture(scope="module")
 def retriever() -> InMemoryRetriever:
-    passages = load_corpus_passages(get_settings().sample_data_dir, max_words=80)
+    passages = load_corpus_passages(Settings().corpus.sample_data_dir, max_words=80)
     # The passage that holds the founding story, and one that does not.
     welcome = sorted(passages["fs:handbook/welcome.md"], key=lambda p: "founded" not in p.text)[:2]
     assert "2019" in welcome[0].text
@@ -104,23 +108,23 @@ def test_batched_answers_match_single_answers(
 
 
 def test_unknown_model_path_names_the_setting() -> None:
-    settings = get_settings().model_copy(update={"generator_model": "/does/not/exist"})
     with pytest.raises(GeneratorConfigError, match="LLMOPS_GENERATOR_MODEL=/does/not/exist"):
-        load_local_generator(settings)
+        load_local_generator(_spec(model="/does/not/exist"))
 
 
 def test_uncached_hub_id_offline_names_the_setting() -> None:
-    settings = get_settings().model_copy(
-        update={"generator_model": "no-such-org/no-such-model-xyz", "generator_gguf_file": None}
-    )
     with pytest.raises(GeneratorConfigError, match="LLMOPS_GENERATOR_MODEL"):
-        load_local_generator(settings)
+        load_local_generator(_spec(model="no-such-org/no-such-model-xyz", gguf_file=None))
 
 
 def test_unreachable_endpoint_is_a_clear_error() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{port}/v1", "any", connect_timeout_s=2)
+    gen = OpenAICompatibleGenerator(
+        OpenAIEndpointSpec(
+            base_url=f"http://127.0.0.1:{port}/v1", model="any", timeout_s=2, max_retries=0
+        )
+    )
     with pytest.raises(EndpointUnavailable, match=rf"127\.0\.0\.1:{port}/v1 is unreachable"):
         gen.generate(["hello"], max_new_tokens=4)

@@ -104,7 +104,7 @@ def failing_after(docs: list[dict], n: int) -> Iterator[dict]:
 # --- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def embedder(es_settings: Settings) -> Embedder:
-    return load_embedder(es_settings.embedding_model)
+    return load_embedder(es_settings.models.embedding_model)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from elasticsearch import Elasticsearch
 
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search.aliases import rebuild
 from llmops_dagster.search.load import run_load
@@ -27,7 +27,7 @@ TEXTS = [
 
 
 def test_four_clients_for_three_seconds_without_errors(es_client: Elasticsearch) -> None:
-    embedder = load_embedder(get_settings().embedding_model)
+    embedder = load_embedder(Settings().models.embedding_model)
     alias = f"load-{uuid.uuid4().hex[:8]}"
     vectors = embedder.encode(TEXTS)
     docs = [

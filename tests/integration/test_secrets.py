@@ -40,13 +40,14 @@ def test_api_key_never_lands_in_logs_metadata_or_mlflow(
 ) -> None:
     monkeypatch.setenv("ELASTICSEARCH_API_KEY", SECRET)
     alias = f"secret-{uuid.uuid4().hex[:8]}"
-    settings = tmp_settings.model_copy(
-        update={"elasticsearch_url": es_settings.elasticsearch_url, "es_index_alias": alias}
+    settings = tmp_settings.override(
+        elasticsearch={
+            "url": es_settings.elasticsearch.url,
+            "index_alias": alias,
+            "api_key": Settings().elasticsearch.api_key,
+        }
     )
-    settings = settings.model_copy(
-        update={"elasticsearch_api_key": Settings().elasticsearch_api_key}
-    )
-    assert settings.elasticsearch_api_key is not None
+    assert settings.elasticsearch.api_key is not None
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
 
     resources = build_resources(settings)
@@ -74,6 +75,6 @@ def test_api_key_never_lands_in_logs_metadata_or_mlflow(
         assert SECRET not in out and SECRET not in err
         assert SECRET not in caplog.text
         assert _files_containing(home, SECRET.encode()) == []  # Dagster run/event storage
-        assert _files_containing(settings.llmops_home, SECRET.encode()) == []  # MLflow, DuckDB
+        assert _files_containing(settings.home, SECRET.encode()) == []  # MLflow, DuckDB
     finally:
         drop_indices(es_client, alias)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from llmops_dagster.config import Settings, get_settings
+from llmops_dagster.config import ElasticsearchSettings, Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search.aliases import rebuild
 from llmops_dagster.search.client import ElasticsearchUnavailable, check_cluster, make_client
@@ -82,11 +82,9 @@ def _write_certs(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def secured() -> Iterator[tuple[str, Path]]:
-    base = get_settings()
+    base = Settings()
     node = replace(
-        local_node(
-            base, node_dir=base.llmops_home / "elasticsearch" / f"secured-node-{PORT}", port=PORT
-        ),
+        local_node(base, node_dir=base.home / "elasticsearch" / f"secured-node-{PORT}", port=PORT),
         extra_settings=(
             ("xpack.security.enabled", True),
             ("xpack.security.http.ssl.enabled", True),
@@ -107,7 +105,7 @@ def secured() -> Iterator[tuple[str, Path]]:
 
 
 def _settings(url: str, **env: str) -> Settings:
-    return Settings(ELASTICSEARCH_URL=url, **env)
+    return Settings(elasticsearch=ElasticsearchSettings(ELASTICSEARCH_URL=url, **env))
 
 
 def test_tls_verification_is_on_and_credentials_are_required(secured) -> None:
@@ -115,16 +113,19 @@ def test_tls_verification_is_on_and_credentials_are_required(secured) -> None:
     assert url.startswith("https://")
     ok = _settings(url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD=PASSWORD,
                    ELASTICSEARCH_CA_CERTS=str(ca))  # fmt: skip
-    assert check_cluster(make_client(ok), ok).status in {"green", "yellow"}
+    assert check_cluster(make_client(ok.cluster_spec()), ok.cluster_spec()).status in {
+        "green",
+        "yellow",
+    }
 
     no_ca = _settings(url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD=PASSWORD)
     with pytest.raises(ElasticsearchUnavailable, match="ELASTICSEARCH_URL"):
-        check_cluster(make_client(no_ca, request_timeout=5), no_ca)
+        check_cluster(make_client(no_ca.cluster_spec(), request_timeout=5), no_ca.cluster_spec())
 
     wrong = _settings(url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD="wrong",
                       ELASTICSEARCH_CA_CERTS=str(ca))  # fmt: skip
     with pytest.raises(ElasticsearchUnavailable, match="refused the credentials"):
-        check_cluster(make_client(wrong), wrong)
+        check_cluster(make_client(wrong.cluster_spec()), wrong.cluster_spec())
 
 
 def test_basic_auth_over_tls_indexes_and_searches(secured) -> None:
@@ -133,10 +134,10 @@ def test_basic_auth_over_tls_indexes_and_searches(secured) -> None:
     url, ca = secured
     settings = _settings(url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD=PASSWORD,
                          ELASTICSEARCH_CA_CERTS=str(ca))  # fmt: skip
-    client = make_client(settings)
-    check_cluster(client, settings)
+    client = make_client(settings.cluster_spec())
+    check_cluster(client, settings.cluster_spec())
 
-    embedder = load_embedder(get_settings().embedding_model)
+    embedder = load_embedder(Settings().models.embedding_model)
     texts = ["swap the battery at the depot", "expense reports are due monthly"]
     docs = [
         {"chunk_id": f"s{i}", "doc_id": f"fs:s{i}.md", "text": t, "embedding": v, "position": 0}

@@ -31,11 +31,11 @@ def test_second_run_loads_nothing_and_a_touched_file_loads_alone(tmp_path: Path)
     (root / "ignored.bin").write_bytes(b"\x00" * 10)
     (root / "huge.txt").write_bytes(b"x" * 5000)
 
-    settings = Settings(llmops_home=tmp_path / "home")
+    settings = Settings(home=tmp_path / "home")
 
     def run() -> dict[str, int]:
         # A fresh pipeline object per run, as each Dagster run has: the cursor must persist.
-        pipeline = make_pipeline(settings, "fs_incremental_test")
+        pipeline = make_pipeline(settings.warehouse_target(), "fs_incremental_test")
         return run_pipeline(pipeline, make_filesystem_source(root, max_bytes=4096))[1]
 
     assert run() == {FS_TABLE: 7}  # 5 md + 1 html + the too-large txt (listed, not read)
@@ -53,7 +53,7 @@ def test_second_run_loads_nothing_and_a_touched_file_loads_alone(tmp_path: Path)
     _bump_mtime(root / "new.txt", 10)
     assert run() == {FS_TABLE: 1}
 
-    con = duckdb.connect(str(settings.effective_duckdb_path), read_only=True)
+    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
     try:
         rows = con.execute(
             f"SELECT relative_path, too_large, content FROM raw.{FS_TABLE} ORDER BY relative_path"
@@ -73,8 +73,8 @@ def test_deleted_files_show_only_in_the_current_listing(tmp_path: Path) -> None:
     root.mkdir()
     for name in ("a.md", "b.md"):
         (root / name).write_text(name)
-    settings = Settings(llmops_home=tmp_path / "home")
-    pipeline = make_pipeline(settings, "fs_delete_test")
+    settings = Settings(home=tmp_path / "home")
+    pipeline = make_pipeline(settings.warehouse_target(), "fs_delete_test")
     assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {FS_TABLE: 2}
     (root / "b.md").unlink()
     assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {}
@@ -86,8 +86,8 @@ def test_a_file_copied_in_with_an_old_mtime_is_still_loaded(tmp_path: Path) -> N
     root = tmp_path / "docs"
     root.mkdir()
     (root / "recent.md").write_text("# Recent\n")
-    settings = Settings(llmops_home=tmp_path / "home")
-    pipeline = make_pipeline(settings, "fs_old_mtime_test")
+    settings = Settings(home=tmp_path / "home")
+    pipeline = make_pipeline(settings.warehouse_target(), "fs_old_mtime_test")
     assert run_pipeline(pipeline, make_filesystem_source(root))[1] == {FS_TABLE: 1}
 
     old = root / "archived.md"

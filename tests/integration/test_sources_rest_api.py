@@ -129,8 +129,8 @@ def test_paginated_incremental_load(
     fake, base_url = api
     monkeypatch.setenv("TEST_KB_TOKEN", TOKEN)
     config_path = write_config(tmp_path / "api.yaml", base_url)
-    settings = Settings(llmops_home=tmp_path / "home")
-    pipeline = make_pipeline(settings, "api_incremental_test")
+    settings = Settings(home=tmp_path / "home")
+    pipeline = make_pipeline(settings.warehouse_target(), "api_incremental_test")
 
     def run() -> dict[str, int]:
         return run_pipeline(pipeline, make_rest_api_source(config_path))[1]
@@ -154,7 +154,7 @@ def test_paginated_incremental_load(
     fake.articles[2] = {**fake.articles[2], "body": "edited", "updated_at": "2026-02-02T00:00:00Z"}
     assert run() == {"api_articles": 2}
 
-    con = duckdb.connect(str(settings.effective_duckdb_path), read_only=True)
+    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
     try:
         rows = con.execute("SELECT id, body FROM raw.api_articles ORDER BY id").fetchall()
     finally:

@@ -33,8 +33,8 @@ def test_incremental_on_updated_at(tmp_path: Path) -> None:
     src.executemany("INSERT INTO tags VALUES (?, ?)", [(1, "a"), (2, "b")])
     src.commit()
 
-    settings = Settings(llmops_home=tmp_path / "home")
-    pipeline = make_pipeline(settings, "sql_incremental_test")
+    settings = Settings(home=tmp_path / "home")
+    pipeline = make_pipeline(settings.warehouse_target(), "sql_incremental_test")
     tables = [
         SqlTableConfig(name="articles", primary_key="article_id"),
         SqlTableConfig(name="tags", cursor=None),  # no cursor: full reload, merged on id
@@ -55,7 +55,7 @@ def test_incremental_on_updated_at(tmp_path: Path) -> None:
     src.close()
     assert run() == {"sql_articles": 2, "sql_tags": 2}
 
-    con = duckdb.connect(str(settings.effective_duckdb_path), read_only=True)
+    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
     try:
         rows = dict(con.execute("SELECT article_id, body FROM raw.sql_articles").fetchall())
         tags = con.execute("SELECT count(*) FROM raw.sql_tags").fetchone()

@@ -76,8 +76,8 @@ def test_ui_shows_the_asset_graph_and_the_mlflow_link(
     tmp_path: Path,
 ) -> None:
     alias = f"ui-{uuid.uuid4().hex[:8]}"
-    settings = tmp_settings.model_copy(
-        update={"elasticsearch_url": es_settings.elasticsearch_url, "es_index_alias": alias}
+    settings = tmp_settings.override(
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias}
     )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     home = tmp_path / "dagster_home"
@@ -96,10 +96,10 @@ def test_ui_shows_the_asset_graph_and_the_mlflow_link(
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "LLMOPS_HOME": str(settings.llmops_home),
-        "LLMOPS_DUCKDB_PATH": str(settings.effective_duckdb_path),
-        "MLFLOW_TRACKING_URI": settings.effective_mlflow_uri,
-        "ELASTICSEARCH_URL": str(settings.elasticsearch_url),
+        "LLMOPS_HOME": str(settings.home),
+        "LLMOPS_DUCKDB_PATH": str(settings.duckdb_path),
+        "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+        "ELASTICSEARCH_URL": str(settings.elasticsearch.url),
         "LLMOPS_ES_INDEX_ALIAS": alias,
     }
     cli = Path(sys.executable).with_name("llmops-dagster")

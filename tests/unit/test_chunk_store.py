@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from llmops_dagster.chunks.store import active_chunks, sync_chunks
-from llmops_dagster.config import get_settings
+from llmops_dagster.config import Settings
 from llmops_dagster.documents.models import content_hash
 from llmops_dagster.embed.model import load_tokenizer
 from llmops_dagster.text.chunking import chunk_document
@@ -17,7 +17,7 @@ LONG = "\n\n".join(f"## Part {i}\n\n" + " ".join(["drone battery depot"] * 90) f
 
 @pytest.fixture(scope="module")
 def chunker():
-    tokenizer = load_tokenizer(get_settings().embedding_model)
+    tokenizer = load_tokenizer(Settings().models.embedding_model)
 
     def chunk(doc_id: str, text: str, fmt: str):
         return chunk_document(doc_id, text, tokenizer=tokenizer, chunk_size=64, overlap=8, fmt=fmt)

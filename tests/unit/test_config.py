@@ -1,20 +1,70 @@
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from llmops_dagster.config import OFFLINE_ENV_DEFAULTS, PROJECT_ROOT, Settings
+from llmops_dagster.config import (
+    OFFLINE_ENV_DEFAULTS,
+    PROJECT_ROOT,
+    Settings,
+    apply_offline_env_defaults,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def test_offline_defaults_are_applied_on_import() -> None:
+def test_offline_defaults_are_applied_where_the_process_starts() -> None:
+    # conftest applied them at session start, as the CLI and the code location do.
     for key in OFFLINE_ENV_DEFAULTS:
         assert key in os.environ, key
     assert os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] == "YES"
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["DEEPEVAL_CACHE_FOLDER"] == str(Settings().home / "deepeval")
+
+
+def test_importing_the_package_changes_nothing_in_the_environment() -> None:
+    code = (
+        "import json, os; before = dict(os.environ); "
+        "import llmops_dagster, llmops_dagster.config, llmops_dagster.resources, "
+        "llmops_dagster.evaluate, llmops_dagster.rag.pipeline; "
+        "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV_DEFAULTS}
+    env.pop("DEEPEVAL_CACHE_FOLDER", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_apply_offline_env_defaults_keeps_what_the_user_exported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("DEEPEVAL_CACHE_FOLDER")
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY")
+    apply_offline_env_defaults(tmp_path)
+    assert os.environ["HF_HUB_OFFLINE"] == "0"
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert os.environ["DEEPEVAL_CACHE_FOLDER"] == str(tmp_path / "deepeval")
+
+
+def test_override_replaces_fields_of_groups_and_refuses_unknown_fields(tmp_path: Path) -> None:
+    base = Settings()
+    changed = base.override(
+        home=tmp_path, elasticsearch={"index_alias": "a1"}, models={"torch_threads": 3}
+    )
+    assert (changed.home, changed.elasticsearch.index_alias) == (tmp_path, "a1")
+    assert changed.models.torch_threads == 3
+    assert changed.duckdb_path == tmp_path / "warehouse.duckdb"
+    assert base.elasticsearch.index_alias == "llmops-chunks"  # the original is untouched
+    with pytest.raises(ValueError, match="llmops_home"):
+        Settings(llmops_home=tmp_path)
 
 
 def test_defaults_live_under_the_project_and_ignore_HOME(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,11 +72,11 @@ def test_defaults_live_under_the_project_and_ignore_HOME(monkeypatch: pytest.Mon
     for var in ("ELASTICSEARCH_URL", "MLFLOW_TRACKING_URI", "LLMOPS_HOME", "LLMOPS_DUCKDB_PATH"):
         monkeypatch.delenv(var, raising=False)
     settings = Settings()
-    assert settings.llmops_home == PROJECT_ROOT / ".llmops"
-    assert settings.effective_mlflow_uri == f"sqlite:///{PROJECT_ROOT / '.llmops/mlflow/mlflow.db'}"
-    assert settings.effective_duckdb_path == PROJECT_ROOT / ".llmops/warehouse.duckdb"
+    assert settings.home == PROJECT_ROOT / ".llmops"
+    assert settings.mlflow_uri == f"sqlite:///{PROJECT_ROOT / '.llmops/mlflow/mlflow.db'}"
+    assert settings.duckdb_path == PROJECT_ROOT / ".llmops/warehouse.duckdb"
     assert not settings.uses_external_es
-    assert settings.effective_es_url == "http://127.0.0.1:9200"
+    assert settings.es_url == "http://127.0.0.1:9200"
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -37,19 +87,19 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLMOPS_EMBEDDING_MODEL", "sentence-transformers/all-mpnet-base-v2")
     settings = Settings()
     assert settings.uses_external_es
-    assert settings.effective_es_url == "https://es.example.internal:9243"
-    assert settings.elasticsearch_api_key is not None
+    assert settings.es_url == "https://es.example.internal:9243"
+    assert settings.elasticsearch.api_key is not None
     assert "secret-key" not in repr(settings)  # secrets never print
-    assert settings.effective_mlflow_uri == "http://mlflow.internal:5000"
-    assert settings.effective_duckdb_path == tmp_path / "warehouse.duckdb"
-    assert settings.embedding_model == "sentence-transformers/all-mpnet-base-v2"
+    assert settings.mlflow_uri == "http://mlflow.internal:5000"
+    assert settings.duckdb_path == tmp_path / "warehouse.duckdb"
+    assert settings.models.embedding_model == "sentence-transformers/all-mpnet-base-v2"
 
 
 def test_packaged_models_are_found() -> None:
     settings = Settings()
-    embedding = Path(settings.embedding_model)
+    embedding = Path(settings.models.embedding_model)
     assert (embedding / "config.json").is_file()
     assert (embedding / "model.safetensors").is_file()
-    generator = Path(settings.generator_model)
-    assert settings.generator_gguf_file is not None
-    assert (generator / settings.generator_gguf_file).is_file()
+    generator = Path(settings.models.generator_model)
+    assert settings.models.generator_gguf_file is not None
+    assert (generator / settings.models.generator_gguf_file).is_file()

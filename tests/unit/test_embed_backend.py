@@ -17,9 +17,9 @@ pytestmark = pytest.mark.unit
 
 def test_backend_defaults_to_torch_and_reads_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMOPS_EMBEDDING_BACKEND", raising=False)
-    assert Settings().embedding_backend == "torch"
+    assert Settings().models.embedding_backend == "torch"
     monkeypatch.setenv("LLMOPS_EMBEDDING_BACKEND", "onnx-int8")
-    assert Settings().embedding_backend == "onnx-int8"
+    assert Settings().models.embedding_backend == "onnx-int8"
     monkeypatch.setenv("LLMOPS_EMBEDDING_BACKEND", "tensorrt")
     with pytest.raises(ValidationError):
         Settings()

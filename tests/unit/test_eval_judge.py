@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
+import httpx2  # the HTTP library the openai package is built on
 import pytest
 from deepeval.metrics.answer_relevancy.schema import Statements
 from deepeval.metrics.faithfulness.schema import Verdicts
 from deepeval.metrics.g_eval.schema import ReasonScore
 
 from llmops_dagster.evaluate.judge import (
-    JudgeConfig,
     JudgeError,
     OpenAICompatibleJudge,
     bounded_json_schema,
@@ -21,6 +20,9 @@ from llmops_dagster.evaluate.judge import (
     extract_json_object,
     parse_score_range,
 )
+from llmops_dagster.evaluate.judge_schema import json_object_complete
+from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
+from llmops_dagster.models.spec import JudgeSpec, OpenAIEndpointSpec
 
 pytestmark = pytest.mark.unit
 
@@ -69,42 +71,59 @@ def test_coerce_clamps_scores_and_fills_missing_fields() -> None:
     assert isinstance(statements, Statements) and statements.statements == []
 
 
-def test_judge_config_from_env() -> None:
-    assert JudgeConfig.from_env({}) == JudgeConfig()
-    config = JudgeConfig.from_env(
-        {
-            "LLMOPS_JUDGE": "openai",
-            "LLMOPS_JUDGE_CAPABLE": "true",
-            "LLMOPS_JUDGE_BASE_URL": "http://x/v1",
-            "LLMOPS_JUDGE_MODEL": "m",
-        }
-    )
-    assert config.kind == "openai" and config.capable and config.model == "m"
-    with pytest.raises(JudgeError, match="LLMOPS_JUDGE="):
-        JudgeConfig.from_env({"LLMOPS_JUDGE": "gpt"})
-    assert build_judge(JudgeConfig()) is None
-    with pytest.raises(JudgeError, match="LLMOPS_JUDGE_BASE_URL"):
-        build_judge(JudgeConfig(kind="openai"))
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ('{"a": [1, {"b": "}"}]}', True),
+        ('  {"a": "x"} trailing', True),
+        ('{"a": [1, {"b": "}"}]', False),
+        ('{"a": "x\\"', False),
+        ("no object", False),
+    ],
+)
+def test_json_object_complete_is_the_stopping_rule(text: str, complete: bool) -> None:
+    assert json_object_complete(text) is complete
+
+
+def test_build_judge_from_spec() -> None:
+    assert JudgeSpec() == JudgeSpec(kind="none", capable=False, endpoint=None)
+    assert build_judge(JudgeSpec()) is None
+    with pytest.raises(JudgeError, match="base URL"):
+        build_judge(JudgeSpec(kind="openai"))
     with pytest.raises(JudgeError, match="generator"):
-        build_judge(JudgeConfig(kind="local"))
+        build_judge(JudgeSpec(kind="local"))
+    remote = OpenAICompatibleGenerator(OpenAIEndpointSpec(base_url="http://x/v1", model="m"))
+    with pytest.raises(JudgeError, match=r"local generator.*OpenAICompatibleGenerator"):
+        build_judge(JudgeSpec(kind="local"), generator=remote)  # type: ignore[arg-type]
+    with pytest.raises(JudgeError, match="expected none, local or openai"):
+        build_judge(JudgeSpec(kind="gpt"))  # type: ignore[arg-type]
+    endpoint = OpenAIEndpointSpec(base_url="http://x/v1", model="m", api_key="sk-hidden")
+    judge = build_judge(JudgeSpec(kind="openai", capable=True, endpoint=endpoint))
+    assert isinstance(judge, OpenAICompatibleJudge) and judge.get_model_name() == (
+        "openai-compatible:m"
+    )
+    assert "sk-hidden" not in repr(vars(judge)) + repr(vars(judge.client))
 
 
-def _reply(request: httpx.Request) -> httpx.Response:
+def _reply(request: httpx2.Request) -> httpx2.Response:
     body = json.loads(request.content)
     assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["name"] == "ReasonScore"
     assert request.headers["authorization"] == "Bearer sk-test"
     content = '{"reason": "fine", "score": 42}'  # out of range: must be clamped
-    return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
+    return httpx2.Response(
+        200, json={"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+    )
 
 
-def test_openai_compatible_judge_sync_and_async(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test")
+def test_openai_compatible_judge_sync_and_async() -> None:
+    spec = OpenAIEndpointSpec(
+        base_url="http://judge.local/v1", model="big-judge", api_key="sk-test", max_retries=0
+    )
     judge = OpenAICompatibleJudge(
-        base_url="http://judge.local/v1",
-        model="big-judge",
-        api_key_env="TEST_JUDGE_KEY",
-        transport=httpx.MockTransport(_reply),
-        async_transport=httpx.MockTransport(_reply),
+        spec,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(_reply)),
+        async_http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_reply)),
     )
     assert judge.get_model_name() == "openai-compatible:big-judge"
     result = judge.generate(GEVAL_PROMPT, schema=ReasonScore)
@@ -113,13 +132,32 @@ def test_openai_compatible_judge_sync_and_async(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(result, ReasonScore) and result.score == 10
 
 
+def test_openai_compatible_judge_json_object_mode_and_plain_text() -> None:
+    bodies: list[dict] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        bodies.append(json.loads(request.content))
+        message = {"role": "assistant", "content": '{"statements": ["a"]}'}
+        return httpx2.Response(200, json={"choices": [{"index": 0, "message": message}]})
+
+    spec = OpenAIEndpointSpec(base_url="http://judge.local/v1", model="m", max_retries=0)
+    client = httpx2.Client(transport=httpx2.MockTransport(handler))
+    judge = OpenAICompatibleJudge(spec, json_mode="json_object", http_client=client)
+    assert judge.generate("x", schema=Statements).statements == ["a"]
+    assert judge.generate("x") == '{"statements": ["a"]}'
+    assert bodies[0]["response_format"] == {"type": "json_object"}
+    assert "response_format" not in bodies[1]
+
+
 def test_openai_compatible_judge_errors_are_judge_errors() -> None:
+    spec = OpenAIEndpointSpec(base_url="http://judge.local/v1", model="m", max_retries=0)
     judge = OpenAICompatibleJudge(
-        base_url="http://judge.local/v1",
-        model="m",
-        transport=httpx.MockTransport(lambda r: httpx.Response(503, text="down")),
+        spec,
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(lambda r: httpx2.Response(503, text="down"))
+        ),
     )
-    with pytest.raises(JudgeError, match="failed"):
+    with pytest.raises(JudgeError, match=r"failed.*HTTP 503.*down"):
         judge.generate("x", schema=ReasonScore)
     with pytest.raises(JudgeError, match="http"):
-        OpenAICompatibleJudge(base_url="judge.local", model="m")
+        OpenAICompatibleJudge(OpenAIEndpointSpec(base_url="judge.local", model="m"))

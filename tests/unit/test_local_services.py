@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from llmops_dagster.config import Settings
 from llmops_dagster.services import elasticsearch_local as es_local
 from llmops_dagster.services.java import JavaNotFound, find_java_home, java_major
 
@@ -31,13 +32,13 @@ def test_es_java_home_too_old_is_a_clear_error(
 ) -> None:
     monkeypatch.setenv("ES_JAVA_HOME", str(_fake_jdk(tmp_path, "17.0.15")))
     with pytest.raises(JavaNotFound, match=r"Java 17; Elasticsearch 9 needs Java 21\+"):
-        find_java_home()
+        find_java_home(Settings().local_node.java_home)
 
 
 def test_es_java_home_not_a_jdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ES_JAVA_HOME", str(tmp_path))
     with pytest.raises(JavaNotFound, match="not a JDK"):
-        find_java_home()
+        find_java_home(Settings().local_node.java_home)
 
 
 def test_no_java_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

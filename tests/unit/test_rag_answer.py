@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from llmops_dagster.models.base import Generation, Generator
 from llmops_dagster.rag.answer import answer, answer_many, infer_citations
-from llmops_dagster.rag.llm import Generation, Generator
 from llmops_dagster.rag.prompts import PromptTemplate, parse_citations
 
 pytestmark = pytest.mark.unit

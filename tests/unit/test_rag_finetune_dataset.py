@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from llmops_dagster.models.local import LoadedModel
+from llmops_dagster.models.source import ModelSource
 from llmops_dagster.rag.prompts import load_prompt
 from llmops_dagster.train.dataset import (
     DEFAULT_TRAIN_QA,
@@ -25,6 +27,7 @@ from llmops_dagster.train.lora import (
     LoraParams,
     TrainingError,
     tokenize_example,
+    train_lora,
 )
 
 pytestmark = pytest.mark.unit
@@ -154,6 +157,15 @@ def test_collator_pads_and_masks_padding() -> None:
 def test_bad_lora_params_are_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(TrainingError, match="bad LoRA parameters"):
         LoraParams(**kwargs).validate()
+
+
+def test_training_refuses_the_shared_cached_base() -> None:
+    """The cached base serves answers: training must get a private copy (fresh=True)."""
+    dataset = build_sft_dataset(tokenizer=ChatMLTokenizer(), context_fn=_context)
+    source = ModelSource("/m", "m.gguf", "m.gguf", True)
+    shared = LoadedModel(None, ChatMLTokenizer(), source, "cpu", 0.0, "/m", shared=True)
+    with pytest.raises(TrainingError, match="fresh=True"):
+        train_lora(shared, dataset, run=None)  # type: ignore[arg-type]  # refused before any use
 
 
 def test_canonical_jsonl_is_one_sorted_object_per_line() -> None:

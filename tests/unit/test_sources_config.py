@@ -88,18 +88,18 @@ def test_string_resources_get_prefixed_tables() -> None:
 
 
 def test_duckdb_dataset_named_like_the_file_is_refused(tmp_path: Path) -> None:
-    settings = Settings(llmops_home=tmp_path, duckdb_path=tmp_path / "raw.duckdb")
+    settings = Settings(home=tmp_path).override(warehouse={"duckdb_path": tmp_path / "raw.duckdb"})
     with pytest.raises(ValueError, match="equals the DuckDB file"):
-        make_destination(settings)
+        make_destination(settings.warehouse_target())
 
 
 def test_other_destination_credentials_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     config = DestinationConfig(name="postgres", credentials_env="WAREHOUSE_URL")
     monkeypatch.delenv("WAREHOUSE_URL", raising=False)
     with pytest.raises(ValueError, match="WAREHOUSE_URL"):
-        make_destination(Settings(), config)
+        make_destination(Settings().warehouse_target(), config)
     monkeypatch.setenv("WAREHOUSE_URL", "postgresql://u:p@localhost:5432/db")
-    destination = make_destination(Settings(), config)
+    destination = make_destination(Settings().warehouse_target(), config)
     assert destination.destination_name == "postgres"
     assert destination.config_params["credentials"] == "postgresql://u:p@localhost:5432/db"
 

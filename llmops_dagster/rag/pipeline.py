@@ -1,0 +1,87 @@
+"""The RAG pipeline: one object (retriever + prompt + generator + retrieval settings).
+
+Why one object: ``ask``, the evaluation asset and the fine-tuning dataset asset (and the server
+that comes next) must retrieve and prompt exactly alike, or an evaluation scores something other
+than what users get. They all build this object (``resources.build_rag_pipeline``) instead of
+wiring a retriever, a prompt and a generator by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from llmops_dagster.models.base import Generator
+from llmops_dagster.rag.answer import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODE,
+    Answer,
+    HitLike,
+    Retriever,
+    answer_many,
+)
+from llmops_dagster.rag.prompts import PromptTemplate
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How the context of an answer is found: search mode and the chunks put in the prompt."""
+
+    mode: str = DEFAULT_MODE
+    k: int = 3
+
+    def as_params(self) -> dict[str, str]:
+        return {"retrieval.mode": self.mode, "retrieval.k": str(self.k)}
+
+
+@dataclass
+class RagPipeline:
+    """Retrieve → fenced prompt → generate → cited answer, with one set of settings."""
+
+    retriever: Retriever
+    generator: Generator
+    prompt: PromptTemplate
+    retrieval: RetrievalSettings = RetrievalSettings()
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    @property
+    def model_id(self) -> str:
+        return self.generator.model_id
+
+    @property
+    def prompt_ref(self) -> str:
+        return f"{self.prompt.name}@{self.prompt.version}"
+
+    def answer(self, question: str, *, max_new_tokens: int | None = None) -> Answer:
+        return self.answer_many([question], max_new_tokens=max_new_tokens)[0]
+
+    def answer_many(
+        self, questions: Sequence[str], *, max_new_tokens: int | None = None
+    ) -> list[Answer]:
+        """Answers in the generator's batches (see :func:`rag.answer.answer_many`)."""
+        return answer_many(
+            questions,
+            retriever=self.retriever,
+            generator=self.generator,
+            prompt=self.prompt,
+            k=self.retrieval.k,
+            mode=self.retrieval.mode,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+        )
+
+    def context(self, question: str) -> list[HitLike]:
+        """The chunks this pipeline would put in the prompt for ``question``."""
+        return list(self.retriever.search(question, mode=self.retrieval.mode, k=self.retrieval.k))
+
+    def context_fn(self) -> Callable[[object], Sequence[HitLike]]:
+        """Context for a QA item (``.question``), as serving sees it: for SFT datasets."""
+        return lambda item: self.context(item.question)  # type: ignore[attr-defined]
+
+    def describe(self) -> dict[str, str]:
+        """What identifies this pipeline in MLflow params/tags."""
+        return {
+            "model.id": self.model_id,
+            "prompt.version": self.prompt_ref,
+            **self.retrieval.as_params(),
+            "max_new_tokens": str(self.max_new_tokens),
+        }

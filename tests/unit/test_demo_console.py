@@ -1,0 +1,248 @@
+"""The demo's console: live step rows from Dagster events, everything else in the log file."""
+
+import io
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import dagster as dg
+import pytest
+from rich.console import Console
+
+from llmops_dagster.console import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    DemoProgress,
+    demo_log_path,
+    route_output,
+    run_job_with_console,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(kind: str, step_key: str | None = None, **fields: Any) -> Any:
+    return SimpleNamespace(event_type_value=kind, step_key=step_key, **fields)
+
+
+def record(ev: Any = None, *, step_key: str | None = None, msg: str = "", level: int = 10) -> Any:
+    """A log record as Dagster's log manager hands it to the loggers of the run config."""
+    meta = {"dagster_event": ev, "step_key": step_key, "orig_message": msg}
+    return logging.makeLogRecord(
+        {
+            "msg": msg,
+            "levelno": level,
+            "levelname": logging.getLevelName(level),
+            "dagster_meta": meta,
+        }
+    )
+
+
+def render(progress: DemoProgress) -> str:
+    out = Console(file=io.StringIO(), width=120, color_system=None)
+    out.print(progress)
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def line_of(text: str, step_key: str) -> str:
+    return next(line for line in text.splitlines() if f" {step_key} " in f" {line} ")
+
+
+def test_rows_move_pending_running_done_from_records() -> None:
+    clock = Clock()
+    progress = DemoProgress(["documents", "chunks", "embeddings"], clock=clock)
+    assert [progress.state(k) for k in progress.rows] == [PENDING, PENDING, PENDING]
+
+    progress.handle(record(event("STEP_START", "chunks")))
+    assert progress.state("chunks") == RUNNING
+    assert progress.state("documents") == PENDING
+
+    progress.handle(record(step_key="chunks", msg="chunked 12 documents", level=logging.INFO))
+    clock.now += 2.5
+    text = render(progress)
+    assert "running" in line_of(text, "chunks")
+    assert "2.5s" in line_of(text, "chunks")
+    assert "chunked 12 documents" in line_of(text, "chunks")
+
+    progress.handle(record(event("STEP_SUCCESS", "chunks")))
+    assert progress.state("chunks") == DONE
+    assert "done" in line_of(render(progress), "chunks")
+    assert "1/3 done" in render(progress)
+
+
+def test_failure_row_shows_failed_and_the_user_error() -> None:
+    progress = DemoProgress(["embeddings", "search_index"], clock=Clock())
+    progress.on_event(event("STEP_START", "embeddings"))
+    error = SimpleNamespace(
+        message="DagsterExecutionStepExecutionError: Error occurred while executing op",
+        cause=SimpleNamespace(message="ValueError: model not found\n", cause=None),
+    )
+    progress.on_event(
+        event("STEP_FAILURE", "embeddings", event_specific_data=SimpleNamespace(error=error))
+    )
+    assert progress.state("embeddings") == FAILED
+    line = line_of(render(progress), "embeddings")
+    assert "failed" in line
+    assert "ValueError: model not found" in line
+
+    progress.finish()  # the downstream step never started
+    assert progress.state("search_index") == SKIPPED
+    assert "skipped" in line_of(render(progress), "search_index")
+
+
+def test_real_dagster_events_are_understood() -> None:
+    from dagster._core.events import DagsterEvent, StepFailureData
+    from dagster._utils.error import SerializableErrorInfo
+
+    progress = DemoProgress(["a", "a_ok"], clock=Clock())
+    progress.on_event(DagsterEvent(event_type_value="STEP_START", job_name="j", step_key="a"))
+    assert progress.state("a") == RUNNING
+    progress.on_event(
+        DagsterEvent(
+            event_type_value="STEP_FAILURE",
+            job_name="j",
+            step_key="a",
+            event_specific_data=StepFailureData(
+                error=SerializableErrorInfo("boom", [], "ValueError"), user_failure_data=None
+            ),
+        )
+    )
+    assert progress.state("a") == FAILED
+    assert progress.rows["a"].details == ["boom"]
+    check = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("a"), check_name="ok", passed=False)
+    progress.on_event(
+        DagsterEvent(
+            event_type_value="ASSET_CHECK_EVALUATION",
+            job_name="j",
+            step_key="a_ok",
+            event_specific_data=check,
+        )
+    )
+    assert progress.rows["a_ok"].details == ["ok FAILED"]
+
+
+def test_events_for_unknown_steps_add_rows_and_run_events_are_not_rows() -> None:
+    progress = DemoProgress(clock=Clock())
+    progress.on_event(event("PIPELINE_START"))
+    progress.on_event(event("STEP_START", "ingest_fs"))
+    progress.on_event(event("ASSET_MATERIALIZATION", "ingest_fs", asset_key=None))
+    assert list(progress.rows) == ["ingest_fs"]
+    assert progress.run_state == RUNNING
+
+
+def test_demo_log_path_is_under_dagster_home(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    path = demo_log_path(tmp_path, "0123456789abcdef", now=datetime(2025, 1, 2, 3, 4, 5))
+    assert path == tmp_path / "logs" / "demo-20250102-030405-01234567.log"
+
+
+def test_library_output_goes_to_the_file_not_the_console(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A library with its own stderr handler and no propagation (transformers, mlflow do this).
+    lib = logging.getLogger("fake_transformers")
+    lib_handler = logging.StreamHandler(sys.stderr)
+    lib.addHandler(lib_handler)
+    lib.propagate = False
+    try:
+        screen = io.StringIO()
+        console = Console(file=screen, width=100)
+        log_path = tmp_path / "logs" / "demo.log"
+        with route_output(log_path, console) as routed:
+            assert routed.console is console
+            logging.getLogger("deepeval").warning("deepeval says hi")
+            lib.warning("transformers says hi")
+            warnings.warn("a library warning", UserWarning, stacklevel=1)
+            print("printed by a library")
+            Console().print("rich output from deepeval")
+            print("stderr from a library", file=sys.stderr)
+            os.write(2, b"C-level stderr\n")
+            routed.handler.handle(record(msg="dagster debug line"))
+            routed.console.print("progress row")
+        assert lib_handler.stream is sys.stderr  # restored
+    finally:
+        lib.removeHandler(lib_handler)
+        lib.propagate = True
+
+    lines = (
+        "deepeval says hi",
+        "transformers says hi",
+        "a library warning",
+        "printed by a library",
+        "rich output from deepeval",
+        "stderr from a library",
+        "C-level stderr",
+        "dagster debug line",
+    )
+    logged = log_path.read_text()
+    captured = capfd.readouterr()
+    for line in lines:
+        assert line in logged
+        assert line not in screen.getvalue()
+        assert line not in captured.out + captured.err
+    assert "DEBUG" in logged
+    assert screen.getvalue().strip() == "progress row"
+    assert "progress row" not in logged
+    # Back to normal afterwards.
+    print("after the run")
+    assert "after the run" in capfd.readouterr().out
+    assert "after the run" not in log_path.read_text()
+
+
+def test_real_run_of_two_assets(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    @dg.asset
+    def upstream(context: dg.AssetExecutionContext) -> int:
+        context.log.info("upstream computing")
+        print("noise printed by upstream")
+        logging.getLogger("some_library").warning("noise logged by a library")
+        return 1
+
+    @dg.asset
+    def downstream(upstream: int) -> int:
+        return upstream + 1
+
+    screen = io.StringIO()
+    log_path = tmp_path / "logs" / "demo-test.log"
+    with dg.DagsterInstance.ephemeral() as instance:
+        result, progress = run_job_with_console(
+            dg.Definitions(assets=[upstream, downstream]),
+            instance=instance,
+            console=Console(file=screen, width=100),
+            log_path=log_path,
+        )
+    assert result.success
+    assert list(progress.rows) == ["upstream", "downstream"]
+    assert {key: progress.state(key) for key in progress.rows} == {
+        "upstream": DONE,
+        "downstream": DONE,
+    }
+    logged = log_path.read_text()
+    assert " DEBUG " in logged
+    assert "STEP_START" in logged and "STEP_SUCCESS" in logged
+    assert "upstream computing" in logged
+    assert "noise printed by upstream" in logged
+    assert "noise logged by a library" in logged
+    assert result.run_id in logged
+    shown = screen.getvalue()
+    assert "STEP_START" not in shown
+    assert "noise" not in shown
+    assert "2/2 done" in shown
+    captured = capfd.readouterr()
+    assert "STEP_START" not in captured.out + captured.err
+    assert "noise" not in captured.out + captured.err
