@@ -1,35 +1,46 @@
-"""Evaluation assets: DeepEval on the golden set, a blocking quality gate, champion promotion.
+"""Evaluation assets: champion vs challenger on RAG bundles.
 
-`rag_evaluation` scores a candidate adapter version against the live index alias. Its blocking
-check `quality_gate` fails when a gated metric misses its threshold; `champion_model` is
-downstream of that check, so a failing candidate never reaches the `champion` alias.
+`rag_evaluation` evaluates a candidate **bundle** (generator: a LoRA adapter version, the base
+model or the extractive answerer + the registered prompt version + retriever settings +
+embedding model + the index it ran on) and the current champion bundle (the base model when
+there is none) on the same golden cases, compares them with paired bootstrap intervals and
+decides under the promotion policy. The blocking check `quality_gate` stops a refused candidate
+(failed floors, too few cases, no thresholds); `champion_comparison` shows the comparison;
+`champion_model` moves the `champion` or `challenger` alias of the bundle model as decided.
 """
 
-from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
+from llmops_dagster.evaluate.policy import DEFAULT_GUARDS
 from llmops_dagster.resources import (
     CorpusResource,
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
-    build_rag_pipeline,
+    build_bundle_pipeline,
 )
+
+COMPARISON_COLUMNS = ["metric", "n", "candidate_mean", "baseline_mean", "diff", "ci_low", "ci_high"]
 
 
 class EvaluationConfig(dg.Config):
+    generator: str = "llm"
+    """llm (an adapter version or the base model) | extractive (no model)."""
     model_version: str | None = None
-    """Candidate adapter version; default: the newest registered version."""
+    """Adapter version of the llm candidate; "base" = the base model; default: newest."""
     golden_path: str | None = None
     """QA JSONL or BEIR folder; default: the corpus resource's golden_path."""
     limit: int | None = None
-    """Evaluate only the first N golden items (smoke runs)."""
+    """Evaluate only the first N golden items (below min_cases this needs allow_few_cases)."""
     k: int = 3
+    """Chunks put into the prompt."""
     mode: str = "hybrid_rrf"
+    metrics_depth: int = 10
+    """Depth of the ranking retrieval metrics read (recall@5, nDCG@10, MRR@10)."""
     max_new_tokens: int = 32
     batch_size: int = 8
     judge: str | None = None
@@ -37,19 +48,53 @@ class EvaluationConfig(dg.Config):
     judge_max_cases: int = 3
     judge_capable: bool | None = None
     """Only a judge declared capable may gate (LLMOPS_JUDGE_CAPABLE); a 135M local one is not."""
+    primary: str = "token_f1"
+    """The metric a candidate must improve (paired bootstrap interval above -primary_margin)."""
+    primary_margin: float = 0.0
+    require_improvement: bool = True
+    guards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDS))
+    """Metrics that may not regress by more than their margin (interval low end)."""
     minimums: dict[str, float] = Field(
         default_factory=lambda: {"recall_at_5": 0.6, "ndcg_at_10": 0.5, "token_f1": 0.05}
     )
     maximums: dict[str, float] = Field(default_factory=dict)
+    min_cases: int = 30
+    approval: str = "auto"
+    """auto | manual (a passing candidate becomes challenger until `bundle approve`)."""
+    allow_few_cases: bool = False
+    """Override: gate on fewer than min_cases cases (recorded on the run and the decision)."""
+    allow_no_thresholds: bool = False
+    """Override: gate with no floors at all (recorded)."""
+    n_resamples: int = 2000
 
 
-def _candidate_version(client: Any, name: str, requested: str | None) -> str:
-    if requested:
-        return str(client.get_model_version(name, requested).version)
+def _newest_adapter(client: Any, name: str) -> str:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise dg.Failure(f"no registered version of {name}: materialize lora_adapter first")
     return str(max(int(v.version) for v in versions))
+
+
+def _policy(config: EvaluationConfig, judge_capable: bool) -> Any:
+    from llmops_dagster.evaluate.policy import PromotionPolicy
+
+    return PromotionPolicy(
+        primary=config.primary,
+        primary_margin=config.primary_margin,
+        require_improvement=config.require_improvement,
+        guards=dict(config.guards),
+        minimums=dict(config.minimums),
+        maximums=dict(config.maximums),
+        min_cases=config.min_cases,
+        approval=config.approval,  # type: ignore[arg-type]
+        allow_few_cases=config.allow_few_cases,
+        allow_no_thresholds=config.allow_no_thresholds,
+        judge_capable=judge_capable,
+    )
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:
+    return md(rows, COMPARISON_COLUMNS)
 
 
 @dg.asset(
@@ -66,120 +111,215 @@ def rag_evaluation(
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
 ):
-    """The candidate adapter answers every golden question through the RAG pipeline on the
-    live alias; DeepEval scores retrieval (recall@k, MRR, nDCG@k), answers (token F1, exact
-    match, ROUGE-L, embedding similarity) and, with a judge configured, relevancy /
-    faithfulness / correctness."""
-    from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
+    """A candidate RAG bundle and the champion bundle (or the base model) answer the same
+    golden questions on the live alias; DeepEval scores retrieval at depth (recall@5, MRR@10,
+    nDCG@10) and answers (token F1, exact match, ROUGE-L, embedding similarity); the paired
+    comparison and the promotion policy decide champion, challenger or refused."""
+    from dataclasses import replace
+
+    from llmops_dagster.evaluate.bundle_eval import (
+        BundleEvaluation,
+        compare_and_decide,
+        comparison_rows,
+        evaluate_pipeline,
+        log_comparison,
+    )
     from llmops_dagster.evaluate.golden import load_golden
     from llmops_dagster.evaluate.judge import build_judge
     from llmops_dagster.evaluate.metrics import default_metrics
-    from llmops_dagster.evaluate.run import build_cases, evaluate_rag
     from llmops_dagster.evaluate.tracking import log_evaluation
-    from llmops_dagster.rag.pipeline import RetrievalSettings
+    from llmops_dagster.rag.bundle import RagBundle, current_champion, register_bundle
+    from llmops_dagster.rag.prompt_registry import sync_prompt
+    from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
 
-    name = models.adapter_model_name
-    version = _candidate_version(mlflow.client(), name, config.model_version)
-    model_uri = f"models:/{name}/{version}"
+    client = mlflow.client()
+    prompt = sync_prompt(client, load_prompt())
+    index_name = current_index(elasticsearch.get_client(), elasticsearch.alias)
+    if index_name is None:
+        raise dg.Failure(f"alias {elasticsearch.alias} has no index: materialize search_index")
     golden = load_golden(config.golden_path or corpus.golden_path)
     if config.limit:
         golden = golden.subset(config.limit)
-    index_name = current_index(elasticsearch.get_client(), elasticsearch.alias)
-    pipeline = build_rag_pipeline(
-        elasticsearch,
-        models,
-        mlflow,
-        adapter_uri=model_uri,
-        retrieval=RetrievalSettings(mode=config.mode, k=config.k),
+    embedder = models.embedder()
+    adapter_uri: str | None = None
+    if config.generator == "llm" and config.model_version != "base":
+        name = models.adapter_model_name
+        version = config.model_version or _newest_adapter(client, name)
+        adapter_uri = f"models:/{name}/{client.get_model_version(name, version).version}"
+    base_bundle = RagBundle(
+        generator="llm",
+        adapter_uri=None,
+        base_model_id=models.base_model_id(),
+        prompt_uri=prompt.uri,
+        prompt_version=prompt.content_hash,
+        retrieval_mode=config.mode,
+        retrieval_k=config.k,
+        metrics_depth=config.metrics_depth,
         max_new_tokens=config.max_new_tokens,
+        embedding_model_id=embedder.model_id,
+        index_name=str(index_name),
+        index_alias=elasticsearch.alias,
     )
-    context.log.info(f"evaluating {model_uri} on {len(golden.items)} golden items ({index_name})")
+    candidate_bundle = replace(
+        base_bundle,
+        generator=config.generator,  # type: ignore[arg-type]
+        adapter_uri=adapter_uri,
+        base_model_id="" if config.generator == "extractive" else base_bundle.base_model_id,
+    )
+    champion = current_champion(client)
+    if champion is not None:
+        # The champion answers with its own settings, on today's index and golden set.
+        baseline_bundle = replace(champion.bundle, index_name=str(index_name))
+        baseline_label = f"champion {champion.uri}"
+    else:
+        baseline_bundle, baseline_label = base_bundle, "base model (no champion yet)"
 
-    def answer_batch(questions):
-        done = pipeline.answer_many(questions)
-        context.log.info(f"answered {len(done)} questions")
-        return done
-
-    cases = build_cases(golden, answer_batch, batch_size=config.batch_size)
     judge_spec = models.judge_spec()
     if config.judge is not None:
         judge_spec = replace(judge_spec, kind=config.judge)  # type: ignore[arg-type]
     if config.judge_capable is not None:
         judge_spec = replace(judge_spec, capable=config.judge_capable)
-    judge = build_judge(judge_spec, generator=pipeline.generator)
-    result = evaluate_rag(
-        cases,
-        metrics=default_metrics(encoder=models.embedder()),
-        judge=judge,
-        judge_capable=judge_spec.capable,
-        judge_max_cases=config.judge_max_cases,
+
+    def run_bundle(label: str, bundle: RagBundle) -> BundleEvaluation:
+        pipeline = build_bundle_pipeline(elasticsearch, models, mlflow, bundle)
+        judge = None
+        if judge_spec.kind != "none" and bundle.generator == "llm":
+            judge = build_judge(judge_spec, generator=pipeline.generator)
+
+        def progress(done: int, total: int) -> None:
+            context.log.info(f"{label}: answered {done}/{total}")
+
+        result = evaluate_pipeline(
+            pipeline,
+            golden,
+            metrics=default_metrics(encoder=embedder),
+            batch_size=config.batch_size,
+            judge=judge,
+            judge_capable=judge_spec.capable,
+            judge_max_cases=config.judge_max_cases,
+            progress=progress,
+        )
+        return BundleEvaluation(label, bundle, result)
+
+    context.log.info(
+        f"candidate {candidate_bundle.describe()} vs {baseline_label} on "
+        f"{len(golden.items)} golden items ({index_name})"
     )
-    gate_config = GateConfig(
-        minimums=config.minimums, maximums=config.maximums, judge_capable=judge_spec.capable
+    candidate = run_bundle("candidate", candidate_bundle)
+    baseline = run_bundle(baseline_label, baseline_bundle)
+    policy = _policy(config, judge_spec.capable)
+    comparisons, decision = compare_and_decide(
+        candidate, baseline, policy, n_resamples=config.n_resamples
     )
-    gate = evaluate_gate(result.aggregates, gate_config)
+    regression = None
+    if champion is not None and champion.run_id:
+        regression = _champion_regression(mlflow, champion.run_id, baseline, policy, config)
+        context.log.info(f"champion since promotion: {regression['summary']}")
     with mlflow.asset_run(context) as run:
         log_evaluation(
             run,
-            result,
+            candidate.result,
             golden,
-            gate_config=gate_config,
-            gate_result=gate,
-            context={
-                "model_uri": model_uri,
-                "index": index_name,
-                "mode": config.mode,
-                "k": config.k,
-            },
+            gate_config=policy.gate_config(),
+            gate_result=decision.gate,
+            context={"bundle": candidate_bundle.describe(), "index": index_name},
             tags={
                 "golden.name": golden.name,
                 "golden.digest": golden.version,
-                "model.uri": model_uri,
-                "prompt.version": pipeline.prompt_ref,
+                "model.uri": candidate_bundle.adapter_uri or f"base:{base_bundle.base_model_id}",
+                "prompt.version": prompt.uri,
                 "index.name": str(index_name),
                 "index.alias": elasticsearch.alias,
+                **{f"decision.override.{i}": o for i, o in enumerate(decision.overrides)},
             },
         )
-    context.log.info(gate.summary())
-    aggregates = {k: round(float(v), 4) for k, v in result.aggregates.items()}
+        log_comparison(run, baseline, comparisons, decision, policy)
+        registered = register_bundle(client, candidate_bundle, run=run)
+    context.log.info(decision.summary())
+    rows = comparison_rows(comparisons)
+    aggregates = {k: round(float(v), 4) for k, v in candidate.result.aggregates.items()}
     value = {
-        "model_name": name,
-        "model_version": version,
+        "bundle_name": registered.name,
+        "bundle_version": registered.version,
+        "bundle_uri": registered.uri,
         "evaluation_run_id": run.run_id,
-        "gate": gate,
+        "decision": decision,
+        "baseline": baseline_label,
         "aggregates": aggregates,
+        "comparison": rows,
+        "champion_regression": regression,
     }
     return dg.Output(
         value,
         metadata={
             **mlflow.run_metadata(run),
-            "model_uri": model_uri,
+            "bundle_uri": registered.uri,
+            "bundle": candidate_bundle.describe(),
+            "model_uri": candidate_bundle.adapter_uri or "base",
+            "baseline": baseline_label,
             "golden_set": f"{golden.name}@{golden.version[:12]}",
-            "cases": len(result.rows),
-            "judge": str(result.judge or "none"),
-            "judge_gates": result.judge_gates,
-            "gate_passed": gate.passed,
-            "gate": gate.summary(),
+            "cases": candidate.result.n_cases,
+            "metric_errors": dg.MetadataValue.json(candidate.result.errors),
+            "judge": str(candidate.result.judge or "none"),
+            "decision": decision.outcome,
+            "decision_summary": decision.summary(),
+            "overrides": dg.MetadataValue.json(list(decision.overrides)),
+            "comparison": comparison_table(rows),
             "summary": md(
                 [{"metric": k, "value": v} for k, v in sorted(aggregates.items())],
                 ["metric", "value"],
             ),
             **{f"metric/{k}": v for k, v in aggregates.items()},
+            **{f"diff/{r['metric']}": r["diff"] for r in rows},
         },
     )
 
 
-@dg.asset_check(asset=rag_evaluation, blocking=True, description="golden-set quality gate")
+def _champion_regression(
+    mlflow: MlflowResource, run_id: str, baseline: Any, policy: Any, config: EvaluationConfig
+) -> dict[str, Any]:
+    """The champion today vs its per-case scores recorded when it was promoted."""
+    from pathlib import Path
+
+    import mlflow as mlflow_lib
+
+    from llmops_dagster.evaluate.bundle_eval import compared_metrics, comparison_rows
+    from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT
+    from llmops_dagster.evaluate.triggers import champion_regression, read_table_artifact
+
+    table = mlflow_lib.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=TABLE_ARTIFACT, tracking_uri=mlflow.store().tracking_uri
+    )
+    regressed, comparisons, reasons = champion_regression(
+        baseline.result.rows,
+        read_table_artifact(Path(table)),
+        policy,
+        metrics=compared_metrics(baseline.result, baseline.result),
+        n_resamples=config.n_resamples,
+    )
+    return {
+        "regressed": regressed,
+        "reasons": reasons,
+        "comparison": comparison_rows(comparisons),
+        "recorded_run_id": run_id,
+        "summary": "; ".join(reasons) or "holds up (no significant regression)",
+    }
+
+
+@dg.asset_check(asset=rag_evaluation, blocking=True, description="floors, cases, thresholds")
 def quality_gate(rag_evaluation: dict) -> dg.AssetCheckResult:
-    """Blocking: a gated metric below its threshold stops promotion, naming the shortfall."""
-    gate = rag_evaluation["gate"]
+    """Blocking: a refused candidate (failed floors, fewer cases than min_cases, no thresholds)
+    never reaches an alias. Overrides are shown with the decision."""
+    decision = rag_evaluation["decision"]
+    gate = decision.gate
     return dg.AssetCheckResult(
-        passed=gate.passed,
+        passed=decision.outcome != "refused",
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
-            "model_version": rag_evaluation["model_version"],
-            "summary": gate.summary(),
+            "bundle": rag_evaluation["bundle_uri"],
+            "decision": decision.outcome,
+            "summary": decision.summary(),
             "failures": md(
                 [
                     {
@@ -193,6 +333,24 @@ def quality_gate(rag_evaluation: dict) -> dg.AssetCheckResult:
                 ["metric", "value", "threshold", "shortfall"],
             ),
             "checked": ", ".join(gate.checked),
+            "overrides": dg.MetadataValue.json(list(decision.overrides)),
+        },
+    )
+
+
+@dg.asset_check(asset=rag_evaluation, description="paired comparison with the champion")
+def champion_comparison(rag_evaluation: dict) -> dg.AssetCheckResult:
+    """Passes when the candidate beat the champion (or the base model) under the policy; the
+    table holds each metric's mean difference and paired bootstrap 95 % interval."""
+    decision = rag_evaluation["decision"]
+    return dg.AssetCheckResult(
+        passed=decision.outcome in ("champion", "awaiting_approval"),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "baseline": rag_evaluation["baseline"],
+            "decision": decision.outcome,
+            "reasons": md([{"reason": r} for r in decision.reasons], ["reason"]),
+            "comparison": comparison_table(rag_evaluation["comparison"]),
         },
     )
 
@@ -201,28 +359,60 @@ def quality_gate(rag_evaluation: dict) -> dg.AssetCheckResult:
 def champion_model(
     context: dg.AssetExecutionContext, rag_evaluation: dict, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """Points the registry alias `champion` at the evaluated version (runs only when the
-    blocking quality gate passed); the previous champion is recorded in tags for rollback."""
-    from llmops_dagster.evaluate.gate import promote_champion
+    """Moves the bundle model's aliases as decided: `champion` for a candidate that beat the
+    champion, `challenger` otherwise (and for one awaiting manual approval). Runs only when the
+    blocking quality gate passed; promotions record the previous champion for rollback."""
+    from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, set_bundle_alias
 
-    promotion = promote_champion(
-        mlflow.client(),
-        rag_evaluation["model_name"],
-        rag_evaluation["model_version"],
-        rag_evaluation["gate"],
-        evaluation_run_id=rag_evaluation["evaluation_run_id"],
+    decision = rag_evaluation["decision"]
+    alias = CHAMPION if decision.outcome == "champion" else CHALLENGER
+    client = mlflow.client()
+    # `bundle approve` promotes only a version whose recorded decision awaits approval.
+    client.set_model_version_tag(
+        rag_evaluation["bundle_name"],
+        rag_evaluation["bundle_version"],
+        "decision.outcome",
+        decision.outcome,
     )
-    context.log.info(promotion.reason)
+    move = set_bundle_alias(
+        client,
+        rag_evaluation["bundle_name"],
+        rag_evaluation["bundle_version"],
+        alias,
+        evaluation_run_id=rag_evaluation["evaluation_run_id"],
+        decision_summary=decision.summary(),
+    )
+    context.log.info(f"{rag_evaluation['bundle_uri']} → @{alias}: {decision.summary()}")
     return dg.MaterializeResult(
         metadata={
-            "promoted": promotion.promoted,
-            "champion": f"models:/{promotion.model_name}@{promotion.alias}",
-            "version": promotion.version,
-            "previous_version": str(promotion.previous_version),
-            "reason": promotion.reason,
+            "promoted": alias == CHAMPION,
+            "alias": alias,
+            "decision": decision.outcome,
+            "champion": f"models:/{rag_evaluation['bundle_name']}@{CHAMPION}",
+            "version": rag_evaluation["bundle_version"],
+            "previous_version": str(move.previous_version or ""),
+            "reason": decision.summary(),
             "mlflow_run_id": rag_evaluation["evaluation_run_id"],
         }
     )
 
 
-EVALUATION_CHECKS = [quality_gate]
+@dg.asset_check(asset=rag_evaluation, description="the champion still holds up")
+def champion_holds_up(rag_evaluation: dict) -> dg.AssetCheckResult:
+    """Fails when the champion, answering today (e.g. after a reindex), is significantly worse
+    than when it was promoted, on the same questions; the comparison is attached."""
+    regression = rag_evaluation["champion_regression"]
+    if regression is None:
+        return dg.AssetCheckResult(passed=True, metadata={"compared": "no champion yet"})
+    return dg.AssetCheckResult(
+        passed=not regression["regressed"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "summary": regression["summary"],
+            "recorded_run_id": regression["recorded_run_id"],
+            "comparison": comparison_table(regression["comparison"]),
+        },
+    )
+
+
+EVALUATION_CHECKS = [quality_gate, champion_comparison, champion_holds_up]

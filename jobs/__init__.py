@@ -53,10 +53,10 @@ def build_schedules(
 def build_jobs(
     *, reindex_cron: str = "0 * * * *", full_rebuild_cron: str = "0 3 * * 0"
 ) -> tuple[list, list, list]:
-    from jobs.sensors import mlflow_registry_sensor
+    from jobs.sensors import evaluation_inputs_sensor, mlflow_registry_sensor
 
     return (
         [reindex_job, full_rebuild_job, evaluate_job],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
-        [mlflow_registry_sensor],
+        [mlflow_registry_sensor, evaluation_inputs_sensor],
     )

@@ -187,68 +187,91 @@ def index_rollback() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _champion_uri(mlflow, name: str) -> str | None:
-    """``models:/<name>@champion`` when the registry has a champion adapter, else None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.client().get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-    return f"models:/{name}@champion"
-
-
 @main.command("ask")
 @click.argument("question")
-@click.option("--k", default=3, show_default=True, help="Chunks retrieved as context.")
 @click.option(
-    "--mode",
-    default="hybrid_rrf",
-    show_default=True,
-    type=click.Choice(["bm25", "knn", "hybrid_rrf", "hybrid_linear", "server_rrf"]),
-)
-@click.option(
-    "--model",
-    "model_ref",
+    "--bundle",
+    "bundle_ref",
     default="champion",
     show_default=True,
-    help="'champion' (the promoted adapter, else the base), 'base', or a models:/ URI.",
+    help="'champion' (the promoted RAG bundle, else the base model), 'base', or a bundle "
+    "reference such as models:/llmops-rag-bundle/3 or models:/llmops-rag-bundle@challenger.",
 )
-@click.option("--max-new-tokens", default=96, show_default=True)
+@click.option("--k", type=int, default=None, help="Chunks in the prompt (base only; default 3).")
+@click.option(
+    "--mode",
+    default=None,
+    type=click.Choice(["bm25", "knn", "hybrid_rrf", "hybrid_linear", "server_rrf"]),
+    help="Search mode (base only; default hybrid_rrf).",
+)
+@click.option("--max-new-tokens", type=int, default=None, help="Base only; default 96.")
 @click.option("--json", "as_json", is_flag=True)
 def ask(
-    question: str, k: int, mode: str, model_ref: str, max_new_tokens: int, as_json: bool
+    question: str,
+    bundle_ref: str,
+    k: int | None,
+    mode: str | None,
+    max_new_tokens: int | None,
+    as_json: bool,
 ) -> None:
-    """Answer QUESTION from the index, citing chunk ids."""
+    """Answer QUESTION with a RAG bundle (the champion by default), citing chunk ids.
+
+    A bundle fixes everything it was evaluated with — prompt version, retriever settings,
+    generator — so `ask` serves exactly what passed; use `--bundle base` to experiment.
+    """
     from llmops_dagster.models.base import GeneratorError
+    from llmops_dagster.rag.bundle import BundleError, current_champion, load_bundle
     from llmops_dagster.rag.pipeline import RetrievalSettings
-    from llmops_dagster.resources import build_rag_pipeline
+    from llmops_dagster.rag.prompts import PromptError
+    from llmops_dagster.resources import build_bundle_pipeline, build_rag_pipeline
     from llmops_dagster.search.client import ElasticsearchUnavailable
     from llmops_dagster.tracking.store import MlflowUnavailable
 
     resources = _resources(get_settings())
-    models, mlflow = resources["models"], resources["mlflow"]
-    with console.status("loading models ..."):
+    models, mlflow, es = resources["models"], resources["mlflow"], resources["elasticsearch"]
+    with console.status("loading the bundle and models ..."):
         try:
-            adapter_uri = None
-            if model_ref == "champion":
-                adapter_uri = _champion_uri(mlflow, models.adapter_model_name)
-            elif model_ref != "base":
-                adapter_uri = model_ref
-            pipeline = build_rag_pipeline(
-                resources["elasticsearch"],
-                models,
-                mlflow,
-                adapter_uri=adapter_uri,
-                retrieval=RetrievalSettings(mode=mode, k=k),
-                max_new_tokens=max_new_tokens,
-            )
-        except (GeneratorError, ElasticsearchUnavailable, MlflowUnavailable) as exc:
+            found = None
+            if bundle_ref == "champion":
+                found = current_champion(mlflow.client())
+            elif bundle_ref != "base":
+                found = load_bundle(mlflow.client(), bundle_ref)
+            if found is not None and (k or mode or max_new_tokens):
+                raise click.ClickException(
+                    f"{found.uri} fixes k, mode and max_new_tokens (what was evaluated); "
+                    "use --bundle base to try other settings"
+                )
+            if found is not None:
+                pipeline = build_bundle_pipeline(
+                    es, models, mlflow, found.bundle, bundle_uri=found.uri
+                )
+            else:
+                if bundle_ref == "champion":
+                    console.print(
+                        "[yellow]no champion bundle yet: answering with the base model[/yellow]"
+                    )
+                pipeline = build_rag_pipeline(
+                    es,
+                    models,
+                    mlflow,
+                    retrieval=RetrievalSettings(mode=mode or "hybrid_rrf", k=k or 3),
+                    max_new_tokens=max_new_tokens or 96,
+                )
+        except (
+            BundleError,
+            GeneratorError,
+            PromptError,
+            ElasticsearchUnavailable,
+            MlflowUnavailable,
+        ) as exc:
             raise click.ClickException(str(exc)) from exc
     with console.status("retrieving and generating ..."):
         result = pipeline.answer(question)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        payload = {**result.to_dict(), "bundle_uri": pipeline.bundle_uri}
+        payload["ranked"] = [chunk.chunk_id for chunk in result.ranked]
+        payload["retrieval"] = {"mode": pipeline.retrieval.mode, "k": pipeline.retrieval.k}
+        click.echo(json.dumps(payload, indent=2, default=str))
         return
     out = Console()
     out.print(f"[bold]{result.text.strip()}[/bold]\n")
@@ -257,10 +280,93 @@ def ask(
     for hit in result.retrieved:
         out.print(f"  [dim]{hit.chunk_id}[/dim] {hit.doc_id} ({hit.score:.3f})")
     out.print(
-        f"model {result.model_id} · prompt {result.prompt_name}@{result.prompt_version} · "
+        f"bundle {pipeline.bundle_uri or 'none (base model)'} · model {result.model_id} · "
+        f"prompt {result.prompt_name}@{result.prompt_version} · {result.mode} k={result.k} · "
         f"retrieve {result.retrieve_ms:.0f} ms · generate {result.generate_ms:.0f} ms · "
         f"tokens {result.prompt_tokens}+{result.completion_tokens}"
     )
+
+
+@main.group()
+def bundle() -> None:
+    """RAG bundles in the MLflow registry: status, manual approval, rollback."""
+
+
+def _bundle_client():
+    from llmops_dagster.tracking.store import MlflowUnavailable
+
+    try:
+        return _resources(get_settings())["mlflow"].client()
+    except MlflowUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@bundle.command("status")
+def bundle_status() -> None:
+    """Which bundle versions hold `champion` and `challenger`, and what they pin."""
+    from mlflow.exceptions import MlflowException
+
+    from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, DEFAULT_BUNDLE_MODEL, load_bundle
+
+    client = _bundle_client()
+    table = Table("alias", "version", "bundle")
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            found = load_bundle(client, f"models:/{DEFAULT_BUNDLE_MODEL}@{alias}")
+        except (MlflowException, ValueError):
+            table.add_row(alias, "-", "none")
+            continue
+        table.add_row(alias, found.version, found.bundle.describe())
+    Console().print(table)
+
+
+@bundle.command("approve")
+@click.argument("version")
+@click.option("--by", "approver", required=True, help="Who approves (recorded in tags).")
+def bundle_approve(version: str, approver: str) -> None:
+    """Promote VERSION (a candidate awaiting manual approval) to `champion`, recording who/when."""
+    from datetime import UTC, datetime
+
+    from llmops_dagster.rag.bundle import (
+        CHAMPION,
+        DEFAULT_BUNDLE_MODEL,
+        load_bundle,
+        set_bundle_alias,
+    )
+
+    client = _bundle_client()
+    found = load_bundle(client, f"models:/{DEFAULT_BUNDLE_MODEL}/{version}")
+    if found.tags.get("decision.outcome") != "awaiting_approval":
+        raise click.ClickException(
+            f"{found.uri} was decided {found.tags.get('decision.outcome')!r}: only a candidate "
+            "awaiting approval can be approved"
+        )
+    client.set_model_version_tag(DEFAULT_BUNDLE_MODEL, found.version, "approved_by", approver)
+    client.set_model_version_tag(
+        DEFAULT_BUNDLE_MODEL, found.version, "approved_at", datetime.now(UTC).isoformat()
+    )
+    move = set_bundle_alias(
+        client,
+        DEFAULT_BUNDLE_MODEL,
+        found.version,
+        CHAMPION,
+        evaluation_run_id=found.run_id or "",
+        decision_summary=f"approved by {approver}",
+    )
+    click.echo(f"champion: v{move.previous_version or '-'} → v{move.new_version} (by {approver})")
+
+
+@bundle.command("rollback")
+def bundle_rollback() -> None:
+    """Point `champion` back at the bundle it replaced (recorded at promotion)."""
+    from llmops_dagster.evaluate.gate import RollbackError
+    from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, rollback_bundle
+
+    try:
+        move = rollback_bundle(_bundle_client(), DEFAULT_BUNDLE_MODEL)
+    except RollbackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"champion: v{move.previous_version} → v{move.new_version}")
 
 
 @main.command("lineage")

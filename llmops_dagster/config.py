@@ -275,6 +275,12 @@ class ModelSettings(BaseSettings):
     torch_threads: int = Field(
         default_factory=default_torch_threads, validation_alias=_env("LLMOPS_TORCH_THREADS")
     )
+    cache_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_MODELS_CACHE"),
+        description="Converted models, ONNX exports, adapters; default LLMOPS_HOME/models. "
+        "Share one between checkouts (or test homes) to convert the GGUF model only once.",
+    )
     adapter_model_name: str = Field(
         default="llmops-generator-lora",
         validation_alias=_env("LLMOPS_LORA_MODEL_NAME"),
@@ -393,7 +399,7 @@ class Settings(BaseModel):
 
     @property
     def models_cache_dir(self) -> Path:
-        return self.home / "models"
+        return self.models.cache_dir or self.home / "models"
 
     @property
     def dlt_dir(self) -> Path:

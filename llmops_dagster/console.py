@@ -455,8 +455,11 @@ def run_job_with_console(
     log_path: Path,
     run_id: str | None = None,
     fds: bool = True,
+    job_name: str | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> tuple[dg.ExecuteInProcessResult, DemoProgress]:
-    """Materialize all of ``defs``' assets in-process, with the live step view on ``console``.
+    """Run ``job_name`` (default: all of ``defs``' assets) in-process, with the live step
+    view on ``console``.
 
     The full Dagster log (DEBUG included) and all library output go to ``log_path``.
     """
@@ -466,9 +469,12 @@ def run_job_with_console(
     progress = DemoProgress()
     with route_output(log_path, console, fds=fds) as routed:
         logger_def = demo_logger(routed.handler, progress)
-        job = dg.Definitions.merge(
-            defs, dg.Definitions(loggers={DEMO_LOGGER_KEY: logger_def})
-        ).resolve_implicit_global_asset_job_def()
+        merged = dg.Definitions.merge(defs, dg.Definitions(loggers={DEMO_LOGGER_KEY: logger_def}))
+        job = (
+            merged.resolve_job_def(job_name)
+            if job_name
+            else merged.resolve_implicit_global_asset_job_def()
+        )
         progress.add_steps(_step_keys(job))
         routed.handler.handle(
             logging.makeLogRecord(
@@ -488,7 +494,7 @@ def run_job_with_console(
                     instance=instance,
                     raise_on_error=False,
                     run_id=run_id,
-                    run_config={"loggers": {DEMO_LOGGER_KEY: {}}},
+                    run_config={**(run_config or {}), "loggers": {DEMO_LOGGER_KEY: {}}},
                 )
             finally:
                 progress.finish()

@@ -11,8 +11,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from llmops_dagster.config import Settings
@@ -27,17 +29,22 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "finetune_dataset": ("n_train", "n_validation", "digest"),
     "lora_adapter": ("model_uri", "steps", "eval_loss_before", "eval_loss_after"),
     "rag_evaluation": (
+        "bundle_uri",
         "model_uri",
         "cases",
         "metric/recall_at_5",
         "metric/ndcg_at_10",
-        "metric/mrr",
+        "metric/mrr_at_10",
         "metric/token_f1",
-        "metric/rouge_l",
-        "gate_passed",
+        "decision",
     ),
-    "champion_model": ("champion", "version", "previous_version", "promoted"),
+    "champion_model": ("alias", "version", "previous_version", "promoted"),
 }
+
+#: Golden questions each bundle answers in the demo (≥ the policy's 30; the whole golden set
+#: would take ~4x longer with a 135M model on CPU — run `evaluate_candidate` for that).
+DEMO_CASES = 60
+DEMO_EVALUATION = {"limit": DEMO_CASES, "max_new_tokens": 32}
 
 # The key of the demo's logger in the job's logger definitions and in the run config.
 
@@ -62,10 +69,32 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
     log("2/3 materializing the asset graph on the sample corpus")
     log(f"full Dagster log (DEBUG) and library output: {log_path}")
     defs = build_definitions(settings.override(elasticsearch={"url": es["url"]}))
+    evaluations = []
     with dg.DagsterInstance.get() as instance:
         result, _ = run_job_with_console(
-            defs, instance=instance, console=console, log_path=log_path, run_id=run_id
+            defs,
+            instance=instance,
+            console=console,
+            log_path=log_path,
+            run_id=run_id,
+            run_config={"ops": {"rag_evaluation": {"config": DEMO_EVALUATION}}},
         )
+        evaluations.append(("LoRA adapter", result))
+        if result.success:
+            log("2b/3 the extractive baseline (no model) against the champion")
+            extractive, _ = run_job_with_console(
+                defs,
+                instance=instance,
+                console=console,
+                log_path=log_path,
+                job_name="evaluate_candidate",
+                run_config={
+                    "ops": {
+                        "rag_evaluation": {"config": {**DEMO_EVALUATION, "generator": "extractive"}}
+                    }
+                },
+            )
+            evaluations.append(("extractive answerer", extractive))
     log("3/3 summary")
 
     table = Table("asset", "result", title="llmops-dagster demo")
@@ -92,11 +121,35 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
         f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {store.tracking_uri}\n"
         f"Elasticsearch: {es['url']} (alias {settings.elasticsearch.index_alias})"
     )
+    for label, evaluated in evaluations:
+        _print_decision(console, label, evaluated)
     _print_champion_lineage(console, settings, store.tracking_uri)
     console.print(f"Full log of the run: {log_path}")
     if not keep_services:
         elasticsearch_down(settings, log=log)
     return 0 if result.success else 1
+
+
+def _print_decision(console: Console, label: str, result: Any) -> None:
+    """Candidate vs baseline with paired 95 % intervals, and what the policy decided."""
+    events = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "rag_evaluation"
+    ]
+    if not events:
+        console.print(f"[red]{label}: no evaluation (see the log)[/red]")
+        return
+    meta = {k: v.value for k, v in events[0].materialization.metadata.items()}
+    console.print(
+        f"\n[bold]{label}[/bold] {meta['bundle_uri']} vs {meta['baseline']} "
+        f"on {meta['cases']} golden questions"
+    )
+    console.print(Markdown(str(meta["comparison"])))
+    style = {"champion": "green", "challenger": "yellow", "refused": "red"}.get(
+        str(meta["decision"]), "cyan"
+    )
+    console.print(f"decision: [{style}]{meta['decision']}[/{style}] — {meta['decision_summary']}")
 
 
 def _print_champion_lineage(console: Console, settings: Settings, tracking_uri: str) -> None:
@@ -105,18 +158,19 @@ def _print_champion_lineage(console: Console, settings: Settings, tracking_uri: 
     from mlflow.tracking import MlflowClient
 
     from llmops_dagster.evaluate.gate import TAG_EVAL_RUN
+    from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL
     from llmops_dagster.tracking.trace import trace
 
     client = MlflowClient(tracking_uri)
     try:
-        champion = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
+        champion = client.get_model_version_by_alias(DEFAULT_BUNDLE_MODEL, "champion")
     except MlflowException:
-        console.print("[yellow]No champion yet: the quality gate did not pass.[/yellow]")
+        console.print("[yellow]No champion bundle yet: no candidate beat the base model.[/yellow]")
         return
     evaluation_run = champion.tags.get(TAG_EVAL_RUN) or champion.run_id
     chain = trace(client, evaluation_run)
     table = Table("step", "mlflow run", "facts", title=(
-        f"champion models:/{settings.models.adapter_model_name}/{champion.version} — lineage"
+        f"champion models:/{DEFAULT_BUNDLE_MODEL}/{champion.version} — lineage"
     ))  # fmt: skip
     for node in chain.nodes:
         facts = ", ".join(f"{k}={shorten(v)}" for k, v in node.facts.items())

@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 
     from llmops_dagster.embed.model import Embedder
     from llmops_dagster.models.base import Generator
+    from llmops_dagster.rag.bundle import RagBundle
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
+    from llmops_dagster.rag.prompts import PromptTemplate
     from llmops_dagster.tracking.store import MlflowStore
 
 
@@ -283,6 +286,12 @@ class ModelsResource(dg.ConfigurableResource):
             device=self.device,
         )
 
+    def base_model_id(self) -> str:
+        """The portable id of the local base model (what adapters and bundles record)."""
+        from llmops_dagster.models.source import resolve_model_source
+
+        return resolve_model_source(self.generator_model, self.generator_gguf_file or None).model_id
+
     def generator_spec(self) -> GeneratorSpec:
         if self.generator_backend == "openai":
             from llmops_dagster.models.base import GeneratorConfigError
@@ -363,10 +372,13 @@ def build_rag_pipeline(
     adapter_uri: str | None = None,
     retrieval: RetrievalSettings | None = None,
     max_new_tokens: int | None = None,
-    generator: Generator | None = None,
+    generator: Generator | ExtractiveAnswerer | None = None,
+    prompt: PromptTemplate | None = None,
+    bundle_uri: str | None = None,
 ) -> RagPipeline:
     """The one way to wire a RAG: the index alias's retriever, the configured embedder,
-    the repo's prompt and the configured generator (base, or base + ``adapter_uri``)."""
+    the prompt (the repo's template unless given) and the configured generator (base, or base
+    + ``adapter_uri``)."""
     from llmops_dagster.rag.answer import DEFAULT_MAX_NEW_TOKENS
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
     from llmops_dagster.rag.prompts import load_prompt
@@ -379,9 +391,55 @@ def build_rag_pipeline(
     return RagPipeline(
         retriever=retriever,
         generator=generator,
-        prompt=load_prompt(),
+        prompt=prompt or load_prompt(),
         retrieval=retrieval or RetrievalSettings(),
         max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        bundle_uri=bundle_uri,
+    )
+
+
+def build_bundle_pipeline(
+    elasticsearch: ElasticsearchResource,
+    models: ModelsResource,
+    mlflow: MlflowResource,
+    bundle: RagBundle,
+    *,
+    bundle_uri: str | None = None,
+) -> RagPipeline:
+    """The pipeline a RAG bundle describes — exactly its prompt version (from MLflow's prompt
+    registry), retriever settings, generator (base, adapter version, or extractive) and
+    answer length — on the alias it was evaluated on. Serving and evaluation both use this,
+    so what passed the comparison is what answers."""
+    from llmops_dagster.models.base import GeneratorConfigError
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
+    from llmops_dagster.rag.pipeline import RetrievalSettings
+    from llmops_dagster.rag.prompt_registry import require_prompt_hash
+
+    if bundle.index_alias != elasticsearch.alias:
+        raise GeneratorConfigError(
+            f"bundle {bundle_uri or bundle.key()} was evaluated on the alias "
+            f"{bundle.index_alias!r}, but the elasticsearch resource serves "
+            f"{elasticsearch.alias!r} (LLMOPS_ES_INDEX_ALIAS)"
+        )
+    registered = require_prompt_hash(mlflow.client(), bundle.prompt_uri, bundle.prompt_version)
+    generator: Generator | ExtractiveAnswerer
+    if bundle.generator == "extractive":
+        generator = ExtractiveAnswerer()
+    else:
+        generator = models.generator(
+            adapter_uri=bundle.adapter_uri, tracking_uri=mlflow.store().tracking_uri
+        )
+    return build_rag_pipeline(
+        elasticsearch,
+        models,
+        mlflow,
+        retrieval=RetrievalSettings(
+            mode=bundle.retrieval_mode, k=bundle.retrieval_k, metrics_depth=bundle.metrics_depth
+        ),
+        max_new_tokens=bundle.max_new_tokens,
+        generator=generator,
+        prompt=registered.template,
+        bundle_uri=bundle_uri,
     )
 
 

@@ -51,7 +51,8 @@ def _uses_rag_pipeline(assets_def: object) -> bool:
     import inspect
 
     fn = assets_def.op.compute_fn.decorated_fn  # type: ignore[attr-defined]
-    return "build_rag_pipeline(" in inspect.getsource(fn)
+    source = inspect.getsource(fn)
+    return "build_rag_pipeline(" in source or "build_bundle_pipeline(" in source
 
 
 def resource_flow_mermaid() -> str:
@@ -69,7 +70,7 @@ def resource_flow_mermaid() -> str:
     lines = ["```mermaid", "flowchart LR", '  env[("environment<br/>config.Settings")]']
     for key in resources:
         lines.append(f'  env --> res_{key}["{key}<br/>{type(defs.resources[key]).__name__}"]')
-    lines.append('  rag{{"RagPipeline<br/>(resources.build_rag_pipeline)"}}')
+    lines.append('  rag{{"RagPipeline<br/>(build_rag_pipeline / build_bundle_pipeline)"}}')
     users: list[str] = []
     for assets_def in assets_defs:
         node = f"asset_{_node(assets_def.node_def.name)}"

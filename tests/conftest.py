@@ -77,6 +77,8 @@ def tmp_settings(tmp_path: Path) -> Settings:
         home=home,
         warehouse={"duckdb_path": home / "warehouse.duckdb"},
         mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
+        # The project's model cache: the GGUF → safetensors conversion (~40 s) happens once.
+        models={"cache_dir": Settings().models_cache_dir},
     )
 
 

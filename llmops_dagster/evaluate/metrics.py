@@ -253,7 +253,7 @@ class MRR(_DeterministicMetric):
     def __init__(self, k: int = 10, threshold: float = 0.5) -> None:
         super().__init__(threshold)
         self.k = k
-        self.key = "mrr"
+        self.key = f"mrr_at_{k}"
 
     def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
         retrieved, relevant, _ = _retrieval_inputs(test_case)

@@ -101,6 +101,11 @@ class AnswerLike(Protocol):
     @property
     def retrieved(self) -> Sequence[RetrievedLike]: ...
 
+    @property
+    def ranked_doc_ids(self) -> list[str]:
+        """Document ids of the ranking retrieval metrics read (≥ the prompt's chunks)."""
+        ...
+
 
 #: Answers a batch of questions in one call (``lambda qs: answer_many(qs, retriever=…,
 #: generator=…)``): batched generation is where evaluation throughput comes from.
@@ -115,7 +120,8 @@ def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
         actual_output=answer.text,
         expected_output=item.reference_answer,
         retrieval_context=[c.text for c in chunks],
-        retrieved_doc_ids=[c.doc_id for c in chunks],
+        # The full ranking when the answer kept one (metrics at their depth), else the context.
+        retrieved_doc_ids=list(answer.ranked_doc_ids or [c.doc_id for c in chunks]),
         relevant_doc_ids=list(item.relevant_doc_ids),
         relevance_grades=dict(item.relevance_grades),
         retrieved_chunk_ids=[c.chunk_id for c in chunks],
@@ -355,7 +361,8 @@ def evaluate_rag(
         per_metric = scores.get(case.case_id, {})
         for key in metric_keys + judge_keys:
             score, reason, error = per_metric.get(key, (None, None, None))
-            row[key] = None if error else score
+            # An error scores 0: dropping it from the mean would let a failing case help.
+            row[key] = 0.0 if error else score
             row[f"{key}_reason"] = error or reason
             if error:
                 errors[key] = errors.get(key, 0) + 1

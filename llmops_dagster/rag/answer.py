@@ -13,7 +13,6 @@ an answer that overlaps no chunk cites nothing.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,32 +20,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from llmops_dagster.models.base import Generator
+from llmops_dagster.models.base import Generation, Generator
+from llmops_dagster.rag.extractive import ExtractiveAnswerer
+from llmops_dagster.rag.hits import HitLike, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt, parse_citations
 
 DEFAULT_MODE = "hybrid_rrf"
 DEFAULT_K = 5
 DEFAULT_MAX_NEW_TOKENS = 128
 MIN_OVERLAP_TOKENS = 2
-
-_WORD_RE = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-_STOPWORDS_TEXT = """
-a an and are as at be been but by can could did do does for from had has have how i if in into
-is it its may must no not of on or our over should so such than that the their them then there
-these they this to under up was we were what when where which who why will with would you your
-chunk
-"""
-_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
-
-
-class HitLike(Protocol):
-    """A retrieved chunk (``search.retriever.Hit`` fits)."""
-
-    chunk_id: str
-    doc_id: str
-    text: str
-    title: str
-    score: float
 
 
 class Retriever(Protocol):
@@ -90,10 +72,17 @@ class Answer:
     completion_tokens: int
     finish_reason: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    #: The whole ranking retrieved for metrics (``depth`` ≥ k hits); the prompt got the top k.
+    ranked: list[RetrievedChunk] = field(default_factory=list)
 
     @property
     def retrieved_ids(self) -> list[str]:
         return [chunk.chunk_id for chunk in self.retrieved]
+
+    @property
+    def ranked_doc_ids(self) -> list[str]:
+        """Document ids of the full ranking (retrieval metrics read this, at its depth)."""
+        return [chunk.doc_id for chunk in (self.ranked or self.retrieved)]
 
     @property
     def contexts(self) -> list[str]:
@@ -102,11 +91,6 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def content_tokens(text: str) -> list[str]:
-    """Lower-cased words without stop words: the unit of overlap and token-F1."""
-    return [w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
 
 
 def infer_citations(answer_text: str, hits: Sequence[HitLike]) -> list[str]:
@@ -140,6 +124,12 @@ def _retrieve(
     return hits, (time.perf_counter() - started) * 1000
 
 
+def _chunks(hits: Sequence[HitLike]) -> list[RetrievedChunk]:
+    return [
+        RetrievedChunk(h.chunk_id, h.doc_id, float(h.score), h.title or "", h.text) for h in hits
+    ]
+
+
 def answer(
     question: str,
     *,
@@ -150,6 +140,7 @@ def answer(
     mode: str = DEFAULT_MODE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = 0.0,
+    depth: int | None = None,
 ) -> Answer:
     """Answer one question from the top ``k`` chunks ``retriever`` finds in ``mode``."""
     return answer_many(
@@ -161,6 +152,7 @@ def answer(
         mode=mode,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
+        depth=depth,
     )[0]
 
 
@@ -168,51 +160,68 @@ def answer_many(
     questions: Sequence[str],
     *,
     retriever: Retriever,
-    generator: Generator,
+    generator: Generator | ExtractiveAnswerer,
     prompt: PromptTemplate | None = None,
     k: int = DEFAULT_K,
     mode: str = DEFAULT_MODE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = 0.0,
+    depth: int | None = None,
 ) -> list[Answer]:
     """Answer many questions: retrieval one by one, generation in the generator's batches.
 
+    One search per question fetches ``max(k, depth)`` chunks: the top ``k`` go into the prompt,
+    the whole ranking is kept (``Answer.ranked``) so retrieval metrics are computed at the
+    depth their names say (nDCG@10 over 10 results), not over the prompt's few chunks.
     ``generate_ms`` of each answer is the wall time of the batched generate call (what each
     caller waited); ``total_ms`` = its own retrieval + prompt time + that generate time.
+    An :class:`~llmops_dagster.rag.extractive.ExtractiveAnswerer` answers from the top ``k``
+    chunks without a model (no prompt, no tokens; its citations are the sentences' chunks).
     """
     if not questions:
         return []
     template = prompt or load_prompt()
+    search_k = max(k, depth or k)
     retrieved: list[tuple[list[HitLike], float]] = []
-    prompts: list[list[dict[str, str]]] = []
-    prompt_ms: list[float] = []
     for question in questions:
         if not question or not question.strip():
             raise ValueError("cannot answer an empty question")
-        retrieved.append(_retrieve(retriever, question, mode, k))
-        started = time.perf_counter()
-        prompts.append(template.messages(question, retrieved[-1][0]))
-        prompt_ms.append((time.perf_counter() - started) * 1000)
-    generations = generator.generate(
-        prompts, max_new_tokens=max_new_tokens, temperature=temperature
-    )
+        retrieved.append(_retrieve(retriever, question, mode, search_k))
+    contexts = [hits[:k] for hits, _ in retrieved]
+    prompt_ms: list[float] = []
+    cited_by_model: list[tuple[list[str], bool] | None] = []
+    if isinstance(generator, ExtractiveAnswerer):
+        extracted = generator.answer_many(list(questions), contexts)
+        generations = [
+            Generation(text=e.text, prompt_tokens=0, completion_tokens=0, seconds=e.seconds)
+            for e in extracted
+        ]
+        prompt_ms = [0.0] * len(questions)
+        cited_by_model = [(list(e.cited_chunk_ids), False) for e in extracted]
+    else:
+        prompts: list[list[dict[str, str]]] = []
+        for question, hits in zip(questions, contexts, strict=True):
+            started = time.perf_counter()
+            prompts.append(template.messages(question, hits))
+            prompt_ms.append((time.perf_counter() - started) * 1000)
+        generations = generator.generate(
+            prompts, max_new_tokens=max_new_tokens, temperature=temperature
+        )
+        cited_by_model = [None] * len(questions)
     answers = []
-    for question, (hits, retrieve_ms), p_ms, gen in zip(
-        questions, retrieved, prompt_ms, generations, strict=True
+    for question, (ranked, retrieve_ms), hits, p_ms, gen, cited in zip(
+        questions, retrieved, contexts, prompt_ms, generations, cited_by_model, strict=True
     ):
-        cited, inferred = _citations(gen.text, hits)
+        cited_ids, inferred = cited if cited is not None else _citations(gen.text, hits)
         generate_ms = gen.seconds * 1000
         answers.append(
             Answer(
                 answer_id=str(uuid.uuid4()),
                 question=question,
                 text=gen.text,
-                cited_chunk_ids=cited,
+                cited_chunk_ids=cited_ids,
                 citations_inferred=inferred,
-                retrieved=[
-                    RetrievedChunk(h.chunk_id, h.doc_id, float(h.score), h.title or "", h.text)
-                    for h in hits
-                ],
+                retrieved=_chunks(hits),
                 prompt_name=template.name,
                 prompt_version=template.version,
                 model_id=generator.model_id,
@@ -225,6 +234,7 @@ def answer_many(
                 prompt_tokens=gen.prompt_tokens,
                 completion_tokens=gen.completion_tokens,
                 finish_reason=gen.finish_reason,
+                ranked=_chunks(ranked),
             )
         )
     return answers

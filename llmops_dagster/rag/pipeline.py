@@ -20,18 +20,26 @@ from llmops_dagster.rag.answer import (
     Retriever,
     answer_many,
 )
+from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.prompts import PromptTemplate
 
 
 @dataclass(frozen=True)
 class RetrievalSettings:
-    """How the context of an answer is found: search mode and the chunks put in the prompt."""
+    """How the context of an answer is found: search mode, the chunks put in the prompt (k),
+    and how deep the ranking kept for retrieval metrics goes (``metrics_depth`` ≥ 10, so
+    recall@5 / nDCG@10 / MRR@10 are computed at the depths their names say)."""
 
     mode: str = DEFAULT_MODE
     k: int = 3
+    metrics_depth: int = 10
 
     def as_params(self) -> dict[str, str]:
-        return {"retrieval.mode": self.mode, "retrieval.k": str(self.k)}
+        return {
+            "retrieval.mode": self.mode,
+            "retrieval.k": str(self.k),
+            "retrieval.metrics_depth": str(self.metrics_depth),
+        }
 
 
 @dataclass
@@ -39,10 +47,12 @@ class RagPipeline:
     """Retrieve → fenced prompt → generate → cited answer, with one set of settings."""
 
     retriever: Retriever
-    generator: Generator
+    generator: Generator | ExtractiveAnswerer
     prompt: PromptTemplate
     retrieval: RetrievalSettings = RetrievalSettings()
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    #: The registered bundle this pipeline serves (``models:/llmops-rag-bundle/3``), if any.
+    bundle_uri: str | None = None
 
     @property
     def model_id(self) -> str:
@@ -67,6 +77,7 @@ class RagPipeline:
             k=self.retrieval.k,
             mode=self.retrieval.mode,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
+            depth=self.retrieval.metrics_depth,
         )
 
     def context(self, question: str) -> list[HitLike]:
@@ -84,4 +95,5 @@ class RagPipeline:
             "prompt.version": self.prompt_ref,
             **self.retrieval.as_params(),
             "max_new_tokens": str(self.max_new_tokens),
+            **({"bundle.uri": self.bundle_uri} if self.bundle_uri else {}),
         }

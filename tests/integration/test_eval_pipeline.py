@@ -76,13 +76,13 @@ def test_deepeval_evaluate_with_retrieval_and_deterministic_metrics() -> None:
     result = evaluate_rag(CASES, metrics=_metrics(), engine="deepeval")
     assert result.engine == "deepeval" and result.errors == {} and result.judge is None
     rows = {r["case_id"]: r for r in result.rows}
-    assert rows["q02"]["recall_at_5"] == 1.0 and rows["q02"]["mrr"] == 1.0
-    assert rows["q03"]["mrr"] == 0.5 and rows["q01"]["recall_at_5"] == 0.0
+    assert rows["q02"]["recall_at_5"] == 1.0 and rows["q02"]["mrr_at_10"] == 1.0
+    assert rows["q03"]["mrr_at_10"] == 0.5 and rows["q01"]["recall_at_5"] == 0.0
     assert rows["q01"]["exact_match"] == 1.0 and rows["q03"]["exact_match"] == 0.0
     assert rows["q02"]["token_f1"] > rows["q03"]["token_f1"]
     assert 0.0 <= rows["q03"]["embedding_similarity"] <= 1.0
     assert result.aggregates["recall_at_5"] == pytest.approx(2 / 3)
-    assert result.aggregates["mrr"] == pytest.approx(0.5)
+    assert result.aggregates["mrr_at_10"] == pytest.approx(0.5)
     assert result.aggregates["latency_ms_p95"] == 300.0
     # the direct engine measures the very same metrics
     direct = evaluate_rag(CASES, metrics=_metrics(), engine="direct")
@@ -154,6 +154,8 @@ def test_build_cases_batches_answer_calls() -> None:
         def __init__(self, question: str) -> None:
             self.text, self.total_ms = f"answer to {question}", 5.0
             self.retrieved = [Chunk("fs:handbook/expenses.md")]
+            # The ranking kept for metrics goes deeper than the prompt's chunks.
+            self.ranked_doc_ids = ["fs:handbook/expenses.md", "fs:handbook/leave.md"]
 
     calls: list[int] = []
 
@@ -165,6 +167,8 @@ def test_build_cases_batches_answer_calls() -> None:
     cases = build_cases(golden, answer_fn, batch_size=3)
     assert calls == [3, 3, 1] and [c.case_id for c in cases] == [i.id for i in golden.items]
     assert cases[0].retrieved_chunk_ids == ["c-fs:handbook/expenses.md"]
+    assert cases[0].retrieved_doc_ids == ["fs:handbook/expenses.md", "fs:handbook/leave.md"]
+    assert cases[0].retrieval_context == ["text of fs:handbook/expenses.md"]
     assert cases[0].expected_output == golden.items[0].reference_answer
 
 
@@ -175,7 +179,8 @@ def test_beir_style_cases_skip_answer_metrics() -> None:
     case = EvalCase("b1", "q?", "a", None, ["t"], ["beir:d1"], ["beir:d1"], {"beir:d1": 2})
     result = evaluate_rag([case], metrics=_metrics(), engine="direct")
     assert (
-        result.metric_keys == ["recall_at_5", "mrr", "ndcg_at_10"] and golden.format == "qa_jsonl"
+        result.metric_keys == ["recall_at_5", "mrr_at_10", "ndcg_at_10"]
+        and golden.format == "qa_jsonl"
     )
     assert result.aggregates["ndcg_at_10"] == 1.0 and "skipped" in result.notes[0]
 

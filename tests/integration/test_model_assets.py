@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
-from llmops_dagster.rag.pipeline import RetrievalSettings
-from llmops_dagster.resources import build_rag_pipeline
+from llmops_dagster.evaluate.gate import current_alias_version
+from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, load_bundle
+from llmops_dagster.resources import build_bundle_pipeline
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
 from tests.conftest import asset_metadata, drop_indices
@@ -23,13 +24,19 @@ pytestmark = pytest.mark.integration
 SHORT_TRAINING = {
     "ops": {
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256}},
-        "rag_evaluation": {"config": {"limit": 4, "max_new_tokens": 24}},
+        # Four cases keep the test short; below min_cases that needs the recorded override.
+        "rag_evaluation": {"config": {"limit": 4, "max_new_tokens": 24, "allow_few_cases": True}},
     }
 }
 IMPOSSIBLE_GATE = {
     "ops": {
         "rag_evaluation": {
-            "config": {"limit": 2, "max_new_tokens": 16, "minimums": {"exact_match": 0.99}}
+            "config": {
+                "limit": 2,
+                "max_new_tokens": 16,
+                "allow_few_cases": True,
+                "minimums": {"exact_match": 0.99},
+            }
         }
     }
 }
@@ -70,27 +77,31 @@ def test_graph_trains_evaluates_gates_and_traces(
         run_tags = client.get_run(version.run_id).data.tags
         assert run_tags["upstream.finetune_dataset"] == dataset["mlflow_run_id"]
         assert run_tags["dagster.run_id"] == result.run_id
-        # The gate passed on the sample corpus, so the evaluated version became champion.
+        # The floors held on the sample corpus, so the bundle got an alias: `champion` when it
+        # beat the base model on the paired comparison, `challenger` otherwise.
         evaluation = asset_metadata(result, "rag_evaluation")
-        assert evaluation["gate_passed"] is True
-        assert evaluation["cases"] == 4
-        assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
-            "quality_gate"
-        ]
-        champion = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
-        assert str(champion.version) == adapter["model_version"]
-        assert asset_metadata(result, "champion_model")["promoted"] is True
+        assert evaluation["cases"] == 4 and evaluation["baseline"] == "base model (no champion yet)"
+        assert evaluation["overrides"] == ["allow_few_cases: 4 < 30 cases"]
+        adapter_uri = f"models:/{settings.models.adapter_model_name}/{adapter['model_version']}"
+        assert evaluation["model_uri"] == adapter_uri
+        assert evaluation["decision"] in ("champion", "challenger")
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["quality_gate"] is True
+        assert checks["champion_comparison"] is (evaluation["decision"] == "champion")
+        moved = asset_metadata(result, "champion_model")
+        assert moved["alias"] == evaluation["decision"]
+        bundle = load_bundle(client, f"models:/{DEFAULT_BUNDLE_MODEL}@{moved['alias']}")
+        assert bundle.uri == evaluation["bundle_uri"] and bundle.bundle.adapter_uri == adapter_uri
+        assert bundle.bundle.index_name == index["index"]
 
         # The champion traces back, link by link, to the golden set, dlt loads and the code.
         chain = trace(client, evaluation["mlflow_run_id"])
         assert chain.complete
         nodes = chain.by_asset()
         facts = nodes["rag_evaluation"].facts
-        assert (
-            facts["model.uri"] == f"models:/{settings.models.adapter_model_name}/{champion.version}"
-        )
+        assert facts["model.uri"] == adapter_uri
         assert facts["index.name"] == index["index"]
-        assert facts["golden.digest"] and facts["prompt.version"].startswith("rag_answer@")
+        assert facts["golden.digest"] and facts["prompt.version"] == bundle.bundle.prompt_uri
         assert set(nodes) == {
             "ingest_fs",
             "rag_evaluation",
@@ -113,13 +124,12 @@ def test_graph_trains_evaluates_gates_and_traces(
 
         # Serving the champion: an answer that cites chunks the live index really holds.
         resources = build_resources(settings, resolve_secrets=True)
-        pipeline = build_rag_pipeline(
+        pipeline = build_bundle_pipeline(
             resources["elasticsearch"],
             resources["models"],
             resources["mlflow"],
-            adapter_uri=f"models:/{settings.models.adapter_model_name}@champion",
-            retrieval=RetrievalSettings(k=3),
-            max_new_tokens=24,
+            bundle.bundle,
+            bundle_uri=bundle.uri,
         )
         answered = pipeline.answer("How many days' notice does annual leave need?")
         assert answered.text.strip()
@@ -133,7 +143,12 @@ def test_graph_trains_evaluates_gates_and_traces(
         assert answered.retrieve_ms > 0 and answered.generate_ms > 0
         assert "+lora" in answered.model_id
 
-        # A candidate that misses the gate: the check fails with the shortfall, champion stays.
+        # A candidate that misses the floors is refused: the check fails with the shortfall and
+        # no alias moves.
+        aliases_before = {
+            a: current_alias_version(client, DEFAULT_BUNDLE_MODEL, a)
+            for a in ("champion", "challenger")
+        }
         failed = dg.materialize(
             assets,
             selection=["rag_evaluation", "champion_model"],
@@ -153,7 +168,10 @@ def test_graph_trains_evaluates_gates_and_traces(
             for e in failed.get_asset_materialization_events()
             if e.asset_key.to_user_string() == "champion_model"
         ]
-        still = client.get_model_version_by_alias(settings.models.adapter_model_name, "champion")
-        assert str(still.version) == str(champion.version)
+        assert {
+            a: current_alias_version(client, DEFAULT_BUNDLE_MODEL, a)
+            for a in ("champion", "challenger")
+        } == aliases_before
+        assert asset_metadata(failed, "rag_evaluation")["decision"] == "refused"
     finally:
         drop_indices(es_client, alias)

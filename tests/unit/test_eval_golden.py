@@ -22,13 +22,13 @@ pytestmark = pytest.mark.unit
 def test_default_golden_set_loads_with_digest() -> None:
     golden = load_golden()
     assert golden.path == DEFAULT_GOLDEN_PATH
-    assert len(golden) == 40 and golden.has_reference_answers
+    assert len(golden) == 200 and golden.has_reference_answers
     assert all(item.relevant_doc_ids for item in golden.items)
     assert all(d.startswith("fs:") for item in golden.items for d in item.relevant_doc_ids)
     assert len(golden.version) == 64 and golden.version == load_qa_jsonl().version
     frame = golden.to_dataframe()
     assert list(frame.columns) == ["id", "question", "reference_answer", "relevant_doc_ids", "type"]
-    assert len(frame) == 40
+    assert len(frame) == 200
 
 
 def test_digest_ignores_order_and_formatting_but_not_content(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def test_keys_are_mlflow_safe_and_survive_deepeval_copy() -> None:
     keys = [metric_key(m) for m in metrics]
     assert keys == [
         "recall_at_3",
-        "mrr",
+        "mrr_at_10",
         "ndcg_at_7",
         "token_f1",
         "exact_match",

@@ -146,3 +146,32 @@ def test_answer_many_batches_generation() -> None:
 def test_empty_question_is_rejected() -> None:
     with pytest.raises(ValueError, match="empty question"):
         answer("  ", retriever=FakeRetriever(), generator=FakeGenerator(["x"]))
+
+
+def test_one_search_keeps_a_deeper_ranking_for_metrics_than_the_prompt_gets() -> None:
+    retriever = FakeRetriever()
+    generator = FakeGenerator(["It was 2020 [chunk:" + A + "]."])
+    result = answer(
+        "When was the first delivery?", retriever=retriever, generator=generator, k=1, depth=10
+    )
+    assert retriever.calls == [("When was the first delivery?", "hybrid_rrf", 10)]
+    assert result.retrieved_ids == [A]  # the prompt got the top k
+    assert [c.chunk_id for c in result.ranked] == [A, B]  # everything retrieved, in rank order
+    assert result.ranked_doc_ids == ["fs:handbook/welcome.md", "fs:handbook/leave.md"]
+    (prompt,) = generator.seen
+    assert A in prompt[1]["content"] and B not in prompt[1]["content"]  # type: ignore[index]
+
+
+def test_the_extractive_answerer_answers_without_a_prompt_or_tokens() -> None:
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
+
+    result = answer(
+        "When was the first paying delivery flown?",
+        retriever=FakeRetriever(),
+        generator=ExtractiveAnswerer(max_sentences=1),
+        k=2,
+    )
+    assert result.text == "The first paying delivery was flown on 9 September 2020."
+    assert result.cited_chunk_ids == [A] and result.citations_inferred is False
+    assert (result.prompt_tokens, result.completion_tokens, result.prompt_ms) == (0, 0, 0.0)
+    assert result.model_id.startswith("extractive:v1")

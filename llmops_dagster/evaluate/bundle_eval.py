@@ -1,0 +1,142 @@
+"""Champion vs challenger: two RAG bundles on the same golden cases, compared, then decided.
+
+Why paired: the candidate and the baseline (the current champion, or the base model when there
+is none) answer the *same* questions against the *same* live index, so per-case differences
+cancel the questions' own difficulty; the paired bootstrap interval on the mean difference is
+then much tighter than two separate means would allow (``evaluate.compare``). The decision
+(``evaluate.policy``) promotes only when the primary metric improves and no guard regresses
+beyond its margin, on top of the absolute floors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
+from llmops_dagster.evaluate.golden import GoldenSet
+from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
+from llmops_dagster.evaluate.run import EvalResult, build_cases, evaluate_rag
+
+if TYPE_CHECKING:
+    from deepeval.metrics import BaseMetric
+
+    from llmops_dagster.rag.bundle import RagBundle
+    from llmops_dagster.rag.pipeline import RagPipeline
+    from llmops_dagster.tracking.runs import RunHandle
+
+COMPARISON_ARTIFACT = "evaluation/comparison.json"
+BASELINE_TABLE_ARTIFACT = "evaluation/baseline_cases.json"
+DECISION_ARTIFACT = "evaluation/decision.json"
+
+
+@dataclass
+class BundleEvaluation:
+    """One bundle's answers to the golden set, scored."""
+
+    label: str
+    bundle: RagBundle
+    result: EvalResult
+
+
+def evaluate_pipeline(
+    pipeline: RagPipeline,
+    golden: GoldenSet,
+    *,
+    metrics: Sequence[BaseMetric],
+    batch_size: int = 8,
+    judge: Any = None,
+    judge_capable: bool = False,
+    judge_max_cases: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Answer every golden question through ``pipeline`` and score the answers."""
+    total = len(golden.items)
+    done = 0
+
+    def answer_batch(questions: Sequence[str]) -> list[Any]:
+        nonlocal done
+        answers = pipeline.answer_many(questions)
+        done += len(answers)
+        if progress is not None:
+            progress(done, total)
+        return answers
+
+    cases = build_cases(golden, answer_batch, batch_size=batch_size)
+    return evaluate_rag(
+        cases,
+        metrics=metrics,
+        judge=judge,
+        judge_capable=judge_capable,
+        judge_max_cases=judge_max_cases,
+    )
+
+
+def compared_metrics(candidate: EvalResult, baseline: EvalResult) -> list[str]:
+    """Metrics both runs measured (judge metrics only when they may gate)."""
+    keys = list(candidate.metric_keys)
+    if candidate.judge_gates and baseline.judge_gates:
+        keys += [k for k in candidate.judge_metric_keys if k in baseline.judge_metric_keys]
+    return [k for k in keys if k in baseline.metric_keys + baseline.judge_metric_keys]
+
+
+def compare_and_decide(
+    candidate: BundleEvaluation,
+    baseline: BundleEvaluation,
+    policy: PromotionPolicy,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 13,
+) -> tuple[list[MetricComparison], Decision]:
+    """Paired comparison of every shared metric, then the policy's decision."""
+    comparisons = compare_runs(
+        candidate.result.rows,
+        baseline.result.rows,
+        compared_metrics(candidate.result, baseline.result),
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    decision = decide(
+        policy,
+        n_cases=candidate.result.n_cases,
+        aggregates=candidate.result.aggregates,
+        comparisons=comparisons,
+        baseline_label=baseline.label,
+    )
+    return comparisons, decision
+
+
+def comparison_rows(comparisons: Sequence[MetricComparison]) -> list[dict[str, Any]]:
+    """One row per metric for tables (Dagster metadata, MLflow artifacts, the demo)."""
+    return [c.as_row() for c in comparisons]
+
+
+def log_comparison(
+    run: RunHandle,
+    baseline: BundleEvaluation,
+    comparisons: Sequence[MetricComparison],
+    decision: Decision,
+    policy: PromotionPolicy,
+) -> None:
+    """Into the candidate's evaluation run: the baseline's per-case table, each metric's paired
+    difference and interval (``compare.<metric>.diff|ci_low|ci_high``), the policy and the
+    decision, so the run alone explains why an alias moved or did not."""
+    metrics: dict[str, float] = {}
+    for comp in comparisons:
+        metrics[f"compare.{comp.metric}.diff"] = comp.diff
+        metrics[f"compare.{comp.metric}.ci_low"] = comp.ci_low
+        metrics[f"compare.{comp.metric}.ci_high"] = comp.ci_high
+        metrics[f"baseline.{comp.metric}"] = comp.baseline_mean
+    run.log(
+        params={**policy.as_params(), "baseline.label": baseline.label},
+        metrics=metrics,
+        tags={
+            "decision.outcome": decision.outcome,
+            "baseline.label": baseline.label,
+            "baseline.bundle_key": baseline.bundle.key(),
+        },
+    )
+    run.log_table(baseline.result.to_dataframe(), BASELINE_TABLE_ARTIFACT)
+    run.log_json(comparison_rows(comparisons), COMPARISON_ARTIFACT)
+    run.log_json(decision.to_dict(), DECISION_ARTIFACT)

@@ -1,0 +1,245 @@
+"""Promotion policy: floors *and* a paired comparison against the baseline decide promotion.
+
+Why floors are not enough: a candidate that clears every absolute floor can still be worse
+than the champion it would replace. Here a candidate becomes champion only when, on the same
+golden cases, its primary metric is better than the baseline's (the confidence interval's low
+end above minus the non-inferiority margin, and the mean difference positive when
+``require_improvement``) and no guard metric may have regressed by more than its margin.
+
+Every way a gate could be made toothless (no thresholds, too few cases) refuses unless the
+policy explicitly allows it, and then the override is recorded on the decision so it shows in
+the run, not only in a config file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from llmops_dagster.evaluate.compare import MetricComparison
+from llmops_dagster.evaluate.gate import GateConfig, GateResult, evaluate_gate
+
+Outcome = Literal["champion", "challenger", "awaiting_approval", "refused"]
+
+DEFAULT_GUARDS: dict[str, float] = {"recall_at_5": 0.02, "ndcg_at_10": 0.02, "mrr_at_10": 0.02}
+
+
+def _default_minimums() -> dict[str, float]:
+    return dict(GateConfig().minimums)
+
+
+def _default_maximums() -> dict[str, float]:
+    return dict(GateConfig().maximums)
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """What a candidate must show to be promoted. Margins are in the metric's own units.
+
+    ``guards``: metric → largest regression allowed (the CI low end of the gain must be ≥
+    −margin). The guard defaults use the keys the evaluation writes (``metrics.MRR`` is
+    ``mrr``). ``approval="manual"``: a passing candidate waits for a person.
+    """
+
+    primary: str = "token_f1"
+    primary_margin: float = 0.0
+    require_improvement: bool = True
+    guards: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GUARDS))
+    minimums: Mapping[str, float] = field(default_factory=_default_minimums)
+    maximums: Mapping[str, float] = field(default_factory=_default_maximums)
+    min_cases: int = 30
+    approval: Literal["auto", "manual"] = "auto"
+    allow_few_cases: bool = False
+    allow_no_thresholds: bool = False
+    judge_capable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.approval not in ("auto", "manual"):
+            raise ValueError(f"approval must be 'auto' or 'manual', got {self.approval!r}")
+        if self.primary_margin < 0 or any(v < 0 for v in self.guards.values()):
+            raise ValueError("margins are allowed regressions and must be >= 0")
+        if self.min_cases < 0:
+            raise ValueError(f"min_cases must be >= 0, got {self.min_cases}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PromotionPolicy:
+        """From config. Absent keys keep their defaults; unknown keys raise, because a typo
+        (``guard:`` for ``guards:``) would otherwise silently weaken the gate."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown promotion policy keys {unknown}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key in ("guards", "minimums", "maximums"):
+            if key in data:
+                kwargs[key] = {str(k): float(v) for k, v in (data[key] or {}).items()}
+        for key, cast in (("primary", str), ("primary_margin", float), ("min_cases", int)):
+            if key in data:
+                kwargs[key] = cast(data[key])
+        for key in (
+            "require_improvement",
+            "allow_few_cases",
+            "allow_no_thresholds",
+            "judge_capable",
+        ):
+            if key in data:
+                kwargs[key] = bool(data[key])
+        if "approval" in data:
+            kwargs["approval"] = str(data["approval"])
+        return cls(**kwargs)
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(
+            minimums=dict(self.minimums),
+            maximums=dict(self.maximums),
+            judge_capable=self.judge_capable,
+        )
+
+    def as_params(self) -> dict[str, str]:
+        """Flat string params for MLflow (``policy.*`` plus the floors' ``gate.*``)."""
+        params = {
+            "policy.primary": self.primary,
+            "policy.margin": str(self.primary_margin),
+            "policy.require_improvement": str(self.require_improvement).lower(),
+            "policy.min_cases": str(self.min_cases),
+            "policy.approval": self.approval,
+            "policy.allow_few_cases": str(self.allow_few_cases).lower(),
+            "policy.allow_no_thresholds": str(self.allow_no_thresholds).lower(),
+        }
+        params.update({f"policy.guard.{k}": str(v) for k, v in sorted(self.guards.items())})
+        params.update(self.gate_config().as_params())
+        return params
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome with every reason for it. ``overrides``: safety rules the policy waived."""
+
+    outcome: Outcome
+    reasons: tuple[str, ...]
+    overrides: tuple[str, ...]
+    gate: GateResult
+    comparisons: tuple[MetricComparison, ...]
+    baseline: str = ""
+
+    @property
+    def promotes(self) -> bool:
+        return self.outcome == "champion"
+
+    @property
+    def passed_floors(self) -> bool:
+        """The floors held *and* there was at least one gating floor (vacuous ≠ passed)."""
+        return self.gate.passed and bool(self.gate.checked)
+
+    def summary(self) -> str:
+        text = f"{self.outcome} (vs {self.baseline or 'baseline'}): " + "; ".join(self.reasons)
+        if self.overrides:
+            text += " [overrides: " + "; ".join(self.overrides) + "]"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "promotes": self.promotes,
+            "baseline": self.baseline,
+            "reasons": list(self.reasons),
+            "overrides": list(self.overrides),
+            "gate": self.gate.to_dict(),
+            "comparisons": [c.as_row() for c in self.comparisons],
+        }
+
+
+def _check_comparisons(
+    policy: PromotionPolicy, by_metric: Mapping[str, MetricComparison], baseline: str
+) -> tuple[bool, list[str]]:
+    """Primary and guards; returns (passed, reasons). Missing guards are noted, not blocking."""
+    reasons: list[str] = []
+    primary = by_metric[policy.primary]
+    gain, low, _ = primary.improvement()
+    margin = policy.primary_margin
+    ok = True
+    if not low > -margin:
+        ok = False
+        reasons.append(
+            f"primary {primary.describe()}: interval low end {low:+.4f} is not above "
+            f"-{margin:g} (regression vs {baseline} not ruled out)"
+        )
+    if policy.require_improvement and not gain > 0:
+        ok = False
+        reasons.append(
+            f"primary {primary.describe()}: diff {primary.diff:+.4f} is no improvement over "
+            f"{baseline} (require_improvement)"
+        )
+    if ok:
+        reasons.append(f"primary {primary.describe()} vs {baseline}")
+    for metric, guard_margin in sorted(policy.guards.items()):
+        comp = by_metric.get(metric)
+        if comp is None:
+            reasons.append(f"guard {metric} was not compared (not checked)")
+            continue
+        _, g_low, _ = comp.improvement()
+        if g_low >= -guard_margin:
+            reasons.append(f"guard {comp.describe()} held (allowed regression {guard_margin})")
+        else:
+            ok = False
+            reasons.append(
+                f"guard {comp.describe()}: interval low end {g_low:+.4f} is below "
+                f"-{guard_margin:g} (may have regressed vs {baseline})"
+            )
+    return ok, reasons
+
+
+def decide(
+    policy: PromotionPolicy,
+    *,
+    n_cases: int,
+    aggregates: Mapping[str, float | None],
+    comparisons: Sequence[MetricComparison],
+    baseline_label: str,
+) -> Decision:
+    """Apply ``policy``: refusals (no thresholds, too few cases, failed floors), then the
+    paired comparison. All refusal reasons are collected so one run shows every problem."""
+    gate = evaluate_gate(aggregates, policy.gate_config())
+    comps = tuple(comparisons)
+    by_metric: dict[str, MetricComparison] = {}
+    for comp in comps:
+        if comp.metric in by_metric:
+            raise ValueError(f"metric {comp.metric!r} compared more than once")
+        by_metric[comp.metric] = comp
+    reasons: list[str] = []
+    overrides: list[str] = []
+
+    def result(outcome: Outcome) -> Decision:
+        return Decision(outcome, tuple(reasons), tuple(overrides), gate, comps, baseline_label)
+
+    if not gate.checked:
+        if not policy.minimums and not policy.maximums:
+            problem = "no thresholds: a gate without thresholds passes anything"
+        else:
+            problem = (
+                "no gating thresholds (judge-metric floors are advisory while judge_capable is "
+                "false): a gate without thresholds passes anything"
+            )
+        if policy.allow_no_thresholds:
+            overrides.append(f"allow_no_thresholds: {problem}")
+        else:
+            reasons.append(problem)
+    if n_cases < policy.min_cases:
+        problem = f"{n_cases} < {policy.min_cases} cases"
+        if policy.allow_few_cases:
+            overrides.append(f"allow_few_cases: {problem}")
+        else:
+            reasons.append(f"too few cases: {problem} (min_cases)")
+    if not gate.passed:
+        reasons.extend(f"floor failed: {f.describe()}" for f in gate.failures)
+    if reasons:
+        return result("refused")
+    if policy.primary not in by_metric:
+        reasons.append(f"primary metric {policy.primary} was not compared")
+        return result("refused")
+    passed, comparison_reasons = _check_comparisons(policy, by_metric, baseline_label)
+    reasons.extend(comparison_reasons)
+    if not passed:
+        return result("challenger")
+    return result("awaiting_approval" if policy.approval == "manual" else "champion")

@@ -1,0 +1,299 @@
+"""The RAG bundle: what is versioned, evaluated and promoted together.
+
+Why: answers depend on the generator (base + adapter), the prompt text, the retrieval settings,
+the embedding model and the physical index; promoting only the adapter lets a prompt edit or a
+re-index ship unevaluated. A :class:`RagBundle` pins all of them by concrete reference. Bundles
+are versions of one registered model (``llmops-rag-bundle``) whose ``bundle.*`` tags hold the
+bundle (``bundle/bundle.json`` in the registering run is the source). Aliases move with the audit
+trail of :mod:`llmops_dagster.evaluate.gate` (tags first, then the alias).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from llmops_dagster.evaluate import gate
+from llmops_dagster.evaluate.gate import RollbackError, current_alias_version
+from llmops_dagster.rag.prompt_registry import PromptRegistryError, require_prompt_hash
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from llmops_dagster.tracking.runs import RunHandle
+
+DEFAULT_BUNDLE_MODEL = "llmops-rag-bundle"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_PREFIX = "bundle."
+TAG_KIND = "llmops.kind"  # same key as models.registry.TAG_KIND
+KIND_BUNDLE = "rag_bundle"
+TAG_BUNDLE_KEY = "llmops.bundle_key"
+TAG_BUNDLE_VERSION = "llmops.bundle_version"  # on the registering run
+TAG_DECISION = "decision"
+TAG_ADAPTER_BASE = "llmops.base_model_id"  # models.registry.TAG_BASE_MODEL_ID, on adapters
+BUNDLE_DIR = "bundle"  # the version's source: <run artifacts>/bundle/bundle.json
+BUNDLE_FILE = f"{BUNDLE_DIR}/bundle.json"
+_MAX_TAG_CHARS = 5000  # model-version tag values: MLflow servers before 3.x cap them at 5000
+_ADAPTER_URI_RE = re.compile(r"models:/[^/@\s]+/\d+")
+_PROMPT_URI_RE = re.compile(r"prompts:/[^/@\s]+/\d+")
+_BUNDLE_REF_RE = re.compile(r"models:/([^/@\s]+)(?:/(\d+)|@([\w\-]+))")
+_INT_FIELDS = ("retrieval_k", "metrics_depth", "max_new_tokens")
+
+
+class BundleError(ValueError):
+    """An invalid bundle, or a bundle reference that does not resolve."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RagBundle:
+    """Everything an answer depends on, by concrete (immutable) reference."""
+
+    generator: Literal["llm", "extractive"]
+    adapter_uri: str | None  # models:/name/<version>; None = the base model (always, extractive)
+    base_model_id: str
+    prompt_uri: str  # prompts:/name/<version>
+    prompt_version: str  # the template's content hash
+    retrieval_mode: str
+    retrieval_k: int
+    metrics_depth: int = 10
+    max_new_tokens: int
+    embedding_model_id: str
+    index_name: str  # the physical index the alias pointed at when evaluated
+    index_alias: str
+
+    def __post_init__(self) -> None:
+        def require(ok: object, problem: str) -> None:
+            if not ok:
+                raise BundleError(f"invalid bundle: {problem}")
+
+        require(self.generator in ("llm", "extractive"), f"generator {self.generator!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _INT_FIELDS:
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                require(ok, f"{f.name} must be a positive integer, not {value!r}")
+            elif f.name != "adapter_uri":
+                ok = isinstance(value, str) and (bool(value) or f.name == "base_model_id")
+                require(ok, f"{f.name} must be a non-empty string, not {value!r}")
+        require(self.generator != "llm" or self.base_model_id, "an llm bundle needs base_model_id")
+        if self.adapter_uri is not None:
+            require(self.generator == "llm", "an extractive bundle has no adapter_uri")
+            ok = isinstance(self.adapter_uri, str) and _ADAPTER_URI_RE.fullmatch(self.adapter_uri)
+            require(ok, f"adapter_uri {self.adapter_uri!r} is not models:/<name>/<version>")
+        require(
+            _PROMPT_URI_RE.fullmatch(self.prompt_uri),
+            f"prompt_uri {self.prompt_uri!r} is not a concrete prompts:/<name>/<version>",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RagBundle:
+        """Strict: every field, nothing else."""
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise BundleError(f"bundle keys: unknown {unknown}, missing {missing}")
+        return cls(**dict(data))
+
+    def as_tags(self) -> dict[str, str]:
+        """``bundle.<field>`` → string (adapter_uri None → "")."""
+        return {f"{TAG_PREFIX}{k}": "" if v is None else str(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> RagBundle:
+        """The bundle from :meth:`as_tags` output (other tags are ignored)."""
+        data: dict[str, Any] = {}
+        for key, value in tags.items():
+            if (name := key.removeprefix(TAG_PREFIX)) != key:  # a bundle.* tag
+                data[name] = int(value) if name in _INT_FIELDS and value.isdigit() else value
+        if data.get("adapter_uri") == "":
+            data["adapter_uri"] = None
+        return cls.from_dict(data)
+
+    def key(self) -> str:
+        """Stable digest of the content: identical bundles share it."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def describe(self) -> str:
+        generator = f"llm {self.base_model_id} + {self.adapter_uri or 'no adapter'}"
+        if self.generator == "extractive":
+            generator = "extractive"
+        return (
+            f"{generator} (≤{self.max_new_tokens} tokens) | prompt {self.prompt_uri} "
+            f"({self.prompt_version}) | {self.retrieval_mode} k={self.retrieval_k} "
+            f"on {self.index_name} (@{self.index_alias}, {self.embedding_model_id}) | "
+            f"key {self.key()}"
+        )
+
+
+@dataclass(frozen=True)
+class BundleVersion:
+    name: str
+    version: str
+    bundle: RagBundle
+    run_id: str | None
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """``previous_version`` None = the alias did not exist; equal versions = nothing moved."""
+
+    previous_version: str | None
+    new_version: str
+    alias: str
+
+    @property
+    def moved(self) -> bool:
+        return self.previous_version != self.new_version
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_bundle(client: MlflowClient, bundle: RagBundle) -> None:
+    """The prompt version has the bundle's hash; the adapter exists, trained on the same base."""
+    from mlflow.exceptions import MlflowException
+
+    trained_on = None
+    try:
+        require_prompt_hash(client, bundle.prompt_uri, bundle.prompt_version)
+        if bundle.adapter_uri is not None:
+            name, version = bundle.adapter_uri.removeprefix("models:/").rsplit("/", 1)
+            adapter_tags = client.get_model_version(name, version).tags or {}
+            trained_on = adapter_tags.get(TAG_ADAPTER_BASE)
+    except (PromptRegistryError, MlflowException) as exc:
+        raise BundleError(f"{client.tracking_uri}: {getattr(exc, 'message', exc)}") from exc
+    if trained_on and trained_on != bundle.base_model_id:
+        raise BundleError(f"{bundle.adapter_uri} was trained on {trained_on}, not the bundle's "
+                          f"base model {bundle.base_model_id}")  # fmt: skip
+
+
+def register_bundle(
+    client: MlflowClient,
+    bundle: RagBundle,
+    *,
+    run: RunHandle,
+    name: str = DEFAULT_BUNDLE_MODEL,
+    verify: bool = True,
+) -> BundleVersion:
+    """Log ``bundle/bundle.json`` into ``run`` (one bundle per run) and add a version of ``name``
+    (created if missing) with the bundle as tags. ``verify``: :func:`check_bundle` first."""
+    from mlflow.exceptions import MlflowException
+
+    if verify:
+        check_bundle(client, bundle)
+    logged = run.client.get_run(run.run_id).data.tags.get(TAG_BUNDLE_KEY, bundle.key())
+    if logged != bundle.key():  # one bundle.json per run: a version's source must not change
+        raise BundleError(f"run {run.run_id} already registered bundle {logged}: use a new run")
+    run.set_tag(TAG_BUNDLE_KEY, bundle.key())
+    run.log_json(bundle.to_dict(), BUNDLE_FILE)
+    try:
+        client.create_registered_model(name, description="RAG bundles (llmops-dagster)")
+    except MlflowException as exc:  # created before (or concurrently by another run)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = bundle.as_tags() | {TAG_KIND: KIND_BUNDLE, TAG_BUNDLE_KEY: bundle.key()}
+    source, description = f"{run.artifact_uri}/{BUNDLE_DIR}", bundle.describe()[:_MAX_TAG_CHARS]
+    mv = client.create_model_version(
+        name, source=source, run_id=run.run_id, tags=tags, description=description
+    )
+    run.set_tag(TAG_BUNDLE_VERSION, f"{name}/{mv.version}")
+    return BundleVersion(name, str(mv.version), bundle, run.run_id, tags)
+
+
+def load_bundle(client: MlflowClient, ref: str) -> BundleVersion:
+    """``models:/<name>/<version>`` or ``models:/<name>@<alias>`` → the validated bundle."""
+    from mlflow.exceptions import MlflowException
+
+    match = _BUNDLE_REF_RE.fullmatch(ref.strip())
+    if not match:
+        raise BundleError(f"bundle ref {ref!r} is not models:/<name>/<version> or @<alias>")
+    name, version, alias = match.groups()
+    get = client.get_model_version_by_alias if alias is not None else client.get_model_version
+    try:
+        mv = get(name, alias or version)
+    except MlflowException as exc:
+        raise BundleError(
+            f"no bundle {ref} in MLflow {client.tracking_uri}: {exc.message}"
+        ) from exc
+    tags = dict(mv.tags or {})
+    if tags.get(TAG_KIND) != KIND_BUNDLE:
+        raise BundleError(f"{ref} (v{mv.version}) is not a RAG bundle ({TAG_KIND} missing)")
+    bundle = RagBundle.from_tags(tags)
+    if tags.get(TAG_BUNDLE_KEY) != bundle.key():
+        raise BundleError(f"{ref} (v{mv.version}): bundle tags were edited after registering")
+    return BundleVersion(name, str(mv.version), bundle, mv.run_id, tags)
+
+
+def current_champion(
+    client: MlflowClient, name: str = DEFAULT_BUNDLE_MODEL
+) -> BundleVersion | None:
+    version = current_alias_version(client, name, CHAMPION)
+    return None if version is None else load_bundle(client, f"models:/{name}/{version}")
+
+
+def set_bundle_alias(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    alias: str,
+    *,
+    evaluation_run_id: str,
+    decision_summary: str,
+) -> AliasMove:
+    """Point ``alias`` at ``version`` (a registered bundle), audit tags first. ``champion``
+    records the replaced version for :func:`rollback_bundle`; other aliases record
+    ``<alias>_set_at`` and ``<alias>_evaluation_run_id``. Already there → nothing changes."""
+    version = load_bundle(client, f"models:/{name}/{version}").version  # must be a bundle
+    previous = current_alias_version(client, name, alias)
+    if previous == version:
+        return AliasMove(previous, version, alias)
+    stamp, tag = _now(), functools.partial(client.set_model_version_tag, name)
+    if alias == CHAMPION:
+        tag(version, gate.TAG_PREVIOUS, previous or "")
+        tag(version, gate.TAG_PROMOTED_AT, stamp)
+        tag(version, gate.TAG_EVAL_RUN, evaluation_run_id)
+        tag(version, TAG_DECISION, decision_summary[:_MAX_TAG_CHARS])
+        if previous is not None:
+            tag(previous, gate.TAG_REPLACED_BY, version)
+            tag(previous, gate.TAG_REPLACED_AT, stamp)
+    else:
+        tag(version, f"{alias}_set_at", stamp)
+        tag(version, f"{alias}_evaluation_run_id", evaluation_run_id)
+    client.set_registered_model_alias(name, alias, version)
+    return AliasMove(previous, version, alias)
+
+
+def rollback_bundle(client: MlflowClient, name: str = DEFAULT_BUNDLE_MODEL) -> AliasMove:
+    """Point ``champion`` back at the current champion's ``previous_champion``; the restored
+    version is tagged ``champion_rolled_back_from``. :class:`RollbackError` when there is none."""
+    current = current_alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RollbackError(f"{name} has no @{CHAMPION} to roll back")
+    target = load_bundle(client, f"models:/{name}/{current}").tags.get(gate.TAG_PREVIOUS)
+    if not target:
+        raise RollbackError(f"{name} v{current} (@{CHAMPION}) records no {gate.TAG_PREVIOUS}")
+    target = load_bundle(client, f"models:/{name}/{target}").version  # must still be a bundle
+    stamp, tag = _now(), functools.partial(client.set_model_version_tag, name)
+    tag(target, gate.TAG_ROLLED_BACK_FROM, current)
+    tag(target, gate.TAG_PROMOTED_AT, stamp)
+    tag(current, gate.TAG_REPLACED_BY, target)
+    tag(current, gate.TAG_REPLACED_AT, stamp)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    return AliasMove(current, target, CHAMPION)

@@ -1,0 +1,349 @@
+"""Champion/challenger on RAG bundles, end to end on real services: the sample corpus indexed in
+Elasticsearch, the MLflow registry and prompt registry on SQLite, the packaged SmolLM2.
+
+The scenario runs in order (one module-scoped world): refusals → the extractive bundle beats
+the base model and becomes champion → a degraded adapter, found by the registry sensor, stays
+challenger → a non-inferior bundle with another retriever setting is promoted and rolled back
+with the CLI → `ask` serves exactly the champion bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from elasticsearch import Elasticsearch
+from mlflow.tracking import MlflowClient
+
+from jobs.sensors import mlflow_registry_sensor
+from llmops_dagster.config import Settings
+from llmops_dagster.definitions import build_definitions
+from llmops_dagster.evaluate.gate import current_alias_version
+from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, load_bundle
+from llmops_dagster.resources import build_resources
+from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from tests.conftest import asset_metadata, drop_indices
+
+pytestmark = pytest.mark.integration
+
+FAST = {"limit": 30, "max_new_tokens": 8, "n_resamples": 1000}
+
+
+@dataclass
+class World:
+    settings: Settings
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    client: MlflowClient
+
+    def evaluate(self, **config: object) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def("evaluate_candidate")
+        return job.execute_in_process(
+            run_config={"ops": {"rag_evaluation": {"config": config}}},
+            instance=self.instance,
+            raise_on_error=False,
+        )
+
+    def champion(self) -> str | None:
+        return current_alias_version(self.client, DEFAULT_BUNDLE_MODEL, "champion")
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+    es_settings: Settings,
+    es_client: Elasticsearch,
+    sample_dir: Path,
+):
+    home = tmp_path_factory.mktemp("cc-home")
+    alias = f"cc-{uuid.uuid4().hex[:8]}"
+    settings = Settings().override(
+        home=home,
+        warehouse={"duckdb_path": home / "warehouse.duckdb"},
+        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
+        # One torch thread; the project's model cache (the GGUF is converted only once).
+        models={"torch_threads": 1, "cache_dir": Settings().models_cache_dir},
+    )
+    defs = build_definitions(
+        settings, SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    indexed = defs.resolve_job_def("reindex").execute_in_process(instance=instance)
+    assert indexed.success
+    client = MlflowClient(settings.mlflow_uri)
+    yield World(settings, defs, instance, client)
+    drop_indices(es_client, alias)
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    (found,) = [c for c in result.get_asset_check_evaluations() if c.check_name == name]
+    return found
+
+
+def _champion_moved(result: dg.ExecuteInProcessResult) -> bool:
+    return any(
+        e.asset_key.to_user_string() == "champion_model"
+        for e in result.get_asset_materialization_events()
+    )
+
+
+def test_too_few_cases_or_no_thresholds_are_refused_unless_overridden(world: World) -> None:
+    few = world.evaluate(generator="extractive", limit=5, max_new_tokens=16)
+    gate = _check(few, "quality_gate")
+    assert gate.passed is False
+    assert "too few cases: 5 < 30 cases (min_cases)" in gate.metadata["summary"].value
+    assert not _champion_moved(few) and world.champion() is None
+
+    none = world.evaluate(generator="extractive", limit=5, minimums={}, allow_few_cases=True)
+    summary = _check(none, "quality_gate").metadata["summary"].value
+    assert "no thresholds: a gate without thresholds passes anything" in summary
+    assert world.champion() is None
+
+    overridden = world.evaluate(generator="extractive", limit=5, allow_few_cases=True)
+    evaluation = asset_metadata(overridden, "rag_evaluation")
+    assert evaluation["overrides"] == ["allow_few_cases: 5 < 30 cases"]
+    run = world.client.get_run(evaluation["mlflow_run_id"])
+    assert run.data.tags["decision.override.0"] == "allow_few_cases: 5 < 30 cases"
+    assert _check(overridden, "quality_gate").passed is True
+
+
+def test_extractive_bundle_beats_the_base_model_and_becomes_champion(world: World) -> None:
+    result = world.evaluate(generator="extractive", **FAST)
+    assert result.success
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["baseline"] == "base model (no champion yet)"
+    assert evaluation["decision"] == "champion"
+    assert evaluation["cases"] == 30
+    assert evaluation["diff/token_f1"] > 0
+    table = evaluation["comparison"]
+    assert "| token_f1 | 30 |" in table and "| recall_at_5 | 30 |" in table
+    champion = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}@champion")
+    assert champion.uri == evaluation["bundle_uri"]
+    assert champion.bundle.generator == "extractive" and champion.bundle.retrieval_k == 3
+    assert champion.bundle.prompt_uri.startswith("prompts:/rag_answer/")
+    assert champion.tags["previous_champion"] == ""
+    run = world.client.get_run(evaluation["mlflow_run_id"])
+    assert run.data.metrics["compare.token_f1.ci_low"] > 0  # the interval excludes no gain
+    assert run.data.tags["decision.outcome"] == "champion"
+    assert _check(result, "champion_comparison").passed is True
+
+
+def _degraded_adapter(world: World) -> str:
+    """A LoRA adapter with random weights (what a broken fine-tune produces), registered like a
+    trained one — the registry sensor sees a new version and asks for its evaluation."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmops_dagster.models.local import base_fingerprint
+    from llmops_dagster.models.registry import (
+        TAG_BASE_FINGERPRINT,
+        TAG_BASE_MODEL_ID,
+        register_adapter_version,
+    )
+    from llmops_dagster.tracking.runs import open_run
+    from llmops_dagster.tracking.store import ensure_mlflow
+
+    models = build_resources(world.settings, with_dlt=False)["models"]
+    base = models.base_model(fresh=True)
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(base.model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = base.source.model_id
+    folder = world.settings.home / "degraded-adapter"
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+    store = ensure_mlflow(world.settings.mlflow_uri, world.settings.mlflow.experiment)
+    with open_run(store, run_name="degraded", tags={}, ui_url="http://127.0.0.1:5000") as run:
+        run.client.log_artifacts(run.run_id, str(folder), "adapter")
+        tags = {
+            TAG_BASE_MODEL_ID: base.source.model_id,
+            TAG_BASE_FINGERPRINT: base_fingerprint(base.model),
+        }
+        return register_adapter_version(
+            run.client,
+            world.settings.models.adapter_model_name,
+            source=f"{run.artifact_uri}/adapter",
+            run_id=run.run_id,
+            tags=tags,
+        )
+
+
+def test_degraded_adapter_found_by_the_sensor_stays_challenger(world: World) -> None:
+    champion_before = world.champion()
+    assert champion_before is not None
+    version = _degraded_adapter(world)
+    resources = build_resources(world.settings, with_dlt=False)
+    with dg.build_sensor_context(
+        instance=world.instance,
+        resources={"models": resources["models"], "mlflow": resources["mlflow"]},
+    ) as context:
+        requests = [r for r in mlflow_registry_sensor(context) if isinstance(r, dg.RunRequest)]
+    (request,) = requests
+    config = request.run_config["ops"]["rag_evaluation"]["config"]
+    assert config == {"model_version": version}
+    result = world.evaluate(**config, **FAST)
+    evaluation = asset_metadata(result, "rag_evaluation")
+    # Random LoRA weights garble the answers: the floor refuses it outright.
+    assert evaluation["decision"] == "refused"
+    assert "floor failed: token_f1" in evaluation["decision_summary"]
+    assert (
+        evaluation["model_uri"] == f"models:/{world.settings.models.adapter_model_name}/{version}"
+    )
+    assert evaluation["diff/token_f1"] < 0
+    assert _check(result, "quality_gate").passed is False
+    comparison = _check(result, "champion_comparison")
+    assert comparison.passed is False
+    table = comparison.metadata["comparison"].value
+    assert "| token_f1 | 30 |" in table  # the regression and its interval are attached
+    assert not _champion_moved(result)
+    assert world.champion() == champion_before
+    run = world.client.get_run(evaluation["mlflow_run_id"])
+    assert run.data.metrics["compare.token_f1.ci_high"] < 0  # significantly worse
+
+
+def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "LLMOPS_HOME": str(world.settings.home),
+        "MLFLOW_TRACKING_URI": world.settings.mlflow_uri,
+        "ELASTICSEARCH_URL": str(world.settings.elasticsearch.url),
+        "LLMOPS_ES_INDEX_ALIAS": world.settings.elasticsearch.index_alias,
+        "LLMOPS_DUCKDB_PATH": str(world.settings.duckdb_path),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "llmops_dagster.cli", *args],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_non_inferior_bundle_is_promoted_and_the_cli_rolls_it_back(world: World) -> None:
+    first = world.champion()
+    # Another retriever setting, promoted on non-inferiority (no improvement required).
+    result = world.evaluate(
+        generator="extractive", k=5, require_improvement=False, primary_margin=0.1, **FAST
+    )
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["decision"] == "champion", evaluation["decision_summary"]
+    second = world.champion()
+    assert second != first and evaluation["bundle_uri"].endswith(f"/{second}")
+    promoted = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}/{second}")
+    assert promoted.tags["previous_champion"] == first and promoted.bundle.retrieval_k == 5
+
+    rolled = _cli(world, "bundle", "rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout.strip() == f"champion: v{second} → v{first}"
+    assert world.champion() == first
+
+
+def test_manual_approval_waits_for_a_person_and_records_who(world: World) -> None:
+    before = world.champion()
+    result = world.evaluate(
+        generator="extractive",
+        k=4,
+        approval="manual",
+        require_improvement=False,
+        primary_margin=0.1,
+        **FAST,
+    )
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["decision"] == "awaiting_approval", evaluation["decision_summary"]
+    version = evaluation["bundle_uri"].rsplit("/", 1)[1]
+    assert world.champion() == before  # nothing moves without a person
+    assert current_alias_version(world.client, DEFAULT_BUNDLE_MODEL, "challenger") == version
+
+    refused = _cli(world, "bundle", "approve", before, "--by", "alice")
+    assert refused.returncode == 1 and "only a candidate awaiting approval" in refused.stderr
+    approved = _cli(world, "bundle", "approve", version, "--by", "alice")
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.strip() == f"champion: v{before} → v{version} (by alice)"
+    tags = world.client.get_model_version(DEFAULT_BUNDLE_MODEL, version).tags
+    assert tags["approved_by"] == "alice" and tags["approved_at"]
+    assert tags["previous_champion"] == before
+    rolled = _cli(world, "bundle", "rollback")  # back to the champion the next tests expect
+    assert rolled.returncode == 0 and world.champion() == before
+
+
+def test_ask_serves_exactly_the_champion_bundle(world: World) -> None:
+    champion = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}@champion")
+    answered = _cli(
+        world, "ask", "Within how many days must an expense claim be submitted?", "--json"
+    )
+    assert answered.returncode == 0, answered.stderr
+    payload = json.loads(answered.stdout)
+    assert payload["bundle_uri"] == champion.uri
+    assert payload["model_id"].startswith("extractive:")
+    assert payload["prompt_version"] == champion.bundle.prompt_version
+    assert payload["mode"] == champion.bundle.retrieval_mode
+    assert payload["k"] == champion.bundle.retrieval_k == len(payload["retrieved"])
+    assert len(payload["ranked"]) == champion.bundle.metrics_depth
+    assert "30 days" in payload["text"]
+    refused = _cli(world, "ask", "anything", "--k", "7")
+    assert refused.returncode == 1 and "fixes k, mode and max_new_tokens" in refused.stderr
+
+
+def test_a_damaging_reindex_is_caught_by_the_inputs_sensor_and_the_champion_check(
+    world: World, es_client: Elasticsearch
+) -> None:
+    from jobs.sensors import evaluation_inputs_sensor
+    from llmops_dagster.evaluate.golden import load_golden
+    from llmops_dagster.search.aliases import current_index
+
+    resources = build_resources(world.settings, with_dlt=False)
+    sensor_resources = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow")}
+
+    def tick(cursor: str | None) -> tuple[list, str | None]:
+        with dg.build_sensor_context(
+            instance=world.instance, cursor=cursor, resources=sensor_resources
+        ) as context:
+            return list(evaluation_inputs_sensor(context)), context.cursor
+
+    first, cursor = tick(None)
+    assert [type(e) for e in first] == [dg.SkipReason]
+    assert tick(cursor)[0][0].skip_message == "prompt, golden set and index unchanged"
+
+    # A rebuild moves the alias; then the new index loses the documents behind the first
+    # ten golden questions (what a broken source or chunker would do to a reindex).
+    alias = world.settings.elasticsearch.index_alias
+    before = current_index(es_client, alias)
+    rebuilt = world.defs.resolve_job_def("reindex_full_rebuild").execute_in_process(
+        instance=world.instance
+    )
+    assert rebuilt.success and current_index(es_client, alias) != before
+    lost = sorted({d for item in load_golden().items[:10] for d in item.relevant_doc_ids})
+    # By id: the minimal distribution has no _delete_by_query (it lives in the reindex module).
+    found = es_client.search(
+        index=alias, query={"terms": {"doc_id": lost}}, size=1000, source=False
+    )["hits"]["hits"]
+    assert found
+    es_client.bulk(
+        operations=[{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in found],
+        refresh=True,
+    )
+
+    requests, _ = tick(cursor)
+    (request,) = requests
+    assert request.tags["llmops/reevaluate"] == "alias moved to another index"
+    champion = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}@champion")
+    config = request.run_config["ops"]["rag_evaluation"]["config"]
+    assert config == {
+        "generator": "extractive",
+        "k": champion.bundle.retrieval_k,
+        "mode": champion.bundle.retrieval_mode,
+        "metrics_depth": 10,
+        "max_new_tokens": champion.bundle.max_new_tokens,
+    }
+    result = world.evaluate(**config, limit=30, n_resamples=1000)
+    holds = _check(result, "champion_holds_up")
+    assert holds.passed is False
+    assert "since promotion" in holds.metadata["summary"].value
+    assert "recall_at_5" in holds.metadata["comparison"].value
+    assert world.champion() == champion.version  # a re-evaluation never promotes by itself
