@@ -122,7 +122,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
         f"Elasticsearch: {es['url']} (alias {settings.elasticsearch.index_alias})"
     )
     for label, evaluated in evaluations:
-        _print_decision(console, label, evaluated)
+        print_decision(console, label, evaluated)
     _print_champion_lineage(console, settings, store.tracking_uri)
     console.print(f"Full log of the run: {log_path}")
     if not keep_services:
@@ -130,7 +130,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
     return 0 if result.success else 1
 
 
-def _print_decision(console: Console, label: str, result: Any) -> None:
+def print_decision(console: Console, label: str, result: Any) -> None:
     """Candidate vs baseline with paired 95 % intervals, and what the policy decided."""
     events = [
         e

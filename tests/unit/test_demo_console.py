@@ -246,3 +246,41 @@ def test_real_run_of_two_assets(tmp_path: Path, capfd: pytest.CaptureFixture[str
     captured = capfd.readouterr()
     assert "STEP_START" not in captured.out + captured.err
     assert "noise" not in captured.out + captured.err
+
+
+def test_the_demo_prints_each_comparison_and_its_decision() -> None:
+    """What the demo shows after an evaluation: both bundles, the paired table, the decision."""
+    from types import SimpleNamespace
+
+    from llmops_dagster.demo import print_decision
+
+    table = (
+        "| metric | n | candidate_mean | baseline_mean | diff | ci_low | ci_high |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| token_f1 | 60 | 0.31 | 0.29 | 0.02 | -0.01 | 0.05 |"
+    )
+    metadata = {
+        "bundle_uri": dg.MetadataValue.text("models:/llmops-rag-bundle/1"),
+        "baseline": dg.MetadataValue.text("base model (no champion yet)"),
+        "cases": dg.MetadataValue.int(60),
+        "comparison": dg.MetadataValue.md(table),
+        "decision": dg.MetadataValue.text("challenger"),
+        "decision_summary": dg.MetadataValue.text("challenger (vs base model): primary ..."),
+    }
+    event = SimpleNamespace(
+        asset_key=dg.AssetKey("rag_evaluation"),
+        materialization=SimpleNamespace(metadata=metadata),
+    )
+    result = SimpleNamespace(get_asset_materialization_events=lambda: [event])
+    out = io.StringIO()
+    print_decision(Console(file=out, width=120), "LoRA adapter", result)
+    text = out.getvalue()
+    assert "LoRA adapter models:/llmops-rag-bundle/1 vs base model (no champion yet)" in text
+    assert "on 60 golden questions" in text
+    assert "token_f1" in text and "-0.01" in text and "0.05" in text
+    assert "decision: challenger — challenger (vs base model): primary ..." in text
+
+    empty = io.StringIO()
+    none = SimpleNamespace(get_asset_materialization_events=lambda: [])
+    print_decision(Console(file=empty, width=120), "extractive answerer", none)
+    assert "extractive answerer: no evaluation (see the log)" in empty.getvalue()
