@@ -15,6 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
+from llmops_dagster.evaluate.gate import GateConfig
 from llmops_dagster.evaluate.policy import DEFAULT_GUARDS
 from llmops_dagster.resources import (
     CorpusResource,
@@ -54,9 +55,7 @@ class EvaluationConfig(dg.Config):
     require_improvement: bool = True
     guards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDS))
     """Metrics that may not regress by more than their margin (interval low end)."""
-    minimums: dict[str, float] = Field(
-        default_factory=lambda: {"recall_at_5": 0.6, "ndcg_at_10": 0.5, "token_f1": 0.05}
-    )
+    minimums: dict[str, float] = Field(default_factory=lambda: dict(GateConfig().minimums))
     maximums: dict[str, float] = Field(default_factory=dict)
     min_cases: int = 30
     approval: str = "auto"

@@ -1,4 +1,4 @@
-"""Quality gate and champion promotion in the MLflow model registry.
+"""Quality gate (absolute floors) and the registry's promotion audit tags.
 
 Why a gate that decides: scores nobody acts on (a WARN-only check) let a regression ship. Here
 a candidate version becomes ``champion`` only if every configured threshold holds; otherwise
@@ -10,25 +10,21 @@ Rules:
   did not see).
 - Judge metrics gate only when the judge is declared capable (``judge_capable``); otherwise
   their thresholds are reported as advisory and never block.
-- Promotion is audited on the model versions themselves: the new champion gets
-  ``previous_champion`` (the version it replaced, "" if none), ``champion_promoted_at`` and the
-  evaluation run id; the old one gets ``champion_replaced_by``. The tags are written before the
-  alias moves, so a crash in between leaves the old champion serving. Rollback follows
-  ``previous_champion``.
+- Promotion (``rag.bundle.set_bundle_alias``) is audited on the model versions with the tag
+  names below: the new champion gets ``previous_champion`` (the version it replaced, "" if
+  none), ``champion_promoted_at`` and the evaluation run id; the old one gets
+  ``champion_replaced_by``. Rollback follows ``previous_champion``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-DEFAULT_ALIAS = "champion"
 JUDGE_METRIC_KEYS = frozenset({"answer_relevancy", "faithfulness", "geval_correctness"})
 
 TAG_PREVIOUS = "previous_champion"
@@ -36,10 +32,7 @@ TAG_PROMOTED_AT = "champion_promoted_at"
 TAG_EVAL_RUN = "champion_evaluation_run_id"
 TAG_REPLACED_BY = "champion_replaced_by"
 TAG_REPLACED_AT = "champion_replaced_at"
-TAG_GATE_PASSED = "gate_passed"
-TAG_GATE_FAILURES = "gate_failures"
 TAG_ROLLED_BACK_FROM = "champion_rolled_back_from"
-_MAX_TAG_CHARS = 5000  # MLflow's model-version tag value limit
 
 
 @dataclass(frozen=True)
@@ -157,24 +150,6 @@ def evaluate_gate(aggregates: Mapping[str, float | None], config: GateConfig) ->
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PromotionResult:
-    """What happened to the alias. ``promoted`` False = the alias did not move."""
-
-    promoted: bool
-    model_name: str
-    alias: str
-    version: str
-    previous_version: str | None
-    reason: str
-    failures: tuple[GateFailure, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["failures"] = [asdict(f) for f in self.failures]
-        return data
-
-
 class RollbackError(RuntimeError):
     """No version to roll back to (no champion, or no recorded previous champion)."""
 
@@ -189,94 +164,3 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def promote_champion(
-    client: MlflowClient,
-    model_name: str,
-    version: str | int,
-    gate_result: GateResult,
-    *,
-    alias: str = DEFAULT_ALIAS,
-    evaluation_run_id: str | None = None,
-) -> PromotionResult:
-    """On a passed gate point ``alias`` at ``version`` (audit tags first); on a failed one
-    leave the alias alone and record the failures on the candidate version."""
-    version = str(version)
-    client.get_model_version(model_name, version)  # fail fast on an unknown version
-    previous = current_alias_version(client, model_name, alias)
-    if not gate_result.passed:
-        client.set_model_version_tag(model_name, version, TAG_GATE_PASSED, "false")
-        failures_json = json.dumps([asdict(f) for f in gate_result.failures], default=str)
-        client.set_model_version_tag(
-            model_name, version, TAG_GATE_FAILURES, failures_json[:_MAX_TAG_CHARS]
-        )
-        return PromotionResult(
-            False, model_name, alias, version, previous, gate_result.summary(), gate_result.failures
-        )
-    client.set_model_version_tag(model_name, version, TAG_GATE_PASSED, "true")
-    if previous == version:
-        return PromotionResult(
-            True, model_name, alias, version, previous, f"already {alias}; alias unchanged"
-        )
-    stamp = _now()
-    client.set_model_version_tag(model_name, version, TAG_PREVIOUS, previous or "")
-    client.set_model_version_tag(model_name, version, TAG_PROMOTED_AT, stamp)
-    if evaluation_run_id:
-        client.set_model_version_tag(model_name, version, TAG_EVAL_RUN, evaluation_run_id)
-    if previous is not None:
-        client.set_model_version_tag(model_name, previous, TAG_REPLACED_BY, version)
-        client.set_model_version_tag(model_name, previous, TAG_REPLACED_AT, stamp)
-    client.set_registered_model_alias(model_name, alias, version)
-    return PromotionResult(
-        True,
-        model_name,
-        alias,
-        version,
-        previous,
-        f"{alias} → v{version}" + (f" (was v{previous})" if previous else " (first champion)"),
-    )
-
-
-def rollback_champion(
-    client: MlflowClient,
-    model_name: str,
-    *,
-    alias: str = DEFAULT_ALIAS,
-    to_version: str | int | None = None,
-) -> PromotionResult:
-    """Point ``alias`` back at ``to_version`` or, by default, at the current champion's
-    recorded ``previous_champion``. Tags the restored version with where it came back from."""
-    current = current_alias_version(client, model_name, alias)
-    if to_version is None:
-        if current is None:
-            raise RollbackError(f"{model_name} has no @{alias} to roll back")
-        tags = client.get_model_version(model_name, current).tags or {}
-        target = tags.get(TAG_PREVIOUS) or None
-        if target is None:
-            raise RollbackError(
-                f"{model_name} v{current} (@{alias}) records no {TAG_PREVIOUS}: "
-                "nothing to roll back to"
-            )
-    else:
-        target = str(to_version)
-    client.get_model_version(model_name, target)  # must exist
-    stamp = _now()
-    if current is not None and current != target:
-        client.set_model_version_tag(model_name, target, TAG_ROLLED_BACK_FROM, current)
-        client.set_model_version_tag(model_name, current, TAG_REPLACED_BY, target)
-        client.set_model_version_tag(model_name, current, TAG_REPLACED_AT, stamp)
-    client.set_model_version_tag(model_name, target, TAG_PROMOTED_AT, stamp)
-    client.set_registered_model_alias(model_name, alias, target)
-    return PromotionResult(
-        True,
-        model_name,
-        alias,
-        target,
-        current,
-        f"rolled back {alias} to v{target} (was v{current})",
-    )
