@@ -52,11 +52,10 @@ import argparse
 import gc
 import json
 import math
-import os
 import random
 import re
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -66,6 +65,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops_dagster.config import apply_offline_env_defaults
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import git_revision, write_json_atomic
 
 apply_offline_env_defaults()  # this script is where the process starts
 import numpy as np
@@ -349,38 +351,6 @@ def result_section(
     if len(set(names)) != len(names):
         raise ValueError(f"metric names repeat: {names}")
     return {**primary, "metrics": {c["metric"]: dict(c) for c in comparisons}, **extra}
-
-
-def git_revision(root: Path) -> str:
-    """``git rev-parse HEAD`` of ``root``, with ``-dirty`` when the checkout has changes
-    (tracked or untracked); ``unknown`` outside a git checkout. Takes no index lock."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, env=env
-        ).stdout.strip()
-
-    try:
-        sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain"))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON via a temp file in the same folder + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ import dagster as dg
 
 REINDEX_SELECTION = dg.AssetSelection.groups("ingest", "prepare", "index")
 EVALUATION_SELECTION = dg.AssetSelection.assets("rag_evaluation", "champion_model")
+FINETUNE_SELECTION = dg.AssetSelection.assets(
+    "finetune_dataset", "lora_adapter", "rag_evaluation", "champion_model"
+)
+SERVING_SELECTION = dg.AssetSelection.groups("serve")
+SERVING_WATCH_CRON = "0 * * * *"
 
 # Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
 reindex_job = dg.define_asset_job(
@@ -24,6 +29,20 @@ evaluate_job = dg.define_asset_job(
     name="evaluate_candidate",
     selection=EVALUATION_SELECTION,
     description="Evaluate one adapter version on the golden set; promote it if the gate passes.",
+)
+
+finetune_job = dg.define_asset_job(
+    name="finetune_and_evaluate",
+    selection=FINETUNE_SELECTION,
+    description="Rebuild the SFT dataset, train a LoRA adapter and evaluate it against the "
+    "champion (requested when the training QA set changes, e.g. after accepted feedback).",
+)
+
+serving_job = dg.define_asset_job(
+    name="serving_watch",
+    selection=SERVING_SELECTION,
+    description="Load new traces and feedback, recompute the serving metrics and their checks, "
+    "and refresh the feedback candidates awaiting review.",
 )
 
 
@@ -47,16 +66,27 @@ def build_schedules(
             description="Periodic zero-downtime rebuild (compacts deletes, applies mapping "
             "changes).",
         ),
+        dg.ScheduleDefinition(
+            name="serving_watch_hourly",
+            job=serving_job,
+            cron_schedule=SERVING_WATCH_CRON,
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Serving metrics and feedback candidates; cheap when nothing was served.",
+        ),
     ]
 
 
 def build_jobs(
     *, reindex_cron: str = "0 * * * *", full_rebuild_cron: str = "0 3 * * 0"
 ) -> tuple[list, list, list]:
-    from jobs.sensors import evaluation_inputs_sensor, mlflow_registry_sensor
+    from jobs.sensors import (
+        evaluation_inputs_sensor,
+        mlflow_registry_sensor,
+        training_inputs_sensor,
+    )
 
     return (
-        [reindex_job, full_rebuild_job, evaluate_job],
+        [reindex_job, full_rebuild_job, evaluate_job, finetune_job, serving_job],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
-        [mlflow_registry_sensor, evaluation_inputs_sensor],
+        [mlflow_registry_sensor, evaluation_inputs_sensor, training_inputs_sensor],
     )

@@ -1,11 +1,12 @@
 """Sensors that request evaluations: a new adapter version or alias move (the MLflow registry
-sensor), and a change of prompt, golden set or index behind the alias (the inputs sensor)."""
+sensor), a change of prompt, golden set or index behind the alias (the inputs sensor), and a
+new training QA set (the training inputs sensor: fine-tune, then evaluate)."""
 
 import hashlib
 
 import dagster as dg
 
-from jobs import evaluate_job
+from jobs import evaluate_job, finetune_job
 from llmops_dagster.resources import (
     CorpusResource,
     ElasticsearchResource,
@@ -87,4 +88,49 @@ def evaluation_inputs_sensor(
         run_key="inputs-" + hashlib.sha256(inputs.to_cursor().encode()).hexdigest()[:16],
         run_config={"ops": {"rag_evaluation": {"config": rerun_config(champion.bundle)}}},
         tags={"llmops/reevaluate": ", ".join(changes)[:200]},
+    )
+
+
+@dg.sensor(
+    job=finetune_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Fine-tunes a new adapter and evaluates it when the training QA set changes "
+    "(e.g. a reviewer accepted feedback into it); the cursor holds the file's digest.",
+)
+def training_inputs_sensor(
+    context: dg.SensorEvaluationContext, corpus: CorpusResource, mlflow: MlflowResource
+):
+    from pathlib import Path
+
+    from llmops_dagster.evaluate.triggers import rerun_config
+    from llmops_dagster.rag.bundle import current_champion
+    from llmops_dagster.train.dataset import file_digest
+
+    path = Path(corpus.train_qa_path)
+    if not path.is_file():
+        yield dg.SkipReason(f"no training QA set at {path} (LLMOPS_TRAIN_QA)")
+        return
+    digest = file_digest(path)
+    previous = context.cursor
+    context.update_cursor(digest)
+    if not previous:
+        yield dg.SkipReason("first tick: recorded the training set digest")
+        return
+    if previous == digest:
+        yield dg.SkipReason("training set unchanged")
+        return
+    change = f"new training set digest {digest[:12]} (was {previous[:12]})"
+    # The new adapter is evaluated with the champion's own retrieval and answer settings, so
+    # the comparison differs only in the adapter; without a champion the defaults apply.
+    config: dict = {}
+    champion = current_champion(mlflow.client())
+    if champion is not None:
+        config = {**rerun_config(champion.bundle), "generator": "llm"}
+        config.pop("model_version", None)  # the newest adapter: the one this run trains
+    context.log.info(f"fine-tuning and evaluating: {change}")
+    yield dg.RunRequest(
+        run_key=f"train-{digest[:16]}",
+        run_config={"ops": {"rag_evaluation": {"config": config}}},
+        tags={"llmops/retrain": change[:200]},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.table import Table
 
 import llmops_dagster
 from llmops_dagster.config import Settings, apply_offline_env_defaults
+
+if TYPE_CHECKING:
+    from llmops_dagster.tracking.trace import LineageChain
 
 console = Console(stderr=True)
 
@@ -287,6 +291,49 @@ def ask(
     )
 
 
+@main.command("serve")
+@click.option("--host", default=None, help="Default 127.0.0.1 (LLMOPS_SERVE_HOST).")
+@click.option("--port", type=int, default=None, help="Default 8000 (LLMOPS_SERVE_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the champion bundle over HTTP: POST /v1/answer, POST /v1/feedback, GET /healthz,
+    GET /metrics, a web page at /, the OpenAPI schema at /docs.
+
+    Every answer is an MLflow trace (experiment LLMOPS_TRACE_EXPERIMENT); when the champion
+    alias moves, the new bundle is loaded in the background and swapped in between requests.
+    """
+    import uvicorn
+
+    from llmops_dagster.models.base import GeneratorError
+    from llmops_dagster.rag.bundle import BundleError
+    from llmops_dagster.rag.prompts import PromptError
+    from llmops_dagster.search.client import ElasticsearchUnavailable
+    from llmops_dagster.serving.app import create_app
+    from llmops_dagster.serving.pricing import PriceTableError
+    from llmops_dagster.serving.tracing import fail_fast_tracking_defaults
+    from llmops_dagster.serving.wiring import build_service
+    from llmops_dagster.tracking.store import MlflowUnavailable
+
+    fail_fast_tracking_defaults()
+    settings = get_settings()
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    with console.status("loading the champion bundle and models ..."):
+        try:
+            service = build_service(settings)
+        except (
+            BundleError,
+            GeneratorError,
+            PromptError,
+            PriceTableError,
+            ElasticsearchUnavailable,
+            MlflowUnavailable,
+        ) as exc:
+            raise click.ClickException(str(exc)) from exc
+    served = service.holder.current
+    _log(f"serving {served.uri or 'the base model (no champion yet)'} on http://{host}:{port}")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="info", access_log=False)
+
+
 @main.group()
 def bundle() -> None:
     """RAG bundles in the MLflow registry: status, manual approval, rollback."""
@@ -373,11 +420,11 @@ def bundle_rollback() -> None:
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True)
 def lineage(ref: str, as_json: bool) -> None:
-    """The chain behind REF: an MLflow run id, models:/<name>/<version> or models:/<name>@alias.
+    """The chain behind REF: a served answer's trace id (tr-...), an MLflow run id,
+    models:/<name>/<version> or models:/<name>@alias.
 
     Exits 1 when a link of the chain cannot be resolved.
     """
-    from dataclasses import asdict
 
     from mlflow.tracking import MlflowClient
 
@@ -387,9 +434,55 @@ def lineage(ref: str, as_json: bool) -> None:
     settings = get_settings()
     try:
         store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
-        chain = trace(MlflowClient(store.tracking_uri), ref)
+        client = MlflowClient(store.tracking_uri)
+        if ref.startswith("tr-"):
+            _answer_lineage(client, ref, as_json)
+            return
+        chain = trace(client, ref)
     except (MlflowUnavailable, LineageError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _print_chain(ref, chain, as_json)
+    sys.exit(0 if chain.complete else 1)
+
+
+def _answer_lineage(client: object, trace_id: str, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from llmops_dagster.tracking.answer_lineage import answer_lineage
+
+    es = _resources(get_settings())["elasticsearch"].get_client()  # connects lazily
+    found = answer_lineage(client, trace_id, es)
+    if as_json:
+        click.echo(json.dumps(asdict(found), indent=2))
+        sys.exit(0 if found.complete else 1)
+    out = Console()
+    out.print(f"[bold]answer {trace_id}[/bold]\n  question: {found.question}")
+    out.print(f"  answer:   {found.answer[:200]}")
+    bundle = found.bundle_uri or "none (the base model answered)"
+    out.print(f"\n[bold cyan]bundle[/bold cyan] {bundle}")
+    for label, value in (
+        ("prompt", f"{found.prompt_uri} ({found.prompt_version})"),
+        ("model", found.model_id),
+        ("adapter", found.adapter_uri or "none (base model)"),
+        ("embedding model", found.embedding_model_id),
+        ("index", f"{found.index_name} (alias {found.index_alias})"),
+    ):
+        out.print(f"    {label}: {value}")
+    out.print("\n[bold cyan]chunks[/bold cyan] (rank, cited, source document)")
+    for chunk in found.chunks:
+        mark = "cited" if chunk.cited else "     "
+        where = f"{chunk.doc_id} · {chunk.uri}" if chunk.found else "not looked up / missing"
+        out.print(f"    {chunk.rank}. {mark} {chunk.chunk_id}  ← {where}")
+    for problem in found.problems:
+        out.print(f"[red]{problem}[/red]")
+    if found.bundle_chain is not None:
+        _print_chain(found.bundle_uri, found.bundle_chain, False)
+    sys.exit(0 if found.complete else 1)
+
+
+def _print_chain(ref: str, chain: LineageChain, as_json: bool) -> None:
+    from dataclasses import asdict
+
     if as_json:
         click.echo(json.dumps(asdict(chain), indent=2))
     else:
@@ -406,7 +499,112 @@ def lineage(ref: str, as_json: bool) -> None:
                 out.print(f"    ← {asset} ({run_id})")
         if chain.unresolved:
             out.print(f"[red]unresolved runs: {', '.join(chain.unresolved)}[/red]")
-    sys.exit(0 if chain.complete else 1)
+
+
+@main.group()
+def feedback() -> None:
+    """Review user feedback: a thumbs-down or a correction reaches the golden or training set
+    only when a reviewer accepts it."""
+
+
+def _feedback_review():
+    from pathlib import Path
+
+    from llmops_dagster.serving.review import FeedbackReview
+
+    resources = _resources(get_settings())
+    serving, corpus = resources["serving"], resources["corpus"]
+    return FeedbackReview(
+        Path(serving.store_path), Path(corpus.golden_path), Path(corpus.train_qa_path)
+    )
+
+
+@feedback.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also the accepted and rejected ones.")
+@click.option("--json", "as_json", is_flag=True)
+def feedback_list(show_all: bool, as_json: bool) -> None:
+    """Candidates awaiting review (answers with a thumbs-down or a correction)."""
+    found = _feedback_review().candidates(None if show_all else "pending")
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in found], indent=2))
+        return
+    if not found:
+        click.echo("no feedback candidates" + ("" if show_all else " awaiting review"))
+        return
+    table = Table("trace id", "status", "bundle", "down", "question", "answer", "correction",
+                  "cited documents")  # fmt: skip
+    for c in found:
+        table.add_row(
+            c.trace_id,
+            c.status,
+            c.bundle_version or "base",
+            str(c.thumbs_down),
+            c.question,
+            c.answer,
+            c.correction or "[dim]none: accept with --answer[/dim]",
+            ", ".join(c.cited_doc_ids) or "-",
+        )
+    Console().print(table)
+
+
+@feedback.command("accept")
+@click.argument("trace_id")
+@click.option("--answer", default=None, help="Reference answer (default: the user's correction).")
+@click.option("--reviewer", default=None, help="Who decided (recorded with the decision).")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["auto", "golden", "train"]),
+    default="auto",
+    show_default=True,
+    help="Which set gets the item; auto splits by trace id. Never both: an evaluation must "
+    "not score what the adapter was trained on.",
+)
+@click.option(
+    "--doc",
+    "doc_ids",
+    multiple=True,
+    help="A document that answers the question (repeatable; default: the cited documents).",
+)
+def feedback_accept(
+    trace_id: str,
+    answer: str | None,
+    reviewer: str | None,
+    target: str,
+    doc_ids: tuple[str, ...],
+) -> None:
+    """Add TRACE_ID's question with the corrected answer to the golden or training set."""
+    from llmops_dagster.serving.review import ReviewError
+
+    try:
+        result = _feedback_review().accept(
+            trace_id,
+            answer=answer,
+            reviewer=reviewer,
+            to=target,  # type: ignore[arg-type]
+            doc_ids=list(doc_ids) or None,
+        )
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = result.golden_path if result.target == "golden" else result.train_path
+    done = "appended to" if result.appended else "already accepted: unchanged"
+    click.echo(f"{trace_id}: {result.item_id} {done} the {result.target} set ({path})")
+    click.echo(f"golden digest:   {result.golden_digest}")
+    click.echo(f"training digest: {result.train_digest}")
+
+
+@feedback.command("reject")
+@click.argument("trace_id")
+@click.option("--reviewer", default=None, help="Who decided (recorded with the decision).")
+def feedback_reject(trace_id: str, reviewer: str | None) -> None:
+    """Record that TRACE_ID's feedback is not used for golden or training data."""
+    from llmops_dagster.serving.review import ReviewError
+
+    try:
+        _feedback_review().reject(trace_id, reviewer=reviewer)
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{trace_id}: rejected")
 
 
 # --------------------------------------------------------------------------------------------

@@ -330,6 +330,68 @@ class ScheduleSettings(BaseSettings):
     )
 
 
+class ServingSettings(BaseSettings):
+    """The HTTP service (``llmops-dagster serve``), its traces, feedback and watch thresholds
+    (→ ``ServingResource``)."""
+
+    model_config = _GROUP
+
+    host: str = Field(default="127.0.0.1", validation_alias=_env("LLMOPS_SERVE_HOST"))
+    port: int = Field(default=8000, validation_alias=_env("LLMOPS_SERVE_PORT"))
+    store_path: Path | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_SERVING_STORE"),
+        description="SQLite file of served answers and feedback; LLMOPS_HOME/serving/serving.db.",
+    )
+    trace_experiment: str = Field(
+        default="llmops-serving",
+        validation_alias=_env("LLMOPS_TRACE_EXPERIMENT"),
+        description="MLflow experiment that holds one trace per served answer.",
+    )
+    bundle_poll_s: float = Field(
+        default=10.0,
+        validation_alias=_env("LLMOPS_BUNDLE_POLL_S"),
+        description="How often the server checks whether the champion alias moved.",
+    )
+    max_concurrent_generations: int = Field(
+        default=1,
+        validation_alias=_env("LLMOPS_MAX_CONCURRENT_GENERATIONS"),
+        description="Answers generated at once; more requests wait their turn.",
+    )
+    max_question_chars: int = Field(
+        default=2000, validation_alias=_env("LLMOPS_MAX_QUESTION_CHARS")
+    )
+    price_table: Path | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_PRICE_TABLE"),
+        description=(
+            "JSON {model_id: {input_per_1m, output_per_1m}} in USD for remote models; "
+            "the local model costs 0."
+        ),
+    )
+    p95_latency_ms: float = Field(
+        default=15_000.0,
+        validation_alias=_env("LLMOPS_WATCH_P95_MS"),
+        description="serving_metrics warns above this p95 answer latency.",
+    )
+    max_thumbs_down_rate: float = Field(
+        default=0.3, validation_alias=_env("LLMOPS_WATCH_THUMBS_DOWN_RATE")
+    )
+    max_no_answer_rate: float = Field(
+        default=0.2, validation_alias=_env("LLMOPS_WATCH_NO_ANSWER_RATE")
+    )
+    trace_settle_s: float = Field(
+        default=60.0,
+        validation_alias=_env("LLMOPS_TRACE_SETTLE_S"),
+        description="The serving loaders take traces and feedback once they are this old.",
+    )
+    max_score_drift: float = Field(
+        default=0.25,
+        validation_alias=_env("LLMOPS_WATCH_SCORE_DRIFT"),
+        description="Relative change of the mean top retrieval score vs the champion's evaluation.",
+    )
+
+
 class Settings(BaseModel):
     """All groups; ``Settings()`` reads every group from the environment.
 
@@ -350,6 +412,7 @@ class Settings(BaseModel):
     models: ModelSettings = Field(default_factory=ModelSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     def override(self, *, home: Path | None = None, **groups: dict[str, Any]) -> Settings:
         """A copy with some fields of some groups replaced, e.g.
@@ -400,6 +463,10 @@ class Settings(BaseModel):
     @property
     def models_cache_dir(self) -> Path:
         return self.models.cache_dir or self.home / "models"
+
+    @property
+    def serving_store_path(self) -> Path:
+        return self.serving.store_path or self.home / "serving" / "serving.db"
 
     @property
     def dlt_dir(self) -> Path:

@@ -36,6 +36,7 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
     from assets.index import search_index
     from assets.ingest import build_ingest_assets
     from assets.model import finetune_dataset, lora_adapter
+    from assets.serving import build_serving_load_assets, feedback_candidates, serving_metrics
 
     ingest = build_ingest_assets(
         sources, settings.warehouse_target(), sources_file=str(settings.corpus.sources_config)
@@ -51,14 +52,18 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
         lora_adapter,
         rag_evaluation,
         champion_model,
+        build_serving_load_assets(settings.warehouse_target()),
+        serving_metrics,
+        feedback_candidates,
     ]
 
 
 def build_asset_checks() -> list[dg.AssetChecksDefinition]:
     from assets.evaluate import EVALUATION_CHECKS
     from assets.index import INDEX_CHECKS
+    from assets.serving import SERVING_CHECKS
 
-    return [*INDEX_CHECKS, *EVALUATION_CHECKS]
+    return [*INDEX_CHECKS, *EVALUATION_CHECKS, *SERVING_CHECKS]
 
 
 def build_definitions(

@@ -364,6 +364,29 @@ class CorpusResource(dg.ConfigurableResource):
     datasets_dir: str = Field(description="Where built SFT datasets are written.")
 
 
+class ServingResource(dg.ConfigurableResource):
+    """What the HTTP service leaves behind for the serving loop: its store of answers and
+    feedback (SQLite), the MLflow experiment of its traces, where feedback candidates are
+    written for review, and the thresholds the serving checks warn at."""
+
+    store_path: str = Field(description="SQLite file of served answers, feedback and reviews.")
+    trace_experiment: str = Field(
+        default="llmops-serving", description="MLflow experiment with one trace per answer."
+    )
+    candidates_path: str = Field(description="JSONL of feedback candidates for review.")
+    p95_latency_ms: float = Field(default=15_000.0, description="Warn above this p95 latency.")
+    max_thumbs_down_rate: float = Field(default=0.3, description="Of rated answers.")
+    max_no_answer_rate: float = Field(default=0.2, description="Answers without a retrieval hit.")
+    max_score_drift: float = Field(
+        default=0.25, description="Relative change of the mean top retrieval score."
+    )
+    trace_settle_s: float = Field(
+        default=60.0,
+        description="Load only traces and feedback at least this old, so rows that become "
+        "visible out of order are not skipped by the incremental cursors.",
+    )
+
+
 def build_rag_pipeline(
     elasticsearch: ElasticsearchResource,
     models: ModelsResource,
@@ -522,6 +545,16 @@ def build_resources(
             train_qa_path=str(corpus.train_qa_path),
             golden_path=str(corpus.golden_path),
             datasets_dir=str(settings.datasets_dir),
+        ),
+        "serving": ServingResource(
+            store_path=str(settings.serving_store_path),
+            trace_experiment=settings.serving.trace_experiment,
+            candidates_path=str(settings.home / "feedback" / "candidates.jsonl"),
+            p95_latency_ms=settings.serving.p95_latency_ms,
+            max_thumbs_down_rate=settings.serving.max_thumbs_down_rate,
+            max_no_answer_rate=settings.serving.max_no_answer_rate,
+            max_score_drift=settings.serving.max_score_drift,
+            trace_settle_s=settings.serving.trace_settle_s,
         ),
     }
     if with_dlt:

@@ -10,6 +10,7 @@ beyond its margin, on top of the absolute floors.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 COMPARISON_ARTIFACT = "evaluation/comparison.json"
 BASELINE_TABLE_ARTIFACT = "evaluation/baseline_cases.json"
 DECISION_ARTIFACT = "evaluation/decision.json"
+#: Mean top retrieval score over the golden questions that retrieved something: what the
+#: serving checks compare the served answers' top scores with (retrieval drift).
+TOP_SCORE_MEAN = "retrieval.top_score_mean"
 
 
 @dataclass
@@ -54,23 +58,32 @@ def evaluate_pipeline(
     """Answer every golden question through ``pipeline`` and score the answers."""
     total = len(golden.items)
     done = 0
+    top_scores: list[float] = []
 
     def answer_batch(questions: Sequence[str]) -> list[Any]:
         nonlocal done
         answers = pipeline.answer_many(questions)
+        for answer in answers:
+            hits = answer.ranked or answer.retrieved
+            if hits:
+                top_scores.append(max(float(hit.score) for hit in hits))
         done += len(answers)
         if progress is not None:
             progress(done, total)
         return answers
 
     cases = build_cases(golden, answer_batch, batch_size=batch_size)
-    return evaluate_rag(
+    result = evaluate_rag(
         cases,
         metrics=metrics,
         judge=judge,
         judge_capable=judge_capable,
         judge_max_cases=judge_max_cases,
     )
+    if top_scores:
+        # An aggregate, not a metric key: logged with the run, never compared or gated.
+        result.aggregates[TOP_SCORE_MEAN] = statistics.fmean(top_scores)
+    return result
 
 
 def compared_metrics(candidate: EvalResult, baseline: EvalResult) -> list[str]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,11 +33,29 @@ MIN_OVERLAP_TOKENS = 2
 
 
 class Retriever(Protocol):
-    """Anything that searches chunks (``search.retriever.HybridRetriever`` fits)."""
+    """Anything that searches chunks (``search.retriever.HybridRetriever`` fits). ``filters``
+    is only passed when a caller gives some, so filter-less retrievers fit too."""
 
     def search(
         self, query: str, *, mode: str = DEFAULT_MODE, k: int = DEFAULT_K
     ) -> Sequence[HitLike]: ...
+
+
+class StageObserver(Protocol):
+    """Watches the stages of an answer (``retrieve``, ``generate``): the serving tracer turns
+    each into an MLflow span. ``stage`` yields a dict the pipeline fills with the stage's
+    results (``hits``, ``generations``) before the stage ends."""
+
+    def stage(self, name: str, **inputs: Any) -> AbstractContextManager[dict[str, Any]]: ...
+
+
+class _NoObserver:
+    @contextmanager
+    def stage(self, name: str, **inputs: Any) -> Iterator[dict[str, Any]]:
+        yield {}
+
+
+NO_OBSERVER: StageObserver = _NoObserver()
 
 
 @dataclass(frozen=True)
@@ -117,10 +136,18 @@ def _citations(text: str, hits: Sequence[HitLike]) -> tuple[list[str], bool]:
 
 
 def _retrieve(
-    retriever: Retriever, question: str, mode: str, k: int
+    retriever: Retriever,
+    question: str,
+    mode: str,
+    k: int,
+    filters: Mapping[str, Any] | None,
+    observer: StageObserver,
 ) -> tuple[list[HitLike], float]:
-    started = time.perf_counter()
-    hits = list(retriever.search(question, mode=mode, k=k))
+    extra = {"filters": dict(filters)} if filters else {}
+    with observer.stage("retrieve", query=question, mode=str(mode), k=k, **extra) as out:
+        started = time.perf_counter()
+        hits = list(retriever.search(question, mode=mode, k=k, **extra))
+        out["hits"] = hits
     return hits, (time.perf_counter() - started) * 1000
 
 
@@ -167,6 +194,8 @@ def answer_many(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = 0.0,
     depth: int | None = None,
+    filters: Mapping[str, Any] | None = None,
+    observer: StageObserver = NO_OBSERVER,
 ) -> list[Answer]:
     """Answer many questions: retrieval one by one, generation in the generator's batches.
 
@@ -177,6 +206,7 @@ def answer_many(
     caller waited); ``total_ms`` = its own retrieval + prompt time + that generate time.
     An :class:`~llmops_dagster.rag.extractive.ExtractiveAnswerer` answers from the top ``k``
     chunks without a model (no prompt, no tokens; its citations are the sentences' chunks).
+    ``filters`` (keyword field → value(s)) narrow every search; ``observer`` sees each stage.
     """
     if not questions:
         return []
@@ -186,16 +216,18 @@ def answer_many(
     for question in questions:
         if not question or not question.strip():
             raise ValueError("cannot answer an empty question")
-        retrieved.append(_retrieve(retriever, question, mode, search_k))
+        retrieved.append(_retrieve(retriever, question, mode, search_k, filters, observer))
     contexts = [hits[:k] for hits, _ in retrieved]
     prompt_ms: list[float] = []
     cited_by_model: list[tuple[list[str], bool] | None] = []
     if isinstance(generator, ExtractiveAnswerer):
-        extracted = generator.answer_many(list(questions), contexts)
-        generations = [
-            Generation(text=e.text, prompt_tokens=0, completion_tokens=0, seconds=e.seconds)
-            for e in extracted
-        ]
+        with observer.stage("generate", model_id=generator.model_id, extractive=True) as out:
+            extracted = generator.answer_many(list(questions), contexts)
+            generations = [
+                Generation(text=e.text, prompt_tokens=0, completion_tokens=0, seconds=e.seconds)
+                for e in extracted
+            ]
+            out["generations"] = generations
         prompt_ms = [0.0] * len(questions)
         cited_by_model = [(list(e.cited_chunk_ids), False) for e in extracted]
     else:
@@ -204,9 +236,16 @@ def answer_many(
             started = time.perf_counter()
             prompts.append(template.messages(question, hits))
             prompt_ms.append((time.perf_counter() - started) * 1000)
-        generations = generator.generate(
-            prompts, max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        with observer.stage(
+            "generate",
+            model_id=generator.model_id,
+            prompt_version=f"{template.name}@{template.version}",
+            max_new_tokens=max_new_tokens,
+        ) as out:
+            generations = generator.generate(
+                prompts, max_new_tokens=max_new_tokens, temperature=temperature
+            )
+            out["generations"] = generations
         cited_by_model = [None] * len(questions)
     answers = []
     for question, (ranked, retrieve_ms), hits, p_ms, gen, cited in zip(

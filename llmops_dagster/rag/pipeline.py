@@ -8,16 +8,19 @@ wiring a retriever, a prompt and a generator by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from llmops_dagster.models.base import Generator
 from llmops_dagster.rag.answer import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODE,
+    NO_OBSERVER,
     Answer,
     HitLike,
     Retriever,
+    StageObserver,
     answer_many,
 )
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
@@ -62,11 +65,25 @@ class RagPipeline:
     def prompt_ref(self) -> str:
         return f"{self.prompt.name}@{self.prompt.version}"
 
-    def answer(self, question: str, *, max_new_tokens: int | None = None) -> Answer:
-        return self.answer_many([question], max_new_tokens=max_new_tokens)[0]
+    def answer(
+        self,
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        observer: StageObserver = NO_OBSERVER,
+    ) -> Answer:
+        return self.answer_many(
+            [question], max_new_tokens=max_new_tokens, filters=filters, observer=observer
+        )[0]
 
     def answer_many(
-        self, questions: Sequence[str], *, max_new_tokens: int | None = None
+        self,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        observer: StageObserver = NO_OBSERVER,
     ) -> list[Answer]:
         """Answers in the generator's batches (see :func:`rag.answer.answer_many`)."""
         return answer_many(
@@ -78,6 +95,8 @@ class RagPipeline:
             mode=self.retrieval.mode,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             depth=self.retrieval.metrics_depth,
+            filters=filters,
+            observer=observer,
         )
 
     def context(self, question: str) -> list[HitLike]:

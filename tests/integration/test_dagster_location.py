@@ -19,7 +19,17 @@ from llmops_dagster.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
-EXPECTED_ASSETS = {"fs/files", "documents", "chunks", "embeddings", "search_index"}
+EXPECTED_ASSETS = {
+    "fs/files",
+    "documents",
+    "chunks",
+    "embeddings",
+    "search_index",
+    "serving_traces",
+    "serving_feedback",
+    "serving_metrics",
+    "feedback_candidates",
+}
 
 
 def _free_port() -> int:
@@ -55,6 +65,24 @@ def test_code_location_has_the_graph() -> None:
     graph = defs.resolve_asset_graph()
     assert graph.get(dg_key("chunks")).parent_keys == {dg_key("documents")}
     assert graph.get(dg_key("documents")).parent_keys == {dg_key("fs/files")}
+    # The serving loop: loads → metrics (with its WARN checks) and candidates; its jobs.
+    assert graph.get(dg_key("serving_metrics")).parent_keys == {
+        dg_key("serving_traces"),
+        dg_key("serving_feedback"),
+    }
+    assert graph.get(dg_key("feedback_candidates")).parent_keys == {dg_key("serving_feedback")}
+    checks = {
+        key.name for key in graph.asset_check_keys if key.asset_key == dg_key("serving_metrics")
+    }
+    assert checks == {
+        "p95_latency_within_budget",
+        "thumbs_down_rate_within_limit",
+        "no_answer_rate_within_limit",
+        "retrieval_score_drift",
+    }
+    assert defs.resolve_job_def("serving_watch") is not None
+    assert defs.resolve_job_def("finetune_and_evaluate") is not None
+    assert {s.name for s in defs.sensors} >= {"evaluation_inputs_sensor", "training_inputs_sensor"}
 
 
 def dg_key(path: str):

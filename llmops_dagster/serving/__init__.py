@@ -1,0 +1,1 @@
+"""Serving the champion bundle over HTTP: answers traced in MLflow, feedback stored for review."""

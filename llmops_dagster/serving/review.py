@@ -1,0 +1,410 @@
+"""The review step between user feedback and the golden / training sets.
+
+A *candidate* is a served answer that got at least one thumbs-down or a correction. Nothing a
+user writes reaches evaluation or fine-tuning on its own: a reviewer accepts a candidate (with
+the correction, or a better reference answer of their own) or rejects it, and the decision is
+recorded in a ``reviews`` table kept in the serving store's SQLite file (beside the answers it
+refers to; this module owns that table, :mod:`llmops_dagster.serving.store` the others).
+
+Where an accepted item goes. One item is written to the golden set *or* the training set, never
+both: a question the adapter was trained on would then be scored by the evaluation that decides
+whether the adapter is promoted, and that comparison would reward memorising it. ``to="auto"``
+routes by a hash of the trace id (half to each, the same answer every time, so accepting twice
+cannot split an item); ``golden`` / ``train`` choose explicitly. A golden item needs the
+documents that answer it: by default those of the chunks the answer cited, else ``doc_ids``.
+
+Accepting is idempotent: an item id already in the target file is not appended again, so a
+crash between writing the file and recording the decision heals on the next ``accept``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llmops_dagster.serving.store import FeedbackRecord, ServingStore, now_iso
+
+Status = Literal["pending", "accepted", "rejected"]
+Target = Literal["golden", "train"]
+Route = Literal["auto", "golden", "train"]
+ITEM_TYPE = "feedback"
+
+REVIEWS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reviews (
+    trace_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
+    reviewer TEXT,
+    reference_answer TEXT,
+    relevant_doc_ids TEXT,
+    target TEXT,
+    item_id TEXT,
+    decided_at TEXT NOT NULL
+);
+"""
+
+
+class ReviewError(ValueError):
+    """A review that cannot be applied; nothing was written. The message says why."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A served answer users disagreed with, and where its review stands."""
+
+    trace_id: str
+    answered_at: str
+    bundle_uri: str | None
+    bundle_version: str | None
+    question: str
+    answer: str
+    correction: str | None  # the most recent non-empty correction
+    comments: list[str]
+    thumbs_down: int
+    thumbs_up: int
+    cited_chunk_ids: list[str]
+    cited_doc_ids: list[str]
+    feedback_at: str  # the latest feedback update
+    status: Status = "pending"
+    reviewer: str | None = None
+    decided_at: str | None = None
+    target: str | None = None
+    item_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    candidate: Candidate
+    item_id: str
+    target: Target
+    appended: bool  # False: the item was already in the file (accepted before)
+    golden_path: Path
+    golden_digest: str
+    train_path: Path
+    train_digest: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def item_id_for(trace_id: str) -> str:
+    """The golden/training item id of a trace: stable, short, and recognisable as feedback."""
+    return f"fb-{trace_id.removeprefix('tr-')[:12]}"
+
+
+def auto_target(trace_id: str) -> Target:
+    """Half of the traces to each set, by a hash of the id (the same answer every time)."""
+    return (
+        "golden" if int(hashlib.sha256(trace_id.encode()).hexdigest()[:8], 16) % 2 == 0 else "train"
+    )
+
+
+def cited_doc_ids(answer: dict[str, Any]) -> list[str]:
+    """Documents of the cited chunks, in citation order, each once."""
+    doc_of = {c["chunk_id"]: c["doc_id"] for c in answer.get("retrieved") or []}
+    docs: list[str] = []
+    for chunk_id in answer.get("cited_chunk_ids") or []:
+        doc = doc_of.get(chunk_id)
+        if doc and doc not in docs:
+            docs.append(doc)
+    return docs
+
+
+def golden_digest_of(path: Path) -> str:
+    """The golden set's content digest (what the evaluation inputs sensor fingerprints)."""
+    from llmops_dagster.evaluate.golden import load_golden
+
+    return load_golden(path).version
+
+
+def train_digest_of(path: Path) -> str:
+    """The training QA file's digest (the SFT dataset's ``source_digest``); "" when missing."""
+    from llmops_dagster.train.dataset import file_digest
+
+    return file_digest(path) if path.is_file() else ""
+
+
+class FeedbackReview:
+    """Candidates from the serving store, and the accept / reject decisions on them."""
+
+    def __init__(self, store_path: Path, golden_path: Path, train_path: Path) -> None:
+        self.store = ServingStore(Path(store_path))
+        self.golden_path = Path(golden_path)
+        self.train_path = Path(train_path)
+        with self._connect() as conn:
+            conn.executescript(REVIEWS_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.store.path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            with conn:
+                yield conn
+        finally:
+            conn.close()
+
+    # --- candidates ------------------------------------------------------------------------
+    def _reviews(self) -> dict[str, dict[str, Any]]:
+        with self._connect() as conn:
+            return {r["trace_id"]: dict(r) for r in conn.execute("SELECT * FROM reviews")}
+
+    def _candidate(
+        self,
+        trace_id: str,
+        feedback: Sequence[FeedbackRecord],
+        review: dict[str, Any] | None,
+    ) -> Candidate | None:
+        down = [f for f in feedback if f.rating == "down"]
+        corrections = sorted(
+            (f for f in feedback if f.correction and f.correction.strip()),
+            key=lambda f: f.updated_at,
+        )
+        if not down and not corrections:
+            return None
+        answer = self.store.answer(trace_id)
+        if answer is None:  # the store's foreign key keeps this from happening
+            return None
+        return Candidate(
+            trace_id=trace_id,
+            answered_at=answer["created_at"],
+            bundle_uri=answer["bundle_uri"],
+            bundle_version=answer["bundle_version"],
+            question=answer["question"],
+            answer=answer["answer"],
+            correction=corrections[-1].correction.strip() if corrections else None,  # type: ignore[union-attr]
+            comments=[f.comment for f in feedback if f.comment],
+            thumbs_down=len(down),
+            thumbs_up=sum(f.rating == "up" for f in feedback),
+            cited_chunk_ids=list(answer["cited_chunk_ids"]),
+            cited_doc_ids=cited_doc_ids(answer),
+            feedback_at=max(f.updated_at for f in feedback),
+            status=review["decision"] if review else "pending",
+            reviewer=review["reviewer"] if review else None,
+            decided_at=review["decided_at"] if review else None,
+            target=review["target"] if review else None,
+            item_id=review["item_id"] if review else None,
+        )
+
+    def candidates(self, status: Status | None = None) -> list[Candidate]:
+        """Every candidate (or those with ``status``), oldest feedback first."""
+        by_trace: dict[str, list[FeedbackRecord]] = defaultdict(list)
+        for record in self.store.feedback_since(None):
+            by_trace[record.trace_id].append(record)
+        reviews = self._reviews()
+        found = [
+            c
+            for trace_id, records in by_trace.items()
+            if (c := self._candidate(trace_id, records, reviews.get(trace_id))) is not None
+        ]
+        found.sort(key=lambda c: (c.feedback_at, c.trace_id))
+        return [c for c in found if status is None or c.status == status]
+
+    def candidate(self, trace_id: str) -> Candidate:
+        if self.store.answer(trace_id) is None:
+            raise ReviewError(f"unknown trace id {trace_id!r}: the server never answered it")
+        review = self._reviews().get(trace_id)
+        found = self._candidate(trace_id, self.store.feedback_for(trace_id), review)
+        if found is None:
+            raise ReviewError(
+                f"{trace_id} is not a feedback candidate: it has no thumbs-down and no correction"
+            )
+        return found
+
+    # --- decisions -------------------------------------------------------------------------
+    def accept(
+        self,
+        trace_id: str,
+        *,
+        answer: str | None = None,
+        reviewer: str | None = None,
+        to: Route = "auto",
+        doc_ids: Sequence[str] | None = None,
+    ) -> AcceptResult:
+        """Append the candidate as a QA item to its target set and record the decision."""
+        candidate = self.candidate(trace_id)
+        item_id = item_id_for(trace_id)
+        if candidate.status == "accepted":
+            # Already decided: report where it went, write nothing.
+            return self._result(candidate, item_id, candidate.target or "golden", False, {})
+        reference = (answer or "").strip() or candidate.correction
+        if not reference:
+            raise ReviewError(
+                f"{trace_id} has no correction: give the reference answer with --answer"
+            )
+        target: Target = auto_target(trace_id) if to == "auto" else to
+        relevant = [d for d in (doc_ids or candidate.cited_doc_ids) if d]
+        if target == "golden" and not relevant:
+            raise ReviewError(
+                f"{trace_id} cited no document: a golden item needs the documents that answer "
+                "it (--doc DOC_ID, repeatable)"
+            )
+        record = {
+            "id": item_id,
+            "question": candidate.question,
+            "reference_answer": reference,
+            "relevant_doc_ids": relevant,
+            "type": ITEM_TYPE,
+            "source_trace_id": trace_id,
+        }
+        path = self.golden_path if target == "golden" else self.train_path
+        appended = _append_item(path, record, target)
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO reviews (trace_id, decision, reviewer, reference_answer,"
+                " relevant_doc_ids, target, item_id, decided_at) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (trace_id) DO UPDATE SET decision = excluded.decision,"
+                " reviewer = excluded.reviewer, reference_answer = excluded.reference_answer,"
+                " relevant_doc_ids = excluded.relevant_doc_ids, target = excluded.target,"
+                " item_id = excluded.item_id, decided_at = excluded.decided_at",
+                (trace_id, "accepted", reviewer, reference, json.dumps(relevant), target,
+                 item_id, now_iso()),
+            )  # fmt: skip
+        return self._result(self.candidate(trace_id), item_id, target, appended, record)
+
+    def reject(self, trace_id: str, *, reviewer: str | None = None) -> Candidate:
+        """Record that the candidate is not used. An accepted one cannot be rejected: its item
+        is already in a data set (remove it from the file by hand instead)."""
+        candidate = self.candidate(trace_id)
+        if candidate.status == "accepted":
+            raise ReviewError(
+                f"{trace_id} was accepted into the {candidate.target} set as {candidate.item_id}"
+                " on " + str(candidate.decided_at) + ": edit that file to take it out"
+            )
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO reviews (trace_id, decision, reviewer, decided_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (trace_id) DO UPDATE SET decision = excluded.decision,"
+                " reviewer = excluded.reviewer, decided_at = excluded.decided_at",
+                (trace_id, "rejected", reviewer, now_iso()),
+            )
+        return self.candidate(trace_id)
+
+    def _result(
+        self,
+        candidate: Candidate,
+        item_id: str,
+        target: str,
+        appended: bool,
+        record: dict[str, Any],
+    ) -> AcceptResult:
+        return AcceptResult(
+            candidate=candidate,
+            item_id=item_id,
+            target=target,  # type: ignore[arg-type]
+            appended=appended,
+            golden_path=self.golden_path,
+            golden_digest=golden_digest_of(self.golden_path),
+            train_path=self.train_path,
+            train_digest=train_digest_of(self.train_path),
+            record=record,
+        )
+
+
+def _existing_ids(path: Path, target: Target) -> set[str]:
+    """Ids in ``path``, read with the loader that will read the file (a malformed file is
+    refused before anything is appended to it)."""
+    if target == "golden":
+        from llmops_dagster.evaluate.golden import GoldenSetError, load_qa_jsonl
+
+        if path.is_dir():
+            raise ReviewError(
+                f"the golden set {path} is a BEIR folder: feedback items need a QA JSONL "
+                "golden set (LLMOPS_GOLDEN)"
+            )
+        try:
+            return {item.id for item in load_qa_jsonl(path).items}
+        except GoldenSetError as exc:
+            raise ReviewError(str(exc)) from exc
+    from llmops_dagster.train.dataset import DatasetError
+    from llmops_dagster.train.dataset import load_qa_jsonl as load_train
+
+    if not path.exists():
+        return set()
+    try:
+        return {item.id for item in load_train(path)}
+    except DatasetError as exc:
+        raise ReviewError(str(exc)) from exc
+
+
+def _append_item(path: Path, record: dict[str, Any], target: Target) -> bool:
+    """Append ``record`` as one JSON line unless its id is there; ``True`` when appended."""
+    if record["id"] in _existing_ids(path, target):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size if path.exists() else 0
+    with path.open("ab") as handle:
+        # Appending (not rewriting) leaves the existing lines intact whatever happens.
+        if size and _last_byte(path) != b"\n":
+            handle.write(b"\n")
+        handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    try:
+        _existing_ids(path, target)  # the file still loads with the new line
+    except ReviewError:
+        with path.open("r+b") as handle:
+            handle.truncate(size)
+        raise
+    return True
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Publishing the candidates (the feedback_candidates asset)
+# --------------------------------------------------------------------------------------------
+
+CANDIDATE_COLUMNS = {
+    "trace_id": "VARCHAR",
+    "status": "VARCHAR",
+    "answered_at": "VARCHAR",
+    "feedback_at": "VARCHAR",
+    "bundle_uri": "VARCHAR",
+    "bundle_version": "VARCHAR",
+    "question": "VARCHAR",
+    "answer": "VARCHAR",
+    "correction": "VARCHAR",
+    "comments": "VARCHAR[]",
+    "thumbs_down": "INTEGER",
+    "thumbs_up": "INTEGER",
+    "cited_chunk_ids": "VARCHAR[]",
+    "cited_doc_ids": "VARCHAR[]",
+    "reviewer": "VARCHAR",
+    "decided_at": "VARCHAR",
+    "target": "VARCHAR",
+    "item_id": "VARCHAR",
+}
+
+
+def write_candidates_jsonl(candidates: Sequence[Candidate], path: Path) -> Path:
+    """All candidates, one JSON object per line, replaced atomically (a reader never sees half
+    a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    lines = [json.dumps(c.to_dict(), ensure_ascii=False, sort_keys=True) for c in candidates]
+    partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def write_candidates_table(con: Any, candidates: Sequence[Candidate], table: str) -> int:
+    """Replace ``table`` (``schema.name`` in DuckDB) with the candidates; returns the row count."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in CANDIDATE_COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TABLE {table} ({columns})")
+    if candidates:
+        marks = ", ".join("?" for _ in CANDIDATE_COLUMNS)
+        con.executemany(
+            f"INSERT INTO {table} VALUES ({marks})",
+            [[c.to_dict()[name] for name in CANDIDATE_COLUMNS] for c in candidates],
+        )
+    return len(candidates)

@@ -1,0 +1,302 @@
+"""What the HTTP layer calls: answer, feedback, health — free of FastAPI so it is testable and
+reusable (the benchmark calls the same pipeline directly to measure the server's overhead)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llmops_dagster.rag.answer import Answer
+from llmops_dagster.search.mapping import KEYWORD_FIELDS
+from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
+from llmops_dagster.serving.feedback_sync import AssessmentWriter
+from llmops_dagster.serving.metrics import ServerMetrics
+from llmops_dagster.serving.pricing import PriceTable
+from llmops_dagster.serving.store import (
+    AnswerRecord,
+    FeedbackChange,
+    FeedbackRecord,
+    ServingStore,
+    UnknownTrace,
+    served_chunks,
+)
+from llmops_dagster.serving.tracing import AnswerTracer
+
+log = logging.getLogger(__name__)
+
+#: Keyword fields a caller may filter on (others would let a request probe arbitrary fields).
+FILTER_FIELDS = frozenset(KEYWORD_FIELDS) - {"content_hash"}
+
+
+class BadRequest(ValueError):
+    """The request is well-formed JSON but asks for something this server refuses."""
+
+
+class Unavailable(RuntimeError):
+    """A dependency (search cluster, generator endpoint) cannot answer right now."""
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    trace_id: str
+    answer: Answer
+    bundle: ServedBundle
+    cost_usd: float | None
+    queue_ms: float
+    embed_ms: float | None
+    total_ms: float
+
+    def to_response(self) -> dict[str, Any]:
+        a = self.answer
+        titles = {c.chunk_id: c for c in a.retrieved}
+        return {
+            "trace_id": self.trace_id,
+            "answer": a.text.strip(),
+            "citations": [
+                {
+                    "chunk_id": cid,
+                    "doc_id": titles[cid].doc_id,
+                    "title": titles[cid].title,
+                    "score": round(titles[cid].score, 6),
+                    "text": titles[cid].text,
+                }
+                for cid in a.cited_chunk_ids
+                if cid in titles
+            ],
+            "citations_inferred": a.citations_inferred,
+            "retrieved": [
+                {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "score": c.score}
+                for c in a.retrieved
+            ],
+            "bundle": {
+                "uri": self.bundle.uri,
+                "version": self.bundle.number,
+                "prompt_version": f"{a.prompt_name}@{a.prompt_version}",
+                "model_id": a.model_id,
+                "retrieval_mode": a.mode,
+                "k": a.k,
+            },
+            "timings_ms": {
+                "queue": round(self.queue_ms, 3),
+                "embed_query": None if self.embed_ms is None else round(self.embed_ms, 3),
+                "retrieve": a.retrieve_ms,
+                "prompt": a.prompt_ms,
+                "generate": a.generate_ms,
+                "total": round(self.total_ms, 3),
+            },
+            "tokens": {"prompt": a.prompt_tokens, "completion": a.completion_tokens},
+            "cost_usd": self.cost_usd,
+        }
+
+
+class AnswerService:
+    def __init__(
+        self,
+        *,
+        holder: BundleHolder,
+        tracer: AnswerTracer,
+        store: ServingStore,
+        prices: PriceTable,
+        metrics: ServerMetrics | None = None,
+        assessments: AssessmentWriter | None = None,
+        index_name: Callable[[], str | None] = lambda: None,
+        health_checks: Mapping[str, Callable[[], str]] | None = None,
+        max_concurrent_generations: int = 1,
+        max_question_chars: int = 2000,
+    ) -> None:
+        self.holder = holder
+        self.tracer = tracer
+        self.store = store
+        self.prices = prices
+        self.metrics = metrics or ServerMetrics()
+        self.assessments = assessments or AssessmentWriter()
+        self.index_name = index_name
+        self.health_checks = dict(health_checks or {})
+        self.max_question_chars = max_question_chars
+        # Generation is the expensive, memory-hungry part: a burst waits here in line.
+        self._generation_slots = threading.BoundedSemaphore(max_concurrent_generations)
+        m = self.metrics
+        m.watch(
+            "llmops_traces_started",
+            "Answers traced (handed to the exporter)",
+            lambda: tracer.started,
+        )
+        m.watch(
+            "llmops_traces_dropped",
+            "Traces MLflow's exporter reported lost",
+            lambda: tracer.dropped,
+        )
+        m.watch("llmops_bundle_swaps", "Champion swaps since start", lambda: holder.swaps)
+        m.watch(
+            "llmops_bundle_load_errors", "Failed champion refreshes", lambda: holder.load_errors
+        )
+        m.watch("llmops_feedback_sync_failed", "Feedback not copied to MLflow",
+                lambda: self.assessments.failed)  # fmt: skip
+
+    # --- answers ---------------------------------------------------------------------------
+    def check_filters(self, filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if not filters:
+            return None
+        unknown = sorted(set(filters) - FILTER_FIELDS)
+        if unknown:
+            raise BadRequest(
+                f"cannot filter on {', '.join(unknown)}; filterable fields: "
+                f"{', '.join(sorted(FILTER_FIELDS))}"
+            )
+        for name, value in filters.items():
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, str) and v for v in values):
+                raise BadRequest(f"filter {name!r} needs a non-empty string or list of strings")
+        return dict(filters)
+
+    def answer(
+        self, question: str, *, filters: Mapping[str, Any] | None = None, user: str = "anonymous"
+    ) -> ServedAnswer:
+        from elasticsearch import ApiError, TransportError
+
+        from llmops_dagster.models.base import GeneratorError
+        from llmops_dagster.search.client import ElasticsearchUnavailable
+        from llmops_dagster.search.retriever import SearchError
+
+        question = question.strip()
+        if not question:
+            raise BadRequest("question is empty")
+        if len(question) > self.max_question_chars:
+            raise BadRequest(
+                f"question has {len(question)} characters; the limit is {self.max_question_chars}"
+            )
+        checked = self.check_filters(filters)
+        served = self.holder.current  # one bundle for the whole request, even across a swap
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            with self._generation_slots:
+                queue_ms = (time.perf_counter() - started) * 1000
+                context = served.context
+                index = self.index_name()
+                if index:
+                    from dataclasses import replace
+
+                    context = replace(context, index_name=index)
+                traced = self.tracer.answer(
+                    served.pipeline,
+                    question,
+                    context=context,
+                    filters=checked,
+                    user=user,
+                    cost_fn=lambda a: self.prices.cost(
+                        a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
+                    ),
+                    queue_ms=queue_ms,
+                )
+        except (ElasticsearchUnavailable, SearchError, TransportError, ApiError) as exc:
+            self.metrics.answer_errors.labels("search").inc()
+            raise Unavailable(f"search is unavailable: {exc}") from exc
+        except GeneratorError as exc:
+            self.metrics.answer_errors.labels("generator").inc()
+            raise Unavailable(f"the generator is unavailable: {exc}") from exc
+        except Exception:
+            self.metrics.answer_errors.labels("internal").inc()
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+        total_ms = (time.perf_counter() - started) * 1000
+        result = traced.answer
+        self.store.record_answer(
+            AnswerRecord(
+                trace_id=traced.trace_id,
+                question=question,
+                answer=result.text.strip(),
+                cited_chunk_ids=list(result.cited_chunk_ids),
+                retrieved=served_chunks(result.retrieved),
+                bundle_uri=served.uri,
+                bundle_version=served.number,
+                total_ms=round(total_ms, 3),
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cost_usd=traced.cost_usd,
+            )
+        )
+        self.metrics.latency.observe(total_ms / 1000)
+        self.metrics.tokens.labels("prompt").inc(result.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(result.completion_tokens)
+        return ServedAnswer(
+            trace_id=traced.trace_id,
+            answer=result,
+            bundle=served,
+            cost_usd=traced.cost_usd,
+            queue_ms=queue_ms,
+            embed_ms=traced.embed_ms,
+            total_ms=total_ms,
+        )
+
+    # --- feedback --------------------------------------------------------------------------
+    def feedback(
+        self,
+        trace_id: str,
+        *,
+        rating: str,
+        user: str = "anonymous",
+        correction: str | None = None,
+        comment: str | None = None,
+    ) -> tuple[FeedbackRecord, FeedbackChange]:
+        """Store (idempotently) and copy to MLflow; raises :class:`UnknownTrace`."""
+        record, change = self.store.record_feedback(
+            trace_id, user, rating,  # type: ignore[arg-type]
+            correction=(correction or "").strip() or None,
+            comment=(comment or "").strip() or None,
+        )  # fmt: skip
+        if change != "unchanged":
+            self.metrics.feedback.labels(rating).inc()
+            self.assessments.submit(record)
+        return record, change
+
+    # --- health ----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        report: dict[str, Any] = {}
+        ok = True
+        for name, check in self.health_checks.items():
+            try:
+                report[name] = {"ok": True, "detail": check()}
+            except Exception as exc:
+                ok = False
+                report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        if self.holder.loaded:
+            served = self.holder.current
+            report["bundle"] = {
+                "ok": True,
+                "uri": served.uri,
+                "version": served.number,
+                "loaded_at": served.loaded_at,
+                "swaps": self.holder.swaps,
+                "last_refresh_error": self.holder.last_error,
+            }
+        else:
+            ok = False
+            report["bundle"] = {"ok": False, "detail": "no bundle loaded"}
+        report["traces"] = {"started": self.tracer.started, "dropped": self.tracer.dropped}
+        return ok, report
+
+    def close(self) -> None:
+        self.holder.stop()
+        self.assessments.drain(timeout_s=10)
+        self.assessments.close()
+        self.tracer.close()
+
+
+def feedback_payload(record: FeedbackRecord, change: FeedbackChange) -> dict[str, Any]:
+    return {**record.to_dict(), "change": change}
+
+
+def unknown_trace_message(trace_id: str) -> str:
+    return (
+        f"no answer with trace id {trace_id!r} was served here; feedback needs the trace_id "
+        "returned by POST /v1/answer"
+    )
+
+
+__all__: Sequence[str] = ("AnswerService", "BadRequest", "Unavailable", "UnknownTrace")

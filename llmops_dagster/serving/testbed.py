@@ -1,0 +1,200 @@
+"""A throw-away serving stack on real engines, for the server tests and the load benchmark:
+an ``mlflow server`` process (SQLite backend, proxied artifacts), the sample corpus indexed by
+the real assets under a fresh alias, the prompt and two bundles registered (the local LLM and
+the extractive answerer, so a champion swap is visible in every response), and an
+``llmops-dagster serve`` process pointed at all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.rag.bundle import (
+    DEFAULT_BUNDLE_MODEL,
+    BundleVersion,
+    RagBundle,
+    register_bundle,
+    set_bundle_alias,
+)
+
+
+class ProcessFailed(RuntimeError):
+    """A process of the stack exited or never answered (its log's tail is in the message)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ProcessFailed(f"{url}: exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ProcessFailed(f"{url} never answered in {seconds:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on a free loopback port; (process, tracking URI) once it answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "mlflow-server.log"
+    proc = subprocess.Popen(
+        [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts")],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", 180, proc, log)
+    except ProcessFailed:
+        stop_process(proc)
+        raise
+    return proc, uri
+
+
+def register_test_bundles(
+    settings: Settings, *, llm_tokens: int = 24, k: int = 2
+) -> dict[str, BundleVersion]:
+    """The repo prompt and two bundles (``llm``, ``extractive``) on ``settings``' alias;
+    ``llm`` becomes the champion."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from llmops_dagster.rag.prompt_registry import sync_prompt
+    from llmops_dagster.rag.prompts import load_prompt
+    from llmops_dagster.resources import build_resources
+    from llmops_dagster.search.aliases import current_index
+    from llmops_dagster.tracking.runs import open_run
+    from llmops_dagster.tracking.store import ensure_mlflow
+
+    uri = settings.mlflow_uri
+    store = ensure_mlflow(uri, settings.mlflow.experiment)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(uri)  # the prompt registry uses MLflow's fluent state
+    prompt = sync_prompt(client, load_prompt())
+    resources = build_resources(settings, with_dlt=False, resolve_secrets=True)
+    es = resources["elasticsearch"]
+    common = {
+        "base_model_id": resources["models"].base_model_id(),
+        "prompt_uri": prompt.uri,
+        "prompt_version": prompt.content_hash,
+        "retrieval_mode": "hybrid_rrf",
+        "retrieval_k": k,
+        "embedding_model_id": settings.models.embedding_model,
+        "index_name": current_index(es.get_client(), es.alias) or "",
+        "index_alias": es.alias,
+    }
+    bundles: dict[str, BundleVersion] = {}
+    for kind, tokens in (("llm", llm_tokens), ("extractive", 64)):
+        bundle = RagBundle(generator=kind, adapter_uri=None, max_new_tokens=tokens, **common)  # type: ignore[arg-type]
+        with open_run(store, run_name="rag_evaluation", tags={}, ui_url="http://x") as run:
+            bundles[kind] = register_bundle(client, bundle, run=run)
+    promote(client, bundles["llm"], "testbed: first champion")
+    return bundles
+
+
+def promote(client: object, version: BundleVersion, why: str) -> None:
+    set_bundle_alias(
+        client,  # type: ignore[arg-type]
+        DEFAULT_BUNDLE_MODEL,
+        version.version,
+        "champion",
+        evaluation_run_id=version.run_id or "",
+        decision_summary=why,
+    )
+
+
+def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes ``llmops-dagster serve`` read ``settings``."""
+    env = {
+        **os.environ,
+        "LLMOPS_HOME": str(settings.home),
+        "LLMOPS_ES_INDEX_ALIAS": settings.elasticsearch.index_alias,
+        "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+        "LLMOPS_MODELS_CACHE": str(settings.models_cache_dir),
+        "LLMOPS_DUCKDB_PATH": str(settings.duckdb_path),
+        "LLMOPS_TRACE_EXPERIMENT": settings.serving.trace_experiment,
+        "LLMOPS_BUNDLE_POLL_S": str(settings.serving.bundle_poll_s),
+        "LLMOPS_TORCH_THREADS": str(settings.models.torch_threads),
+        **extra,
+    }
+    if settings.elasticsearch.url:
+        env["ELASTICSEARCH_URL"] = settings.elasticsearch.url
+    return env
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+
+@contextmanager
+def serve_process(settings: Settings, log: Path, **extra_env: str) -> Iterator[ServerHandle]:
+    """``llmops-dagster serve`` on a free port, stopped on exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [_bin("llmops-dagster"), "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=serve_env(settings, **extra_env),
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", 300, proc, log)
+        yield ServerHandle(url, proc, log)
+    finally:
+        stop_process(proc)
+
+
+def index_sample_corpus(settings: Settings, sample_dir: Path) -> None:
+    """ingest → prepare → index of the sample corpus with the real assets."""
+    import dagster as dg
+
+    from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+    from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+
+    sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
+    result = dg.materialize(
+        [*build_assets(settings, sources), *build_asset_checks()],
+        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
+        resources=build_resources(settings),
+    )
+    if not result.success:
+        raise ProcessFailed("indexing the sample corpus failed")

@@ -1,0 +1,39 @@
+"""Names the server writes on every answer's MLflow trace, and the loaders read back.
+
+Trace *metadata* (immutable, set when the trace is created) holds what the serving metrics and
+the lineage walk need, so neither has to parse spans. Values are strings (MLflow's rule).
+"""
+
+from __future__ import annotations
+
+PREFIX = "llmops."
+BUNDLE_URI = "llmops.bundle_uri"  # models:/llmops-rag-bundle/3, "" when the base model served
+BUNDLE_VERSION = "llmops.bundle_version"  # "3", "" for the base model
+PROMPT_VERSION = "llmops.prompt_version"  # rag_answer@<content hash>
+PROMPT_URI = "llmops.prompt_uri"  # prompts:/rag_answer/2 (bundles only)
+MODEL_ID = "llmops.model_id"
+ADAPTER_URI = "llmops.adapter_uri"
+INDEX_ALIAS = "llmops.index_alias"
+INDEX_NAME = "llmops.index_name"  # the physical index behind the alias when answered
+EMBEDDING_MODEL = "llmops.embedding_model_id"
+RETRIEVAL_MODE = "llmops.retrieval_mode"
+RETRIEVAL_K = "llmops.retrieval_k"
+PROMPT_TOKENS = "llmops.prompt_tokens"
+COMPLETION_TOKENS = "llmops.completion_tokens"
+COST_USD = "llmops.cost_usd"
+TOP_SCORE = "llmops.top_score"  # "" when nothing was retrieved
+NO_HIT = "llmops.no_hit"  # "true" / "false"
+CITED_CHUNK_IDS = "llmops.cited_chunk_ids"  # JSON list
+RETRIEVED_CHUNK_IDS = "llmops.retrieved_chunk_ids"  # JSON list, rank order
+RETRIEVED_DOC_IDS = "llmops.retrieved_doc_ids"  # JSON list, rank order
+TOTAL_MS = "llmops.total_ms"
+QUEUE_MS = "llmops.queue_ms"
+USER = "llmops.user"
+
+# Trace tags (mutable, searchable in the UI): what a person filters traces by.
+TAG_BUNDLE_VERSION = "bundle_version"
+TAG_SOURCE = "source"  # "serve"
+
+# Assessment names used for user feedback on a trace.
+FEEDBACK_RATING = "user_rating"  # bool: thumbs up
+EXPECTED_ANSWER = "expected_answer"  # the user's correction

@@ -1,0 +1,103 @@
+"""Settings → a ready :class:`~llmops_dagster.serving.service.AnswerService` (the same resources
+the code location and the CLI use, so the server answers exactly like ``ask`` and evaluation)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmops_dagster.config import Settings
+from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, BundleVersion, current_champion
+from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
+from llmops_dagster.serving.pricing import PriceTable
+from llmops_dagster.serving.service import AnswerService
+from llmops_dagster.serving.store import ServingStore
+from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEncoder
+
+log = logging.getLogger(__name__)
+
+#: What the base model answers with before any champion exists (``ask --bundle base``'s).
+BASE_K = 3
+BASE_MAX_NEW_TOKENS = 96
+
+
+def bundle_loader(resources: dict[str, Any]) -> Any:
+    from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
+    from llmops_dagster.rag.pipeline import RetrievalSettings
+    from llmops_dagster.resources import build_bundle_pipeline, build_rag_pipeline
+
+    es, models, mlflow = resources["elasticsearch"], resources["models"], resources["mlflow"]
+
+    def load(version: BundleVersion | None) -> ServedBundle:
+        if version is None:
+            pipeline = build_rag_pipeline(
+                es,
+                models,
+                mlflow,
+                retrieval=RetrievalSettings(k=BASE_K),
+                max_new_tokens=BASE_MAX_NEW_TOKENS,
+            )
+            context = TraceContext("", "", "", "", es.alias, "", models.embedding_model)
+        else:
+            bundle = version.bundle
+            pipeline = build_bundle_pipeline(es, models, mlflow, bundle, bundle_uri=version.uri)
+            context = TraceContext(
+                bundle_uri=version.uri,
+                bundle_version=version.version,
+                prompt_uri=bundle.prompt_uri,
+                adapter_uri=bundle.adapter_uri or "",
+                index_alias=bundle.index_alias,
+                index_name=bundle.index_name,
+                embedding_model_id=bundle.embedding_model_id,
+            )
+        # Each served pipeline gets its own retriever; wrapping its embedder adds the
+        # embed_query span without touching the shared (cached) model.
+        retriever = pipeline.retriever
+        retriever.embedder = TracedEncoder(retriever.embedder, context.embedding_model_id)
+        local = not isinstance(pipeline.generator, OpenAICompatibleGenerator)
+        log.info("loaded %s", version.uri if version else "the base model (no champion yet)")
+        return ServedBundle(pipeline=pipeline, version=version, context=context, local=local)
+
+    return load
+
+
+def build_service(settings: Settings) -> AnswerService:
+    from llmops_dagster.resources import build_resources
+    from llmops_dagster.search.aliases import current_index
+    from llmops_dagster.search.client import check_cluster
+
+    resources = build_resources(settings, with_dlt=False, resolve_secrets=True)
+    es, mlflow_resource = resources["elasticsearch"], resources["mlflow"]
+    client = es.get_client()
+    check_cluster(client, es.cluster_spec())
+    store = mlflow_resource.store()  # creates the tracking store / experiment if needed
+    registry = mlflow_resource.client()
+    holder = BundleHolder(
+        lambda: current_champion(registry, DEFAULT_BUNDLE_MODEL),
+        bundle_loader(resources),
+        poll_s=settings.serving.bundle_poll_s,
+    )
+    holder.refresh()
+    holder.start()
+    tracer = AnswerTracer(store.tracking_uri, settings.serving.trace_experiment)
+
+    def es_health() -> str:
+        health = client.cluster.health(request_timeout=5)
+        if health["status"] == "red":
+            raise RuntimeError("cluster health is red")
+        return f"{health['status']} ({health['number_of_nodes']} nodes)"
+
+    def tracking_health() -> str:
+        registry.search_experiments(max_results=1)
+        return store.tracking_uri.split("://", 1)[0] + " store reachable"
+
+    return AnswerService(
+        holder=holder,
+        tracer=tracer,
+        store=ServingStore(settings.serving_store_path),
+        prices=PriceTable.load(settings.serving.price_table),
+        index_name=lambda: current_index(client, es.alias),
+        health_checks={"elasticsearch": es_health, "tracking_store": tracking_health},
+        max_concurrent_generations=settings.serving.max_concurrent_generations,
+        max_question_chars=settings.serving.max_question_chars,
+    )

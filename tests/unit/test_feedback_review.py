@@ -1,0 +1,235 @@
+"""The review step: candidates from the serving store, accept / reject into temp golden and
+training files (idempotent, never both), clear errors that leave the files untouched, and the
+`llmops-dagster feedback` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.serving.review import (
+    FeedbackReview,
+    ReviewError,
+    auto_target,
+    item_id_for,
+)
+from llmops_dagster.serving.store import AnswerRecord, ServedChunk, ServingStore
+from llmops_dagster.train.dataset import file_digest, load_qa_jsonl
+
+pytestmark = pytest.mark.unit
+
+DOWN = "tr-" + "a" * 32  # thumbs-down with a correction
+BARE = "tr-" + "b" * 32  # thumbs-down, no correction
+LIKED = "tr-" + "c" * 32  # thumbs-up only: not a candidate
+NOCITE = "tr-" + "d" * 32  # correction, but the answer cited nothing
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(
+        json.dumps(
+            {
+                "id": "q01",
+                "question": "When was it founded?",
+                "reference_answer": "In 2019.",
+                "relevant_doc_ids": ["fs:handbook/welcome.md"],
+                "type": "factual",
+            }
+        )
+        + "\n"
+    )
+    train = tmp_path / "train.jsonl"
+    # No trailing newline: an append must not glue two JSON objects onto one line.
+    train.write_text(
+        json.dumps({"id": "t01", "question": "Who?", "reference_answer": "Maren."}),
+    )
+    store = ServingStore(tmp_path / "serving.db")
+    retrieved = [
+        ServedChunk("c-exp-1", "fs:handbook/expenses.md", "Expenses", 0.5),
+        ServedChunk("c-exp-2", "fs:handbook/expenses.md", "Expenses", 0.4),
+        ServedChunk("c-leave", "fs:handbook/leave.md", "Leave", 0.3),
+    ]
+    cited_by_trace = {
+        DOWN: ["c-exp-2", "c-leave", "c-exp-1"],
+        BARE: ["c-leave"],
+        LIKED: ["c-exp-1"],
+        NOCITE: [],
+    }
+    for trace_id, cited in cited_by_trace.items():
+        store.record_answer(
+            AnswerRecord(
+                trace_id=trace_id,
+                question=f"question of {trace_id[3:6]}?",
+                answer="a wrong answer",
+                cited_chunk_ids=cited,
+                retrieved=retrieved,
+                bundle_uri="models:/llmops-rag-bundle/2",
+                bundle_version="2",
+                total_ms=100.0,
+                prompt_tokens=10,
+                completion_tokens=3,
+                cost_usd=0.0,
+            )
+        )
+    store.record_feedback(DOWN, "ann", "down", correction="Within 30 days.", comment="too vague")
+    store.record_feedback(DOWN, "bob", "up")
+    store.record_feedback(BARE, "ann", "down")
+    store.record_feedback(LIKED, "ann", "up")
+    store.record_feedback(NOCITE, "bob", "up", correction="Tuesday and Thursday.")
+    return {"golden": golden, "train": train, "store": tmp_path / "serving.db"}
+
+
+def _review(files: dict[str, Path]) -> FeedbackReview:
+    return FeedbackReview(files["store"], files["golden"], files["train"])
+
+
+def _snapshot(files: dict[str, Path]) -> tuple[bytes, bytes]:
+    return files["golden"].read_bytes(), files["train"].read_bytes()
+
+
+def test_candidates_are_thumbs_down_or_corrected_answers(files: dict[str, Path]) -> None:
+    candidates = _review(files).candidates()
+    assert [c.trace_id for c in candidates] == [DOWN, BARE, NOCITE]
+    down = candidates[0]
+    assert (down.thumbs_down, down.thumbs_up, down.correction) == (1, 1, "Within 30 days.")
+    assert down.comments == ["too vague"]
+    assert down.cited_doc_ids == ["fs:handbook/expenses.md", "fs:handbook/leave.md"]
+    assert (down.bundle_version, down.status) == ("2", "pending")
+    assert candidates[1].correction is None and candidates[2].thumbs_down == 0
+
+
+def test_accept_into_golden_is_idempotent_and_changes_only_the_golden_digest(
+    files: dict[str, Path],
+) -> None:
+    review = _review(files)
+    golden_before = load_golden(files["golden"]).version
+    train_before = file_digest(files["train"])
+
+    result = review.accept(DOWN, reviewer="rev", to="golden")
+    assert result.appended and result.target == "golden" and result.item_id == item_id_for(DOWN)
+    assert result.golden_digest == load_golden(files["golden"]).version != golden_before
+    assert result.train_digest == train_before  # never both sets
+    item = load_golden(files["golden"]).items[-1]
+    assert (item.id, item.question, item.reference_answer, item.type) == (
+        "fb-aaaaaaaaaaaa",
+        "question of aaa?",
+        "Within 30 days.",
+        "feedback",
+    )
+    assert item.relevant_doc_ids == ("fs:handbook/expenses.md", "fs:handbook/leave.md")
+
+    snapshot = _snapshot(files)
+    again = review.accept(DOWN, to="train", answer="something else")
+    assert not again.appended and again.target == "golden"  # decided: nothing moves
+    assert _snapshot(files) == snapshot
+    (accepted,) = review.candidates("accepted")
+    assert (accepted.trace_id, accepted.reviewer, accepted.item_id) == (DOWN, "rev", item.id)
+    assert review.candidates("pending") == [c for c in review.candidates() if c.trace_id != DOWN]
+
+
+def test_accept_into_train_with_an_answer_and_documents(files: dict[str, Path]) -> None:
+    review = _review(files)
+    golden_before = files["golden"].read_bytes()
+    result = review.accept(BARE, answer="  The director approves.  ", to="train")
+    assert result.appended and files["golden"].read_bytes() == golden_before
+    items = load_qa_jsonl(files["train"])
+    assert [i.id for i in items] == ["t01", "fb-bbbbbbbbbbbb"]
+    assert items[1].reference_answer == "The director approves."
+    assert items[1].relevant_doc_ids == ("fs:handbook/leave.md",)
+    assert items[1].extra == {"type": "feedback", "source_trace_id": BARE}
+    assert result.train_digest == file_digest(files["train"])
+
+
+def test_auto_routes_by_trace_id(files: dict[str, Path]) -> None:
+    result = _review(files).accept(DOWN)
+    assert result.target == auto_target(DOWN)
+    assert auto_target(DOWN) == auto_target(DOWN)
+    assert {auto_target(f"tr-{i:032x}") for i in range(8)} == {"golden", "train"}
+
+
+def test_bad_input_is_refused_and_leaves_the_files_untouched(files: dict[str, Path]) -> None:
+    review = _review(files)
+    snapshot = _snapshot(files)
+    with pytest.raises(ReviewError, match="unknown trace id 'tr-nope'"):
+        review.accept("tr-nope")
+    with pytest.raises(ReviewError, match="has no correction: give the reference answer"):
+        review.accept(BARE, to="golden")
+    with pytest.raises(ReviewError, match="is not a feedback candidate"):
+        review.accept(LIKED, answer="x")
+    with pytest.raises(ReviewError, match="cited no document"):
+        review.accept(NOCITE, to="golden")
+    assert _snapshot(files) == snapshot
+    assert review.candidates("accepted") == []
+    # With the documents named, the same candidate is accepted.
+    assert review.accept(NOCITE, to="golden", doc_ids=["fs:handbook/remote-work.md"]).appended
+
+
+def test_reject_then_accept_but_never_reject_an_accepted_one(files: dict[str, Path]) -> None:
+    review = _review(files)
+    snapshot = _snapshot(files)
+    assert review.reject(BARE, reviewer="rev").status == "rejected"
+    assert _snapshot(files) == snapshot
+    assert [c.trace_id for c in review.candidates("rejected")] == [BARE]
+    # A change of mind: a rejected candidate can still be accepted.
+    assert review.accept(BARE, answer="The director.", to="train").candidate.status == "accepted"
+    with pytest.raises(ReviewError, match="was accepted into the train set"):
+        review.reject(BARE)
+
+
+def test_a_malformed_target_file_is_refused(files: dict[str, Path]) -> None:
+    files["golden"].write_text(files["golden"].read_text() + "{not json\n")
+    snapshot = _snapshot(files)
+    with pytest.raises(ReviewError, match=r"golden\.jsonl:2"):
+        _review(files).accept(DOWN, to="golden")
+    assert _snapshot(files) == snapshot
+
+
+def _env(files: dict[str, Path], tmp_path: Path) -> dict[str, str]:
+    return {
+        "LLMOPS_HOME": str(tmp_path / "home"),
+        "LLMOPS_SERVING_STORE": str(files["store"]),
+        "LLMOPS_GOLDEN": str(files["golden"]),
+        "LLMOPS_TRAIN_QA": str(files["train"]),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+
+
+def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
+    from llmops_dagster.cli import main
+
+    runner, env = CliRunner(), _env(files, tmp_path)
+    listed = runner.invoke(main, ["feedback", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert [c["trace_id"] for c in json.loads(listed.output)] == [DOWN, BARE, NOCITE]
+    table = runner.invoke(main, ["feedback", "list"], env=env)
+    assert table.exit_code == 0 and "tr-aaaa" in table.output
+
+    snapshot = _snapshot(files)
+    refused = runner.invoke(main, ["feedback", "accept", BARE, "--to", "golden"], env=env)
+    assert refused.exit_code == 1
+    assert "has no correction: give the reference answer with --answer" in refused.output
+    unknown = runner.invoke(main, ["feedback", "reject", "tr-nope"], env=env)
+    assert unknown.exit_code == 1 and "unknown trace id 'tr-nope'" in unknown.output
+    assert _snapshot(files) == snapshot
+
+    accepted = runner.invoke(
+        main, ["feedback", "accept", DOWN, "--to", "golden", "--reviewer", "rev"], env=env
+    )
+    assert accepted.exit_code == 0, accepted.output
+    digest = load_golden(files["golden"]).version
+    assert f"golden digest:   {digest}" in accepted.output
+    assert f"training digest: {file_digest(files['train'])}" in accepted.output
+    assert "fb-aaaaaaaaaaaa appended to the golden set" in accepted.output
+    again = runner.invoke(main, ["feedback", "accept", DOWN], env=env)
+    assert again.exit_code == 0 and "already accepted: unchanged" in again.output
+    assert load_golden(files["golden"]).version == digest
+
+    rejected = runner.invoke(main, ["feedback", "reject", BARE], env=env)
+    assert rejected.exit_code == 0 and f"{BARE}: rejected" in rejected.output
+    pending = runner.invoke(main, ["feedback", "list", "--json"], env=env)
+    assert [c["trace_id"] for c in json.loads(pending.output)] == [NOCITE]
