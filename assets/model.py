@@ -17,6 +17,9 @@ from llmops_dagster.resources import (
 class FinetuneDatasetConfig(dg.Config):
     context_k: int = 3
     """Retrieved chunks per question, as serving will see them."""
+    context_groups: list[str] = Field(default_factory=list)
+    """Groups the context is retrieved as (besides public). Empty: public documents only, so
+    confidential text never enters training data unless a group is named here on purpose."""
     val_fraction: float = 0.2
     seed: int = 13
 
@@ -52,9 +55,14 @@ def finetune_dataset(
     split."""
     from pathlib import Path
 
+    from llmops_dagster.access import AccessError, Principal
     from llmops_dagster.rag.pipeline import RetrievalSettings
     from llmops_dagster.train.dataset import build_sft_dataset
 
+    try:
+        principal = Principal("finetune", frozenset(config.context_groups))
+    except AccessError as exc:
+        raise dg.Failure(f"finetune_dataset config context_groups: {exc}") from exc
     pipeline = build_rag_pipeline(
         elasticsearch, models, mlflow, retrieval=RetrievalSettings(k=config.context_k)
     )
@@ -62,16 +70,20 @@ def finetune_dataset(
         Path(corpus.train_qa_path),
         tokenizer=models.base_model().tokenizer,
         prompt=pipeline.prompt,
-        context_fn=pipeline.context_fn(),
+        context_fn=pipeline.context_fn(principal),
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
     path = Path(corpus.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
     dataset.write_jsonl(path)
     summary = dataset.summary()
+    context_groups = ",".join(principal.visible_groups)
     lineage = mlflow.log_asset_run(
         context,
-        params={k: v for k, v in summary.items() if k != "digest"},
+        params={
+            **{k: v for k, v in summary.items() if k != "digest"},
+            "context_groups": context_groups,
+        },
         metrics={"n_train": summary["n_train"], "n_validation": summary["n_validation"]},
         tags={"dataset.digest": dataset.digest},
     )
@@ -83,6 +95,7 @@ def finetune_dataset(
         metadata={
             **lineage,
             **summary,
+            "context_groups": context_groups,
             "path": str(path),
             "preview": md(preview, ["prompt", "completion"]),
         },

@@ -47,6 +47,7 @@ from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.models.local import LocalTransformersGenerator, load_base_model
 from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import answer_many
+from llmops_dagster.sources.source_config import default_sources_config
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "eval_throughput.json"
 
@@ -85,10 +86,15 @@ class InMemoryRetriever:
 
 
 def sample_chunks(sample_dir: Path, words: int = 120) -> list[tuple[str, str, str]]:
-    """(doc_id, title, text) chunks: paragraphs packed to about ``words`` words."""
+    """(doc_id, title, text) chunks of the public files: paragraphs packed to about ``words``
+    words. This index has no access filter, so the sample's confidential folders (audiences of
+    the default sources config) stay out of it: the benchmark answers as the public."""
+    audience = default_sources_config(sample_dir).filesystem.audience_for  # type: ignore[union-attr]
     chunks: list[tuple[str, str, str]] = []
     for path in sorted(sample_dir.rglob("*")):
         rel = path.relative_to(sample_dir).as_posix()
+        if audience(rel) != ["public"]:
+            continue
         if path.suffix in {".md", ".txt"}:
             buffer: list[str] = []
             for para in path.read_text(encoding="utf-8").split("\n\n"):
@@ -126,7 +132,8 @@ def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str,
     metrics = default_metrics(encoder=embedder)
 
     def answer_fn(generator: LocalTransformersGenerator) -> Any:
-        return lambda qs: answer_many(
+        # The golden subset is public (the confidential cases are at the end of the set).
+        return lambda qs, _principal: answer_many(
             qs, retriever=retriever, generator=generator, k=k, max_new_tokens=max_new_tokens
         )
 

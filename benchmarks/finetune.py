@@ -80,6 +80,7 @@ from llmops_dagster.models.registry import load_adapter_generator
 from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import answer_many, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
+from llmops_dagster.sources.source_config import default_sources_config
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
@@ -599,10 +600,14 @@ def main() -> None:
             ),
         )
         sample_dir = settings.corpus.sample_data_dir
+        # Oracle context read from files, as the public principal: the sample's confidential
+        # folders (their audiences in sources.yaml) never enter the training set.
+        audience = default_sources_config(sample_dir).filesystem.audience_for  # type: ignore[union-attr]
         sample_dataset = clock.stage(
             "sample sft set",
             lambda: build_sft_dataset(
-                tokenizer=base.tokenizer, context_fn=corpus_context_fn(sample_dir, k=2)
+                tokenizer=base.tokenizer,
+                context_fn=corpus_context_fn(sample_dir, k=2, audience=audience),
             ),
         )
         print(f"pubmed train example:\n{pubmed_dataset.train[0].completion!r}", flush=True)
@@ -692,7 +697,7 @@ def main() -> None:
         print(json.dumps([decision, pubmed_f1]), flush=True)
 
         golden = load_qa_jsonl(GOLDEN)[: args.sample_heldout]
-        golden_context = corpus_context_fn(sample_dir, k=2, use_reference=False)
+        golden_context = corpus_context_fn(sample_dir, k=2, use_reference=False, audience=audience)
         sample_retriever = FixedContextRetriever({g.question: golden_context(g) for g in golden})
         sample_questions = [g.question for g in golden]
         rag_prompt = load_prompt()

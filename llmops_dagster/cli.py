@@ -209,6 +209,11 @@ def index_rollback() -> None:
     help="Search mode (base only; default hybrid_rrf).",
 )
 @click.option("--max-new-tokens", type=int, default=None, help="Base only; default 96.")
+@click.option(
+    "--groups",
+    default="",
+    help="Ask as a member of these groups (comma-separated); default: public documents only.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def ask(
     question: str,
@@ -216,6 +221,7 @@ def ask(
     k: int | None,
     mode: str | None,
     max_new_tokens: int | None,
+    groups: str,
     as_json: bool,
 ) -> None:
     """Answer QUESTION with a RAG bundle (the champion by default), citing chunk ids.
@@ -269,8 +275,14 @@ def ask(
             MlflowUnavailable,
         ) as exc:
             raise click.ClickException(str(exc)) from exc
+    from llmops_dagster.access import AccessError, Principal
+
+    try:
+        principal = Principal("cli", frozenset(g.strip() for g in groups.split(",") if g.strip()))
+    except AccessError as exc:
+        raise click.BadParameter(str(exc), param_hint="--groups") from exc
     with console.status("retrieving and generating ..."):
-        result = pipeline.answer(question)
+        result = pipeline.answer(question, principal=principal)
     if as_json:
         payload = {**result.to_dict(), "bundle_uri": pipeline.bundle_uri}
         payload["ranked"] = [chunk.chunk_id for chunk in result.ranked]
@@ -307,10 +319,10 @@ def serve(host: str | None, port: int | None) -> None:
     from llmops_dagster.rag.bundle import BundleError
     from llmops_dagster.rag.prompts import PromptError
     from llmops_dagster.search.client import ElasticsearchUnavailable
-    from llmops_dagster.serving.app import create_app
+    from llmops_dagster.serving.auth import KeyFileError
     from llmops_dagster.serving.pricing import PriceTableError
     from llmops_dagster.serving.tracing import fail_fast_tracking_defaults
-    from llmops_dagster.serving.wiring import build_service
+    from llmops_dagster.serving.wiring import build_app
     from llmops_dagster.tracking.store import MlflowUnavailable
 
     fail_fast_tracking_defaults()
@@ -319,19 +331,77 @@ def serve(host: str | None, port: int | None) -> None:
     port = port or settings.serving.port
     with console.status("loading the champion bundle and models ..."):
         try:
-            service = build_service(settings)
+            app = build_app(settings)
         except (
             BundleError,
             GeneratorError,
             PromptError,
             PriceTableError,
+            KeyFileError,
             ElasticsearchUnavailable,
             MlflowUnavailable,
         ) as exc:
             raise click.ClickException(str(exc)) from exc
-    served = service.holder.current
-    _log(f"serving {served.uri or 'the base model (no champion yet)'} on http://{host}:{port}")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info", access_log=False)
+    served = app.state.service.holder.current
+    auth = "API keys required" if app.state.keys.enabled else "no API keys: public documents only"
+    bundle = served.uri or "the base model (no champion yet)"
+    _log(f"serving {bundle} on http://{host}:{port}; {auth}")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the HTTP service (stored hashed in LLMOPS_API_KEYS)."""
+
+
+def _keys_path():
+    path = get_settings().serving.api_keys_path
+    if path is None:
+        raise click.ClickException("set LLMOPS_API_KEYS to the key file's path first")
+    return path
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option("--groups", default="", help="Comma-separated groups, e.g. hr,ops.")
+def keys_add(name: str, groups: str) -> None:
+    """Create a key for NAME and print it once (only its hash is stored)."""
+    from llmops_dagster.serving.auth import KeyFileError, add_key
+
+    try:
+        record, secret = add_key(_keys_path(), name, [g for g in groups.split(",") if g])
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _log(f"key {record.name} (groups: {', '.join(record.groups) or 'none'}) — shown only now:")
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Key names, groups and creation dates (never the keys)."""
+    from llmops_dagster.serving.auth import KeyFileError, read_keys
+
+    try:
+        records = read_keys(_keys_path())
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    table = Table("name", "groups", "created")
+    for record in records:
+        table.add_row(record.name, ", ".join(record.groups), record.created_at)
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Remove NAME's key; a running server stops accepting it at once."""
+    from llmops_dagster.serving.auth import KeyFileError, revoke_key
+
+    try:
+        revoke_key(_keys_path(), name)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _log(f"revoked {name}")
 
 
 @main.group()

@@ -92,7 +92,12 @@ def build_documents(
     full_refresh: bool = False,
 ) -> DocumentsDelta:
     """Normalise new raw rows of ``dataset`` into documents, delete vanished files' documents,
-    report a delta."""
+    re-resolve stored files' audiences against ``sources.filesystem.audiences``, report a delta.
+
+    Record sources (SQL, REST) read the audience from each row's ``audience_field``: a row whose
+    groups changed is re-loaded by its cursor like any edit; after changing ``audience_field``
+    itself, run with ``full_refresh`` so that every row is read again.
+    """
     seen = {} if full_refresh else get_watermarks(con)
     batch = NormalizedBatch()
     new_marks: dict[str, str] = {}
@@ -119,6 +124,7 @@ def build_documents(
                         source=source,
                         mapping=fs.records if fs else None,
                         transform=transform,
+                        audience=fs.audience_for if fs else None,
                     )
                 )
         else:
@@ -135,4 +141,7 @@ def build_documents(
                     )
                 )
         new_marks[mark_key] = latest
-    return sync_documents(con, batch, current_files=current_files, watermarks=new_marks)
+    audiences = {fs.source_name: fs.audience_for} if fs is not None else None
+    return sync_documents(
+        con, batch, current_files=current_files, watermarks=new_marks, audiences=audiences
+    )

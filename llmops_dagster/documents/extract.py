@@ -318,7 +318,8 @@ def record_text(record: dict[str, Any], mapping: RecordMapping) -> str:
         return "\n\n".join(p for p in parts if p)
     lines = []
     for key, value in record.items():
-        if key.startswith("_dlt") or key == mapping.id_field:
+        # The audience is access metadata, not content: a group list is nobody's answer.
+        if key.startswith("_dlt") or key in (mapping.id_field, mapping.audience_field):
             continue
         rendered = _scalar(value)
         if rendered:

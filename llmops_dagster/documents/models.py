@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from llmops_dagster.access import PUBLIC
+
 
 class RejectReason(StrEnum):
     """Why an input did not become a document (the contract's closed list)."""
@@ -56,9 +58,15 @@ class Document:
     updated_at: datetime
     content_hash: str
     metadata: str = "{}"
+    #: Groups allowed to read the document (sorted; ``("public",)`` when the source says
+    #: nothing). Not part of ``content_hash``: a permission change must not re-chunk or
+    #: re-embed, only re-sync the index (the documents store compares it separately).
+    allowed_groups: tuple[str, ...] = (PUBLIC,)
 
     def as_row(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        row["allowed_groups"] = list(self.allowed_groups)
+        return row
 
 
 @dataclass(frozen=True)

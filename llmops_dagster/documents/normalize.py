@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from llmops_dagster.access import AccessError, normalize_audience
 from llmops_dagster.documents.extract import (
     Extracted,
     ExtractionError,
@@ -32,6 +33,8 @@ from llmops_dagster.documents.models import (
 from llmops_dagster.sources.source_config import RecordMapping
 
 TextTransform = Callable[[str], str]
+#: A file's relative path → the groups allowed to read it (``FilesystemSourceConfig.audience_for``).
+AudienceResolver = Callable[[str], Sequence[str]]
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _Builder:
         extracted: Extracted,
         updated_at: datetime | None,
         metadata: dict[str, Any],
+        allowed_groups: Sequence[str] | None = None,
     ) -> None:
         doc_id = make_doc_id(source, key)
         if doc_id in self._seen:
@@ -108,6 +112,7 @@ class _Builder:
                 updated_at=utc(_as_datetime(extracted.updated_at) or updated_at),
                 content_hash=content_hash(text),
                 metadata=json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str),
+                allowed_groups=tuple(normalize_audience(allowed_groups)),
             )
         )
 
@@ -129,8 +134,13 @@ def normalize_file_rows(
     source: str = "fs",
     mapping: RecordMapping | None = None,
     transform: TextTransform | None = None,
+    audience: AudienceResolver | None = None,
 ) -> NormalizedBatch:
-    """``fs_files`` rows (relative_path, file_url, modification_date, too_large, content)."""
+    """``fs_files`` rows (relative_path, file_url, modification_date, too_large, content).
+
+    ``audience`` gives each file's readers by path (every record of an export shares its
+    file's); without it every document is public.
+    """
     builder = _Builder(transform)
     for row in rows:
         path = str(row.get("relative_path") or "")
@@ -140,7 +150,8 @@ def normalize_file_rows(
             continue
         builder.batch.files.add((source, path))
         try:
-            _normalize_one_file(builder, row, source, path, uri, mapping)
+            groups = audience(path) if audience is not None else None
+            _normalize_one_file(builder, row, source, path, uri, mapping, groups)
         except Exception as exc:  # last line of defence: one file never fails the batch
             builder.reject(source, path, uri, RejectReason.PARSE_ERROR, f"{exc!r}")
     return builder.batch
@@ -153,6 +164,7 @@ def _normalize_one_file(
     path: str,
     uri: str,
     mapping: RecordMapping | None,
+    allowed_groups: Sequence[str] | None,
 ) -> None:
     size = row.get("size_in_bytes")
     if row.get("too_large"):
@@ -171,7 +183,28 @@ def _normalize_one_file(
     base_meta = {"path": path, "size_in_bytes": size, "mime_type": row.get("mime_type")}
     for part in parts:
         key = f"{path}{part.key_suffix}"
-        builder.add(source, key, f"{uri}{part.key_suffix}", part, modified, base_meta)
+        builder.add(
+            source, key, f"{uri}{part.key_suffix}", part, modified, base_meta, allowed_groups
+        )
+
+
+def record_audience(record: Mapping[str, Any], audience_field: str | None) -> list[str]:
+    """A record's readers from its ``audience_field``: a list, a JSON list (dlt keeps nested
+    values as JSON text) or a comma-separated string; missing or empty → public."""
+    if not audience_field:
+        return normalize_audience(None)
+    value = record.get(audience_field)
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise AccessError(f"not a JSON list: {value[:80]!r}") from exc
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise AccessError(f"expected group names (strings), got {value!r}")
+    elif value is not None and not isinstance(value, str):
+        raise AccessError(f"expected a list or a comma-separated string, got {value!r}")
+    return normalize_audience(value)
 
 
 def normalize_record_rows(
@@ -208,7 +241,19 @@ def normalize_record_rows(
                     source, key, uri, RejectReason.PARSE_ERROR, f"no '{mapping.id_field}' field"
                 )
                 continue
-            builder.add(source, key, uri, extracted, None, {"collection": collection})
+            try:
+                groups = record_audience(record, mapping.audience_field)
+            except AccessError as exc:
+                # Never guess wider: a record whose audience cannot be read is not published.
+                builder.reject(
+                    source,
+                    key,
+                    uri,
+                    RejectReason.PARSE_ERROR,
+                    f"invalid audience in field {mapping.audience_field!r}: {exc}",
+                )
+                continue
+            builder.add(source, key, uri, extracted, None, {"collection": collection}, groups)
         except Exception as exc:  # one odd record never fails the batch
             key = f"{collection}#row{index}"
             builder.reject(source, key, key, RejectReason.PARSE_ERROR, f"{exc!r}")

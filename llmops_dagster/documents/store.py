@@ -1,8 +1,9 @@
 """DuckDB storage of ``llmops.documents`` / ``llmops.rejected_documents`` with a change report.
 
-``sync_documents`` upserts a batch and reports, by doc id, what is new, changed (text hash
-differs), unchanged and deleted. The chunker re-chunks ``delta.to_chunk`` and drops chunks of
-``delta.deleted``; nothing else needs touching, which is what makes the pipeline incremental.
+``sync_documents`` upserts a batch and reports, by doc id, what is new, changed (text hash or
+audience differs), unchanged and deleted. The chunker re-chunks documents whose text changed and
+drops chunks of ``delta.deleted``; the index sync re-writes the chunks of documents whose
+audience changed; nothing else needs touching, which is what makes the pipeline incremental.
 All writes of one sync happen in one transaction: a failure leaves the tables as they were.
 """
 
@@ -12,12 +13,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 
+from llmops_dagster.access import PUBLIC, normalize_audience
 from llmops_dagster.documents.models import DOCUMENT_FIELDS, REJECTED_FIELDS, Document, Rejected
-from llmops_dagster.documents.normalize import NormalizedBatch
+from llmops_dagster.documents.normalize import AudienceResolver, NormalizedBatch
 
 SCHEMA = "llmops"
 DOCUMENTS_TABLE = f"{SCHEMA}.documents"
@@ -35,8 +38,14 @@ CREATE TABLE IF NOT EXISTS {DOCUMENTS_TABLE} (
     format VARCHAR,
     updated_at TIMESTAMPTZ,
     content_hash VARCHAR NOT NULL,
-    metadata VARCHAR
+    metadata VARCHAR,
+    allowed_groups VARCHAR[] NOT NULL DEFAULT ['public']
 )"""
+# Tables created before access control get the column; their documents were public.
+_DOCUMENTS_MIGRATE = (
+    f"ALTER TABLE {DOCUMENTS_TABLE} ADD COLUMN IF NOT EXISTS "
+    "allowed_groups VARCHAR[] DEFAULT ['public']"
+)
 _REJECTED_DDL = f"""
 CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
     doc_id VARCHAR PRIMARY KEY,
@@ -65,6 +74,7 @@ _DOC_SCHEMA = pa.schema(
         ("updated_at", pa.timestamp("us", tz="UTC")),
         ("content_hash", pa.string()),
         ("metadata", pa.string()),
+        ("allowed_groups", pa.list_(pa.string())),
     ]
 )
 _REJ_SCHEMA = pa.schema(
@@ -86,6 +96,9 @@ class DocumentsDelta:
 
     new: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    #: The part of ``changed`` whose text is the same and only the audience moved: nothing is
+    #: re-chunked or re-embedded for these, the index sync re-writes their chunks.
+    audience_changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -105,6 +118,7 @@ class DocumentsDelta:
         return {
             "new": len(self.new),
             "changed": len(self.changed),
+            "audience_changed": len(self.audience_changed),
             "unchanged": len(self.unchanged),
             "deleted": len(self.deleted),
             "rejected": self.rejected_count,
@@ -116,13 +130,9 @@ class DocumentsDelta:
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     con.execute(_DOCUMENTS_DDL)
+    con.execute(_DOCUMENTS_MIGRATE)
     con.execute(_REJECTED_DDL)
     con.execute(_WATERMARKS_DDL)
-
-
-def _doc_table(docs: Iterable[Document]) -> pa.Table:
-    rows = [d.as_row() for d in docs]
-    return pa.Table.from_pylist(rows, schema=_DOC_SCHEMA)
 
 
 def _rej_table(rejected: Iterable[Rejected]) -> pa.Table:
@@ -146,18 +156,30 @@ def _file_of(natural_key: str, metadata: str | None) -> str:
     return natural_key
 
 
+class _Stored(NamedTuple):
+    source: str
+    natural_key: str
+    content_hash: str
+    metadata: str | None
+    allowed_groups: list[str]
+
+
 def sync_documents(
     con: duckdb.DuckDBPyConnection,
     batch: NormalizedBatch,
     *,
     current_files: Mapping[str, set[str]] | None = None,
     watermarks: Mapping[str, str] | None = None,
+    audiences: Mapping[str, AudienceResolver] | None = None,
 ) -> DocumentsDelta:
     """Upsert ``batch`` and return the delta.
 
     ``current_files`` maps a file source name to the relative paths that exist now (see
     ``list_current_files``); documents and rejections of other files of that source are deleted.
     ``watermarks`` (raw table → last dlt load id processed) is saved in the same transaction.
+    ``audiences`` maps a file source name to its path → groups rule: stored documents of that
+    source that no raw row brought back are re-resolved, because an edited ``sources.yaml``
+    changes who may read a file without touching the file (so dlt never re-reads it).
     """
     ensure_tables(con)
     # Later rows win if a batch holds the same id twice (a file re-read in two loads).
@@ -166,10 +188,11 @@ def sync_documents(
         r.doc_id: r for r in batch.rejected if r.doc_id not in incoming
     }
 
-    existing: dict[str, tuple[str, str, str, str | None]] = {
-        row[0]: (row[1], row[2], row[3], row[4])
+    existing: dict[str, _Stored] = {
+        row[0]: _Stored(row[1], row[2], row[3], row[4], list(row[5] or [PUBLIC]))
         for row in con.execute(
-            f"SELECT doc_id, source, natural_key, content_hash, metadata FROM {DOCUMENTS_TABLE}"
+            "SELECT doc_id, source, natural_key, content_hash, metadata, allowed_groups "
+            f"FROM {DOCUMENTS_TABLE}"
         ).fetchall()
     }
 
@@ -178,21 +201,37 @@ def sync_documents(
         old = existing.get(doc_id)
         if old is None:
             delta.new.append(doc_id)
-        elif old[2] != doc.content_hash:
+        elif old.content_hash != doc.content_hash:
             delta.changed.append(doc_id)
+        elif old.allowed_groups != list(doc.allowed_groups):
+            delta.changed.append(doc_id)
+            delta.audience_changed.append(doc_id)
         else:
             delta.unchanged.append(doc_id)
 
     deleted: set[str] = {doc_id for doc_id in rejected if doc_id in existing}
-    for doc_id, (source, natural_key, _hash, metadata) in existing.items():
+    for doc_id, old in existing.items():
         if doc_id in incoming:
             continue
-        path = _file_of(natural_key, metadata)
-        if (source, path) in batch.files:
+        path = _file_of(old.natural_key, old.metadata)
+        if (old.source, path) in batch.files:
             deleted.add(doc_id)  # the file was re-read and no longer yields this document
-        elif current_files and source in current_files and path not in current_files[source]:
+        elif (
+            current_files and old.source in current_files and path not in current_files[old.source]
+        ):
             deleted.add(doc_id)  # the file is gone
     delta.deleted = sorted(deleted)
+
+    regrouped: dict[str, list[str]] = {}
+    for doc_id, old in existing.items():
+        resolver = (audiences or {}).get(old.source)
+        if resolver is None or doc_id in incoming or doc_id in deleted:
+            continue
+        groups = normalize_audience(resolver(_file_of(old.natural_key, old.metadata)))
+        if groups != old.allowed_groups:
+            regrouped[doc_id] = groups
+    delta.changed.extend(regrouped)
+    delta.audience_changed.extend(regrouped)
 
     vanished_rejections: list[str] = []
     if current_files:
@@ -204,9 +243,16 @@ def sync_documents(
             if files is not None and natural_key not in files and file_key not in files:
                 vanished_rejections.append(doc_id)
 
-    docs_table = _doc_table(incoming.values())
+    doc_rows = [d.as_row() for d in incoming.values()]
+    if regrouped:
+        # Rewritten whole (delete + insert below) rather than UPDATEd: the same path as every
+        # other write here, inside the one transaction.
+        for row in read_documents(con, regrouped).to_pylist():
+            row["allowed_groups"] = regrouped[row["doc_id"]]
+            doc_rows.append(row)
+    docs_table = pa.Table.from_pylist(doc_rows, schema=_DOC_SCHEMA)
     rej_table = _rej_table(rejected.values())
-    remove_docs = _ids_table([*incoming, *deleted])
+    remove_docs = _ids_table([*incoming, *deleted, *regrouped])
     remove_rej = _ids_table([*incoming, *rejected, *vanished_rejections])
     con.execute("BEGIN TRANSACTION")
     try:
@@ -237,6 +283,7 @@ def sync_documents(
             con.unregister(view)
     delta.new.sort()
     delta.changed.sort()
+    delta.audience_changed.sort()
     delta.unchanged.sort()
     delta.total_documents = con.execute(f"SELECT count(*) FROM {DOCUMENTS_TABLE}").fetchall()[0][0]
     return delta

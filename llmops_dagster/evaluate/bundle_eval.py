@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.access import Principal
 from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
 from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
@@ -55,14 +56,15 @@ def evaluate_pipeline(
     judge_max_cases: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Answer every golden question through ``pipeline`` and score the answers."""
+    """Answer every golden question through ``pipeline``, each as its item's principal (the
+    retriever filters by its groups inside Elasticsearch), and score the answers."""
     total = len(golden.items)
     done = 0
     top_scores: list[float] = []
 
-    def answer_batch(questions: Sequence[str]) -> list[Any]:
+    def answer_batch(questions: Sequence[str], principal: Principal) -> list[Any]:
         nonlocal done
-        answers = pipeline.answer_many(questions)
+        answers = pipeline.answer_many(questions, principal=principal)
         for answer in answers:
             hits = answer.ranked or answer.retrieved
             if hits:

@@ -7,8 +7,10 @@ while any edit to a question, answer or label does. The digest is logged with ev
 (MLflow dataset input) so two scores can be checked for comparability.
 
 Formats: the project's QA JSONL (``data/golden/qa.jsonl``: id, question, reference_answer,
-relevant_doc_ids, type) and BEIR folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv):
-retrieval-only items with graded relevance and no reference answers.
+relevant_doc_ids, type, and optionally ``groups``: the asker's groups, so the case is answered
+as that principal and can only retrieve what it may read) and BEIR folders (corpus.jsonl,
+queries.jsonl, qrels/<split>.tsv): retrieval-only items with graded relevance and no reference
+answers.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.access import AccessError, Principal, check_group
 from llmops_dagster.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_GOLDEN_PATH = PROJECT_ROOT / "data" / "golden" / "qa.jsonl"
+#: The principal name golden questions are asked under (their groups vary per item).
+GOLDEN_PRINCIPAL = "golden"
 
 
 class GoldenSetError(ValueError):
@@ -43,6 +48,13 @@ class GoldenItem:
     reference_answer: str | None = None
     type: str = ""
     relevance_grades: Mapping[str, int] = field(default_factory=dict)
+    #: The asker's groups (sorted; empty = an anonymous asker, public documents only).
+    groups: tuple[str, ...] = ()
+
+    @property
+    def principal(self) -> Principal:
+        """Who asks this question: retrieval for the case is filtered by these groups."""
+        return Principal(GOLDEN_PRINCIPAL, frozenset(self.groups))
 
     def to_record(self) -> dict[str, Any]:
         """The canonical, JSON-ready form (what the digest is computed over)."""
@@ -55,6 +67,8 @@ class GoldenItem:
         }
         if self.relevance_grades:
             record["relevance_grades"] = dict(sorted(self.relevance_grades.items()))
+        if self.groups:  # absent when public, so older sets keep their digest
+            record["groups"] = list(self.groups)
         return record
 
 
@@ -128,9 +142,18 @@ class GoldenSet:
         return pd.DataFrame(rows, columns=columns)
 
 
+def _groups(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        raise TypeError(f"groups must be a list of group names, got {value!r}")
+    return tuple(sorted({check_group(g) for g in value}))
+
+
 def load_qa_jsonl(path: Path | str = DEFAULT_GOLDEN_PATH, *, name: str | None = None) -> GoldenSet:
     """The project's QA format: one JSON object per line with id, question, reference_answer,
-    relevant_doc_ids (doc ids such as ``fs:handbook/expenses.md``) and an optional type."""
+    relevant_doc_ids (doc ids such as ``fs:handbook/expenses.md``), an optional type and
+    optional ``groups`` (the asker's groups; absent = public documents only)."""
     path = Path(path)
     if not path.is_file():
         raise GoldenSetError(f"golden set file not found: {path}")
@@ -147,9 +170,10 @@ def load_qa_jsonl(path: Path | str = DEFAULT_GOLDEN_PATH, *, name: str | None = 
                     relevant_doc_ids=tuple(str(d) for d in row.get("relevant_doc_ids") or ()),
                     reference_answer=row.get("reference_answer"),
                     type=str(row.get("type") or ""),
+                    groups=_groups(row.get("groups")),
                 )
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AccessError) as exc:
             raise GoldenSetError(f"{path}:{number}: {type(exc).__name__}: {exc}") from exc
     return GoldenSet.from_items(items, name=name or path.stem, path=path, format="qa_jsonl")
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import llmops_dagster.evaluate  # noqa: F401  - DeepEval cache folder default before deepeval
+from llmops_dagster.access import Principal
 from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
 from llmops_dagster.evaluate.metrics import (
     GRADES_KEY,
@@ -63,6 +64,8 @@ class EvalCase:
     retrieved_chunk_ids: list[str] = field(default_factory=list)
     latency_ms: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Groups of the principal the case was answered as (empty: public documents only).
+    groups: list[str] = field(default_factory=list)
 
     def to_test_case(self) -> LLMTestCase:
         from deepeval.test_case import LLMTestCase
@@ -107,9 +110,10 @@ class AnswerLike(Protocol):
         ...
 
 
-#: Answers a batch of questions in one call (``lambda qs: answer_many(qs, retriever=…,
-#: generator=…)``): batched generation is where evaluation throughput comes from.
-AnswerFn = Callable[[Sequence[str]], Sequence[AnswerLike]]
+#: Answers a batch of questions asked by one principal in one call (``lambda qs, who:
+#: pipeline.answer_many(qs, principal=who)``): batched generation is where evaluation
+#: throughput comes from, and the principal is what retrieval may show the case.
+AnswerFn = Callable[[Sequence[str], Principal], Sequence[AnswerLike]]
 
 
 def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
@@ -127,25 +131,37 @@ def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
         retrieved_chunk_ids=[c.chunk_id for c in chunks],
         latency_ms=float(answer.total_ms),
         metadata={"type": item.type},
+        groups=list(item.groups),
     )
 
 
 def build_cases(
     golden: GoldenSet | Sequence[GoldenItem], answer_fn: AnswerFn, *, batch_size: int = 8
 ) -> list[EvalCase]:
-    """Answer every golden question, ``batch_size`` questions per ``answer_fn`` call."""
+    """Answer every golden question as its own principal (``item.principal``), in batches of
+    ``batch_size`` questions of the same principal; cases come back in golden-set order.
+
+    Why per principal: a case may only be answered from what its asker can read, and the
+    filter is applied inside Elasticsearch per search, so one batch = one principal.
+    """
     items = list(golden.items if isinstance(golden, GoldenSet) else golden)
-    cases: list[EvalCase] = []
+    by_groups: dict[tuple[str, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        by_groups.setdefault(item.groups, []).append(index)
+    cases: dict[int, EvalCase] = {}
     step = max(1, batch_size)
-    for start in range(0, len(items), step):
-        batch = items[start : start + step]
-        answers = list(answer_fn([item.question for item in batch]))
-        if len(answers) != len(batch):
-            raise ValueError(
-                f"answer_fn returned {len(answers)} answers for {len(batch)} questions"
-            )
-        cases.extend(case_from_answer(item, ans) for item, ans in zip(batch, answers, strict=True))
-    return cases
+    for indices in by_groups.values():
+        principal = items[indices[0]].principal
+        for start in range(0, len(indices), step):
+            batch = indices[start : start + step]
+            answers = list(answer_fn([items[i].question for i in batch], principal))
+            if len(answers) != len(batch):
+                raise ValueError(
+                    f"answer_fn returned {len(answers)} answers for {len(batch)} questions"
+                )
+            for i, answer in zip(batch, answers, strict=True):
+                cases[i] = case_from_answer(items[i], answer)
+    return [cases[i] for i in range(len(items))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +373,8 @@ def evaluate_rag(
             "latency_ms": case.latency_ms,
             "retrieved_doc_ids": json.dumps(case.retrieved_doc_ids),
             "relevant_doc_ids": json.dumps(case.relevant_doc_ids),
+            # Who the case was answered as: the row holds only what these groups may read.
+            "groups": json.dumps(case.groups),
         }
         per_metric = scores.get(case.case_id, {})
         for key in metric_keys + judge_keys:

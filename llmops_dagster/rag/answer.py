@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmops_dagster.access import Principal
 from llmops_dagster.models.base import Generation, Generator
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.hits import HitLike, content_tokens
@@ -47,6 +48,43 @@ class StageObserver(Protocol):
     results (``hits``, ``generations``) before the stage ends."""
 
     def stage(self, name: str, **inputs: Any) -> AbstractContextManager[dict[str, Any]]: ...
+
+
+#: Sees the prompt chunks of a question; returns a refusal text, or None to generate.
+Gate = Callable[[Sequence[HitLike]], str | None]
+
+
+def _refused(
+    question: str,
+    text: str,
+    hits: Sequence[HitLike],
+    ranked: tuple[list[HitLike], float],
+    template: PromptTemplate,
+    model_id: str,
+    mode: str,
+    k: int,
+) -> Answer:
+    return Answer(
+        answer_id=str(uuid.uuid4()),
+        question=question,
+        text=text,
+        cited_chunk_ids=[],
+        citations_inferred=False,
+        retrieved=_chunks(hits),
+        prompt_name=template.name,
+        prompt_version=template.version,
+        model_id=model_id,
+        mode=mode,
+        k=k,
+        retrieve_ms=round(ranked[1], 3),
+        prompt_ms=0.0,
+        generate_ms=0.0,
+        total_ms=round(ranked[1], 3),
+        prompt_tokens=0,
+        completion_tokens=0,
+        finish_reason="refused",
+        ranked=_chunks(ranked[0]),
+    )
 
 
 class _NoObserver:
@@ -142,9 +180,15 @@ def _retrieve(
     k: int,
     filters: Mapping[str, Any] | None,
     observer: StageObserver,
+    principal: Principal | None,
 ) -> tuple[list[HitLike], float]:
-    extra = {"filters": dict(filters)} if filters else {}
-    with observer.stage("retrieve", query=question, mode=str(mode), k=k, **extra) as out:
+    extra: dict[str, Any] = {"filters": dict(filters)} if filters else {}
+    shown = dict(extra)
+    if principal is not None:
+        extra["principal"] = principal
+        shown["principal"] = principal.name
+        shown["groups"] = principal.visible_groups
+    with observer.stage("retrieve", query=question, mode=str(mode), k=k, **shown) as out:
         started = time.perf_counter()
         hits = list(retriever.search(question, mode=mode, k=k, **extra))
         out["hits"] = hits
@@ -196,6 +240,8 @@ def answer_many(
     depth: int | None = None,
     filters: Mapping[str, Any] | None = None,
     observer: StageObserver = NO_OBSERVER,
+    principal: Principal | None = None,
+    gate: Gate | None = None,
 ) -> list[Answer]:
     """Answer many questions: retrieval one by one, generation in the generator's batches.
 
@@ -207,6 +253,9 @@ def answer_many(
     An :class:`~llmops_dagster.rag.extractive.ExtractiveAnswerer` answers from the top ``k``
     chunks without a model (no prompt, no tokens; its citations are the sentences' chunks).
     ``filters`` (keyword field → value(s)) narrow every search; ``observer`` sees each stage.
+    ``principal`` is passed to the retriever (which filters by audience inside the search).
+    ``gate`` sees each question's prompt chunks before generation and may return a refusal
+    text instead (no generation, ``finish_reason="refused"``, no citations).
     """
     if not questions:
         return []
@@ -216,8 +265,50 @@ def answer_many(
     for question in questions:
         if not question or not question.strip():
             raise ValueError("cannot answer an empty question")
-        retrieved.append(_retrieve(retriever, question, mode, search_k, filters, observer))
+        retrieved.append(
+            _retrieve(retriever, question, mode, search_k, filters, observer, principal)
+        )
     contexts = [hits[:k] for hits, _ in retrieved]
+    refusals = [gate(hits) if gate is not None else None for hits in contexts]
+    kept = [i for i, refusal in enumerate(refusals) if refusal is None]
+    generated = iter(
+        _generate(
+            [questions[i] for i in kept],
+            [retrieved[i] for i in kept],
+            [contexts[i] for i in kept],
+            generator=generator,
+            template=template,
+            mode=str(mode),
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            observer=observer,
+        )
+        if kept
+        else []
+    )
+    # Refused questions are answered without the model; the others come from one batch.
+    return [
+        next(generated)
+        if refusal is None
+        else _refused(q, refusal, hits, ranked, template, generator.model_id, str(mode), k)
+        for q, refusal, hits, ranked in zip(questions, refusals, contexts, retrieved, strict=True)
+    ]
+
+
+def _generate(
+    questions: Sequence[str],
+    retrieved: Sequence[tuple[list[HitLike], float]],
+    contexts: Sequence[Sequence[HitLike]],
+    *,
+    generator: Generator | ExtractiveAnswerer,
+    template: PromptTemplate,
+    mode: str,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    observer: StageObserver,
+) -> list[Answer]:
     prompt_ms: list[float] = []
     cited_by_model: list[tuple[list[str], bool] | None] = []
     if isinstance(generator, ExtractiveAnswerer):

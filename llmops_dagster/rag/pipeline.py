@@ -12,12 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmops_dagster.access import Principal
 from llmops_dagster.models.base import Generator
 from llmops_dagster.rag.answer import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODE,
     NO_OBSERVER,
     Answer,
+    Gate,
     HitLike,
     Retriever,
     StageObserver,
@@ -72,9 +74,16 @@ class RagPipeline:
         max_new_tokens: int | None = None,
         filters: Mapping[str, Any] | None = None,
         observer: StageObserver = NO_OBSERVER,
+        principal: Principal | None = None,
+        gate: Gate | None = None,
     ) -> Answer:
         return self.answer_many(
-            [question], max_new_tokens=max_new_tokens, filters=filters, observer=observer
+            [question],
+            max_new_tokens=max_new_tokens,
+            filters=filters,
+            observer=observer,
+            principal=principal,
+            gate=gate,
         )[0]
 
     def answer_many(
@@ -84,8 +93,11 @@ class RagPipeline:
         max_new_tokens: int | None = None,
         filters: Mapping[str, Any] | None = None,
         observer: StageObserver = NO_OBSERVER,
+        principal: Principal | None = None,
+        gate: Gate | None = None,
     ) -> list[Answer]:
-        """Answers in the generator's batches (see :func:`rag.answer.answer_many`)."""
+        """Answers in the generator's batches (see :func:`rag.answer.answer_many`);
+        ``principal`` = who asks (the retriever filters by audience; None = public only)."""
         return answer_many(
             questions,
             retriever=self.retriever,
@@ -97,15 +109,23 @@ class RagPipeline:
             depth=self.retrieval.metrics_depth,
             filters=filters,
             observer=observer,
+            principal=principal,
+            gate=gate,
         )
 
-    def context(self, question: str) -> list[HitLike]:
-        """The chunks this pipeline would put in the prompt for ``question``."""
-        return list(self.retriever.search(question, mode=self.retrieval.mode, k=self.retrieval.k))
+    def context(self, question: str, principal: Principal | None = None) -> list[HitLike]:
+        """The chunks this pipeline would put in the prompt for ``question`` asked by
+        ``principal`` (None = public documents only)."""
+        extra = {"principal": principal} if principal is not None else {}
+        return list(
+            self.retriever.search(question, mode=self.retrieval.mode, k=self.retrieval.k, **extra)
+        )
 
-    def context_fn(self) -> Callable[[object], Sequence[HitLike]]:
+    def context_fn(
+        self, principal: Principal | None = None
+    ) -> Callable[[object], Sequence[HitLike]]:
         """Context for a QA item (``.question``), as serving sees it: for SFT datasets."""
-        return lambda item: self.context(item.question)  # type: ignore[attr-defined]
+        return lambda item: self.context(item.question, principal)  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, str]:
         """What identifies this pipeline in MLflow params/tags."""

@@ -33,9 +33,12 @@ KEYWORD_FIELDS: tuple[str, ...] = (
     "section",
     "content_hash",
     "model_id",
+    # The document's audience (access.AUDIENCE_FIELD): every query filters on it.
+    "allowed_groups",
 )
 
-MAPPING_SCHEMA_VERSION = 1
+#: 2: ``allowed_groups`` (access control). An older live index is rebuilt, not patched.
+MAPPING_SCHEMA_VERSION = 2
 
 _CORE_STOP_FILTER = "llmops_english_stop"
 _CORE_ENGLISH_DEFINITION: dict[str, Any] = {
@@ -239,6 +242,14 @@ def index_meta(client: Elasticsearch, index: str) -> dict[str, Any]:
     for body in mappings.body.values():
         return dict(body.get("mappings", {}).get("_meta", {}))
     return {}
+
+
+def mapped_fields(client: Elasticsearch, index: str) -> set[str]:
+    """Top-level field names mapped in an index (or the index behind an alias)."""
+    mappings = client.indices.get_mapping(index=index)
+    for body in mappings.body.values():
+        return set(body.get("mappings", {}).get("properties", {}))
+    return set()
 
 
 def mapped_vector_dims(client: Elasticsearch, index: str, field_name: str = "embedding") -> int:

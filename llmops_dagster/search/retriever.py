@@ -6,6 +6,12 @@ basic license. We send the BM25 and the kNN search in ONE ``msearch`` round trip
 (:mod:`llmops_dagster.search.fusion`), which works on every cluster. ``server_rrf`` is used only
 when a probe shows the cluster accepts the ``rrf`` retriever; otherwise it falls back to
 client-side RRF, logs a warning once, and records why (``server_rrf_fallback_reason``).
+
+Access control lives in the requests: every search takes a ``principal`` (``None`` = nobody in
+particular, public documents only) whose ``terms`` filter on ``allowed_groups`` goes into the
+BM25 query's ``bool.filter`` AND the kNN search's own ``filter`` (and both sub-retrievers of
+``server_rrf``). Elasticsearch applies a kNN ``filter`` while it walks the graph, so the k
+nearest *readable* chunks come back; nothing is filtered here after retrieval.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 
+from llmops_dagster.access import AUDIENCE_FIELD, Principal
 from llmops_dagster.search.fusion import Normalization, linear_fuse, rank_of, rrf_fuse
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,7 @@ class RetrieverConfig:
         "uri",
         "position",
         "section",
+        AUDIENCE_FIELD,
     )
 
 
@@ -114,14 +122,21 @@ class _Params:
     normalization: Normalization
 
 
-def build_filter_clauses(filters: Mapping[str, FilterValue] | None) -> list[dict[str, Any]]:
-    """``{"source": "fs", "doc_id": [..]}`` → ``[term, terms]`` clauses on keyword fields."""
+def build_filter_clauses(
+    filters: Mapping[str, FilterValue] | None, principal: Principal | None = None
+) -> list[dict[str, Any]]:
+    """``{"source": "fs", "doc_id": [..]}`` → ``[term, terms]`` clauses on keyword fields,
+    always followed by the principal's access clause (public only when ``principal`` is None).
+
+    Clauses are ANDed, so a caller's own ``allowed_groups`` filter can narrow, never widen.
+    """
     clauses: list[dict[str, Any]] = []
     for name, value in (filters or {}).items():
         if isinstance(value, (list, tuple, set, frozenset)):
             clauses.append({"terms": {name: sorted(value, key=str)}})
         else:
             clauses.append({"term": {name: value}})
+    clauses.append((principal or Principal.public()).filter_clause())
     return clauses
 
 
@@ -197,18 +212,21 @@ class HybridRetriever:
         k: int = 10,
         filters: Mapping[str, FilterValue] | None = None,
         *,
+        principal: Principal | None = None,
         num_candidates: int | None = None,
         window: int | None = None,
         rank_constant: int | None = None,
         weights: tuple[float, float] | None = None,
         normalization: Normalization | None = None,
     ) -> list[Hit]:
-        """Top ``k`` chunks for ``query``; BM25 and kNN share one ``msearch`` round trip."""
+        """Top ``k`` chunks for ``query`` that ``principal`` may read (None: public only);
+        BM25 and kNN share one ``msearch`` round trip."""
         return self.search_many(
             [query],
             mode,
             k,
             filters,
+            principal=principal,
             num_candidates=num_candidates,
             window=window,
             rank_constant=rank_constant,
@@ -223,6 +241,7 @@ class HybridRetriever:
         k: int = 10,
         filters: Mapping[str, FilterValue] | None = None,
         *,
+        principal: Principal | None = None,
         batch_size: int = 32,
         num_candidates: int | None = None,
         window: int | None = None,
@@ -230,7 +249,8 @@ class HybridRetriever:
         weights: tuple[float, float] | None = None,
         normalization: Normalization | None = None,
     ) -> list[list[Hit]]:
-        """Many queries: embeddings in one batch, searches in ``msearch`` batches."""
+        """Many queries (one principal): embeddings in one batch, searches in ``msearch``
+        batches."""
         effective = self.effective_mode(mode)
         self.last_effective_mode = effective
         cfg = self.config
@@ -243,7 +263,7 @@ class HybridRetriever:
             normalization=normalization or cfg.normalization,
         )
         vectors = self._encode(queries) if effective is not SearchMode.BM25 else None
-        clauses = build_filter_clauses(filters)
+        clauses = build_filter_clauses(filters, principal)
         results: list[list[Hit]] = []
         for start in range(0, len(queries), batch_size):
             batch = range(start, min(start + batch_size, len(queries)))
@@ -287,6 +307,7 @@ class HybridRetriever:
             "num_candidates": min(10_000, max(num_candidates, k)),
         }
         if clauses:
+            # Inside the kNN search, not a post_filter: the k nearest readable chunks.
             knn["filter"] = clauses
         return knn
 

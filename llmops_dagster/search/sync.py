@@ -1,9 +1,12 @@
 """Reverse-ETL: the active chunks and their cached vectors → the Elasticsearch alias.
 
-Incremental mode diffs the live index against the warehouse (ids and content hashes read back
-from Elasticsearch), so a run after a crash, a lost bulk request or a manual edit converges to
-exact counts instead of trusting what an earlier run believed it had written. Rebuild mode
-writes a new versioned index and swaps the alias atomically (see ``aliases.rebuild``).
+Incremental mode diffs the live index against the warehouse (ids, content hashes and audiences
+read back from Elasticsearch), so a run after a crash, a lost bulk request or a manual edit
+converges to exact counts instead of trusting what an earlier run believed it had written. The
+audience is part of the compared key (:func:`sync_key`), so a permission change re-writes
+exactly that document's chunks — with the vectors already cached: nothing is re-embedded.
+Rebuild mode writes a new versioned index and swaps the alias atomically (see
+``aliases.rebuild``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import scan
 
+from llmops_dagster.access import AUDIENCE_FIELD, AccessError, normalize_audience
 from llmops_dagster.chunks.store import CHUNKS_TABLE
 from llmops_dagster.embed.cache import CACHE_TABLE
 from llmops_dagster.search.aliases import current_index, rebuild
@@ -27,6 +31,7 @@ from llmops_dagster.search.mapping import (
     build_index_body,
     chunk_set_digest,
     index_meta,
+    mapped_fields,
 )
 from llmops_dagster.search.writer import write_chunks
 
@@ -35,7 +40,7 @@ Mode = Literal["incremental", "rebuild"]
 # Chunks joined with their document's fields and their vector for the current model.
 _CHUNK_DOCS_SQL = f"""
 SELECT c.chunk_id, c.doc_id, d.source, d.title, d.uri, c.position, c.section, c.text,
-       c.content_hash, ? AS model_id, d.updated_at, v.vector AS embedding
+       c.content_hash, ? AS model_id, d.updated_at, d.allowed_groups, v.vector AS embedding
 FROM {CHUNKS_TABLE} c
 JOIN llmops.documents d USING (doc_id)
 LEFT JOIN {CACHE_TABLE} v ON v.content_hash = c.content_hash AND v.model_id = ?
@@ -119,15 +124,41 @@ def iter_chunk_documents(
             yield row
 
 
-def live_chunk_hashes(client: Elasticsearch, alias: str) -> dict[str, str]:
-    """chunk_id → content_hash of what the live index holds now (ids and one keyword only)."""
+def sync_key(content_hash: str, allowed_groups: Any) -> str:
+    """What the incremental sync compares per chunk: its text hash and its audience.
+
+    Not the embedding cache key (model, text hash): a permission change re-writes the chunk
+    in Elasticsearch but re-uses its vector.
+    """
+    return f"{content_hash}|{','.join(normalize_audience(allowed_groups))}"
+
+
+def active_chunk_sync_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """chunk_id → :func:`sync_key` of every active chunk (audience from its document)."""
+    rows = con.execute(
+        f"SELECT c.chunk_id, c.content_hash, d.allowed_groups FROM {CHUNKS_TABLE} c "
+        "LEFT JOIN llmops.documents d USING (doc_id) WHERE c.status = 'active'"
+    ).fetchall()
+    return {chunk_id: sync_key(content_hash, groups) for chunk_id, content_hash, groups in rows}
+
+
+def live_chunk_sync_keys(client: Elasticsearch, alias: str) -> dict[str, str]:
+    """chunk_id → :func:`sync_key` of what the live index holds now (ids and two keywords)."""
     hits = scan(
         client,
         index=alias,
-        query={"query": {"match_all": {}}, "_source": ["content_hash"]},
+        query={"query": {"match_all": {}}, "_source": ["content_hash", AUDIENCE_FIELD]},
         size=2000,
     )
-    return {hit["_id"]: hit["_source"].get("content_hash", "") for hit in hits}
+    return {hit["_id"]: _live_key(hit["_source"]) for hit in hits}
+
+
+def _live_key(source: dict[str, Any]) -> str:
+    content = str(source.get("content_hash", ""))
+    try:
+        return sync_key(content, source.get(AUDIENCE_FIELD))
+    except AccessError:  # a hand-edited, invalid audience: never equal, so it is re-written
+        return f"{content}|<invalid>"
 
 
 def _index_spec(
@@ -212,6 +243,11 @@ def _sync_index(
                     f"live index {previous} holds {meta.get('model_id')} "
                     f"({meta.get('dims')} dims), not {model_id} ({dims} dims)"
                 )
+            elif AUDIENCE_FIELD not in mapped_fields(client, previous):
+                # Its chunks carry no audience: every access-filtered query would miss them,
+                # and the strict mapping refuses the field on upsert. A new index is built.
+                mode = "rebuild"
+                reason = f"live index {previous} predates access control (no {AUDIENCE_FIELD})"
     digest = chunk_set_digest(wanted)
     if mode == "rebuild":
         log(f"rebuilding {alias} ({len(wanted)} chunks): {reason}")
@@ -249,9 +285,10 @@ def _sync_index(
         )
 
     assert previous is not None
-    live = live_chunk_hashes(client, alias)
-    upsert = {cid for cid, h in wanted.items() if live.get(cid) != h}
-    delete = sorted(set(live) - set(wanted))
+    live = live_chunk_sync_keys(client, alias)
+    wanted_keys = active_chunk_sync_keys(con)
+    upsert = {cid for cid, key in wanted_keys.items() if live.get(cid) != key}
+    delete = sorted(set(live) - set(wanted_keys))
     log(f"incremental sync of {alias}: {len(upsert)} to upsert, {len(delete)} to delete")
     bulk = write_chunks(
         client,

@@ -19,6 +19,8 @@ import numpy as np
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from llmops_dagster.access import AUDIENCE_FIELD, normalize_audience
+
 log = logging.getLogger(__name__)
 
 #: Statuses worth retrying: back-pressure (429) and a node or proxy briefly unavailable.
@@ -106,6 +108,9 @@ def to_es_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     updated_at = source.get("updated_at")
     if updated_at is not None and hasattr(updated_at, "isoformat"):
         source["updated_at"] = updated_at.isoformat()
+    # Every query filters on the audience, so a chunk without one would be invisible to all;
+    # a writer that says nothing means public (benchmarks, tests, corpora without groups).
+    source[AUDIENCE_FIELD] = normalize_audience(source.get(AUDIENCE_FIELD))
     return source
 
 

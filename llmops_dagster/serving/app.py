@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmops_dagster.access import Principal
+from llmops_dagster.guardrails.ratelimit import RateLimiter, retry_after_header
+from llmops_dagster.serving.auth import OPERATOR_GROUP, KeyStore, presented_key
+from llmops_dagster.serving.guards import Busy
 from llmops_dagster.serving.service import (
     AnswerService,
     BadRequest,
@@ -79,6 +83,13 @@ class Tokens(BaseModel):
     completion: int
 
 
+class Guardrails(BaseModel):
+    question_flags: list[str] = Field(description="Prompt-injection rules the question tripped")
+    chunk_flags: dict[str, list[str]] = Field(description="Retrieved chunk id → rules tripped")
+    refused: Literal["prompt_injection", "nothing_relevant"] | None
+    redacted: dict[str, int] = Field(description="PII kind → count removed from the answer")
+
+
 class AnswerResponse(BaseModel):
     trace_id: str
     answer: str
@@ -89,6 +100,8 @@ class AnswerResponse(BaseModel):
     timings_ms: Timings
     tokens: Tokens
     cost_usd: float | None = Field(description="null: a remote model missing from the prices")
+    principal: str = Field(description="Who asked: the API key's name, or anonymous")
+    guardrails: Guardrails
 
 
 class FeedbackRequest(BaseModel):
@@ -112,11 +125,66 @@ class FeedbackResponse(BaseModel):
     change: Literal["created", "updated", "unchanged"]
 
 
+def authenticated(request: Request) -> Principal:
+    """The caller: the API key's principal (401 without a valid key when keys are on)."""
+    keys: KeyStore = request.app.state.keys
+    if not keys.enabled:
+        return Principal.public()
+    record = keys.authenticate(presented_key(request.headers))
+    if record is None:
+        raise HTTPException(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return record.principal()
+
+
+Authenticated = Annotated[Principal, Depends(authenticated)]
+
+
+def caller(request: Request, principal: Authenticated) -> Principal:
+    """The caller, within their rate limit (429 + Retry-After beyond it)."""
+    limiter: RateLimiter | None = request.app.state.limiter
+    if limiter is not None:
+        # Per key; without keys per client address (the anonymous share one name).
+        keyed = request.app.state.keys.enabled
+        who = principal.name if keyed else (request.client.host if request.client else "?")
+        wait = limiter.acquire(who)
+        if wait > 0:
+            request.app.state.metrics.rate_limited.inc()
+            raise HTTPException(
+                429,
+                f"rate limit: {limiter.burst} requests at once, {limiter.rate * 60:g} per minute;"
+                " retry later",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
+def operator(request: Request, principal: Authenticated) -> Principal:
+    """Operational endpoints need the operator group once keys are on (403 otherwise)."""
+    if request.app.state.keys.enabled and OPERATOR_GROUP not in principal.groups:
+        raise HTTPException(403, f"/metrics needs a key in the {OPERATOR_GROUP!r} group")
+    return principal
+
+
 def _page() -> str:
     return resources.files("llmops_dagster.serving").joinpath("static/index.html").read_text()
 
 
-def create_app(service: AnswerService) -> FastAPI:
+def create_app(
+    service: AnswerService,
+    keys: KeyStore | None = None,
+    limiter: RateLimiter | None = None,
+) -> FastAPI:
+    """The app; ``keys`` = API-key authentication (None or no file: off, callers are public),
+    ``limiter`` = per-caller token bucket on the answer and feedback routes."""
+    keys = keys or KeyStore(None)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -130,13 +198,21 @@ def create_app(service: AnswerService) -> FastAPI:
     )
     metrics = service.metrics
     page = _page()
+    app.state.service = service
+    app.state.keys = keys
+    app.state.limiter = limiter
+    app.state.metrics = metrics
 
     @app.middleware("http")
     async def count_and_limit(request: Request, call_next: Any) -> Response:
         route = request.url.path if request.url.path in _ROUTES else "other"
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            response: Response = JSONResponse(
+        response: Response
+        if request.method == "POST" and length is None:
+            # Without a length the body could be unbounded (chunked): refuse before reading.
+            response = JSONResponse({"detail": "Content-Length required"}, status_code=411)
+        elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            response = JSONResponse(
                 {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
             )
         else:
@@ -148,26 +224,33 @@ def create_app(service: AnswerService) -> FastAPI:
         return response
 
     @app.post("/v1/answer", response_model=AnswerResponse, tags=["answers"])
-    def answer(body: AnswerRequest) -> dict[str, Any]:
-        """Answer with the champion bundle; the response names the bundle and the trace."""
+    def answer(body: AnswerRequest, principal: Caller) -> dict[str, Any]:
+        """Answer with the champion bundle from the documents the caller may read; the
+        response names the bundle and the trace."""
+        if not keys.enabled and body.user:
+            principal = Principal(body.user, frozenset())  # a label only: still public access
         try:
-            served = service.answer(
-                body.question, filters=body.filters, user=body.user or "anonymous"
-            )
+            served = service.answer(body.question, filters=body.filters, principal=principal)
         except BadRequest as exc:
             raise HTTPException(422, str(exc)) from exc
+        except Busy as exc:
+            raise HTTPException(
+                503, str(exc), headers={"Retry-After": retry_after_header(exc.retry_after_s)}
+            ) from exc
         except Unavailable as exc:
             raise HTTPException(503, str(exc)) from exc
         return served.to_response()
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
-    def feedback(body: FeedbackRequest) -> dict[str, Any]:
-        """Thumbs up/down and an optional correction; idempotent per (trace, user)."""
+    def feedback(body: FeedbackRequest, principal: Caller) -> dict[str, Any]:
+        """Thumbs up/down and an optional correction; idempotent per (trace, user). With API
+        keys the user is the key's name."""
+        user = principal.name if keys.enabled else (body.user or "anonymous")
         try:
             record, change = service.feedback(
                 body.trace_id,
                 rating=body.rating,
-                user=body.user or "anonymous",
+                user=user,
                 correction=body.correction,
                 comment=body.comment,
             )
@@ -180,7 +263,7 @@ def create_app(service: AnswerService) -> FastAPI:
         ok, report = service.health()
         return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(operator)])
     def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -30,6 +30,15 @@ class ServerMetrics:
         self.feedback = Counter(
             "llmops_feedback", "Feedback received by rating", ["rating"], registry=r
         )
+        self.guardrails = Counter(
+            "llmops_answer_outcomes",
+            "Answers by outcome: answered, prompt_injection or nothing_relevant refusals",
+            ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "llmops_rate_limited", "Requests refused by the per-caller rate limit", registry=r
+        )
         self.in_flight = Gauge("llmops_answers_in_flight", "Answers being produced", registry=r)
 
     def watch(self, name: str, doc: str, read: Callable[[], float]) -> None:

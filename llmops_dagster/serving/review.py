@@ -71,6 +71,7 @@ class Candidate:
     cited_chunk_ids: list[str]
     cited_doc_ids: list[str]
     feedback_at: str  # the latest feedback update
+    asker_groups: list[str] = field(default_factory=list)  # who asked (without "public")
     status: Status = "pending"
     reviewer: str | None = None
     decided_at: str | None = None
@@ -184,6 +185,7 @@ class FeedbackReview:
             thumbs_down=len(down),
             thumbs_up=sum(f.rating == "up" for f in feedback),
             cited_chunk_ids=list(answer["cited_chunk_ids"]),
+            asker_groups=list(answer.get("asker_groups") or []),
             cited_doc_ids=cited_doc_ids(answer),
             feedback_at=max(f.updated_at for f in feedback),
             status=review["decision"] if review else "pending",
@@ -254,6 +256,10 @@ class FeedbackReview:
             "type": ITEM_TYPE,
             "source_trace_id": trace_id,
         }
+        # Asked by a member of restricted groups: the golden case is asked with the same
+        # groups, or it could never retrieve its own answer (and would score a false miss).
+        if target == "golden" and candidate.asker_groups:
+            record["groups"] = list(candidate.asker_groups)
         path = self.golden_path if target == "golden" else self.train_path
         appended = _append_item(path, record, target)
         with self._connect() as conn:
@@ -379,6 +385,7 @@ CANDIDATE_COLUMNS = {
     "thumbs_up": "INTEGER",
     "cited_chunk_ids": "VARCHAR[]",
     "cited_doc_ids": "VARCHAR[]",
+    "asker_groups": "VARCHAR[]",
     "reviewer": "VARCHAR",
     "decided_at": "VARCHAR",
     "target": "VARCHAR",

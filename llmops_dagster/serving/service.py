@@ -4,16 +4,17 @@ reusable (the benchmark calls the same pipeline directly to measure the server's
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from llmops_dagster.access import Principal
 from llmops_dagster.rag.answer import Answer
 from llmops_dagster.search.mapping import KEYWORD_FIELDS
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.feedback_sync import AssessmentWriter
+from llmops_dagster.serving.guards import AnswerGuard, Busy, GenerationLine
 from llmops_dagster.serving.metrics import ServerMetrics
 from llmops_dagster.serving.pricing import PriceTable
 from llmops_dagster.serving.store import (
@@ -44,6 +45,9 @@ class Unavailable(RuntimeError):
 class ServedAnswer:
     trace_id: str
     answer: Answer
+    text: str  # what the caller sees: the answer after PII redaction
+    principal: str
+    guardrails: dict[str, Any]
     bundle: ServedBundle
     cost_usd: float | None
     queue_ms: float
@@ -55,7 +59,7 @@ class ServedAnswer:
         titles = {c.chunk_id: c for c in a.retrieved}
         return {
             "trace_id": self.trace_id,
-            "answer": a.text.strip(),
+            "answer": self.text,
             "citations": [
                 {
                     "chunk_id": cid,
@@ -90,6 +94,8 @@ class ServedAnswer:
             },
             "tokens": {"prompt": a.prompt_tokens, "completion": a.completion_tokens},
             "cost_usd": self.cost_usd,
+            "principal": self.principal,
+            "guardrails": self.guardrails,
         }
 
 
@@ -107,6 +113,10 @@ class AnswerService:
         health_checks: Mapping[str, Callable[[], str]] | None = None,
         max_concurrent_generations: int = 1,
         max_question_chars: int = 2000,
+        max_waiting: int = 16,
+        queue_timeout_s: float = 60.0,
+        injection_policy: Literal["flag", "refuse"] = "flag",
+        min_relevance: float = 0.62,
     ) -> None:
         self.holder = holder
         self.tracer = tracer
@@ -117,8 +127,11 @@ class AnswerService:
         self.index_name = index_name
         self.health_checks = dict(health_checks or {})
         self.max_question_chars = max_question_chars
-        # Generation is the expensive, memory-hungry part: a burst waits here in line.
-        self._generation_slots = threading.BoundedSemaphore(max_concurrent_generations)
+        # Generation is the expensive, memory-hungry part: a burst waits here in line (or is
+        # refused with Retry-After once the line is full).
+        self.line = GenerationLine(max_concurrent_generations, max_waiting, queue_timeout_s)
+        self.injection_policy = injection_policy
+        self.min_relevance = min_relevance
         m = self.metrics
         m.watch(
             "llmops_traces_started",
@@ -136,6 +149,8 @@ class AnswerService:
         )
         m.watch("llmops_feedback_sync_failed", "Feedback not copied to MLflow",
                 lambda: self.assessments.failed)  # fmt: skip
+        m.watch("llmops_busy_refusals", "Requests refused: generation line full",
+                lambda: self.line.refused)  # fmt: skip
 
     # --- answers ---------------------------------------------------------------------------
     def check_filters(self, filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -154,8 +169,14 @@ class AnswerService:
         return dict(filters)
 
     def answer(
-        self, question: str, *, filters: Mapping[str, Any] | None = None, user: str = "anonymous"
+        self,
+        question: str,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
     ) -> ServedAnswer:
+        """Answer ``question`` for ``principal`` (None: the public principal) with the served
+        bundle, under guardrails: injection screen, relevance refusal, PII-redacted output."""
         from elasticsearch import ApiError, TransportError
 
         from llmops_dagster.models.base import GeneratorError
@@ -170,11 +191,13 @@ class AnswerService:
                 f"question has {len(question)} characters; the limit is {self.max_question_chars}"
             )
         checked = self.check_filters(filters)
+        principal = principal or Principal.public()
+        guard = AnswerGuard(question, self.injection_policy, self.min_relevance)
         served = self.holder.current  # one bundle for the whole request, even across a swap
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         try:
-            with self._generation_slots:
+            with self.line:
                 queue_ms = (time.perf_counter() - started) * 1000
                 context = served.context
                 index = self.index_name()
@@ -187,7 +210,8 @@ class AnswerService:
                     question,
                     context=context,
                     filters=checked,
-                    user=user,
+                    principal=principal,
+                    guard=guard,
                     cost_fn=lambda a: self.prices.cost(
                         a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
                     ),
@@ -196,6 +220,8 @@ class AnswerService:
         except (ElasticsearchUnavailable, SearchError, TransportError, ApiError) as exc:
             self.metrics.answer_errors.labels("search").inc()
             raise Unavailable(f"search is unavailable: {exc}") from exc
+        except Busy:
+            raise
         except GeneratorError as exc:
             self.metrics.answer_errors.labels("generator").inc()
             raise Unavailable(f"the generator is unavailable: {exc}") from exc
@@ -206,11 +232,12 @@ class AnswerService:
             self.metrics.in_flight.dec()
         total_ms = (time.perf_counter() - started) * 1000
         result = traced.answer
+        self.metrics.guardrails.labels(guard.refused or "answered").inc()
         self.store.record_answer(
             AnswerRecord(
                 trace_id=traced.trace_id,
                 question=question,
-                answer=result.text.strip(),
+                answer=traced.text,
                 cited_chunk_ids=list(result.cited_chunk_ids),
                 retrieved=served_chunks(result.retrieved),
                 bundle_uri=served.uri,
@@ -219,6 +246,7 @@ class AnswerService:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 cost_usd=traced.cost_usd,
+                asker_groups=sorted(principal.groups),
             )
         )
         self.metrics.latency.observe(total_ms / 1000)
@@ -227,6 +255,9 @@ class AnswerService:
         return ServedAnswer(
             trace_id=traced.trace_id,
             answer=result,
+            text=traced.text,
+            principal=principal.name,
+            guardrails={**guard.report(), "redacted": traced.redacted},
             bundle=served,
             cost_usd=traced.cost_usd,
             queue_ms=queue_ms,

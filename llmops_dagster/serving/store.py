@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS answers (
     total_ms REAL NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    cost_usd REAL
+    cost_usd REAL,
+    asker_groups TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS feedback (
     trace_id TEXT NOT NULL REFERENCES answers(trace_id),
@@ -87,6 +88,8 @@ class AnswerRecord:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None  # None: a remote model missing from the price table
+    #: The asker's groups (not "public"): an accepted golden item is asked with the same ones.
+    asker_groups: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=now_iso)
 
     @property
@@ -136,7 +139,8 @@ class ServingStore:
             conn.execute(
                 "INSERT INTO answers (trace_id, created_at, bundle_uri, bundle_version, question,"
                 " answer, cited_chunk_ids, retrieved, top_score, no_hit, total_ms, prompt_tokens,"
-                " completion_tokens, cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, asker_groups)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.trace_id,
                     record.created_at,
@@ -152,6 +156,7 @@ class ServingStore:
                     record.prompt_tokens,
                     record.completion_tokens,
                     record.cost_usd,
+                    json.dumps(sorted(record.asker_groups)),
                 ),
             )
 
@@ -163,6 +168,7 @@ class ServingStore:
         out = dict(row)
         out["cited_chunk_ids"] = json.loads(out["cited_chunk_ids"])
         out["retrieved"] = json.loads(out["retrieved"])
+        out["asker_groups"] = json.loads(out["asker_groups"])
         out["no_hit"] = bool(out["no_hit"])
         return out
 

@@ -184,13 +184,14 @@ def serve_process(settings: Settings, log: Path, **extra_env: str) -> Iterator[S
 
 
 def index_sample_corpus(settings: Settings, sample_dir: Path) -> None:
-    """ingest → prepare → index of the sample corpus with the real assets."""
+    """ingest → prepare → index of the sample corpus with the real assets, with the sample's
+    audiences (its confidential folders are readable by hr / security only)."""
     import dagster as dg
 
     from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
-    from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+    from llmops_dagster.sources.source_config import default_sources_config
 
-    sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
+    sources = default_sources_config(sample_dir)
     result = dg.materialize(
         [*build_assets(settings, sources), *build_asset_checks()],
         selection=dg.AssetSelection.groups("ingest", "prepare", "index"),

@@ -28,7 +28,12 @@ RETRIEVED_CHUNK_IDS = "llmops.retrieved_chunk_ids"  # JSON list, rank order
 RETRIEVED_DOC_IDS = "llmops.retrieved_doc_ids"  # JSON list, rank order
 TOTAL_MS = "llmops.total_ms"
 QUEUE_MS = "llmops.queue_ms"
-USER = "llmops.user"
+USER = "llmops.user"  # the principal's name (an API key's name; never the key)
+GROUPS = "llmops.groups"  # JSON list: the audiences the caller could read
+INJECTION_FLAGS = "llmops.injection_flags"  # JSON list of rules the question tripped
+CHUNK_INJECTION_FLAGS = "llmops.chunk_injection_flags"  # JSON {chunk id: [rules]}
+REFUSED = "llmops.refused"  # "", "prompt_injection" or "nothing_relevant"
+REDACTED = "llmops.answer_redacted"  # JSON {PII kind: count} removed from the answer
 
 # Trace tags (mutable, searchable in the UI): what a person filters traces by.
 TAG_BUNDLE_VERSION = "bundle_version"

@@ -25,8 +25,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from llmops_dagster.access import Principal
 from llmops_dagster.rag.answer import Answer
 from llmops_dagster.serving import trace_keys as keys
+from llmops_dagster.text.pii import redact_pii
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class TraceContext:
 class TracedAnswer:
     trace_id: str
     answer: Answer
+    text: str  # the answer as shown: PII redacted
+    redacted: dict[str, int]  # kind → count removed from the answer
     cost_usd: float | None
     embed_ms: float | None
 
@@ -178,7 +182,8 @@ class AnswerTracer:
         *,
         context: TraceContext,
         filters: Mapping[str, Any] | None,
-        user: str,
+        principal: Principal,
+        guard: Any,
         cost_fn: Any,
         queue_ms: float,
     ) -> TracedAnswer:
@@ -189,8 +194,18 @@ class AnswerTracer:
             root.set_inputs({"question": question, "filters": dict(filters or {})})
             _EMBED_MS.set(None)
             started = time.perf_counter()
-            result: Answer = pipeline.answer(question, filters=filters, observer=_SpanObserver())
+            result: Answer = pipeline.answer(
+                question,
+                filters=filters,
+                observer=_SpanObserver(),
+                principal=principal,
+                gate=guard,
+            )
             total_ms = (time.perf_counter() - started) * 1000
+            # PII on the way out too: a chunk indexed before redaction was switched on, or a
+            # model that makes an address up, must not show one to the caller.
+            redaction = redact_pii(result.text.strip())
+            redacted = {kind: n for kind, n in redaction.counts.items() if n}
             cost = cost_fn(result)
             top = max((c.score for c in result.retrieved), default=None)
             metadata = {
@@ -215,14 +230,19 @@ class AnswerTracer:
                 keys.RETRIEVED_DOC_IDS: json.dumps([c.doc_id for c in result.retrieved]),
                 keys.TOTAL_MS: f"{total_ms:.3f}",
                 keys.QUEUE_MS: f"{queue_ms:.3f}",
-                keys.USER: user,
+                keys.USER: principal.name,
+                keys.GROUPS: json.dumps(principal.visible_groups),
+                keys.INJECTION_FLAGS: json.dumps(list(guard.question_flags)),
+                keys.CHUNK_INJECTION_FLAGS: json.dumps(guard.chunk_flags),
+                keys.REFUSED: guard.refused or "",
+                keys.REDACTED: json.dumps(redacted),
             }
             mlflow.update_current_trace(
                 metadata=metadata,
                 tags={keys.TAG_BUNDLE_VERSION: context.bundle_version or "base",
                       keys.TAG_SOURCE: "serve"},
                 request_preview=question[:300],
-                response_preview=result.text[:300],
+                response_preview=redaction.text[:300],
             )  # fmt: skip
             root.set_attributes(
                 {
@@ -234,12 +254,17 @@ class AnswerTracer:
                     "cost_usd": cost if cost is not None else -1.0,
                 }
             )
-            root.set_outputs({"answer": result.text, "cited_chunk_ids": result.cited_chunk_ids})
+            root.set_outputs({"answer": redaction.text, "cited_chunk_ids": result.cited_chunk_ids})
             trace_id = root.trace_id
         with self._lock:
             self.started += 1
         return TracedAnswer(
-            trace_id=trace_id, answer=result, cost_usd=cost, embed_ms=_EMBED_MS.get()
+            trace_id=trace_id,
+            answer=result,
+            text=redaction.text,
+            redacted=redacted,
+            cost_usd=cost,
+            embed_ms=_EMBED_MS.get(),
         )
 
     @property

@@ -100,4 +100,22 @@ def build_service(settings: Settings) -> AnswerService:
         health_checks={"elasticsearch": es_health, "tracking_store": tracking_health},
         max_concurrent_generations=settings.serving.max_concurrent_generations,
         max_question_chars=settings.serving.max_question_chars,
+        max_waiting=settings.serving.max_waiting,
+        queue_timeout_s=settings.serving.queue_timeout_s,
+        injection_policy=settings.serving.injection_policy,
+        min_relevance=settings.serving.min_relevance,
     )
+
+
+def build_app(settings: Settings) -> Any:
+    """The FastAPI app ``llmops-dagster serve`` runs: service, API keys, rate limit."""
+    from llmops_dagster.guardrails.ratelimit import RateLimiter
+    from llmops_dagster.serving.app import create_app
+    from llmops_dagster.serving.auth import KeyStore
+
+    serving = settings.serving
+    keys = KeyStore(serving.api_keys_path)  # fails fast on a missing or malformed file
+    limiter = RateLimiter(
+        rate_per_s=serving.rate_limit_per_minute / 60, burst=serving.rate_limit_burst
+    )
+    return create_app(build_service(settings), keys, limiter)

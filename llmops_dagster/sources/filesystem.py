@@ -13,7 +13,6 @@ documents step the full current set to compare against.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,18 +23,13 @@ from dlt.common.storages.fsspec_filesystem import FileItemDict
 from dlt.sources import DltResource, DltSource
 from dlt.sources.filesystem import filesystem
 
-from llmops_dagster.sources.source_config import DEFAULT_GLOBS, DEFAULT_MAX_BYTES
+from llmops_dagster.sources.source_config import DEFAULT_GLOBS, DEFAULT_MAX_BYTES, path_matches
 from llmops_dagster.sources.tables import FS_TABLE
 
 
 def _matches(relative_path: str, globs: Sequence[str]) -> bool:
-    """Glob match on a POSIX relative path; ``**/`` also matches files at the root."""
-    for pattern in globs:
-        if fnmatch.fnmatch(relative_path, pattern):
-            return True
-        if pattern.startswith("**/") and fnmatch.fnmatch(relative_path, pattern[3:]):
-            return True
-    return False
+    # One matcher for the listing and the audience rules: they must agree on what a glob means.
+    return path_matches(relative_path, globs)
 
 
 def file_row(item: FileItemDict, max_bytes: int) -> dict[str, Any]:

@@ -5,20 +5,31 @@ review in a file, while secrets stay in the environment: YAML names env vars, ne
 
 Shape::
 
-    filesystem: {root: data/sample, globs: ["**/*.md", ...], max_bytes: 10000000}
+    filesystem:
+      root: data/sample
+      globs: ["**/*.md", ...]
+      max_bytes: 10000000
+      audiences:                      # who may read which files; first matching glob wins
+        - {glob: "confidential/hr/**", groups: [hr]}
+        - {glob: "confidential/**", groups: [security]}
     rest_api: {config_path: llmops_dagster/sources/rest_api.example.yaml}
-    sql: {url_env: SOURCE_DB_URL, tables: [{name: articles, primary_key: id}]}
+    sql: {url_env: SOURCE_DB_URL, tables: [{name: articles, primary_key: id,
+                                           records: {audience_field: allowed_groups}}]}
     destination: {name: duckdb}   # or postgres, bigquery... credentials from env (dlt style)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmops_dagster.access import PUBLIC, AccessError, normalize_audience
 
 DEFAULT_GLOBS: tuple[str, ...] = (
     "**/*.md",
@@ -31,6 +42,24 @@ DEFAULT_GLOBS: tuple[str, ...] = (
     "**/*.csv",
 )
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+
+
+class SourcesConfigError(ValueError):
+    """``sources.yaml`` is invalid; the message names the file and the entry."""
+
+
+def path_matches(relative_path: str, globs: Sequence[str]) -> bool:
+    """Glob match on a POSIX relative path; ``**/`` also matches files at the root.
+
+    ``fnmatch``'s ``*`` crosses ``/``, so ``confidential/**`` and ``confidential/*`` both cover
+    the whole subtree: one rule per folder is enough.
+    """
+    for pattern in globs:
+        if fnmatch.fnmatch(relative_path, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatch(relative_path, pattern[3:]):
+            return True
+    return False
 
 
 class RecordMapping(BaseModel):
@@ -49,6 +78,22 @@ class RecordMapping(BaseModel):
     uri_template: str | None = Field(
         default=None, description="e.g. 'https://api.example.com/articles/{id}'"
     )
+    audience_field: str | None = Field(
+        default=None,
+        description=(
+            "Field/column holding the groups allowed to read the record (a list or a "
+            "comma-separated string); unset, or empty on a record → public."
+        ),
+    )
+
+
+class AudienceRule(BaseModel):
+    """Files matching ``glob`` (relative to the root) may be read by ``groups`` only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str = Field(min_length=1)
+    groups: list[str]
 
 
 class FilesystemSourceConfig(BaseModel):
@@ -59,6 +104,35 @@ class FilesystemSourceConfig(BaseModel):
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0)
     source_name: str = "fs"
     records: RecordMapping = Field(default_factory=RecordMapping)
+    #: Ordered rules, FIRST match wins (a specific rule goes before a broad one, so a public
+    #: notice inside a confidential folder can be opened up); a file no rule matches is public.
+    #: First-match rather than union: a union could only ever widen an audience.
+    audiences: list[AudienceRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid_audiences(self) -> FilesystemSourceConfig:
+        for number, rule in enumerate(self.audiences):
+            where = f"filesystem.audiences[{number}] (glob {rule.glob!r})"
+            if not rule.groups:
+                raise ValueError(f"{where}: groups is empty; write [{PUBLIC}] for a public rule")
+            try:
+                rule.groups = normalize_audience(rule.groups)
+            except AccessError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        if self.records.audience_field:
+            # A field inside an export must not override (and so widen) the folder's rule.
+            raise ValueError(
+                "filesystem.records.audience_field is not supported: files take their audience "
+                "from filesystem.audiences (by glob)"
+            )
+        return self
+
+    def audience_for(self, relative_path: str) -> list[str]:
+        """The groups allowed to read a file: the first matching rule's, else public."""
+        for rule in self.audiences:
+            if path_matches(relative_path, [rule.glob]):
+                return list(rule.groups)
+        return [PUBLIC]
 
 
 class RestApiSourceConfig(BaseModel):
@@ -148,7 +222,15 @@ def load_sources_config(path: str | Path) -> SourcesConfig:
     """Read ``sources.yaml``; relative paths in it are resolved against the file's folder."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    config = SourcesConfig.model_validate(raw)
+    try:
+        config = SourcesConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: "
+            f"{str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise SourcesConfigError(f"{path}: {problems}") from exc
     base = path.resolve().parent
     if config.filesystem and not config.filesystem.root.is_absolute():
         config.filesystem.root = base / config.filesystem.root
@@ -157,6 +239,19 @@ def load_sources_config(path: str | Path) -> SourcesConfig:
     return config
 
 
+#: The sample corpus's confidential folders (the same rules as the repository's sources.yaml),
+#: so that running without a sources.yaml never makes them public.
+SAMPLE_AUDIENCES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("confidential/hr/**", ("hr",)),
+    ("confidential/security/**", ("security",)),
+)
+
+
 def default_sources_config(sample_data_dir: Path) -> SourcesConfig:
     """What the demo uses when no ``sources.yaml`` exists: the sample folder only."""
-    return SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_data_dir))
+    return SourcesConfig(
+        filesystem=FilesystemSourceConfig(
+            root=sample_data_dir,
+            audiences=[AudienceRule(glob=g, groups=list(groups)) for g, groups in SAMPLE_AUDIENCES],
+        )
+    )

@@ -10,12 +10,17 @@ from llmops_dagster.chunks.store import CHUNKS_TABLE
 
 
 def documents_digest(con: duckdb.DuckDBPyConnection) -> str:
-    """sha256 over every (doc_id, content_hash), order-independent."""
+    """sha256 over every (doc_id, content_hash[, audience]), order-independent.
+
+    A non-public audience is part of the digest (who may read it is part of what the table
+    says); public documents hash as before access control, so old lineage stays comparable.
+    """
     digest = hashlib.sha256()
-    for doc_id, content_hash in con.execute(
-        "SELECT doc_id, content_hash FROM llmops.documents ORDER BY doc_id"
+    for doc_id, content_hash, groups in con.execute(
+        "SELECT doc_id, content_hash, allowed_groups FROM llmops.documents ORDER BY doc_id"
     ).fetchall():
-        digest.update(f"{doc_id}\x1f{content_hash}\n".encode())
+        audience = "" if list(groups or []) in ([], ["public"]) else "\x1f" + ",".join(groups)
+        digest.update(f"{doc_id}\x1f{content_hash}{audience}\n".encode())
     return digest.hexdigest()
 
 

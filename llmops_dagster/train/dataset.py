@@ -6,7 +6,9 @@ the model's own chat template; the completion is everything the chat template pu
 generation prompt (the answer plus the end-of-turn token), so the loss teaches the model to stop.
 
 Where context comes from (``context_fn``): at pipeline time a retriever over the live index
-(:func:`retriever_context_fn`, the question only — what serving will see); without an index,
+(:func:`retriever_context_fn`, the question only — what serving will see — asked as a principal
+that defaults to public, so confidential text enters training data only when a group is
+configured on purpose); without an index,
 :func:`corpus_context_fn` reads the labelled relevant documents from the corpus folder and picks
 their passages that best overlap the question and reference answer ("oracle" context, also
 what the benchmark's held-out metric uses). With no ``context_fn`` the examples have no context.
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from llmops_dagster.access import Principal
 from llmops_dagster.config import PROJECT_ROOT
 from llmops_dagster.rag.answer import HitLike, Retriever, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
@@ -158,12 +161,20 @@ def file_digest(path: Path) -> str:
 
 
 def retriever_context_fn(
-    retriever: Retriever, *, k: int = 3, mode: str = "hybrid_rrf"
+    retriever: Retriever,
+    *,
+    k: int = 3,
+    mode: str = "hybrid_rrf",
+    principal: Principal | None = None,
 ) -> ContextFn:
-    """Context as serving sees it: the retriever's top ``k`` for the question alone."""
+    """Context as serving sees it: the retriever's top ``k`` for the question alone, among the
+    documents ``principal`` may read (None: public only — the filter is in the search)."""
+    # Passed only when given, like ``filters`` in rag.answer: the HybridRetriever reads None as
+    # public, and principal-less retrievers (a benchmark's in-memory index) still fit.
+    extra: dict[str, Any] = {"principal": principal} if principal is not None else {}
 
     def context(item: QAItem) -> Sequence[HitLike]:
-        return list(retriever.search(item.question, mode=mode, k=k))
+        return list(retriever.search(item.question, mode=mode, k=k, **extra))
 
     return context
 
@@ -225,11 +236,30 @@ def load_corpus_passages(
 
 
 def corpus_context_fn(
-    corpus_dir: Path | str, *, k: int = 2, max_words: int = 120, use_reference: bool = True
+    corpus_dir: Path | str,
+    *,
+    k: int = 2,
+    max_words: int = 120,
+    use_reference: bool = True,
+    audience: Callable[[str], Sequence[str]] | None = None,
+    principal: Principal | None = None,
 ) -> ContextFn:
     """Oracle context: the passages of each item's relevant documents that overlap most with
-    its question (and reference answer, unless ``use_reference=False``)."""
+    its question (and reference answer, unless ``use_reference=False``).
+
+    This reads files, not the index, so it applies the audience itself: with ``audience`` (a
+    relative path → groups rule, ``FilesystemSourceConfig.audience_for``) documents that
+    ``principal`` (None: public) may not read are left out before anything is picked.
+    """
     passages = load_corpus_passages(Path(corpus_dir), max_words=max_words)
+    if audience is not None:
+        who = principal or Principal.public()
+        prefix = len("fs:")
+        passages = {
+            doc_id: ps
+            for doc_id, ps in passages.items()
+            if who.can_read(audience(doc_id[prefix:].split("#", 1)[0]))
+        }
 
     def context(item: QAItem) -> Sequence[HitLike]:
         query = set(content_tokens(item.question))

@@ -12,6 +12,7 @@ import pytest
 from deepeval.models import DeepEvalBaseLLM
 from mlflow import MlflowClient
 
+from llmops_dagster.access import Principal
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
@@ -157,15 +158,16 @@ def test_build_cases_batches_answer_calls() -> None:
             # The ranking kept for metrics goes deeper than the prompt's chunks.
             self.ranked_doc_ids = ["fs:handbook/expenses.md", "fs:handbook/leave.md"]
 
-    calls: list[int] = []
+    calls: list[tuple[int, list[str]]] = []
 
-    def answer_fn(questions: Any) -> list[Ans]:
-        calls.append(len(questions))
+    def answer_fn(questions: Any, principal: Principal) -> list[Ans]:
+        calls.append((len(questions), principal.visible_groups))
         return [Ans(q) for q in questions]
 
     golden = load_golden().subset(7)
     cases = build_cases(golden, answer_fn, batch_size=3)
-    assert calls == [3, 3, 1] and [c.case_id for c in cases] == [i.id for i in golden.items]
+    assert calls == [(3, ["public"]), (3, ["public"]), (1, ["public"])]
+    assert [c.case_id for c in cases] == [i.id for i in golden.items]
     assert cases[0].retrieved_chunk_ids == ["c-fs:handbook/expenses.md"]
     assert cases[0].retrieved_doc_ids == ["fs:handbook/expenses.md", "fs:handbook/leave.md"]
     assert cases[0].retrieval_context == ["text of fs:handbook/expenses.md"]

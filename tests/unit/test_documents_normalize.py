@@ -159,3 +159,77 @@ def test_record_default_text_renders_all_fields() -> None:
     (doc,) = batch.documents
     assert doc.title == "Ada"
     assert doc.text == 'name: Ada\nrole: eng\nmeta: {"k": 1}'
+
+
+# --- audiences ----------------------------------------------------------------------------------
+def test_file_audience_comes_from_the_resolver_and_covers_every_record_of_an_export() -> None:
+    export = json.dumps([{"id": "r1", "body": "one"}, {"id": "r2", "body": "two"}]).encode()
+
+    def audience(path: str) -> list[str]:
+        return ["hr"] if path.startswith("hr/") else ["public"]
+
+    batch = normalize_file_rows(
+        [
+            fs_row("hr/pay.md", b"# Pay\n\nBands."),
+            fs_row("hr/x.json", export),
+            fs_row("a.md", b"A"),
+        ],
+        audience=audience,
+    )
+    assert {d.doc_id: d.allowed_groups for d in batch.documents} == {
+        "fs:hr/pay.md": ("hr",),
+        "fs:hr/x.json#r1": ("hr",),
+        "fs:hr/x.json#r2": ("hr",),
+        "fs:a.md": ("public",),
+    }
+    # Without a resolver every document is public; the audience is not in the text hash.
+    plain = normalize_file_rows([fs_row("hr/pay.md", b"# Pay\n\nBands.")])
+    assert plain.documents[0].allowed_groups == ("public",)
+    assert plain.documents[0].content_hash == batch.documents[0].content_hash
+
+
+def test_record_audience_from_a_field_list_csv_or_json_and_missing_is_public() -> None:
+    mapping = RecordMapping(audience_field="acl", updated_at_field=None)
+    rows = [
+        {"id": 1, "body": "list", "acl": ["security", "HR"]},
+        {"id": 2, "body": "csv", "acl": "finance, hr"},
+        {"id": 3, "body": "json", "acl": '["hr"]'},
+        {"id": 4, "body": "missing"},
+        {"id": 5, "body": "empty", "acl": ""},
+    ]
+    batch = normalize_record_rows(rows, source="sql", collection="t", mapping=mapping)
+    assert {d.natural_key: d.allowed_groups for d in batch.documents} == {
+        "t#1": ("hr", "security"),
+        "t#2": ("finance", "hr"),
+        "t#3": ("hr",),
+        "t#4": ("public",),
+        "t#5": ("public",),
+    }
+    # The group list is access metadata, not searchable content.
+    assert batch.documents[0].text == "body: list"
+
+
+def test_record_with_an_unreadable_audience_is_rejected_never_published() -> None:
+    mapping = RecordMapping(audience_field="acl", updated_at_field=None)
+    rows = [
+        {"id": 1, "body": "bad name", "acl": "hr, Top Secret"},
+        {"id": 2, "body": "bad type", "acl": 7},
+        {"id": 3, "body": "bad json", "acl": "[hr"},
+        {"id": 4, "body": "fine", "acl": "hr"},
+    ]
+    batch = normalize_record_rows(rows, source="api", collection="kb", mapping=mapping)
+    assert [d.natural_key for d in batch.documents] == ["kb#4"]
+    details = {r.natural_key: (r.reason, r.detail) for r in batch.rejected}
+    assert details["kb#1"] == (
+        "parse_error",
+        "invalid audience in field 'acl': invalid group name 'top secret': use lower-case "
+        "letters, digits and _ . : - (at most 64 characters, starting with a letter or digit)",
+    )
+    assert details["kb#2"] == (
+        "parse_error",
+        "invalid audience in field 'acl': expected a list or a comma-separated string, got 7",
+    )
+    assert details["kb#3"] == (
+        "parse_error",
+        "invalid audience in field 'acl': not a JSON list: '[hr'",
+    )

@@ -103,3 +103,68 @@ def test_other_sources_are_untouched_by_file_deletions(con: duckdb.DuckDBPyConne
     delta = sync_documents(con, NormalizedBatch(), current_files={"other": set()})
     assert delta.deleted == []
     assert delta.summary()["total_documents"] == 1
+
+
+# --- audiences ----------------------------------------------------------------------------------
+def _groups(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    table = read_documents(con).select(["doc_id", "allowed_groups"]).to_pylist()
+    return {row["doc_id"]: row["allowed_groups"] for row in table}
+
+
+def test_an_audience_change_alone_is_a_change_but_not_a_text_change(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    sync_documents(con, rows({"a.md": b"A", "hr/b.md": b"B"}))
+    hr_rule = {"fs": lambda path: ["hr"] if path.startswith("hr/") else ["public"]}
+    # Files not re-read (dlt saw no change): the stored documents are re-resolved.
+    moved = sync_documents(con, NormalizedBatch(), audiences=hr_rule)
+    assert (moved.new, moved.changed, moved.audience_changed, moved.unchanged) == (
+        [],
+        ["fs:hr/b.md"],
+        ["fs:hr/b.md"],
+        [],
+    )
+    assert moved.summary()["audience_changed"] == 1
+    assert _groups(con) == {"fs:a.md": ["public"], "fs:hr/b.md": ["hr"]}
+    assert read_documents(con, ["fs:hr/b.md"]).column("text").to_pylist() == ["B"]
+    again = sync_documents(con, NormalizedBatch(), audiences=hr_rule)
+    assert (again.changed, again.audience_changed) == ([], [])
+
+    # A re-read file whose rule changed is reported the same way (text hash unchanged).
+    reread = normalize_file_rows(
+        [
+            {
+                "relative_path": "hr/b.md",
+                "file_url": "file:///r/hr/b.md",
+                "modification_date": datetime(2026, 1, 2, tzinfo=UTC),
+                "too_large": False,
+                "content": b"B",
+            }
+        ],
+        audience=lambda path: ["hr", "security"],
+    )
+    widened = sync_documents(con, reread)
+    assert (widened.changed, widened.audience_changed, widened.unchanged) == (
+        ["fs:hr/b.md"],
+        ["fs:hr/b.md"],
+        [],
+    )
+    assert _groups(con)["fs:hr/b.md"] == ["hr", "security"]
+
+
+def test_a_documents_table_from_before_access_control_is_migrated_as_public(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    con.execute("CREATE SCHEMA llmops")
+    con.execute(
+        "CREATE TABLE llmops.documents (doc_id VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, "
+        "natural_key VARCHAR NOT NULL, title VARCHAR, text VARCHAR NOT NULL, uri VARCHAR, "
+        "format VARCHAR, updated_at TIMESTAMPTZ, content_hash VARCHAR NOT NULL, metadata VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO llmops.documents VALUES "
+        "('fs:old.md', 'fs', 'old.md', 'Old', 'old', 'u', 'md', now(), 'h', '{}')"
+    )
+    delta = sync_documents(con, rows({"a.md": b"A"}))
+    assert delta.new == ["fs:a.md"] and delta.total_documents == 2
+    assert _groups(con) == {"fs:a.md": ["public"], "fs:old.md": ["public"]}

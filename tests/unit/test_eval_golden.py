@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from llmops_dagster.access import Principal
 from llmops_dagster.evaluate.golden import (
     DEFAULT_GOLDEN_PATH,
+    GoldenItem,
     GoldenSetError,
     load_beir,
     load_golden,
     load_qa_jsonl,
 )
+from llmops_dagster.evaluate.run import build_cases
 
 pytestmark = pytest.mark.unit
 
@@ -22,13 +26,18 @@ pytestmark = pytest.mark.unit
 def test_default_golden_set_loads_with_digest() -> None:
     golden = load_golden()
     assert golden.path == DEFAULT_GOLDEN_PATH
-    assert len(golden) == 200 and golden.has_reference_answers
+    # 200 public questions, then 12 about the confidential sample documents (asked by hr or
+    # security members); the demo's first 60 cases are all public.
+    assert len(golden) == 212 and golden.has_reference_answers
     assert all(item.relevant_doc_ids for item in golden.items)
     assert all(d.startswith("fs:") for item in golden.items for d in item.relevant_doc_ids)
     assert len(golden.version) == 64 and golden.version == load_qa_jsonl().version
     frame = golden.to_dataframe()
     assert list(frame.columns) == ["id", "question", "reference_answer", "relevant_doc_ids", "type"]
-    assert len(frame) == 200
+    assert len(frame) == 212
+    groups = [item.groups for item in golden.items]
+    assert groups[:200] == [()] * 200
+    assert groups[200:] == [("hr",)] * 6 + [("security",)] * 6
 
 
 def test_digest_ignores_order_and_formatting_but_not_content(tmp_path: Path) -> None:
@@ -85,3 +94,68 @@ def test_beir_folder(tmp_path: Path) -> None:
     assert load_beir(tmp_path, doc_id_prefix="beir:").version == golden.version
     with pytest.raises(GoldenSetError, match="missing"):
         load_beir(tmp_path, split="dev")
+
+
+# --- the asker's groups -------------------------------------------------------------------------
+def test_groups_are_read_validated_and_digested_only_when_present(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "public?", "relevant_doc_ids": ["fs:a.md"]}\n'
+        '{"id": "b", "question": "pay?", "relevant_doc_ids": ["fs:hr/b.md"], '
+        '"groups": ["security", "hr"]}\n'
+    )
+    golden = load_qa_jsonl(path)
+    public, hr = golden.items
+    assert (public.groups, hr.groups) == ((), ("hr", "security"))
+    assert public.principal == Principal("golden", frozenset())
+    assert hr.principal.visible_groups == ["hr", "public", "security"]
+    assert "groups" not in public.to_record()  # sets without groups keep their digest
+    assert hr.to_record()["groups"] == ["hr", "security"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "question": "q"}\n{"id": "b", "question": "q", "groups": "hr"}\n')
+    with pytest.raises(GoldenSetError, match=r"bad.jsonl:2: TypeError: groups must be a list"):
+        load_qa_jsonl(bad)
+    bad.write_text('{"id": "a", "question": "q", "groups": ["Human Resources"]}\n')
+    with pytest.raises(GoldenSetError, match=r"bad.jsonl:1: AccessError: invalid group name"):
+        load_qa_jsonl(bad)
+
+
+def test_build_cases_answers_each_case_as_its_own_principal() -> None:
+    """One answer_fn call per principal batch (batching kept), cases back in golden order."""
+
+    class Chunk:
+        def __init__(self, who: Principal) -> None:
+            self.chunk_id = self.doc_id = f"doc-for-{','.join(who.visible_groups)}"
+            self.text = "text"
+
+    class Ans:
+        def __init__(self, who: Principal) -> None:
+            self.text, self.total_ms, self.ranked_doc_ids = "a", 1.0, []
+            self.retrieved = [Chunk(who)]
+
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def answer_fn(questions: Sequence[str], who: Principal) -> list[Ans]:
+        calls.append((list(questions), who.visible_groups))
+        return [Ans(who) for _ in questions]
+
+    def item(i: int, groups: tuple[str, ...]) -> GoldenItem:
+        return GoldenItem(f"q{i}", f"question {i}", ("d",), "a", groups=groups)
+
+    items = [item(1, ()), item(2, ("hr",)), item(3, ()), item(4, ("hr",)), item(5, ())]
+    cases = build_cases(items, answer_fn, batch_size=2)
+    assert calls == [
+        (["question 1", "question 3"], ["public"]),
+        (["question 5"], ["public"]),
+        (["question 2", "question 4"], ["hr", "public"]),
+    ]
+    assert [c.case_id for c in cases] == ["q1", "q2", "q3", "q4", "q5"]
+    assert [c.groups for c in cases] == [[], ["hr"], [], ["hr"], []]
+    assert [c.retrieved_doc_ids for c in cases] == [
+        ["doc-for-public"],
+        ["doc-for-hr,public"],
+        ["doc-for-public"],
+        ["doc-for-hr,public"],
+        ["doc-for-public"],
+    ]

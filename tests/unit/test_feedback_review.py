@@ -74,6 +74,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
                 prompt_tokens=10,
                 completion_tokens=3,
                 cost_usd=0.0,
+                asker_groups=["hr"] if trace_id == BARE else [],
             )
         )
     store.record_feedback(DOWN, "ann", "down", correction="Within 30 days.", comment="too vague")
@@ -143,6 +144,16 @@ def test_accept_into_train_with_an_answer_and_documents(files: dict[str, Path]) 
     assert items[1].relevant_doc_ids == ("fs:handbook/leave.md",)
     assert items[1].extra == {"type": "feedback", "source_trace_id": BARE}
     assert result.train_digest == file_digest(files["train"])
+
+
+def test_a_golden_item_keeps_the_askers_groups(files: dict[str, Path]) -> None:
+    review = _review(files)
+    assert review.candidate(BARE).asker_groups == ["hr"]
+    review.accept(BARE, answer="Ask HR.", to="golden")
+    item = load_golden(files["golden"]).items[-1]
+    assert item.question == "question of bbb?" and item.groups == ("hr",)
+    review.accept(DOWN, to="golden")  # asked publicly: no groups written
+    assert "groups" not in json.loads(files["golden"].read_text().splitlines()[-1])
 
 
 def test_auto_routes_by_trace_id(files: dict[str, Path]) -> None:

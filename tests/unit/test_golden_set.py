@@ -12,6 +12,7 @@ import pytest
 
 from llmops_dagster.config import PROJECT_ROOT
 from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.sources.source_config import load_sources_config
 
 pytestmark = pytest.mark.unit
 
@@ -40,16 +41,30 @@ def _corpus_texts() -> dict[str, str]:
 
 def test_golden_set_is_big_enough_and_covers_every_document() -> None:
     golden = load_golden()
-    assert len(golden) == 200 and golden.has_reference_answers
+    assert len(golden) == 212 and golden.has_reference_answers
     ids = [item.id for item in golden.items]
-    assert len(set(ids)) == 200
+    assert len(set(ids)) == 212
     questions = [item.question.strip().lower() for item in golden.items]
-    assert len(set(questions)) == 200
+    assert len(set(questions)) == 212
     corpus = _corpus_texts()
     cited = Counter(doc for item in golden.items for doc in item.relevant_doc_ids)
     assert set(cited) <= set(corpus), sorted(set(cited) - set(corpus))
     files = {doc.split("#")[0] for doc in corpus}
     assert {doc.split("#")[0] for doc in cited} == files  # every file has questions
+
+
+def test_each_question_is_asked_by_someone_who_may_read_its_documents() -> None:
+    """The asker's groups (``groups``) match the audiences in the repository's sources.yaml:
+    public questions cite public documents only, and a confidential question is asked by a
+    member of its document's group (else its case could never retrieve the answer)."""
+    fs = load_sources_config(PROJECT_ROOT / "sources.yaml").filesystem
+    assert fs is not None
+    for item in load_golden().items:
+        for doc in item.relevant_doc_ids:
+            audience = fs.audience_for(doc.removeprefix("fs:").split("#")[0])
+            assert item.principal.can_read(audience), (item.id, doc, audience)
+            if not item.groups:
+                assert audience == ["public"], (item.id, doc)
 
 
 def test_numbers_of_numeric_answers_occur_in_the_cited_documents() -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from llmops_dagster.access import Principal
 from llmops_dagster.models.local import LoadedModel
 from llmops_dagster.models.source import ModelSource
 from llmops_dagster.rag.prompts import load_prompt
+from llmops_dagster.sources.source_config import default_sources_config
 from llmops_dagster.train.dataset import (
     DEFAULT_TRAIN_QA,
     ContextPassage,
@@ -19,6 +21,7 @@ from llmops_dagster.train.dataset import (
     build_sft_dataset,
     corpus_context_fn,
     load_qa_jsonl,
+    retriever_context_fn,
     split_items,
     split_passages,
 )
@@ -98,6 +101,39 @@ def test_corpus_context_comes_from_the_relevant_documents(sample_dir: Path) -> N
     assert passages and all(p.doc_id in item.relevant_doc_ids for p in passages)
     assert "9 September 2020" in passages[0].text
     assert all(len(p.chunk_id) == 32 for p in passages)
+
+
+def test_corpus_context_keeps_out_what_the_principal_may_not_read(sample_dir: Path) -> None:
+    audience = default_sources_config(sample_dir).filesystem.audience_for  # type: ignore[union-attr]
+    item = QAItem(
+        "x1",
+        "What is the salary range of band P4?",
+        "£68,500 to £84,000.",
+        ("fs:confidential/hr/salary-bands.md",),
+    )
+    assert corpus_context_fn(sample_dir, k=2, audience=audience)(item) == []
+    sec = Principal("finetune", frozenset({"security"}))
+    assert corpus_context_fn(sample_dir, k=2, audience=audience, principal=sec)(item) == []
+    hr = Principal("finetune", frozenset({"hr"}))
+    passages = corpus_context_fn(sample_dir, k=2, audience=audience, principal=hr)(item)
+    assert [p.doc_id for p in passages] == ["fs:confidential/hr/salary-bands.md"] * 2
+    assert "£68,500" in " ".join(p.text for p in passages)
+
+
+def test_retriever_context_passes_the_principal_only_when_given() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Retriever:
+        def search(self, query: str, **kwargs: Any) -> list[ContextPassage]:
+            seen.append(kwargs)
+            return []
+
+    item = load_qa_jsonl()[0]
+    retriever_context_fn(Retriever(), k=2, mode="bm25")(item)
+    hr = Principal("finetune", frozenset({"hr"}))
+    retriever_context_fn(Retriever(), k=2, mode="bm25", principal=hr)(item)
+    # None reaches the HybridRetriever as "public only"; principal-less retrievers still fit.
+    assert seen == [{"mode": "bm25", "k": 2}, {"mode": "bm25", "k": 2, "principal": hr}]
 
 
 def test_split_passages_respects_the_word_budget() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from elasticsearch import exceptions as es_exceptions
 
+from llmops_dagster.access import AccessError, Principal
 from llmops_dagster.search.aliases import version_index_name
 from llmops_dagster.search.mapping import (
     CORE_ENGLISH_ANALYZER,
@@ -48,7 +49,8 @@ def test_index_body_defaults() -> None:
         "similarity": "cosine",
         "index_options": {"type": "int8_hnsw", "m": 16, "ef_construction": 100},
     }
-    for name in ("chunk_id", "doc_id", "source", "uri", "section", "content_hash", "model_id"):
+    keywords = ("chunk_id", "doc_id", "source", "uri", "section", "content_hash", "model_id")
+    for name in (*keywords, "allowed_groups"):
         assert props[name] == {"type": "keyword"}
     assert props["position"] == {"type": "integer"}
     assert props["updated_at"] == {"type": "date"}
@@ -139,6 +141,15 @@ def test_to_es_document_serialises_vectors_and_dates() -> None:
         to_es_document({"text": "no id"})
 
 
+def test_to_es_document_always_carries_an_audience() -> None:
+    # A writer that says nothing means public: every query filters on the field.
+    assert to_es_document({"chunk_id": "c1"})["allowed_groups"] == ["public"]
+    doc = to_es_document({"chunk_id": "c1", "allowed_groups": ["security", "hr", "hr"]})
+    assert doc["allowed_groups"] == ["hr", "security"]
+    with pytest.raises(AccessError, match="invalid group name 'hr team'"):
+        to_es_document({"chunk_id": "c1", "allowed_groups": ["HR Team"]})
+
+
 def test_bulk_actions_upserts_first_then_deletes() -> None:
     actions = list(bulk_actions("idx", [{"chunk_id": "a"}, {"chunk_id": "b"}], ["x"]))
     assert [(a["_op_type"], a["_id"]) for a in actions] == [
@@ -171,12 +182,20 @@ def test_version_names_sort_by_time_and_carry_digest() -> None:
 
 
 # --- retriever -----------------------------------------------------------------------------------
-def test_filter_clauses() -> None:
+PUBLIC_ONLY = {"terms": {"allowed_groups": ["public"]}}
+
+
+def test_filter_clauses_always_end_with_the_access_clause() -> None:
     assert build_filter_clauses({"source": "fs", "doc_id": ["b", "a"]}) == [
         {"term": {"source": "fs"}},
         {"terms": {"doc_id": ["a", "b"]}},
+        PUBLIC_ONLY,
     ]
-    assert build_filter_clauses(None) == []
+    assert build_filter_clauses(None) == [PUBLIC_ONLY]  # no principal: public documents only
+    hr = Principal("ana", frozenset({"hr", "finance"}))
+    assert build_filter_clauses(None, hr) == [
+        {"terms": {"allowed_groups": ["finance", "hr", "public"]}}
+    ]
 
 
 class _FakeEncoder:
@@ -223,9 +242,35 @@ def test_hybrid_sends_both_searches_in_one_msearch_with_filters() -> None:
     assert hits[0].bm25_rank == 2 and hits[0].knn_rank == 1
     bm25_body, knn_body = client.searches
     assert bm25_body["size"] == 50
-    assert bm25_body["query"]["bool"]["filter"] == [{"term": {"source": "fs"}}]
-    assert knn_body["knn"]["filter"] == [{"term": {"source": "fs"}}]
+    assert bm25_body["query"]["bool"]["filter"] == [{"term": {"source": "fs"}}, PUBLIC_ONLY]
+    assert knn_body["knn"]["filter"] == [{"term": {"source": "fs"}}, PUBLIC_ONLY]
     assert knn_body["knn"]["k"] == 50 and knn_body["knn"]["num_candidates"] >= 50
+
+
+@pytest.mark.parametrize("mode", ["bm25", "knn", "hybrid_rrf", "hybrid_linear", "server_rrf"])
+def test_every_mode_filters_inside_both_searches(mode: str) -> None:
+    """The principal's clause is in the BM25 bool.filter and in knn.filter (the kNN search's
+    own pre-filter, not a post_filter), in every mode and in both server_rrf sub-retrievers."""
+    client = _RecordingClient([("a", 1.0)], [("a", 1.0)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    sec = Principal("sam", frozenset({"security"}))
+    retriever.search_many(["q1", "q2"], mode=mode, principal=sec)
+    clause = [{"terms": {"allowed_groups": ["public", "security"]}}]
+    bm25_filters, knn_filters = [], []
+    for body in client.searches:
+        assert "post_filter" not in body
+        if "retriever" in body:
+            standard, knn = body["retriever"]["rrf"]["retrievers"]
+            bm25_filters.append(standard["standard"]["query"]["bool"]["filter"])
+            knn_filters.append(knn["knn"]["filter"])
+        elif "knn" in body:
+            knn_filters.append(body["knn"]["filter"])
+        else:
+            bm25_filters.append(body["query"]["bool"]["filter"])
+    expected_bm25 = 0 if mode == "knn" else 2
+    expected_knn = 0 if mode == "bm25" else 2
+    assert bm25_filters == [clause] * expected_bm25
+    assert knn_filters == [clause] * expected_knn
 
 
 def test_linear_mode_uses_weights() -> None:
@@ -259,3 +304,16 @@ def test_bm25_mode_needs_no_embedder() -> None:
     assert hits[0].bm25_rank == 1
     with pytest.raises(ValueError, match="embedder"):
         HybridRetriever(client, "alias").search("q", mode="knn")  # type: ignore[arg-type]
+
+
+# --- sync ----------------------------------------------------------------------------------------
+def test_sync_key_is_text_hash_plus_audience() -> None:
+    from llmops_dagster.search.sync import _live_key, sync_key
+
+    assert sync_key("h", ["security", "hr"]) == sync_key("h", "hr,security") == "h|hr,security"
+    assert sync_key("h", None) == sync_key("h", []) == "h|public"
+    assert sync_key("h", ["hr"]) != sync_key("h", ["hr", "security"])
+    # Read back from the live index: no audience reads as public (what the writer defaults
+    # to); a hand-edited, invalid one never equals a wanted key, so the sync re-writes it.
+    assert _live_key({"content_hash": "h"}) == "h|public"
+    assert _live_key({"content_hash": "h", "allowed_groups": ["Top Secret"]}) == "h|<invalid>"

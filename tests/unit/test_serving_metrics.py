@@ -191,7 +191,7 @@ class _Pipeline:
     def __init__(self, answers: dict[str, _Answer]) -> None:
         self.answers = answers
 
-    def answer_many(self, questions: list[str]) -> list[_Answer]:
+    def answer_many(self, questions: list[str], principal: object = None) -> list[_Answer]:
         return [self.answers[q] for q in questions]
 
 

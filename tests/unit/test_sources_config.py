@@ -13,6 +13,10 @@ from llmops_dagster.sources.rest_api import load_rest_api_config, parse_rest_api
 from llmops_dagster.sources.source_config import (
     DEFAULT_MAX_BYTES,
     DestinationConfig,
+    FilesystemSourceConfig,
+    SourcesConfigError,
+    SqlSourceConfig,
+    default_sources_config,
     load_sources_config,
 )
 
@@ -109,3 +113,78 @@ def test_list_current_files_matches_globs(tmp_path: Path) -> None:
     for name in ("a.md", "sub/b.txt", "sub/c.bin", "d.PDF"):
         (tmp_path / name).write_bytes(b"x")
     assert list_current_files(tmp_path, ["**/*.md", "**/*.txt"]) == {"a.md", "sub/b.txt"}
+
+
+# --- audiences ----------------------------------------------------------------------------------
+def test_audiences_first_matching_glob_wins_and_unmatched_is_public(tmp_path: Path) -> None:
+    (tmp_path / "sources.yaml").write_text(
+        "filesystem:\n"
+        "  root: docs\n"
+        "  audiences:\n"
+        "    - {glob: 'confidential/hr/notice-board.md', groups: [public]}\n"
+        "    - {glob: 'confidential/hr/**', groups: [hr, Finance]}\n"
+        "    - {glob: 'confidential/**', groups: [security]}\n"
+    )
+    config = load_sources_config(tmp_path / "sources.yaml")
+    fs = config.filesystem
+    assert fs is not None
+    assert [rule.groups for rule in fs.audiences] == [["public"], ["finance", "hr"], ["security"]]
+    assert fs.audience_for("confidential/hr/notice-board.md") == ["public"]
+    assert fs.audience_for("confidential/hr/pay/bands.md") == ["finance", "hr"]
+    assert fs.audience_for("confidential/security/runbook.txt") == ["security"]
+    assert fs.audience_for("handbook/leave.md") == ["public"]
+    assert fs.audience_for("confidential.md") == ["public"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            "[{glob: 'a/**', groups: [hr]}, {glob: 'hr/**', groups: ['HR Team']}]",
+            r"sources.yaml: filesystem: filesystem.audiences\[1\] \(glob 'hr/\*\*'\): "
+            r"invalid group name 'hr team'",
+        ),
+        (
+            "[{glob: 'x/**', groups: []}]",
+            r"filesystem.audiences\[0\] \(glob 'x/\*\*'\): groups is empty; write \[public\]",
+        ),
+        ("[{glob: 'x/**'}]", r"filesystem.audiences.0.groups: Field required"),
+    ],
+)
+def test_bad_audience_rules_name_the_entry(tmp_path: Path, rules: str, message: str) -> None:
+    (tmp_path / "sources.yaml").write_text(f"filesystem:\n  root: docs\n  audiences: {rules}\n")
+    with pytest.raises(SourcesConfigError, match=message):
+        load_sources_config(tmp_path / "sources.yaml")
+
+
+def test_record_audience_field_is_for_records_not_files() -> None:
+    sql = SqlSourceConfig.model_validate(
+        {"url": "sqlite://", "tables": [{"name": "t", "records": {"audience_field": "acl"}}]}
+    )
+    assert sql.tables[0].records is not None and sql.tables[0].records.audience_field == "acl"
+    # A field inside an export must not override (widen) the folder's glob rule.
+    with pytest.raises(ValueError, match=r"filesystem\.records\.audience_field is not supported"):
+        FilesystemSourceConfig(root=Path("x"), records={"audience_field": "acl"})  # type: ignore[arg-type]
+
+
+def test_repository_sources_yaml_and_the_default_agree_on_the_sample_audiences() -> None:
+    settings = Settings()
+    repo = load_sources_config(settings.corpus.sources_config).filesystem
+    default = default_sources_config(settings.corpus.sample_data_dir).filesystem
+    assert repo is not None and default is not None
+    assert repo.audiences == default.audiences
+    assert [(rule.glob, rule.groups) for rule in repo.audiences] == [
+        ("confidential/hr/**", ["hr"]),
+        ("confidential/security/**", ["security"]),
+    ]
+    files = sorted(list_current_files(repo.root, repo.globs))
+    confidential = {
+        path: repo.audience_for(path) for path in files if repo.audience_for(path) != ["public"]
+    }
+    assert confidential == {
+        "confidential/hr/disciplinary-procedure.md": ["hr"],
+        "confidential/hr/salary-bands.md": ["hr"],
+        "confidential/security/incident-response-runbook.txt": ["security"],
+        "confidential/security/red-team-findings-2026.md": ["security"],
+    }
+    assert len(files) == 37  # 33 public files + 4 confidential

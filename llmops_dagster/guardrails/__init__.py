@@ -1,0 +1,1 @@
+"""Guardrails around answering: prompt-injection screening and per-caller rate limits."""

@@ -1,0 +1,161 @@
+"""API keys: who is calling the server, as a :class:`~llmops_dagster.access.Principal`.
+
+Keys are random (``llmk_`` + 32 bytes, URL-safe) and stored only as their SHA-256 in a JSON file
+(``LLMOPS_API_KEYS``, written 0600): a leaked file does not leak keys, and a fast hash is
+enough for high-entropy random secrets (slow password hashes guard guessable passwords). The
+key itself is printed once, by ``llmops-dagster keys add``, and never logged, traced or stored
+— the server records the key's *name*. The server re-reads the file when it changes, so a
+revoked key stops working without a restart. Without a key file, authentication is off and
+every caller is the public principal (public documents only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from llmops_dagster.access import AccessError, Principal, check_group
+
+KEY_PREFIX = "llmk_"
+#: Members may read the operational endpoints (``GET /metrics``) when authentication is on.
+OPERATOR_GROUP = "ops"
+
+
+class KeyFileError(ValueError):
+    """The key file is malformed, or a key operation cannot be done; the file is unchanged."""
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    groups: tuple[str, ...]
+    created_at: str
+
+    def principal(self) -> Principal:
+        return Principal(self.name, frozenset(self.groups))
+
+
+def _parse(path: Path) -> list[ApiKey]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        keys = [
+            ApiKey(
+                name=str(entry["name"]),
+                sha256=str(entry["sha256"]),
+                groups=tuple(check_group(g) for g in entry.get("groups", [])),
+                created_at=str(entry.get("created_at", "")),
+            )
+            for entry in raw["keys"]
+        ]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise KeyFileError(f"API key file {path} is unreadable or malformed: {exc}") from exc
+    except AccessError as exc:
+        raise KeyFileError(f"API key file {path}: {exc}") from exc
+    if len({k.name for k in keys}) != len(keys):
+        raise KeyFileError(f"API key file {path}: key names repeat")
+    return keys
+
+
+def _write(path: Path, keys: list[ApiKey]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"keys": [k.__dict__ | {"groups": list(k.groups)} for k in keys]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_keys(path: Path) -> list[ApiKey]:
+    return _parse(path) if path.is_file() else []
+
+
+def add_key(path: Path, name: str, groups: list[str]) -> tuple[ApiKey, str]:
+    """A new key for ``name``; returns (record, the key itself — shown once)."""
+    keys = read_keys(path)
+    if not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():
+        raise KeyFileError(f"invalid key name {name!r}: letters, digits, - and _ only")
+    if any(k.name == name for k in keys):
+        raise KeyFileError(f"a key named {name!r} exists: revoke it first")
+    try:
+        checked = tuple(sorted({check_group(g) for g in groups}))
+    except AccessError as exc:
+        raise KeyFileError(str(exc)) from exc
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = ApiKey(name, key_digest(secret), checked, datetime.now(UTC).isoformat())
+    _write(path, [*keys, record])
+    return record, secret
+
+
+def revoke_key(path: Path, name: str) -> None:
+    keys = read_keys(path)
+    if not any(k.name == name for k in keys):
+        raise KeyFileError(f"no key named {name!r} in {path}")
+    _write(path, [k for k in keys if k.name != name])
+
+
+class KeyStore:
+    """The server's view of the key file, re-read when its mtime changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: float | None = None
+        self._by_digest: dict[str, ApiKey] = {}
+        if path is not None:
+            if not path.is_file():
+                raise KeyFileError(f"API key file {path} does not exist (LLMOPS_API_KEYS)")
+            self._reload()
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def _reload(self) -> None:
+        assert self.path is not None
+        stamp = self.path.stat().st_mtime_ns
+        if stamp != self._stamp:
+            keys = _parse(self.path)
+            self._by_digest = {k.sha256: k for k in keys}
+            self._stamp = stamp
+
+    def authenticate(self, presented: str | None) -> ApiKey | None:
+        """The key record for a presented key, or None (missing or wrong)."""
+        if not presented or self.path is None:
+            return None
+        with self._lock:
+            # Keep the last good keys: a half-written edit must not lock everyone out.
+            with contextlib.suppress(OSError, KeyFileError):
+                self._reload()
+            digest = key_digest(presented)
+            for known, record in self._by_digest.items():
+                if hmac.compare_digest(known, digest):
+                    return record
+        return None
+
+
+def presented_key(headers: Any) -> str | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    auth = headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return (headers.get("x-api-key") or "").strip() or None
