@@ -67,5 +67,5 @@ def test_two_sources_load_through_the_multiprocess_executor(tmp_path: Path) -> N
         (chunks,) = warehouse.execute(
             "SELECT count(*) FROM llmops.chunks WHERE status = 'active'"
         ).fetchone()
-    assert sources_seen == {"fs": 47, "sql": 3}
+    assert sources_seen == {"fs": 51, "sql": 3}  # 47 public sample files + 4 confidential
     assert chunks > 50
