@@ -301,9 +301,23 @@ def _retarget_stream_handlers(old: Iterable[Any], new: TextIO) -> list[tuple[Any
             if not any(stream is target for target in targets):
                 continue
             with contextlib.suppress(AttributeError):  # a read-only ``stream`` property
-                handler.setStream(new)
+                _set_stream(handler, new)
                 swapped.append((handler, stream))
     return swapped
+
+
+def _set_stream(handler: logging.StreamHandler, stream: Any) -> None:
+    """``handler.setStream(stream)``, also when the handler's current stream is closed: a
+    handler created while an earlier run was routed can hold a stream closed since, and
+    ``setStream`` flushes the old stream first (``ValueError: I/O operation on closed file``)."""
+    try:
+        handler.setStream(stream)
+    except ValueError:
+        handler.acquire()
+        try:
+            handler.stream = stream
+        finally:
+            handler.release()
 
 
 def _terminal_console(console: Console, redirected: tuple[Any, ...]) -> tuple[Console, Any]:
@@ -401,8 +415,10 @@ def route_output(log_path: Path, console: Console, *, fds: bool = True) -> Itera
                 logging.captureWarnings(False)
             root.removeHandler(handler)
             for swapped_handler, stream in swapped:
+                # Never hand a closed stream back: the next write would raise.
+                previous = sys.__stderr__ if getattr(stream, "closed", False) else stream
                 with contextlib.suppress(AttributeError):
-                    swapped_handler.setStream(stream)
+                    _set_stream(swapped_handler, previous)
             # Handlers created during the run (a library imported inside an asset) may hold one
             # of our streams: point them at the real stderr before the file closes.
             _retarget_stream_handlers(ours, sys.stderr)

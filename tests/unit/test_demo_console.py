@@ -205,6 +205,30 @@ def test_library_output_goes_to_the_file_not_the_console(
     assert "after the run" not in log_path.read_text()
 
 
+def test_a_handler_left_on_a_closed_stream_does_not_break_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo routes output twice (the graph, then the extractive evaluation). A library
+    handler made during the first run can hold a stream closed since; retargeting it used to
+    flush that stream and raise ``ValueError: I/O operation on closed file``."""
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    lib = logging.getLogger("fake_left_over")
+    handler = logging.StreamHandler(closed)
+    lib.addHandler(handler)
+    lib.propagate = False
+    log_path = tmp_path / "demo.log"
+    try:
+        with route_output(log_path, Console(file=io.StringIO()), fds=False):
+            lib.warning("a record from the second run")
+        assert handler.stream is sys.__stderr__  # never handed back closed
+    finally:
+        lib.removeHandler(handler)
+        lib.propagate = True
+    assert "a record from the second run" in log_path.read_text()
+
+
 def test_real_run_of_two_assets(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     @dg.asset
     def upstream(context: dg.AssetExecutionContext) -> int:
