@@ -52,6 +52,17 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 chromium --version
 
+step "PostgreSQL server binaries (Debian's postgresql: throw-away clusters in the tests)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "PostgreSQL is missing: install Debian's postgresql package (the scale-out tests need it)." >&2
+    exit 1
+  fi
+fi
+ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb
+
 step "Elasticsearch distribution (Maven Central, cached under .llmops/)"
 .venv/bin/llmops-dagster services fetch
 

@@ -1,5 +1,6 @@
 """Shared fixtures: one real Elasticsearch node per test session, temp MLflow and DuckDB stores.
 
+PostgreSQL: one throw-away cluster per session as well (the ``postgres`` fixture).
 Integration tests never skip for a missing service: if the node cannot start, they fail with the
 reason. Set ELASTICSEARCH_URL to run them against an existing cluster instead.
 """
@@ -106,3 +107,27 @@ def asset_metadata(result, asset: str) -> dict:
         if e.asset_key.to_user_string() == asset
     ]
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator:
+    """One throw-away PostgreSQL cluster per test session (Debian's binaries, initdb + pg_ctl
+    on a free loopback port). Tests create their own databases with ``create_database``."""
+    from llmops_dagster.services.postgres_local import (
+        PostgresSetupError,
+        start_postgres,
+        stop_postgres,
+    )
+
+    base = Settings()
+    data_dir = base.home / "postgres" / f"test-cluster-{os.getpid()}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        pg = start_postgres(data_dir)
+    except PostgresSetupError as exc:
+        pytest.fail(f"could not start the test PostgreSQL cluster: {exc}", pytrace=False)
+    try:
+        yield pg
+    finally:
+        stop_postgres(pg)
+        shutil.rmtree(pg.data_dir, ignore_errors=True)
