@@ -46,6 +46,7 @@ METRIC_COLUMNS = [
     "completion_tokens",
     "cost_usd",
     "no_hit_rate",
+    "no_answer_rate",
     "citation_rate",
     "rated",
     "thumbs_down",
@@ -230,6 +231,7 @@ def serving_metrics(
             "p95_latency_ms": latest.p95_latency_ms,
             "thumbs_down_rate": latest.thumbs_down_rate,
             "no_hit_rate": latest.no_hit_rate,
+            "no_answer_rate": latest.no_answer_rate,
             "citation_rate": latest.citation_rate,
             "cost_usd": latest.cost_usd,
         }
@@ -296,18 +298,20 @@ def thumbs_down_rate_within_limit(
 def no_answer_rate_within_limit(
     serving_metrics: ServingReport, serving: ServingResource
 ) -> dg.AssetCheckResult:
-    """Warns when, on the latest day, the share of requests where retrieval found nothing
-    exceeds LLMOPS_WATCH_NO_ANSWER_RATE."""
+    """Warns when, on the latest day, the share of requests answered without the documents
+    (retrieval found nothing, or nothing relevant enough: the relevance refusal) exceeds
+    LLMOPS_WATCH_NO_ANSWER_RATE."""
     latest = serving_metrics.latest
     if latest is None or not latest.requests:
         return _no_data("no served traces loaded")
     return dg.AssetCheckResult(
-        passed=latest.no_hit_rate <= serving.max_no_answer_rate,
+        passed=latest.no_answer_rate <= serving.max_no_answer_rate,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"no-hit rate {latest.no_hit_rate:.3f} over {latest.requests} requests on "
-        f"{latest.day} (limit {serving.max_no_answer_rate:g})",
+        description=f"no-answer rate {latest.no_answer_rate:.3f} (no hit {latest.no_hit_rate:.3f})"
+        f" over {latest.requests} requests on {latest.day} (limit {serving.max_no_answer_rate:g})",
         metadata={
             "day": latest.day,
+            "no_answer_rate": float(latest.no_answer_rate),
             "no_hit_rate": float(latest.no_hit_rate),
             "limit": float(serving.max_no_answer_rate),
             "requests": latest.requests,

@@ -8,6 +8,10 @@ Computed from the warehouse tables the ``serving`` dlt source loads (``serving_t
   at least p % of the requests at or below it, always an observed value) of the server's
   ``total_ms``; a trace without it falls back to the trace's own duration.
 - ``no_hit_rate``: share of requests for which retrieval found nothing.
+- ``no_answer_rate``: share of requests the user got no answer to from the documents: no hit,
+  or hits of which none was relevant enough (the server's relevance refusal,
+  ``refused = "nothing_relevant"``). Injection refusals are not counted: they are a security
+  outcome, watched by the guardrail counters, not a gap in the corpus.
 - ``citation_rate``: share of requests whose answer cites at least one chunk.
 - ``thumbs_down_rate``: share of *rated* requests (at least one feedback row) with at least one
   thumbs-down; 0 when nothing was rated. Rated, not all, requests are the denominator because
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 ALL_BUNDLES = "all"
 BASE_MODEL = "base"  # how the empty bundle version (answers of the base model) is shown
+NOTHING_RELEVANT = "nothing_relevant"  # the server's relevance refusal (serving/guards.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class ServedTrace:
     no_hit: bool = False
     cited_count: int = 0
     top_score: float | None = None
+    refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ServingMetrics:
     completion_tokens: int
     cost_usd: float
     no_hit_rate: float
+    no_answer_rate: float
     citation_rate: float
     rated: int
     thumbs_down: int
@@ -123,6 +130,9 @@ def summarize(
         completion_tokens=sum(t.completion_tokens for t in traces),
         cost_usd=sum(t.cost_usd for t in traces),
         no_hit_rate=_share(sum(t.no_hit for t in traces), len(traces)),
+        no_answer_rate=_share(
+            sum(t.no_hit or t.refused == NOTHING_RELEVANT for t in traces), len(traces)
+        ),
         citation_rate=_share(sum(t.cited_count > 0 for t in traces), len(traces)),
         rated=len(rated),
         thumbs_down=len(down),
@@ -169,6 +179,13 @@ def read_serving_rows(
     traces: list[ServedTrace] = []
     feedback: list[tuple[str, str]] = []
     if table_exists(con, dataset, "serving_traces"):
+        # Tables loaded before the column existed lack it until the next load adds it.
+        has_refused = con.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = 'serving_traces' AND column_name = 'refused'",
+            [dataset],
+        ).fetchone()[0]
+        refused = "coalesce(refused, '')" if has_refused else "''"
         rows = con.execute(
             f"""
             SELECT trace_id, day, coalesce(bundle_version, ''),
@@ -176,7 +193,7 @@ def read_serving_rows(
                    coalesce(prompt_tokens, 0), coalesce(completion_tokens, 0),
                    coalesce(cost_usd, 0.0),
                    coalesce(no_hit, retrieved_count = 0, false),
-                   coalesce(cited_count, 0), top_score
+                   coalesce(cited_count, 0), top_score, {refused}
             FROM "{dataset}".serving_traces ORDER BY trace_id
             """
         ).fetchall()
@@ -192,6 +209,7 @@ def read_serving_rows(
                 no_hit=bool(r[7]),
                 cited_count=int(r[8]),
                 top_score=None if r[9] is None else float(r[9]),
+                refused=r[10] or "",
             )
             for r in rows
         ]

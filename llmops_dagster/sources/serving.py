@@ -62,6 +62,8 @@ TRACE_COLUMNS: TTableSchemaColumns = {
     "cost_usd": {"data_type": "double"},
     "top_score": {"data_type": "double"},
     "no_hit": {"data_type": "bool"},
+    # "", "prompt_injection" or "nothing_relevant" (the relevance refusal: hits, none relevant)
+    "refused": {"data_type": "text"},
     "cited_chunk_ids": {"data_type": "text"},
     "retrieved_chunk_ids": {"data_type": "text"},
     "retrieved_doc_ids": {"data_type": "text"},
@@ -147,6 +149,7 @@ def trace_row(
         "cost_usd": _number(metadata, keys.COST_USD, float),
         "top_score": _number(metadata, keys.TOP_SCORE, float),
         "no_hit": None if no_hit is None else no_hit.lower() == "true",
+        "refused": metadata.get(keys.REFUSED, ""),
         "cited_chunk_ids": json.dumps(cited) if cited is not None else None,
         "retrieved_chunk_ids": json.dumps(retrieved) if retrieved is not None else None,
         "retrieved_doc_ids": metadata.get(keys.RETRIEVED_DOC_IDS),

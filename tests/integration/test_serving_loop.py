@@ -55,15 +55,17 @@ class Served:
     hit: bool
     cites: bool
     cost_usd: float
+    refused: str = ""
 
 
-# Champion v1: six answers (one without a hit, four citing); the base model: two.
+# Champion v1: six answers (one without a hit, one refused as irrelevant, four citing); the base
+# model: two.
 SERVED = [
     Served("1", 100.0, True, True, 0.25),
     Served("1", 200.0, True, True, 0.25),
     Served("1", 300.0, True, True, 0.25),
     Served("1", 400.0, True, True, 0.25),
-    Served("1", 500.0, True, False, 0.25),
+    Served("1", 500.0, True, False, 0.25, refused="nothing_relevant"),
     Served("1", 3000.0, False, False, 0.25),
     Served("", 50.0, True, True, 0.0),
     Served("", 60.0, True, True, 0.0),
@@ -136,6 +138,7 @@ def _serve(settings: Settings, store: ServingStore) -> tuple[list[str], str]:
                         keys.CITED_CHUNK_IDS: json.dumps(cited),
                         keys.RETRIEVED_CHUNK_IDS: json.dumps([c.chunk_id for c in retrieved]),
                         keys.TOTAL_MS: str(served.total_ms),
+                        keys.REFUSED: served.refused,
                     },
                     tags={keys.TAG_SOURCE: "serve"},
                 )
@@ -241,6 +244,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
     assert (metrics["p50_latency_ms"], metrics["p95_latency_ms"]) == (200.0, 3000.0)
     assert metrics["thumbs_down_rate"] == 0.5  # 2 of 4 rated answers
     assert metrics["no_hit_rate"] == 0.125
+    assert metrics["no_answer_rate"] == 0.25  # + the relevance refusal
     assert metrics["citation_rate"] == 0.75
     assert metrics["cost_usd"] == 1.5
     by_group = {
@@ -260,7 +264,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
     assert {name: check.passed for name, check in checks.items()} == {
         "p95_latency_within_budget": False,  # 3000 ms > 1000 ms
         "thumbs_down_rate_within_limit": True,  # 0.5 ≤ 0.6
-        "no_answer_rate_within_limit": True,  # 0.125 ≤ 0.2
+        "no_answer_rate_within_limit": False,  # 0.25 > 0.2
         "retrieval_score_drift": False,  # served 0.75 vs evaluated 0.5
     }
     assert {c.severity for c in checks.values()} == {dg.AssetCheckSeverity.WARN}

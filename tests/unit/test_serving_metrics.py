@@ -24,7 +24,8 @@ DAY1, DAY2 = "2026-11-30", "2026-12-01"
 
 
 def _traces() -> list[ServedTrace]:
-    # Bundle 3 on day 1: ten answers, 100..1000 ms; 2 without a hit, 7 citing something.
+    # Bundle 3 on day 1: ten answers, 100..1000 ms; 2 without a hit, 1 refused as irrelevant,
+    # 7 citing something.
     day1 = [
         ServedTrace(
             trace_id=f"t{i}",
@@ -37,6 +38,8 @@ def _traces() -> list[ServedTrace]:
             no_hit=i >= 8,
             cited_count=1 if i < 7 else 0,
             top_score=None if i >= 8 else 0.5 + 0.125 * (i % 2),
+            # t7 had hits, none relevant enough: the server refused to answer from them
+            refused="nothing_relevant" if i == 7 else "",
         )
         for i in range(10)
     ]
@@ -45,7 +48,8 @@ def _traces() -> list[ServedTrace]:
         ServedTrace("b1", DAY1, "", None, 4, 2, 0.0, True, 0, None),
     ]
     day2 = [
-        ServedTrace("n0", DAY2, "3", 2000.0, 8, 8, 0.5, False, 0, 0.25),
+        # an injection refusal is not a gap in the documents: not a no-answer
+        ServedTrace("n0", DAY2, "3", 2000.0, 8, 8, 0.5, False, 0, 0.25, "prompt_injection"),
         ServedTrace("n1", DAY2, "", 40.0, 1, 1, 0.0, False, 1, 1.0),
     ]
     return day1 + base + day2
@@ -86,6 +90,7 @@ def test_report_per_day_and_bundle_with_exact_values() -> None:
     assert (bundle3.prompt_tokens, bundle3.completion_tokens) == (100, 50)
     assert bundle3.cost_usd == 2.5
     assert bundle3.no_hit_rate == 0.2
+    assert bundle3.no_answer_rate == 0.3  # t8, t9 without hits + t7 refused
     assert bundle3.citation_rate == 0.7
     assert (bundle3.rated, bundle3.thumbs_down) == (3, 2)
     assert bundle3.thumbs_down_rate == 2 / 3
@@ -95,6 +100,7 @@ def test_report_per_day_and_bundle_with_exact_values() -> None:
     assert base.requests == 2
     assert (base.p50_latency_ms, base.p95_latency_ms) == (50.0, 50.0)  # one latency known
     assert (base.no_hit_rate, base.citation_rate) == (0.5, 0.5)
+    assert base.no_answer_rate == 0.5
     assert (base.rated, base.thumbs_down, base.thumbs_down_rate) == (1, 1, 1.0)
     assert (base.scored, base.top_score_mean) == (1, 0.75)
 
@@ -108,6 +114,7 @@ def test_report_per_day_and_bundle_with_exact_values() -> None:
     assert (latest.prompt_tokens, latest.completion_tokens, latest.cost_usd) == (9, 9, 0.5)
     assert (latest.rated, latest.thumbs_down, latest.thumbs_down_rate) == (1, 1, 1.0)
     assert (latest.no_hit_rate, latest.citation_rate) == (0.0, 0.5)
+    assert latest.no_answer_rate == 0.0
     assert report.requests == 14
 
 
@@ -144,6 +151,7 @@ def test_trace_row_flattens_the_metadata() -> None:
         keys.CITED_CHUNK_IDS: json.dumps(["c1"]),
         keys.RETRIEVED_CHUNK_IDS: json.dumps(["c1", "c2", "c3"]),
         keys.TOTAL_MS: "812.5",
+        keys.REFUSED: "nothing_relevant",
     }
     start = int(datetime(2026, 12, 1, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
     row = trace_row("tr-1", start, 1500, "OK", metadata, {keys.TAG_SOURCE: "serve"})
@@ -157,13 +165,13 @@ def test_trace_row_flattens_the_metadata() -> None:
         3,
     )
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost_usd"]) == (120, 17, 0.0015)
-    assert (row["top_score"], row["no_hit"]) == (0.0328, False)
+    assert (row["top_score"], row["no_hit"], row["refused"]) == (0.0328, False, "nothing_relevant")
     assert (row["cited_count"], row["retrieved_count"]) == (1, 3)
     assert row["source"] == "serve" and row["state"] == "OK"
 
     bare = trace_row("tr-2", start, None, "ERROR", {keys.TOP_SCORE: "", keys.NO_HIT: "true"}, {})
     assert bare["bundle_version"] == "" and bare["top_score"] is None and bare["no_hit"] is True
-    assert bare["cited_count"] is None and bare["duration_ms"] is None
+    assert bare["cited_count"] is None and bare["duration_ms"] is None and bare["refused"] == ""
     assert bare["end_time_ms"] == start
 
 
