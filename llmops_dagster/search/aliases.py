@@ -196,6 +196,22 @@ def prune_versions(client: Elasticsearch, alias: str, keep: int) -> tuple[list[s
     return kept, deleted
 
 
+def _create_fresh_index(client: Elasticsearch, name: str, body: Mapping[str, Any]) -> None:
+    """Create ``name``, a name this rebuild just made (microsecond stamp): when the client timed
+    out on a create the cluster did carry out and retried it, the retry answers
+    ``resource_already_exists_exception``. That index is our own, still empty: keep it rather
+    than fail the rebuild (seen on a loaded 3-node cluster)."""
+    try:
+        client.indices.create(index=name, **body)
+    except es_exceptions.BadRequestError as exc:
+        if getattr(exc, "error", "") != "resource_already_exists_exception":
+            raise
+        client.indices.refresh(index=name)
+        if client.count(index=name)["count"] != 0:
+            raise
+        log.warning("index %s already existed (a retried create): using it", name)
+
+
 def rebuild(
     client: Elasticsearch,
     alias: str,
@@ -237,7 +253,7 @@ def rebuild(
             chunk_ids.append(str(doc["chunk_id"]))
             yield doc
 
-    client.indices.create(index=name, **body)
+    _create_fresh_index(client, name, body)
     log.info("rebuild of %s: loading new index %s (previous %s)", alias, name, previous)
     try:
         load_started = time.perf_counter()
