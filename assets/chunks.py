@@ -4,6 +4,7 @@ import hashlib
 import time
 
 import dagster as dg
+import pyarrow as pa
 
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
@@ -68,12 +69,13 @@ def chunks(
     with warehouse.get_connection() as con:
         documents = read_documents(con).select(["doc_id", "content_hash", "text", "format"])
         report = sync_chunks(con, documents, chunker, fingerprint=fingerprint, progress=progress)
-        preview = con.execute(
-            "SELECT chunk_id, doc_id, position, token_count, section FROM llmops.chunks "
-            "WHERE status = 'active' AND doc_id IN (SELECT unnest(?::VARCHAR[])) "
-            "ORDER BY doc_id, position LIMIT 10",
-            [report.chunked_doc_ids[:10]],
-        ).fetchall()
+        shown = pa.table({"doc_id": pa.array(report.chunked_doc_ids[:10], pa.string())})
+        with con.temp_table("_preview_docs", shown):
+            preview = con.fetchall(
+                "SELECT chunk_id, doc_id, position, token_count, section FROM llmops.chunks "
+                "WHERE status = 'active' AND doc_id IN (SELECT doc_id FROM _preview_docs) "
+                "ORDER BY doc_id, position LIMIT 10"
+            )
         digest = active_chunks_digest(con)
     if report.failed:
         context.log.warning(f"{len(report.failed)} documents failed to chunk: {report.failed}")
@@ -93,7 +95,7 @@ def chunks(
             "active_chunks": report.active_chunks,
         },
         tags={"chunk_set.digest": digest},
-        datasets=[DatasetRef(name="chunks", digest=digest[:16], source=str(warehouse.path))],
+        datasets=[DatasetRef(name="chunks", digest=digest[:16], source=warehouse.location)],
     )
     return dg.MaterializeResult(
         metadata={

@@ -72,7 +72,7 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
                 DatasetRef(
                     name="documents",
                     digest=digest[:16],
-                    source=str(warehouse.path),
+                    source=warehouse.location,
                     rows=listing.to_pylist(),
                 )
             ],

@@ -1,4 +1,4 @@
-"""Source assets: dlt loads files, REST API records and SQL rows into DuckDB, incrementally.
+"""Source assets: dlt loads files, REST API records and SQL rows into the warehouse, incrementally.
 
 One ``@dlt_assets`` definition per configured source; asset keys are ``<source>/<table>``
 (``fs/files``, ``api/<resource>``, ``sql/<table>``). A fresh dlt source object is built for each
@@ -19,11 +19,23 @@ from llmops_dagster.sources.source_config import SourcesConfig
 DUCKDB_POOL = "duckdb"  # one writer per DuckDB file: every asset that writes it shares this pool
 
 
+def ingest_pool(target: WarehouseTarget) -> str | None:
+    """The pool of the dlt assets, chosen at definition time by the warehouse kind.
+
+    DuckDB: the ``duckdb`` pool (one writer per file). PostgreSQL takes concurrent writers, and
+    each source loads its own tables, so no pool: the sources of one run load in parallel.
+    """
+    return DUCKDB_POOL if target.kind == "duckdb" else None
+
+
 class SourcePrefixedTranslator(DagsterDltTranslator):
     """``<source>/<table without its source prefix>``, in the ``ingest`` group, no fake deps."""
 
-    def __init__(self, source_key: str, table_prefix: str, description: str) -> None:
+    def __init__(
+        self, source_key: str, table_prefix: str, description: str, warehouse_kind: str = "duckdb"
+    ) -> None:
         self.source_key = source_key
+        self.warehouse_kind = warehouse_kind
         self.table_prefix = table_prefix
         self.source_description = description
 
@@ -36,8 +48,9 @@ class SourcePrefixedTranslator(DagsterDltTranslator):
             deps=[],
             group_name="ingest",
             owners=["team:data-platform"],
-            description=f"{self.source_description} → DuckDB table `{table}` (dlt, incremental).",
-            kinds={"dlt", "duckdb"},
+            description=f"{self.source_description} → warehouse table `{table}` "
+            "(dlt, incremental).",
+            kinds={"dlt", self.warehouse_kind},
         )
 
 
@@ -58,7 +71,7 @@ def _make_dlt_assets(
         dlt_pipeline=described_by,
         name=f"ingest_{name}",
         dagster_dlt_translator=translator,
-        pool=DUCKDB_POOL,
+        pool=ingest_pool(target),
     )
     def _assets(
         context: dg.AssetExecutionContext,
@@ -66,6 +79,11 @@ def _make_dlt_assets(
         warehouse: WarehouseResource,
         mlflow: MlflowResource,
     ) -> Iterator[Any]:
+        if warehouse.kind == "postgres":
+            # Fail here, naming LLMOPS_WAREHOUSE_URL, rather than deep inside dlt's loader; an
+            # unreachable database leaves the cursors where they were, so nothing is skipped.
+            with warehouse.get_connection():
+                pass
         pipeline = make_pipeline(warehouse.dlt_target(), pipeline_name, sources.destination)
         events = list(dlt.run(context=context, dlt_source=make_source(), dlt_pipeline=pipeline))
         # The first link of the lineage chain: one MLflow run per load, naming dlt's load ids,
@@ -109,7 +127,7 @@ def build_ingest_assets(
                 sources=sources,
                 make_source=lambda: make_filesystem_source(fs.root, fs.globs, fs.max_bytes),
                 translator=SourcePrefixedTranslator(
-                    fs.source_name, "fs_", f"Files under {fs.root}"
+                    fs.source_name, "fs_", f"Files under {fs.root}", target.kind
                 ),
             )
         )
@@ -133,6 +151,7 @@ def build_ingest_assets(
                     api.source_name,
                     API_TABLE_PREFIX,
                     f"REST API {shape.dlt_config['client']['base_url']}",
+                    target.kind,
                 ),
             )
         )
@@ -147,7 +166,7 @@ def build_ingest_assets(
                 sources=sources,
                 make_source=lambda: make_sql_source_from_config(sql),
                 translator=SourcePrefixedTranslator(
-                    sql.source_name, SQL_TABLE_PREFIX, "SQL tables"
+                    sql.source_name, SQL_TABLE_PREFIX, "SQL tables", target.kind
                 ),
             )
         )

@@ -30,6 +30,7 @@ from llmops_dagster.resources import (
 )
 from llmops_dagster.serving.metrics_report import ServingMetrics, ServingReport
 from llmops_dagster.sources.pipeline import WarehouseTarget, loaded_row_counts, make_pipeline
+from llmops_dagster.warehouse import as_warehouse
 
 GROUP = "serve"
 PIPELINE_NAME = "llmops_serving"
@@ -186,14 +187,18 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
         **{c: "BIGINT" for c in ("requests", "prompt_tokens", "completion_tokens", "rated")},
         **{c: "BIGINT" for c in ("thumbs_down", "scored")},
     }
-    columns = ", ".join(f"{c} {types.get(c, 'DOUBLE')}" for c in METRIC_COLUMNS)
-    con.execute(f"CREATE OR REPLACE TABLE {METRICS_TABLE} ({columns})")
-    if rows:
-        marks = ", ".join("?" for _ in METRIC_COLUMNS)
-        con.executemany(
-            f"INSERT INTO {METRICS_TABLE} VALUES ({marks})",
-            [[row.to_dict()[c] for c in METRIC_COLUMNS] for row in rows],
-        )
+    columns = ", ".join(f"{c} {types.get(c, 'DOUBLE PRECISION')}" for c in METRIC_COLUMNS)
+    wh = as_warehouse(con)
+    # DROP + CREATE in one transaction: portable (PostgreSQL has no CREATE OR REPLACE TABLE).
+    with wh.transaction():
+        wh.execute(f"DROP TABLE IF EXISTS {METRICS_TABLE}")
+        wh.execute(f"CREATE TABLE {METRICS_TABLE} ({columns})")
+        if rows:
+            marks = ", ".join("?" for _ in METRIC_COLUMNS)
+            wh.executemany(
+                f"INSERT INTO {METRICS_TABLE} VALUES ({marks})",
+                [[row.to_dict()[c] for c in METRIC_COLUMNS] for row in rows],
+            )
 
 
 @dg.asset(

@@ -110,7 +110,8 @@ class ElasticsearchSettings(BaseSettings):
     url: str | None = Field(
         default=None,
         validation_alias=_env("ELASTICSEARCH_URL"),
-        description="An existing cluster. When unset, the local node (services up) is used.",
+        description="An existing cluster; several nodes comma-separated (the client fails over "
+        "between them). When unset, the local node (services up) is used.",
     )
     api_key: SecretStr | None = Field(default=None, validation_alias=_env("ELASTICSEARCH_API_KEY"))
     username: str | None = Field(default=None, validation_alias=_env("ELASTICSEARCH_USERNAME"))
@@ -131,7 +132,8 @@ class ElasticsearchSettings(BaseSettings):
     replicas: int = Field(
         default=0,
         validation_alias=_env("LLMOPS_ES_REPLICAS"),
-        description="0 on one node (replicas could never be assigned: health stays yellow).",
+        description="0 on one node (replicas could never be assigned: health stays yellow); "
+        "1 on a cluster (`services up --nodes 3`), so a stopped node loses no shard.",
     )
     hnsw_m: int = Field(default=16, validation_alias=_env("LLMOPS_ES_HNSW_M"))
     hnsw_ef_construction: int = Field(
@@ -189,6 +191,22 @@ class WarehouseSettings(BaseSettings):
         description="Defaults to LLMOPS_HOME/warehouse.duckdb.",
     )
     dlt_dataset: str = Field(default="raw", validation_alias=_env("LLMOPS_DLT_DATASET"))
+    url: str | None = Field(
+        default=None,
+        validation_alias=_env("LLMOPS_WAREHOUSE_URL"),
+        description=(
+            "postgresql://user[:password]@host[:port]/db: dlt's raw tables (dataset = schema) "
+            "and the pipeline's own tables in that database; unset: the DuckDB file."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, value: str | None) -> str | None:
+        from llmops_dagster.warehouse import warehouse_kind
+
+        warehouse_kind(value or None)  # raises, naming LLMOPS_WAREHOUSE_URL
+        return value or None
 
 
 class CorpusSettings(BaseSettings):
@@ -239,7 +257,7 @@ class ModelSettings(BaseSettings):
         description=(
             "torch: stock sentence-transformers fp32. onnx-int8: the same model converted once "
             "(cached under LLMOPS_HOME/models) to a fused int8 ONNX Runtime graph; its vectors "
-            "get their own model id (<id>+onnx-int8)."
+            "get their own model id (<id>+onnx-int8-r<recipe>)."
         ),
     )
     embed_batch_size: int = Field(default=64, validation_alias=_env("LLMOPS_EMBED_BATCH"))
@@ -550,4 +568,5 @@ class Settings(BaseModel):
             duckdb_path=self.duckdb_path,
             dataset=self.warehouse.dlt_dataset,
             pipelines_dir=self.dlt_dir,
+            url=self.warehouse.url,
         )

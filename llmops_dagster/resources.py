@@ -30,7 +30,6 @@ from llmops_dagster.tracking.lineage import lineage_tags
 from llmops_dagster.tracking.runs import MLFLOW_RUN_ID, MLFLOW_RUN_URL, DatasetRef, RunHandle
 
 if TYPE_CHECKING:
-    import duckdb
     from elasticsearch import Elasticsearch
 
     from llmops_dagster.embed.model import Embedder
@@ -40,34 +39,56 @@ if TYPE_CHECKING:
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
     from llmops_dagster.rag.prompts import PromptTemplate
     from llmops_dagster.tracking.store import MlflowStore
+    from llmops_dagster.warehouse import Warehouse
 
 
 class WarehouseResource(DuckDBResource):
-    """The DuckDB file dlt loads into and the pipeline's own tables (schema ``llmops``) live in.
+    """The warehouse dlt loads into and the pipeline's own tables (schema ``llmops``) live in:
+    the DuckDB file ``database`` by default, the PostgreSQL database ``url`` when set.
 
-    Dagster's ``DuckDBResource`` (``database`` = the file), with two changes for the
+    Still a Dagster ``DuckDBResource`` (``database`` = the file), with two changes for the
     one-writer rule: the connection is closed even when the body raises (the base class closes
     it only on success, leaving the file locked for the next asset in the same process), and
     it retries a file locked by another process for up to a minute (the ``duckdb`` pool
     serialises writers within one Dagster instance; the retry covers other processes).
+    ``get_connection`` yields a :class:`~llmops_dagster.warehouse.Warehouse` adapter for either
+    engine (on DuckDB it also answers the plain connection's methods).
     """
 
     dlt_dataset: str = Field(default="raw", description="dlt dataset (schema) of raw tables.")
     dlt_pipelines_dir: str = Field(description="Where dlt keeps pipeline state (cursors).")
+    url: str | None = Field(
+        default=None,
+        description="postgresql://… (LLMOPS_WAREHOUSE_URL; use dg.EnvVar when it holds a "
+        "password); unset: the DuckDB file `database`.",
+    )
 
     @property
     def path(self) -> Path:
         return Path(self.database)
+
+    @property
+    def kind(self) -> str:
+        from llmops_dagster.warehouse import warehouse_kind
+
+        return warehouse_kind(self.url or None)
+
+    @property
+    def location(self) -> str:
+        """Where the tables are, safe to show (lineage): the file, or the URL sans password."""
+        return self.dlt_target().location
 
     lock_wait_s: float = Field(
         default=60.0, description="How long to wait for another process's write lock."
     )
 
     @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        from llmops_dagster.warehouse import connect
+    def get_connection(self) -> Iterator[Warehouse]:
+        from llmops_dagster.warehouse import connect_warehouse
 
-        with connect(self.path, wait_s=self.lock_wait_s) as con:
+        with connect_warehouse(
+            url=self.url or None, duckdb_path=self.path, wait_s=self.lock_wait_s
+        ) as con:
             yield con
 
     def dlt_target(self) -> Any:
@@ -77,6 +98,7 @@ class WarehouseResource(DuckDBResource):
             duckdb_path=self.path,
             dataset=self.dlt_dataset,
             pipelines_dir=Path(self.dlt_pipelines_dir),
+            url=self.url or None,
         )
 
 
@@ -376,7 +398,9 @@ class ServingResource(dg.ConfigurableResource):
     candidates_path: str = Field(description="JSONL of feedback candidates for review.")
     p95_latency_ms: float = Field(default=15_000.0, description="Warn above this p95 latency.")
     max_thumbs_down_rate: float = Field(default=0.3, description="Of rated answers.")
-    max_no_answer_rate: float = Field(default=0.2, description="Answers without a retrieval hit.")
+    max_no_answer_rate: float = Field(
+        default=0.2, description="Answers without a (relevant) retrieval hit."
+    )
     max_score_drift: float = Field(
         default=0.25, description="Relative change of the mean top retrieval score."
     )
@@ -466,6 +490,18 @@ def build_bundle_pipeline(
     )
 
 
+def _warehouse_url(url: str | None, resolve_secrets: bool) -> Any:
+    """The PostgreSQL URL as a resource field: a URL with a password is a secret, so it goes in
+    as ``dg.EnvVar`` (never written into run config or the UI); one without stays readable."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).password and not resolve_secrets:
+        return dg.EnvVar("LLMOPS_WAREHOUSE_URL")
+    return url
+
+
 def build_resources(
     settings: Settings, *, with_dlt: bool = True, resolve_secrets: bool = False
 ) -> dict[str, Any]:
@@ -497,6 +533,7 @@ def build_resources(
             database=str(settings.duckdb_path),
             dlt_dataset=settings.warehouse.dlt_dataset,
             dlt_pipelines_dir=str(settings.dlt_dir),
+            url=_warehouse_url(settings.warehouse.url, resolve_secrets),
         ),
         "elasticsearch": ElasticsearchResource(
             url=settings.es_url,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-import duckdb
 import pyarrow as pa
 
-from llmops_dagster.warehouse import PIPELINE_SCHEMA, query_arrow
+from llmops_dagster.warehouse import PIPELINE_SCHEMA, Warehouse, as_warehouse
 
 CHUNKS_TABLE = f"{PIPELINE_SCHEMA}.chunks"
 STATE_TABLE = f"{PIPELINE_SCHEMA}.chunked_documents"
@@ -51,8 +50,9 @@ class ChunkSyncReport:
     failed: dict[str, str] = field(default_factory=dict)  # doc_id -> error
 
 
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {PIPELINE_SCHEMA}")
+def ensure_tables(con: Warehouse | Any) -> None:
+    con = as_warehouse(con)
+    con.ensure_schema(PIPELINE_SCHEMA)
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {CHUNKS_TABLE} (
             chunk_id VARCHAR PRIMARY KEY,
@@ -78,12 +78,12 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    con.register(name, table)
+def _ids(ids: Sequence[str]) -> pa.Table:
+    return pa.table({"doc_id": pa.array(list(ids), pa.string())})
 
 
 def sync_chunks(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse | Any,
     documents: pa.Table,
     chunker: Chunker,
     *,
@@ -97,13 +97,14 @@ def sync_chunks(
 
     Only documents whose content hash or chunker fingerprint changed are re-chunked.
     """
+    con = as_warehouse(con)
     ensure_tables(con)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     report = ChunkSyncReport(docs_seen=documents.num_rows)
     state = dict(
-        con.execute(
+        con.fetchall(
             f"SELECT doc_id, doc_content_hash || '|' || chunker_fingerprint FROM {STATE_TABLE}"
-        ).fetchall()
+        )
     )
     doc_ids = documents.column("doc_id").to_pylist()
     hashes = documents.column("content_hash").to_pylist()
@@ -111,16 +112,13 @@ def sync_chunks(
 
     removed_docs = sorted(set(state) - current)
     if removed_docs:
-        _register(con, "_gone", pa.table({"doc_id": pa.array(removed_docs, pa.string())}))
-        try:
-            report.chunks_removed += con.execute(
+        with con.transaction(), con.temp_table("_gone", _ids(removed_docs)):
+            report.chunks_removed += con.update(
                 f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
                 "WHERE status = 'active' AND doc_id IN (SELECT doc_id FROM _gone)",
                 [now],
-            ).fetchall()[0][0]
+            )
             con.execute(f"DELETE FROM {STATE_TABLE} WHERE doc_id IN (SELECT doc_id FROM _gone)")
-        finally:
-            con.unregister("_gone")
     report.docs_removed = len(removed_docs)
     report.removed_doc_ids = removed_docs
 
@@ -149,14 +147,14 @@ def sync_chunks(
         done += len(todo[start : start + block_size])
         if progress:
             progress(done, len(todo))
-    report.active_chunks = con.execute(
-        f"SELECT count(*) FROM {CHUNKS_TABLE} WHERE status = 'active'"
-    ).fetchall()[0][0]
+    report.active_chunks = int(
+        con.scalar(f"SELECT count(*) FROM {CHUNKS_TABLE} WHERE status = 'active'")
+    )
     return report
 
 
 def _apply_block(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse,
     block: Sequence[tuple[str, str, Sequence[ChunkLike]]],
     fingerprint: str,
     now: dt.datetime,
@@ -168,14 +166,11 @@ def _apply_block(
     and made chunking a fifth of a full indexing run.
     """
     block_ids = [doc_id for doc_id, _, _ in block]
-    _register(con, "_block", pa.table({"doc_id": pa.array(block_ids, pa.string())}))
-    try:
-        old_rows = con.execute(
+    with con.temp_table("_block", _ids(block_ids)):
+        old_rows = con.fetchall(
             f"SELECT doc_id, chunk_id FROM {CHUNKS_TABLE} "
             "WHERE status = 'active' AND doc_id IN (SELECT doc_id FROM _block)"
-        ).fetchall()
-    finally:
-        con.unregister("_block")
+        )
     old_by_doc: dict[str, set[str]] = {}
     for doc_id, chunk_id in old_rows:
         old_by_doc.setdefault(doc_id, set()).add(chunk_id)
@@ -195,71 +190,53 @@ def _apply_block(
         report.chunks_removed += len(doc_stale)
         report.chunks_kept += len(old_active & new_ids)
 
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with con.transaction():
         if stale:
-            con.execute(
-                f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
-                "WHERE chunk_id IN (SELECT unnest(?::VARCHAR[]))",
-                [now, sorted(stale)],
-            )
+            stale_ids = pa.table({"chunk_id": pa.array(sorted(stale), pa.string())})
+            with con.temp_table("_stale", stale_ids):
+                con.execute(
+                    f"UPDATE {CHUNKS_TABLE} SET status = 'removed', removed_at = ? "
+                    "WHERE chunk_id IN (SELECT chunk_id FROM _stale)",
+                    [now],
+                )
         if fresh:
             table = pa.table(
                 {
-                    "chunk_id": [c.chunk_id for c in fresh],
-                    "doc_id": [c.doc_id for c in fresh],
+                    "chunk_id": pa.array([c.chunk_id for c in fresh], pa.string()),
+                    "doc_id": pa.array([c.doc_id for c in fresh], pa.string()),
                     "position": pa.array([c.position for c in fresh], pa.int32()),
-                    "text": [c.text for c in fresh],
+                    "text": pa.array([c.text for c in fresh], pa.string()),
                     "token_count": pa.array([c.token_count for c in fresh], pa.int32()),
-                    "content_hash": [c.content_hash for c in fresh],
-                    "section": [c.section for c in fresh],
+                    "content_hash": pa.array([c.content_hash for c in fresh], pa.string()),
+                    "section": pa.array([c.section for c in fresh], pa.string()),
                 }
             )
-            _register(con, "_fresh", table)
-            try:
-                # A chunk id removed earlier that comes back is re-activated, not duplicated.
-                con.execute(
-                    f"""INSERT INTO {CHUNKS_TABLE}
-                        SELECT chunk_id, doc_id, position, text, token_count, content_hash,
-                               section, 'active', ?, NULL FROM _fresh
-                        ON CONFLICT (chunk_id) DO UPDATE SET status = 'active',
-                            removed_at = NULL, chunked_at = excluded.chunked_at""",
-                    [now],
-                )
-            finally:
-                con.unregister("_fresh")
+            # A chunk id removed earlier that comes back is re-activated, not duplicated.
+            con.upsert_arrow(
+                CHUNKS_TABLE,
+                table,
+                ["chunk_id"],
+                constants={"status": "'active'", "chunked_at": "?", "removed_at": "NULL"},
+                constant_params=[now],
+                update_columns=["status", "removed_at", "chunked_at"],
+            )
         state = pa.table(
             {
-                "doc_id": block_ids,
-                "doc_content_hash": [h for _, h, _ in block],
-                "chunker_fingerprint": [fingerprint] * len(block),
+                "doc_id": pa.array(block_ids, pa.string()),
+                "doc_content_hash": pa.array([h for _, h, _ in block], pa.string()),
+                "chunker_fingerprint": pa.array([fingerprint] * len(block), pa.string()),
                 "chunk_count": pa.array([len(c) for _, _, c in block], pa.int32()),
             }
         )
-        _register(con, "_state", state)
-        try:
-            con.execute(
-                f"""INSERT INTO {STATE_TABLE}
-                    SELECT doc_id, doc_content_hash, chunker_fingerprint, chunk_count, ?
-                    FROM _state
-                    ON CONFLICT (doc_id) DO UPDATE SET
-                        doc_content_hash = excluded.doc_content_hash,
-                        chunker_fingerprint = excluded.chunker_fingerprint,
-                        chunk_count = excluded.chunk_count, chunked_at = excluded.chunked_at""",
-                [now],
-            )
-        finally:
-            con.unregister("_state")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        con.upsert_arrow(
+            STATE_TABLE, state, ["doc_id"], constants={"chunked_at": "?"}, constant_params=[now]
+        )
 
 
-def active_chunks(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def active_chunks(con: Warehouse | Any) -> pa.Table:
+    con = as_warehouse(con)
     ensure_tables(con)
-    return query_arrow(
-        con,
+    return con.query_arrow(
         f"SELECT chunk_id, doc_id, position, text, token_count, content_hash, section "
         f"FROM {CHUNKS_TABLE} WHERE status = 'active' ORDER BY doc_id, position",
     )

@@ -1,17 +1,16 @@
-"""The documents step end to end: raw dlt tables in DuckDB → ``llmops.documents`` + a delta.
+"""The documents step end to end: raw dlt tables → ``llmops.documents`` + a delta.
 
 Only raw rows loaded since the last successful build are read (dlt stamps each row with its
 ``_dlt_load_id``; merged rows get the new load's id), so an unchanged source costs one cheap
 query per table. ``full_refresh=True`` re-reads everything, e.g. after the cleaning transform
-changed.
+changed. The raw tables are read through the warehouse interface, so dlt may have loaded them
+into DuckDB or PostgreSQL (dataset = schema).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-
-import duckdb
 
 from llmops_dagster.documents.normalize import (
     NormalizedBatch,
@@ -24,16 +23,14 @@ from llmops_dagster.sources.filesystem import list_current_files
 from llmops_dagster.sources.rest_api import load_rest_api_config
 from llmops_dagster.sources.source_config import RecordMapping, SourcesConfig
 from llmops_dagster.sources.tables import API_TABLE_PREFIX, FS_TABLE, SQL_TABLE_PREFIX
+from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 _BATCH_ROWS = 256
 
 
-def raw_tables(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
+def raw_tables(con: Warehouse | Any, dataset: str) -> list[str]:
     """Data tables dlt loaded into ``dataset`` that the documents step understands."""
-    rows = con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [dataset]
-    ).fetchall()
-    names = sorted(str(r[0]) for r in rows)
+    names = as_warehouse(con).tables(dataset)
     return [
         n
         for n in names
@@ -44,24 +41,25 @@ def raw_tables(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
 
 
 def iter_raw_rows(
-    con: duckdb.DuckDBPyConnection, dataset: str, table: str, after_load_id: str | None
+    con: Warehouse | Any, dataset: str, table: str, after_load_id: str | None
 ) -> Iterator[list[dict[str, Any]]]:
     """Rows of ``dataset.table`` loaded after ``after_load_id``, in Arrow record batches."""
     query = f'SELECT * FROM "{dataset}"."{table}"'
     params: list[Any] = []
     if after_load_id is not None:
-        query += " WHERE CAST(_dlt_load_id AS DOUBLE) > CAST(? AS DOUBLE)"
+        # DOUBLE PRECISION, not DOUBLE: the spelling both engines accept.
+        query += " WHERE CAST(_dlt_load_id AS DOUBLE PRECISION) > CAST(? AS DOUBLE PRECISION)"
         params.append(after_load_id)
-    reader = con.sql(query, params=params).to_arrow_reader(_BATCH_ROWS)
-    for record_batch in reader:
+    batches = as_warehouse(con).iter_arrow(query, params or None, batch_rows=_BATCH_ROWS)
+    for record_batch in batches:
         yield record_batch.to_pylist()
 
 
-def _max_load_id(con: duckdb.DuckDBPyConnection, dataset: str, table: str) -> str | None:
-    rows = con.execute(
+def _max_load_id(con: Warehouse, dataset: str, table: str) -> str | None:
+    rows = con.fetchall(
         f'SELECT _dlt_load_id FROM "{dataset}"."{table}" '
-        "ORDER BY CAST(_dlt_load_id AS DOUBLE) DESC LIMIT 1"
-    ).fetchall()  # fetchall, not fetchone: DuckDB 2 refuses new work while a result is open
+        "ORDER BY CAST(_dlt_load_id AS DOUBLE PRECISION) DESC LIMIT 1"
+    )
     return str(rows[0][0]) if rows else None
 
 
@@ -84,7 +82,7 @@ def _record_settings(
 
 
 def build_documents(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse | Any,
     sources: SourcesConfig,
     *,
     dataset: str = "raw",
@@ -98,6 +96,7 @@ def build_documents(
     groups changed is re-loaded by its cursor like any edit; after changing ``audience_field``
     itself, run with ``full_refresh`` so that every row is read again.
     """
+    con = as_warehouse(con)
     seen = {} if full_refresh else get_watermarks(con)
     batch = NormalizedBatch()
     new_marks: dict[str, str] = {}

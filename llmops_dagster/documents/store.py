@@ -1,10 +1,11 @@
-"""DuckDB storage of ``llmops.documents`` / ``llmops.rejected_documents`` with a change report.
+"""Storage of ``llmops.documents`` / ``llmops.rejected_documents`` with a change report.
 
 ``sync_documents`` upserts a batch and reports, by doc id, what is new, changed (text hash or
 audience differs), unchanged and deleted. The chunker re-chunks documents whose text changed and
 drops chunks of ``delta.deleted``; the index sync re-writes the chunks of documents whose
 audience changed; nothing else needs touching, which is what makes the pipeline incremental.
 All writes of one sync happen in one transaction: a failure leaves the tables as they were.
+Portable SQL through the warehouse interface: the same code runs on DuckDB and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import duckdb
 import pyarrow as pa
 
 from llmops_dagster.access import PUBLIC, normalize_audience
 from llmops_dagster.documents.models import DOCUMENT_FIELDS, REJECTED_FIELDS, Document, Rejected
 from llmops_dagster.documents.normalize import AudienceResolver, NormalizedBatch
+from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 SCHEMA = "llmops"
 DOCUMENTS_TABLE = f"{SCHEMA}.documents"
@@ -39,12 +40,12 @@ CREATE TABLE IF NOT EXISTS {DOCUMENTS_TABLE} (
     updated_at TIMESTAMPTZ,
     content_hash VARCHAR NOT NULL,
     metadata VARCHAR,
-    allowed_groups VARCHAR[] NOT NULL DEFAULT ['public']
+    allowed_groups VARCHAR[] NOT NULL DEFAULT ARRAY['public']
 )"""
 # Tables created before access control get the column; their documents were public.
 _DOCUMENTS_MIGRATE = (
     f"ALTER TABLE {DOCUMENTS_TABLE} ADD COLUMN IF NOT EXISTS "
-    "allowed_groups VARCHAR[] DEFAULT ['public']"
+    "allowed_groups VARCHAR[] DEFAULT ARRAY['public']"
 )
 _REJECTED_DDL = f"""
 CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
@@ -127,12 +128,13 @@ class DocumentsDelta:
         }
 
 
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    con.execute(_DOCUMENTS_DDL)
-    con.execute(_DOCUMENTS_MIGRATE)
-    con.execute(_REJECTED_DDL)
-    con.execute(_WATERMARKS_DDL)
+def ensure_tables(con: Warehouse | Any) -> None:
+    warehouse = as_warehouse(con)
+    warehouse.ensure_schema(SCHEMA)
+    warehouse.execute(_DOCUMENTS_DDL)
+    warehouse.execute(_DOCUMENTS_MIGRATE)
+    warehouse.execute(_REJECTED_DDL)
+    warehouse.execute(_WATERMARKS_DDL)
 
 
 def _rej_table(rejected: Iterable[Rejected]) -> pa.Table:
@@ -165,7 +167,7 @@ class _Stored(NamedTuple):
 
 
 def sync_documents(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse | Any,
     batch: NormalizedBatch,
     *,
     current_files: Mapping[str, set[str]] | None = None,
@@ -181,6 +183,7 @@ def sync_documents(
     source that no raw row brought back are re-resolved, because an edited ``sources.yaml``
     changes who may read a file without touching the file (so dlt never re-reads it).
     """
+    con = as_warehouse(con)
     ensure_tables(con)
     # Later rows win if a batch holds the same id twice (a file re-read in two loads).
     incoming: dict[str, Document] = {d.doc_id: d for d in batch.documents}
@@ -190,10 +193,10 @@ def sync_documents(
 
     existing: dict[str, _Stored] = {
         row[0]: _Stored(row[1], row[2], row[3], row[4], list(row[5] or [PUBLIC]))
-        for row in con.execute(
+        for row in con.fetchall(
             "SELECT doc_id, source, natural_key, content_hash, metadata, allowed_groups "
             f"FROM {DOCUMENTS_TABLE}"
-        ).fetchall()
+        )
     }
 
     delta = DocumentsDelta(rejected_by_reason=dict(Counter(r.reason for r in rejected.values())))
@@ -235,9 +238,9 @@ def sync_documents(
 
     vanished_rejections: list[str] = []
     if current_files:
-        for doc_id, source, natural_key in con.execute(
+        for doc_id, source, natural_key in con.fetchall(
             f"SELECT doc_id, source, natural_key FROM {REJECTED_TABLE}"
-        ).fetchall():
+        ):
             files = current_files.get(source)
             file_key = natural_key.split("#", 1)[0]
             if files is not None and natural_key not in files and file_key not in files:
@@ -254,62 +257,54 @@ def sync_documents(
     rej_table = _rej_table(rejected.values())
     remove_docs = _ids_table([*incoming, *deleted, *regrouped])
     remove_rej = _ids_table([*incoming, *rejected, *vanished_rejections])
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.register("_remove_docs", remove_docs)
-        con.register("_remove_rej", remove_rej)
-        con.register("_docs", docs_table)
-        con.register("_rej", rej_table)
+    with (
+        con.transaction(),
+        con.temp_table("_remove_docs", remove_docs),
+        con.temp_table("_remove_rej", remove_rej),
+    ):
         con.execute(
             f"DELETE FROM {DOCUMENTS_TABLE} WHERE doc_id IN (SELECT doc_id FROM _remove_docs)"
         )
         con.execute(
             f"DELETE FROM {REJECTED_TABLE} WHERE doc_id IN (SELECT doc_id FROM _remove_rej)"
         )
-        cols = ", ".join(DOCUMENT_FIELDS)
-        con.execute(f"INSERT INTO {DOCUMENTS_TABLE} ({cols}) SELECT {cols} FROM _docs")
-        rcols = ", ".join(REJECTED_FIELDS)
-        con.execute(f"INSERT INTO {REJECTED_TABLE} ({rcols}) SELECT {rcols} FROM _rej")
-        for raw_table, load_id in (watermarks or {}).items():
-            con.execute(
-                f"INSERT OR REPLACE INTO {WATERMARKS_TABLE} VALUES (?, ?)", [raw_table, load_id]
+        con.insert_arrow(DOCUMENTS_TABLE, docs_table.select(list(DOCUMENT_FIELDS)))
+        con.insert_arrow(REJECTED_TABLE, rej_table.select(list(REJECTED_FIELDS)))
+        if watermarks:
+            marks = pa.table(
+                {
+                    "raw_table": pa.array(list(watermarks), pa.string()),
+                    "last_load_id": pa.array(list(watermarks.values()), pa.string()),
+                }
             )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        for view in ("_remove_docs", "_remove_rej", "_docs", "_rej"):
-            con.unregister(view)
+            con.upsert_arrow(WATERMARKS_TABLE, marks, ["raw_table"])
     delta.new.sort()
     delta.changed.sort()
     delta.audience_changed.sort()
     delta.unchanged.sort()
-    delta.total_documents = con.execute(f"SELECT count(*) FROM {DOCUMENTS_TABLE}").fetchall()[0][0]
+    delta.total_documents = int(con.scalar(f"SELECT count(*) FROM {DOCUMENTS_TABLE}"))
     return delta
 
 
-def get_watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+def get_watermarks(con: Warehouse | Any) -> dict[str, str]:
+    con = as_warehouse(con)
     ensure_tables(con)
-    return dict(con.execute(f"SELECT raw_table, last_load_id FROM {WATERMARKS_TABLE}").fetchall())
+    return dict(con.fetchall(f"SELECT raw_table, last_load_id FROM {WATERMARKS_TABLE}"))
 
 
-def read_documents(
-    con: duckdb.DuckDBPyConnection, doc_ids: Iterable[str] | None = None
-) -> pa.Table:
+def read_documents(con: Warehouse | Any, doc_ids: Iterable[str] | None = None) -> pa.Table:
     """Documents as Arrow (all, or the given ids): what the chunker reads."""
+    con = as_warehouse(con)
     ensure_tables(con)
     if doc_ids is None:
-        return con.sql(f"SELECT * FROM {DOCUMENTS_TABLE} ORDER BY doc_id").to_arrow_table()
-    con.register("_want", _ids_table(doc_ids))
-    try:
-        return con.sql(
+        return con.query_arrow(f"SELECT * FROM {DOCUMENTS_TABLE} ORDER BY doc_id")
+    with con.temp_table("_want", _ids_table(doc_ids)):
+        return con.query_arrow(
             f"SELECT d.* FROM {DOCUMENTS_TABLE} d JOIN _want USING (doc_id) ORDER BY doc_id"
-        ).to_arrow_table()
-    finally:
-        con.unregister("_want")
+        )
 
 
-def read_rejected(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def read_rejected(con: Warehouse | Any) -> pa.Table:
+    con = as_warehouse(con)
     ensure_tables(con)
-    return con.sql(f"SELECT * FROM {REJECTED_TABLE} ORDER BY doc_id").to_arrow_table()
+    return con.query_arrow(f"SELECT * FROM {REJECTED_TABLE} ORDER BY doc_id")

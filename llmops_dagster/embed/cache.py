@@ -1,4 +1,4 @@
-"""A content-hash embedding cache in DuckDB: no text is ever embedded twice by the same model.
+"""A content-hash embedding cache in the warehouse: no text is ever embedded twice by one model.
 
 Keyed by ``(model_id, content_hash)``, so the same sentence in two documents, or a chunk that
 survives a re-chunk unchanged, costs one forward pass in total; switching the model id starts a
@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from llmops_dagster.embed.model import Embedder
-from llmops_dagster.warehouse import PIPELINE_SCHEMA, query_arrow
+from llmops_dagster.warehouse import PIPELINE_SCHEMA, Warehouse, as_warehouse
 
 CACHE_TABLE = f"{PIPELINE_SCHEMA}.embedding_cache"
 
@@ -35,38 +35,40 @@ class EmbeddingStats:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
-def ensure_cache_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {PIPELINE_SCHEMA}")
+def ensure_cache_table(con: Warehouse | Any) -> None:
+    con = as_warehouse(con)
+    con.ensure_schema(PIPELINE_SCHEMA)
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {CACHE_TABLE} (
             model_id VARCHAR NOT NULL,
             content_hash VARCHAR NOT NULL,
             dims INTEGER NOT NULL,
-            vector FLOAT[] NOT NULL,
+            vector REAL[] NOT NULL,  -- REAL: float32 on both engines (FLOAT is 8 bytes in PG)
             created_at TIMESTAMP DEFAULT current_timestamp,
             PRIMARY KEY (model_id, content_hash)
         )"""
     )
 
 
-def cached_hashes(con: duckdb.DuckDBPyConnection, model_id: str, hashes: Sequence[str]) -> set[str]:
+def _hashes(hashes: Sequence[str]) -> pa.Table:
+    return pa.table({"content_hash": pa.array(list(hashes), pa.string())})
+
+
+def cached_hashes(con: Warehouse | Any, model_id: str, hashes: Sequence[str]) -> set[str]:
     if not hashes:
         return set()
-    wanted = pa.table({"content_hash": pa.array(list(hashes), pa.string())})
-    con.register("_wanted_hashes", wanted)
-    try:
-        rows = con.execute(
+    con = as_warehouse(con)
+    with con.temp_table("_wanted_hashes", _hashes(hashes)):
+        rows = con.fetchall(
             f"SELECT c.content_hash FROM {CACHE_TABLE} c "
             "JOIN _wanted_hashes w USING (content_hash) WHERE c.model_id = ?",
             [model_id],
-        ).fetchall()
-    finally:
-        con.unregister("_wanted_hashes")
+        )
     return {r[0] for r in rows}
 
 
 def embed_missing(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse | Any,
     embedder: Embedder,
     items: Sequence[tuple[str, str]],
     *,
@@ -78,6 +80,7 @@ def embed_missing(
 
     Writes to the cache every ``write_every`` texts, so an interrupted run keeps what it paid for.
     """
+    con = as_warehouse(con)
     ensure_cache_table(con)
     unique: dict[str, str] = {}
     for content_hash, text in items:
@@ -99,15 +102,7 @@ def embed_missing(
                 "vector": pa.array(list(vectors), pa.list_(pa.float32())),
             }
         )
-        con.register("_new_vectors", table)
-        try:
-            con.execute(
-                f"INSERT INTO {CACHE_TABLE} (model_id, content_hash, dims, vector) "
-                "SELECT model_id, content_hash, dims, vector FROM _new_vectors "
-                "ON CONFLICT DO NOTHING"
-            )
-        finally:
-            con.unregister("_new_vectors")
+        con.upsert_arrow(CACHE_TABLE, table, ["model_id", "content_hash"], update_columns=[])
         done += len(block)
         if progress:
             progress(done, len(todo))
@@ -122,22 +117,18 @@ def embed_missing(
 
 
 def load_vectors(
-    con: duckdb.DuckDBPyConnection, model_id: str, hashes: Sequence[str]
+    con: Warehouse | Any, model_id: str, hashes: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Vectors for the given hashes (those missing from the cache are simply absent)."""
     if not hashes:
         return {}
-    wanted = pa.table({"content_hash": pa.array(list(hashes), pa.string())})
-    con.register("_wanted_hashes", wanted)
-    try:
-        table = query_arrow(
-            con,
+    con = as_warehouse(con)
+    with con.temp_table("_wanted_hashes", _hashes(hashes)):
+        table = con.query_arrow(
             f"SELECT c.content_hash, c.vector FROM {CACHE_TABLE} c "
             "JOIN _wanted_hashes w USING (content_hash) WHERE c.model_id = ?",
             [model_id],
         )
-    finally:
-        con.unregister("_wanted_hashes")
     hashes_col = table.column("content_hash").to_pylist()
     flat = table.column("vector").combine_chunks()
     if len(hashes_col) == 0:

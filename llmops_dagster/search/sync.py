@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import duckdb
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import scan
@@ -34,6 +33,7 @@ from llmops_dagster.search.mapping import (
     mapped_fields,
 )
 from llmops_dagster.search.writer import write_chunks
+from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 Mode = Literal["incremental", "rebuild"]
 
@@ -88,35 +88,37 @@ class IndexSyncReport:
         }
 
 
-def active_chunk_ids(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+def active_chunk_ids(con: Warehouse | Any) -> dict[str, str]:
     """chunk_id → content_hash of every active chunk."""
     return dict(
-        con.execute(
+        as_warehouse(con).fetchall(
             f"SELECT chunk_id, content_hash FROM {CHUNKS_TABLE} WHERE status = 'active'"
-        ).fetchall()
+        )
     )
 
 
-def _missing_vectors(con: duckdb.DuckDBPyConnection, model_id: str) -> int:
-    (missing,) = con.execute(
+def _missing_vectors(con: Warehouse, model_id: str) -> int:
+    missing = con.scalar(
         f"SELECT count(*) FROM {CHUNKS_TABLE} c LEFT JOIN {CACHE_TABLE} v "
         "ON v.content_hash = c.content_hash AND v.model_id = ? "
         "WHERE c.status = 'active' AND v.vector IS NULL",
         [model_id],
-    ).fetchone()
+    )
     return int(missing)
 
 
 def iter_chunk_documents(
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse | Any,
     model_id: str,
     *,
     only_ids: set[str] | None = None,
     batch_rows: int = 1000,
 ) -> Iterator[dict[str, Any]]:
-    """Elasticsearch documents (CONTRACTS.md) streamed from DuckDB in Arrow batches."""
-    reader = con.sql(_CHUNK_DOCS_SQL, params=[model_id, model_id]).to_arrow_reader(batch_rows)
-    for batch in reader:
+    """Elasticsearch documents (CONTRACTS.md) streamed from the warehouse in Arrow batches."""
+    batches = as_warehouse(con).iter_arrow(
+        _CHUNK_DOCS_SQL, [model_id, model_id], batch_rows=batch_rows
+    )
+    for batch in batches:
         for row in batch.to_pylist():
             if only_ids is not None and row["chunk_id"] not in only_ids:
                 continue
@@ -133,12 +135,12 @@ def sync_key(content_hash: str, allowed_groups: Any) -> str:
     return f"{content_hash}|{','.join(normalize_audience(allowed_groups))}"
 
 
-def active_chunk_sync_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+def active_chunk_sync_keys(con: Warehouse | Any) -> dict[str, str]:
     """chunk_id → :func:`sync_key` of every active chunk (audience from its document)."""
-    rows = con.execute(
+    rows = as_warehouse(con).fetchall(
         f"SELECT c.chunk_id, c.content_hash, d.allowed_groups FROM {CHUNKS_TABLE} c "
         "LEFT JOIN llmops.documents d USING (doc_id) WHERE c.status = 'active'"
-    ).fetchall()
+    )
     return {chunk_id: sync_key(content_hash, groups) for chunk_id, content_hash, groups in rows}
 
 
@@ -180,9 +182,7 @@ def _client_url(client: Elasticsearch) -> str:
         return "the configured cluster"
 
 
-def sync_index(
-    client: Elasticsearch, con: duckdb.DuckDBPyConnection, **kwargs: Any
-) -> IndexSyncReport:
+def sync_index(client: Elasticsearch, con: Warehouse | Any, **kwargs: Any) -> IndexSyncReport:
     """Bring the alias in line with the warehouse (see :func:`_sync_index` for the arguments).
 
     A cluster that goes away mid-run becomes an :class:`IndexSyncError` naming the URL: the
@@ -190,7 +190,7 @@ def sync_index(
     live index against the warehouse.
     """
     try:
-        return _sync_index(client, con, **kwargs)
+        return _sync_index(client, as_warehouse(con), **kwargs)
     except (es_exceptions.ConnectionError, es_exceptions.ConnectionTimeout) as exc:
         raise IndexSyncError(
             f"Elasticsearch at {_client_url(client)} became unreachable during the "
@@ -202,7 +202,7 @@ def sync_index(
 
 def _sync_index(
     client: Elasticsearch,
-    con: duckdb.DuckDBPyConnection,
+    con: Warehouse,
     *,
     alias: str,
     model_id: str,
@@ -248,6 +248,11 @@ def _sync_index(
                 # and the strict mapping refuses the field on upsert. A new index is built.
                 mode = "rebuild"
                 reason = f"live index {previous} predates access control (no {AUDIENCE_FIELD})"
+            elif "text_stemming" not in meta:
+                # Built before stemming (schema < 3): BM25 misses inflected forms. The rebuild
+                # re-uses the cached vectors, so nothing is re-embedded.
+                mode = "rebuild"
+                reason = f"live index {previous} predates text stemming (no _meta.text_stemming)"
     digest = chunk_set_digest(wanted)
     if mode == "rebuild":
         log(f"rebuilding {alias} ({len(wanted)} chunks): {reason}")

@@ -1,7 +1,10 @@
-"""dlt pipelines bound to one warehouse target: DuckDB by default, any dlt destination by config.
+"""dlt pipelines bound to one warehouse target: the DuckDB file, or PostgreSQL by one setting.
 
 One place decides where raw data lands, so that every source (and the Dagster assets that run
-them) agrees on the file, the dataset (``raw``) and the pipeline state folder.
+them) agrees on the database, the dataset (``raw``) and the pipeline state folder. The documents
+step reads the raw tables through the same warehouse connection as the pipeline's own tables,
+so dlt must load into that very database: ``LLMOPS_WAREHOUSE_URL`` decides both, and a
+``sources.yaml`` destination that disagrees with it is an error rather than a silent split.
 """
 
 from __future__ import annotations
@@ -10,21 +13,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dlt
 from dlt.common.destination import Destination
 from dlt.common.pipeline import LoadInfo
 
 from llmops_dagster.sources.source_config import DestinationConfig
+from llmops_dagster.warehouse import URL_SETTING, WarehouseConfigError, warehouse_kind
+from llmops_dagster.warehouse.postgres import libpq_url, redact_url
+
+#: Destinations whose tables the documents step can read (through the warehouse interface).
+WAREHOUSE_DESTINATIONS = ("duckdb", "postgres")
 
 
 @dataclass(frozen=True)
 class WarehouseTarget:
-    """Where raw data lands: the DuckDB file, the dataset (schema) and dlt's state folder."""
+    """Where raw data lands: the DuckDB file (or the PostgreSQL ``url``), the dataset (schema)
+    and dlt's state folder."""
 
     duckdb_path: Path
     dataset: str = "raw"
     pipelines_dir: Path = Path(".llmops/dlt")
+    url: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``duckdb`` or ``postgres`` (an unknown URL scheme raises, naming the setting)."""
+        return warehouse_kind(self.url)
+
+    @property
+    def location(self) -> str:
+        return redact_url(self.url) if self.url else str(self.duckdb_path)
 
 
 def _duckdb_destination(target: WarehouseTarget) -> Any:
@@ -40,22 +60,61 @@ def _duckdb_destination(target: WarehouseTarget) -> Any:
     return dlt.destinations.duckdb(credentials=str(path))
 
 
-def make_destination(target: WarehouseTarget, destination: DestinationConfig | None = None) -> Any:
-    """The dlt destination object: DuckDB at ``target.duckdb_path`` unless configured."""
+def check_destination(target: WarehouseTarget, destination: DestinationConfig | None) -> str:
+    """The destination name dlt loads into, after checking ``sources.yaml`` against the
+    warehouse: an unset ``destination`` follows ``LLMOPS_WAREHOUSE_URL``; one that names another
+    engine, or credentials for another database, is a :class:`WarehouseConfigError` saying which two
+    settings disagree."""
+    kind = target.kind
     destination = destination or DestinationConfig()
-    if destination.name == "duckdb" and not destination.credentials_env:
-        return _duckdb_destination(target)
-    kwargs: dict[str, Any] = {}
+    explicit = "name" in destination.model_fields_set
+    name = destination.name if explicit else kind
+    if name not in WAREHOUSE_DESTINATIONS:
+        raise WarehouseConfigError(
+            f"sources.yaml destination {name!r}: the documents step reads raw tables from the "
+            f"warehouse, so dlt must load into it: use destination {kind!r} (or leave it out) "
+            f"and choose the engine with {URL_SETTING}"
+        )
+    if name != kind:
+        where = (
+            f"{URL_SETTING}={target.location}"
+            if target.url
+            else f"{URL_SETTING} is unset, so the warehouse is the DuckDB file {target.location}"
+        )
+        raise WarehouseConfigError(
+            f"sources.yaml destination {name!r} does not match the warehouse ({where}): raw and "
+            f"pipeline tables live in one database; set {URL_SETTING} "
+            + ("to a postgresql:// URL" if name == "postgres" else "only for PostgreSQL")
+            + " or drop destination from sources.yaml"
+        )
     if destination.credentials_env:
         value = os.environ.get(destination.credentials_env)
-        if not value:
-            raise ValueError(
-                f"destination {destination.name!r}: environment variable "
-                f"{destination.credentials_env} (destination.credentials_env) is not set"
+        expected = libpq_url(target.url) if target.url else None
+        if not value or libpq_url(value) != expected:
+            raise WarehouseConfigError(
+                f"sources.yaml destination.credentials_env={destination.credentials_env} "
+                f"{'is not set' if not value else 'names another database'} than the warehouse "
+                f"({URL_SETTING}={target.location if target.url else 'unset'}): one setting "
+                f"decides the database; drop credentials_env and set {URL_SETTING}"
             )
-        kwargs["credentials"] = value
-    # Without credentials_env, dlt reads DESTINATION__<NAME>__CREDENTIALS itself.
-    return Destination.from_reference(destination.name, **kwargs)
+    return name
+
+
+def make_destination(target: WarehouseTarget, destination: DestinationConfig | None = None) -> Any:
+    """The dlt destination object: the warehouse's own database (see :func:`check_destination`)."""
+    if check_destination(target, destination) == "duckdb":
+        return _duckdb_destination(target)
+    assert target.url is not None
+    url = libpq_url(target.url)
+    credentials: Any = url
+    if urlsplit(url).password is None:
+        # dlt insists on a password field; without one in the URL (trust, peer or ~/.pgpass
+        # authentication) an empty one lets libpq authenticate as psycopg2 does.
+        from dlt.destinations.impl.postgres.configuration import PostgresCredentials
+
+        credentials = PostgresCredentials(url)
+        credentials.password = ""
+    return Destination.from_reference("postgres", credentials=credentials)
 
 
 def make_pipeline(

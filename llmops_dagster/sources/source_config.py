@@ -15,7 +15,7 @@ Shape::
     rest_api: {config_path: llmops_dagster/sources/rest_api.example.yaml}
     sql: {url_env: SOURCE_DB_URL, tables: [{name: articles, primary_key: id,
                                            records: {audience_field: allowed_groups}}]}
-    destination: {name: duckdb}   # or postgres, bigquery... credentials from env (dlt style)
+    destination: {name: postgres} # optional: must match the warehouse (LLMOPS_WAREHOUSE_URL)
 """
 
 from __future__ import annotations
@@ -198,14 +198,19 @@ class SqlSourceConfig(BaseModel):
 
 
 class DestinationConfig(BaseModel):
-    """Any dlt destination by name; credentials come from the environment the dlt way
-    (``DESTINATION__<NAME>__CREDENTIALS``) so that no secret is written in YAML."""
+    """Where dlt loads: the warehouse itself (``duckdb`` or ``postgres``).
+
+    The documents step reads the raw tables through the warehouse connection, so this can only
+    confirm the engine ``LLMOPS_WAREHOUSE_URL`` chose (unset here = follow it); a mismatch is an
+    error at definition load (``sources.pipeline.check_destination``). Credentials come from
+    ``LLMOPS_WAREHOUSE_URL`` too: one setting, never a second copy in YAML."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = "duckdb"
     credentials_env: str | None = Field(
-        default=None, description="Env var holding a connection string, if not dlt's default."
+        default=None,
+        description="Env var with the connection string; must equal LLMOPS_WAREHOUSE_URL.",
     )
 
 

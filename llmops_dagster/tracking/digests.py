@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import hashlib
-
-import duckdb
+from typing import Any
 
 from llmops_dagster.chunks.store import CHUNKS_TABLE
+from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 
-def documents_digest(con: duckdb.DuckDBPyConnection) -> str:
+def documents_digest(con: Warehouse | Any) -> str:
     """sha256 over every (doc_id, content_hash[, audience]), order-independent.
 
     A non-public audience is part of the digest (who may read it is part of what the table
     says); public documents hash as before access control, so old lineage stays comparable.
     """
     digest = hashlib.sha256()
-    for doc_id, content_hash, groups in con.execute(
-        "SELECT doc_id, content_hash, allowed_groups FROM llmops.documents ORDER BY doc_id"
-    ).fetchall():
+    rows = as_warehouse(con).fetchall(
+        "SELECT doc_id, content_hash, allowed_groups FROM llmops.documents"
+    )
+    # Sorted here, not by ORDER BY: engines collate text differently (PostgreSQL by locale),
+    # and the digest must not depend on which one holds the table.
+    for doc_id, content_hash, groups in sorted(rows, key=lambda r: r[0]):
         audience = "" if list(groups or []) in ([], ["public"]) else "\x1f" + ",".join(groups)
         digest.update(f"{doc_id}\x1f{content_hash}{audience}\n".encode())
     return digest.hexdigest()
 
 
-def active_chunks_digest(con: duckdb.DuckDBPyConnection) -> str:
+def active_chunks_digest(con: Warehouse | Any) -> str:
     """The chunk-set digest the index records in its ``_meta`` (same function)."""
     # Imported here: search.mapping pulls the Elasticsearch client, which the code location's
     # import (definitions) should not pay for.
@@ -32,8 +35,8 @@ def active_chunks_digest(con: duckdb.DuckDBPyConnection) -> str:
 
     ids = [
         r[0]
-        for r in con.execute(
+        for r in as_warehouse(con).fetchall(
             f"SELECT chunk_id FROM {CHUNKS_TABLE} WHERE status = 'active'"
-        ).fetchall()
+        )
     ]
     return chunk_set_digest(ids)

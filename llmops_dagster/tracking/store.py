@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,26 @@ def _check_http(uri: str) -> None:
         ) from exc
 
 
+@contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes: MLflow creates its tables on
+    first use, and two parallel steps doing that at once fail ("table ... already exists").
+    Server and other database stores handle concurrency themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
     """Create (if needed) the store and the project's experiment; fail fast with the setting.
 
@@ -51,14 +73,15 @@ def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
         _check_http(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            experiment_id = client.create_experiment(
-                experiment, artifact_location=artifact_location
-            )
-        else:
-            experiment_id = found.experiment_id
-            artifact_location = found.artifact_location
+        with _first_use_lock(uri):
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                experiment_id = client.create_experiment(
+                    experiment, artifact_location=artifact_location
+                )
+            else:
+                experiment_id = found.experiment_id
+                artifact_location = found.artifact_location
     except Exception as exc:  # MLflow raises many types here (sqlalchemy, rest, io)
         raise MlflowUnavailable(
             f"MLflow store MLFLOW_TRACKING_URI={uri} cannot be used: {type(exc).__name__}: {exc}"

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -25,6 +29,26 @@ def chunker():
     return chunk
 
 
+@pytest.fixture(params=["duckdb", "postgres"])
+def con(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The same tests on both warehouse engines: in-memory DuckDB, and a fresh PostgreSQL
+    database on the session's throw-away cluster (through the warehouse adapter)."""
+    if request.param == "duckdb":
+        yield duckdb.connect(":memory:")
+        return
+    from llmops_dagster.services.postgres_local import create_database
+    from llmops_dagster.warehouse.postgres import open_postgres
+
+    pg = request.getfixturevalue("postgres")
+    name = f"unit_{uuid.uuid4().hex[:12]}"
+    create_database(pg, name)
+    warehouse = open_postgres(pg.url(name))
+    try:
+        yield warehouse
+    finally:
+        warehouse.close()
+
+
 def _docs(texts: dict[str, str]) -> pa.Table:
     ids = sorted(texts)
     return pa.table(
@@ -46,8 +70,7 @@ def _status(con: duckdb.DuckDBPyConnection, doc_id: str) -> dict[str, set[str]]:
     return out
 
 
-def test_only_changed_documents_are_rechunked(chunker) -> None:
-    con = duckdb.connect()
+def test_only_changed_documents_are_rechunked(chunker, con) -> None:
     texts = {"fs:a.md": LONG, "fs:b.md": "# B\n\nShort note about depots.", "fs:c.md": LONG + "!"}
     first = sync_chunks(con, _docs(texts), chunker, fingerprint="f1")
     assert first.docs_chunked == 3 and first.chunks_removed == 0
@@ -66,8 +89,7 @@ def test_only_changed_documents_are_rechunked(chunker) -> None:
     assert len(_status(con, "fs:b.md")["removed"]) == 1
 
 
-def test_deleted_documents_have_their_chunks_marked_removed(chunker) -> None:
-    con = duckdb.connect()
+def test_deleted_documents_have_their_chunks_marked_removed(chunker, con) -> None:
     texts = {"fs:a.md": LONG, "fs:b.md": "# B\n\nShort."}
     sync_chunks(con, _docs(texts), chunker, fingerprint="f1")
     a_chunks = _status(con, "fs:a.md")["active"]
@@ -85,8 +107,7 @@ def test_deleted_documents_have_their_chunks_marked_removed(chunker) -> None:
     assert total == len(a_chunks) + 1
 
 
-def test_changed_chunker_settings_rechunk_everything(chunker) -> None:
-    con = duckdb.connect()
+def test_changed_chunker_settings_rechunk_everything(chunker, con) -> None:
     texts = {"fs:a.md": LONG, "fs:b.md": "# B\n\nShort."}
     sync_chunks(con, _docs(texts), chunker, fingerprint="f1")
     report = sync_chunks(con, _docs(texts), chunker, fingerprint="f2")
@@ -95,8 +116,7 @@ def test_changed_chunker_settings_rechunk_everything(chunker) -> None:
     assert report.chunks_added == 0 and report.chunks_removed == 0
 
 
-def test_a_failing_document_does_not_stop_the_others(chunker) -> None:
-    con = duckdb.connect()
+def test_a_failing_document_does_not_stop_the_others(chunker, con) -> None:
 
     def flaky(doc_id: str, text: str, fmt: str):
         if doc_id == "fs:bad.md":

@@ -1,9 +1,12 @@
-"""Upsert semantics of llmops.documents in an in-memory DuckDB: the delta drives the chunker."""
+"""Upsert semantics of llmops.documents on DuckDB and PostgreSQL: the delta drives the chunker."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import pytest
@@ -34,9 +37,24 @@ def rows(files: dict[str, bytes]) -> NormalizedBatch:
     )
 
 
-@pytest.fixture
-def con() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:")
+@pytest.fixture(params=["duckdb", "postgres"])
+def con(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The same tests on both warehouse engines: in-memory DuckDB, and a fresh PostgreSQL
+    database on the session's throw-away cluster (through the warehouse adapter)."""
+    if request.param == "duckdb":
+        yield duckdb.connect(":memory:")
+        return
+    from llmops_dagster.services.postgres_local import create_database
+    from llmops_dagster.warehouse.postgres import open_postgres
+
+    pg = request.getfixturevalue("postgres")
+    name = f"unit_{uuid.uuid4().hex[:12]}"
+    create_database(pg, name)
+    warehouse = open_postgres(pg.url(name))
+    try:
+        yield warehouse
+    finally:
+        warehouse.close()
 
 
 def test_new_then_unchanged_then_changed(con: duckdb.DuckDBPyConnection) -> None:

@@ -244,3 +244,64 @@ def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
     assert rejected.exit_code == 0 and f"{BARE}: rejected" in rejected.output
     pending = runner.invoke(main, ["feedback", "list", "--json"], env=env)
     assert [c["trace_id"] for c in json.loads(pending.output)] == [NOCITE]
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest):
+    """Both warehouse engines: in-memory DuckDB and a fresh database on the session's
+    throw-away PostgreSQL cluster."""
+    import uuid
+
+    from llmops_dagster.warehouse import as_warehouse
+
+    if request.param == "duckdb":
+        import duckdb
+
+        wh = as_warehouse(duckdb.connect(":memory:"))
+    else:
+        from llmops_dagster.services.postgres_local import create_database
+        from llmops_dagster.warehouse.postgres import open_postgres
+
+        pg = request.getfixturevalue("postgres")
+        name = f"review_{uuid.uuid4().hex[:12]}"
+        create_database(pg, name)
+        wh = open_postgres(pg.url(name))
+    wh.ensure_schema("llmops")
+    try:
+        yield wh
+    finally:
+        wh.close()
+
+
+def test_the_candidates_table_is_replaced_on_either_warehouse(
+    files: dict[str, Path], warehouse
+) -> None:
+    from llmops_dagster.serving.review import write_candidates_table
+
+    candidates = _review(files).candidates()
+    table = "llmops.feedback_candidates"
+    assert write_candidates_table(warehouse, candidates, table) == 3
+    assert write_candidates_table(warehouse, candidates[:1], table) == 1  # replaced, not added
+    rows = warehouse.fetchall(f"SELECT trace_id, comments, cited_doc_ids, thumbs_up FROM {table}")
+    assert [(r[0], list(r[1]), list(r[2]), r[3]) for r in rows] == [
+        (DOWN, ["too vague"], ["fs:handbook/expenses.md", "fs:handbook/leave.md"], 1)
+    ]
+    assert write_candidates_table(warehouse, [], table) == 0
+    assert warehouse.fetchall(f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+def test_the_serving_metrics_table_is_replaced_on_either_warehouse(warehouse) -> None:
+    from assets.serving import METRICS_TABLE, _write_metrics_table
+    from llmops_dagster.serving.metrics_report import ServedTrace, serving_report
+
+    traces = [
+        ServedTrace("t1", "2026-12-01", "3", 100.0, 10, 5, 0.25, False, 1, 0.5),
+        ServedTrace("t2", "2026-12-01", "3", 300.0, 10, 5, 0.25, True, 0, None),
+    ]
+    _write_metrics_table(warehouse, serving_report(traces, [("t1", "down")]).rows)
+    _write_metrics_table(warehouse, serving_report(traces[:1], []).rows)  # replaced
+    rows = warehouse.fetchall(
+        f"SELECT day, bundle_version, requests, p95_latency_ms, no_answer_rate, cost_usd "
+        f"FROM {METRICS_TABLE}"
+    )
+    assert rows == [("2026-12-01", "3", 1, 100.0, 0.0, 0.25)]

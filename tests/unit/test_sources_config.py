@@ -97,15 +97,19 @@ def test_duckdb_dataset_named_like_the_file_is_refused(tmp_path: Path) -> None:
         make_destination(settings.warehouse_target())
 
 
-def test_other_destination_credentials_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_destination_credentials_are_the_warehouse_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One setting decides the database: credentials_env may only repeat LLMOPS_WAREHOUSE_URL.
     config = DestinationConfig(name="postgres", credentials_env="WAREHOUSE_URL")
-    monkeypatch.delenv("WAREHOUSE_URL", raising=False)
-    with pytest.raises(ValueError, match="WAREHOUSE_URL"):
+    url = "postgresql://u:p@localhost:5432/db"
+    monkeypatch.setenv("WAREHOUSE_URL", url)
+    with pytest.raises(ValueError, match="LLMOPS_WAREHOUSE_URL is unset"):
         make_destination(Settings().warehouse_target(), config)
-    monkeypatch.setenv("WAREHOUSE_URL", "postgresql://u:p@localhost:5432/db")
-    destination = make_destination(Settings().warehouse_target(), config)
+    target = Settings().override(warehouse={"url": url}).warehouse_target()
+    destination = make_destination(target, config)
     assert destination.destination_name == "postgres"
-    assert destination.config_params["credentials"] == "postgresql://u:p@localhost:5432/db"
+    assert destination.config_params["credentials"] == url
 
 
 def test_list_current_files_matches_globs(tmp_path: Path) -> None:

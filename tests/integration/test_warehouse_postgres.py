@@ -1,0 +1,257 @@
+"""The pipeline's own tables on PostgreSQL: the same asset graph, the same results as DuckDB.
+
+One sample corpus goes through ingest → documents → chunks → embeddings → index twice, once per
+warehouse (each with its own alias), and both must agree exactly: document ids and hashes, chunk
+ids, counts, digests and what Elasticsearch holds (ids + sync keys). The embedding cache is
+copied from the DuckDB run into PostgreSQL through the adapter (the model is the slow part and
+is not what is compared); the incremental run on PostgreSQL then embeds its new chunks itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from elasticsearch import Elasticsearch
+
+from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+from llmops_dagster.embed.cache import CACHE_TABLE, ensure_cache_table
+from llmops_dagster.search.sync import active_chunk_sync_keys, live_chunk_sync_keys
+from llmops_dagster.services.postgres_local import create_database, free_port
+from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.warehouse import connect_warehouse
+from tests.conftest import asset_metadata, drop_indices
+
+pytestmark = pytest.mark.integration
+
+SAMPLE_DOCS = 51  # 47 public sample documents + 4 confidential
+SAMPLE_CHUNKS = 219
+
+
+def _run(settings: Settings, sources: SourcesConfig, *, check: bool = True):
+    result = dg.materialize(
+        [*build_assets(settings, sources), *build_asset_checks()],
+        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
+        resources=build_resources(settings),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    if check:
+        assert result.success
+    return result
+
+
+def _tables(settings: Settings) -> dict[str, object]:
+    with connect_warehouse(
+        url=settings.warehouse.url, duckdb_path=settings.duckdb_path, read_only=True
+    ) as con:
+        docs = con.fetchall("SELECT doc_id, content_hash, allowed_groups FROM llmops.documents")
+        chunks = con.fetchall(
+            "SELECT chunk_id, doc_id, content_hash FROM llmops.chunks WHERE status = 'active'"
+        )
+        removed = con.fetchall("SELECT chunk_id FROM llmops.chunks WHERE status = 'removed'")
+        keys = active_chunk_sync_keys(con)
+    return {
+        "docs": sorted((d, h, tuple(g)) for d, h, g in docs),
+        "chunks": sorted(chunks),
+        "removed": sorted(r[0] for r in removed),
+        "keys": keys,
+    }
+
+
+def _copy_embedding_cache(source: Settings, target: Settings) -> int:
+    """The DuckDB run's vectors into PostgreSQL, through the adapter's bulk upsert."""
+    with connect_warehouse(url=None, duckdb_path=source.duckdb_path, read_only=True) as duck:
+        vectors = duck.query_arrow(
+            f"SELECT model_id, content_hash, dims, vector FROM {CACHE_TABLE}"
+        )
+    with connect_warehouse(url=target.warehouse.url, duckdb_path=target.duckdb_path) as pg:
+        ensure_cache_table(pg)
+        pg.upsert_arrow(CACHE_TABLE, vectors, ["model_id", "content_hash"], update_columns=[])
+        return int(pg.scalar(f"SELECT count(*) FROM {CACHE_TABLE}"))
+
+
+def _pg_settings(base: Settings, home: Path, url: str, alias: str) -> Settings:
+    home.mkdir(parents=True, exist_ok=True)
+    return base.override(
+        home=home,
+        warehouse={"url": url, "duckdb_path": home / "unused.duckdb"},
+        elasticsearch={"index_alias": alias},
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, tmp_settings: Settings, es_settings: Settings, postgres, sample_dir):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_dir, corpus)
+    suffix = uuid.uuid4().hex[:8]
+    duck = tmp_settings.override(
+        elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": f"wh-duck-{suffix}"}
+    )
+    database = f"wh_{suffix}"
+    create_database(postgres, database)
+    pg = _pg_settings(duck, tmp_path / "pg-home", postgres.url(database), f"wh-pg-{suffix}")
+    sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
+    yield duck, pg, sources, corpus
+    client = Elasticsearch(es_settings.es_url)
+    for settings in (duck, pg):
+        drop_indices(client, settings.elasticsearch.index_alias)
+
+
+def test_duckdb_and_postgres_build_the_same_tables_and_index(
+    world, es_client: Elasticsearch
+) -> None:
+    duck, pg, sources, corpus = world
+
+    first = _run(duck, sources)
+    assert asset_metadata(first, "documents")["total_documents"] == SAMPLE_DOCS
+    assert asset_metadata(first, "chunks")["active_chunks"] == SAMPLE_CHUNKS
+    distinct = asset_metadata(first, "embeddings")["distinct_texts"]
+    assert _copy_embedding_cache(duck, pg) == distinct
+
+    second = _run(pg, sources)
+    docs_pg = asset_metadata(second, "documents")
+    chunks_pg = asset_metadata(second, "chunks")
+    emb_pg = asset_metadata(second, "embeddings")
+    index_pg = asset_metadata(second, "search_index")
+    assert (docs_pg["new"], docs_pg["total_documents"], docs_pg["rejected"]) == (51, 51, 0)
+    assert (chunks_pg["docs_chunked"], chunks_pg["active_chunks"]) == (51, SAMPLE_CHUNKS)
+    assert (emb_pg["embedded"], emb_pg["cached"]) == (0, distinct)  # read from PostgreSQL
+    assert (index_pg["mode"], index_pg["doc_count"]) == ("rebuild", SAMPLE_CHUNKS)
+    assert {c.check_name: c.passed for c in second.get_asset_check_evaluations()} == {
+        "index_count_matches_chunks": True,
+        "alias_points_to_healthy_index": True,
+        "vector_dims_match_model": True,
+    }
+
+    # The same rows, digests and index contents on both engines.
+    for asset, key in (("documents", "documents_digest"), ("chunks", "chunk_set_digest")):
+        assert asset_metadata(first, asset)[key] == asset_metadata(second, asset)[key]
+    duck_tables, pg_tables = _tables(duck), _tables(pg)
+    assert len(pg_tables["docs"]) == SAMPLE_DOCS and len(pg_tables["chunks"]) == SAMPLE_CHUNKS
+    assert pg_tables == duck_tables
+    duck_live = live_chunk_sync_keys(es_client, duck.elasticsearch.index_alias)
+    pg_live = live_chunk_sync_keys(es_client, pg.elasticsearch.index_alias)
+    assert pg_live == duck_live == pg_tables["keys"]
+
+    # A changed and an added file, first with an unreachable warehouse: a clear error naming
+    # the setting, and nothing lost: the next good run picks both files up.
+    changed = corpus / "runbooks" / "battery-swap.txt"
+    changed.write_text(changed.read_text() + "\n\nStep 99: log the swap in Roost at once.\n")
+    added = corpus / "handbook" / "pg-parity.md"
+    added.write_text("# Parity\n\nThe warehouse may live in PostgreSQL.\n")
+    later = time.time() + 5
+    os.utime(changed, (later, later))
+    unreachable = pg.override(warehouse={"url": f"postgresql://llmops@127.0.0.1:{free_port()}/x"})
+    failed = _run(unreachable, sources, check=False)
+    assert not failed.success
+    (failure,) = [e.step_failure_data.error for e in failed.all_events if e.is_step_failure]
+    message = failure.cause.message if failure.cause else failure.message
+    assert message.startswith(
+        "llmops_dagster.warehouse.base.WarehouseError: cannot connect to the PostgreSQL "
+        "warehouse postgresql://llmops@127.0.0.1:"
+    ), message
+    assert "(LLMOPS_WAREHOUSE_URL): connection to server" in message
+    assert _tables(pg) == pg_tables  # untouched
+
+    doc_id = "fs:runbooks/battery-swap.txt"
+    before = {c for c, d, _ in pg_tables["chunks"] if d == doc_id}
+    third = _run(pg, sources)
+    docs3 = asset_metadata(third, "documents")
+    assert (docs3["new"], docs3["changed"], docs3["deleted"], docs3["total_documents"]) == (
+        1,
+        1,
+        0,
+        52,
+    )
+    after_tables = _tables(pg)
+    after = {c for c, d, _ in after_tables["chunks"] if d == doc_id}
+    new_doc = {c for c, d, _ in after_tables["chunks"] if d == "fs:handbook/pg-parity.md"}
+    added_ids, removed_ids = after - before, before - after
+    assert len(new_doc) == 1
+    chunks3 = asset_metadata(third, "chunks")
+    assert chunks3["docs_chunked"] == 2
+    assert chunks3["chunks_added"] == len(added_ids) + 1
+    assert chunks3["chunks_removed"] == len(removed_ids)
+    assert asset_metadata(third, "embeddings")["embedded"] == len(added_ids) + 1
+    index3 = asset_metadata(third, "search_index")
+    assert (index3["mode"], index3["indexed"], index3["deleted"]) == (
+        "incremental",
+        len(added_ids) + 1,
+        len(removed_ids),
+    )
+    assert index3["doc_count"] == SAMPLE_CHUNKS + len(added_ids) - len(removed_ids) + 1
+    assert after_tables["removed"] == sorted(removed_ids)
+    assert live_chunk_sync_keys(es_client, pg.elasticsearch.index_alias) == after_tables["keys"]
+
+
+def test_two_sources_load_in_parallel_on_postgres(tmp_path: Path, postgres) -> None:
+    """Without the DuckDB one-writer limit, two sources' dlt assets of one run overlap in time
+    under the multiprocess executor, and both land in the PostgreSQL warehouse."""
+    db = tmp_path / "source.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE faq (id INTEGER PRIMARY KEY, title TEXT, body TEXT, updated_at TEXT)")
+    con.executemany(
+        "INSERT INTO faq VALUES (?, ?, ?, ?)",
+        [(i, f"Q{i}", f"answer {i}", f"2026-02-0{i} 00:00:00") for i in range(1, 4)],
+    )
+    con.commit()
+    con.close()
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        f"filesystem:\n  root: {PROJECT_ROOT / 'data' / 'sample'}\n"
+        "sql:\n  url_env: MP_SOURCE_DB\n  tables: [{name: faq}]\n"
+        "destination: {name: postgres}\n"
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    database = f"par_{uuid.uuid4().hex[:8]}"
+    create_database(postgres, database)
+    store = tmp_path / "llmops"
+    # The MLflow SQLite schema is created up front: two steps creating it at the same moment
+    # race ("table … already exists"), which the duckdb pool used to hide by serialising them.
+    ensure_mlflow(f"sqlite:///{store / 'mlflow.db'}", Settings().mlflow.experiment)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "LLMOPS_HOME": str(store),
+        "LLMOPS_WAREHOUSE_URL": postgres.url(database),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+        "LLMOPS_SOURCES_CONFIG": str(sources),
+        "MP_SOURCE_DB": f"sqlite:///{db}",
+    }
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "llmops_dagster.definitions",
+         "--select", "fs/files,sql/faq"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "RUN_SUCCESS" in log
+    assert "Step blocked by limit for pool" not in log
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        windows: dict[str, list[float]] = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is not None and event.event_type_value in ("STEP_START", "STEP_SUCCESS"):
+                windows.setdefault(str(entry.step_key), []).append(entry.timestamp)
+    (fs_start, fs_end), (sql_start, sql_end) = windows["ingest_fs"], windows["ingest_sql"]
+    assert fs_start < sql_end and sql_start < fs_end, windows  # the two steps overlapped
+
+    with connect_warehouse(url=postgres.url(database), duckdb_path=store / "x.duckdb") as pg:
+        assert pg.scalar('SELECT count(*) FROM "raw"."sql_faq"') == 3
+        assert pg.scalar('SELECT count(*) FROM "raw"."fs_files"') == 37  # files, not documents
