@@ -47,22 +47,34 @@ def services() -> None:
 
 @services.command("fetch")
 def services_fetch() -> None:
-    """Download and unpack the Elasticsearch distribution (once; cached under LLMOPS_HOME)."""
+    """Download and unpack the Elasticsearch distribution and build its local-node plugin
+    (once each; cached under LLMOPS_HOME)."""
     from llmops_dagster.services.elasticsearch_local import (
         ElasticsearchSetupError,
         fetch_distribution,
     )
+    from llmops_dagster.services.es_plugin import ensure_plugin
 
     settings = get_settings()
     try:
         home = fetch_distribution(settings.es_dist_dir, settings.local_node.version, log=_log)
+        # Built and installed once here, so set-up does it and node starts only check it.
+        ensure_plugin(home, java_home=settings.local_node.java_home, log=_log)
     except ElasticsearchSetupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(home))
 
 
 @services.command("up")
-def services_up() -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Elasticsearch nodes: 1 = the single local node; N > 1 = a local cluster on "
+    "LLMOPS_ES_PORT and the next N-1 ports (transport on the same + 100).",
+)
+def services_up(nodes: int) -> None:
     """Start the local Elasticsearch node (or check ELASTICSEARCH_URL) and the MLflow store."""
     from llmops_dagster.search.client import ElasticsearchUnavailable
     from llmops_dagster.services.elasticsearch_local import ElasticsearchSetupError
@@ -71,17 +83,24 @@ def services_up() -> None:
 
     settings = get_settings()
     try:
-        status = elasticsearch_up(settings, log=_log)
+        status = elasticsearch_up(settings, log=_log, nodes=nodes)
         store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
     except (ElasticsearchSetupError, ElasticsearchUnavailable, MlflowUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     _log(f"MLflow store: {store.tracking_uri}")
+    if nodes > 1:
+        for node in status["nodes"]:
+            _log(f"{node['name']}: {node['url']} (pid {node['pid']})")
+        _log(
+            "Set LLMOPS_ES_REPLICAS=1 for the indices you build on it, so every shard has a "
+            "copy on a second node: with 0 replicas a stopped node takes its shards with it."
+        )
     click.echo(f"ELASTICSEARCH_URL={status['url']}")
 
 
 @services.command("down")
 def services_down() -> None:
-    """Stop the local Elasticsearch node by its pid."""
+    """Stop the local Elasticsearch node (or every node of the local cluster) by its pid."""
     from llmops_dagster.services.local import elasticsearch_down
 
     stopped = elasticsearch_down(get_settings(), log=_log)
@@ -106,7 +125,9 @@ def services_status_cmd(as_json: bool, dagster_port: int) -> None:
             "elasticsearch",
             "[green]healthy[/green]" if es_ok else "[red]down[/red]",
             es["url"],
-            es.get("error") or f"{es.get('status')} · {'external' if es['external'] else 'local'}",
+            es.get("error")
+            or f"{es.get('status')} · {'external' if es['external'] else 'local'}"
+            + (f" · {es['number_of_nodes']} nodes" if es.get("number_of_nodes") else ""),
         )
         table.add_row(
             "mlflow",

@@ -27,9 +27,22 @@ class ClusterSpec:
     verify_certs: bool = True
     hint: str = "check the Elasticsearch URL setting"
 
+    @property
+    def urls(self) -> list[str]:
+        """``url`` may name several nodes of one cluster, comma-separated: the client spreads
+        requests over them and retries another node when one is down."""
+        return [part.strip().rstrip("/") for part in self.url.split(",") if part.strip()]
+
 
 def make_client(spec: ClusterSpec, *, request_timeout: float = 30.0) -> Elasticsearch:
     """An ``Elasticsearch`` client for the cluster (nothing is sent yet)."""
+    hosts = spec.urls
+    bad = [url for url in hosts if not url.startswith(("http://", "https://"))]
+    if not hosts or bad:
+        raise ElasticsearchUnavailable(
+            f"Elasticsearch URL {spec.url!r} is not a list of http(s):// URLs "
+            f"(comma-separated for several nodes): {spec.hint}"
+        )
     kwargs: dict = {
         "request_timeout": request_timeout,
         "retry_on_timeout": True,
@@ -41,9 +54,9 @@ def make_client(spec: ClusterSpec, *, request_timeout: float = 30.0) -> Elastics
         kwargs["basic_auth"] = (spec.username, spec.password)
     if spec.ca_certs:
         kwargs["ca_certs"] = str(spec.ca_certs)
-    if spec.url.startswith("https"):
+    if any(url.startswith("https") for url in hosts):
         kwargs["verify_certs"] = spec.verify_certs
-    return Elasticsearch(spec.url, **kwargs)
+    return Elasticsearch(hosts, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -127,6 +128,11 @@ class LocalNode:
     java_home: Path | None = None
     #: Appended to ES_JAVA_OPTS (LLMOPS_ES_EXTRA_JAVA_OPTS).
     extra_java_opts: str = ""
+    node_name: str = "llmops-node-1"
+    #: Transport addresses (host:port) of the cluster's nodes; empty → a single-node cluster.
+    seed_hosts: tuple[str, ...] = ()
+    #: Node names that vote in the very first master election (only read on first start).
+    initial_master_nodes: tuple[str, ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -136,6 +142,11 @@ class LocalNode:
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def transport_port(self) -> int:
+        # Transport next to HTTP so two nodes (demo + tests) never race for 9300.
+        return self.port + 100
 
     @property
     def pid_file(self) -> Path:
@@ -150,15 +161,30 @@ class LocalNode:
         return self.node_dir / "logs" / "console.log"
 
 
+def _discovery_settings(node: LocalNode) -> dict[str, Any]:
+    """Single-node discovery (no election, no peers) unless the node belongs to a cluster.
+
+    A cluster node finds its peers through ``discovery.seed_hosts`` (loopback transport ports);
+    ``cluster.initial_master_nodes`` lets the first start elect a master among exactly those
+    names, so nodes of a fresh cluster never each bootstrap a cluster of their own. It is read
+    only while the node's data folder has no cluster yet.
+    """
+    if not node.seed_hosts:
+        return {"discovery.type": "single-node"}
+    return {
+        "discovery.seed_hosts": list(node.seed_hosts),
+        "cluster.initial_master_nodes": list(node.initial_master_nodes or (node.node_name,)),
+    }
+
+
 def _elasticsearch_yml(node: LocalNode) -> str:
     settings = {
         "cluster.name": node.cluster_name,
-        "node.name": "llmops-node-1",
+        "node.name": node.node_name,
         "network.host": "127.0.0.1",
         "http.port": node.port,
-        # Transport next to HTTP so two nodes (demo + tests) never race for 9300.
-        "transport.port": node.port + 100,
-        "discovery.type": "single-node",
+        "transport.port": node.transport_port,
+        **_discovery_settings(node),
         "path.data": str(node.node_dir / "data"),
         "path.logs": str(node.node_dir / "logs"),
         # Local default only: security off. A secured cluster is used through ELASTICSEARCH_URL.
@@ -265,6 +291,34 @@ def node_status(node: LocalNode) -> dict:
     }
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (a bind attempt, as the node will make).
+
+    SO_REUSEADDR as Elasticsearch sets it: a closed connection lingering in TIME_WAIT does not
+    count as "in use", a listening socket does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(node: LocalNode) -> None:
+    """Fail, naming the port and the setting, when the node's HTTP or transport port is taken:
+    otherwise Elasticsearch would exit with a bind error buried in its log."""
+    for kind, port in (("HTTP", node.port), ("transport", node.transport_port)):
+        if port_in_use(port):
+            raise ElasticsearchSetupError(
+                f"Port {port} on 127.0.0.1 ({kind} port of Elasticsearch node "
+                f"{node.node_name}) is already in use by another process; stop it or choose "
+                "another base port with LLMOPS_ES_PORT (HTTP uses the base port and the next "
+                "ports for more nodes; transport uses the same ports + 100)."
+            )
+
+
 def _log_tail(node: LocalNode, lines: int = 25) -> str:
     for candidate in (node.console_log, node.log_file):
         if candidate.is_file():
@@ -305,10 +359,16 @@ def run_node_tool(node: LocalNode, tool: str, *args: str) -> subprocess.Complete
     )  # fmt: skip
 
 
-def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) -> dict:
-    """Start the node (if not already running) and wait until the cluster is yellow/green."""
+def start_node(
+    node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet, wait: bool = True
+) -> dict:
+    """Start the node (if not already running) and wait until the cluster is yellow/green.
+
+    ``wait=False`` returns once the process runs: a node of a cluster that is still forming
+    answers no health until enough of its peers are up (see ``es_cluster.start_cluster``).
+    """
     current = node_status(node)
-    if current["running"] and current["healthy"]:
+    if current["running"] and (current["healthy"] or not wait):
         log(f"Elasticsearch already running at {node.url} (pid {current['pid']})")
         return current
     if current["running"]:
@@ -318,7 +378,12 @@ def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) ->
             f"Something else already answers at {node.url}; stop it or choose another port "
             "with LLMOPS_ES_PORT (or use it via ELASTICSEARCH_URL)."
         )
+    check_ports_free(node)
     java_home, java_major = find_java_home(node.java_home)
+    # GET / and English analysis (es_plugin.py); cheap when the distribution has it already.
+    from llmops_dagster.services.es_plugin import ensure_plugin
+
+    ensure_plugin(node.dist_home, java_home=java_home, log=log)
     user = _prepare_node_dir(node)
     node.pid_file.unlink(missing_ok=True)
     env, prefix = _node_process(node, java_home, user)
@@ -340,6 +405,8 @@ def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) ->
             f"Elasticsearch failed to start (exit {proc.returncode}); last log lines:\n"
             + _log_tail(node)
         )
+    if not wait:
+        return node_status(node)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = node_status(node)
@@ -356,14 +423,19 @@ def start_node(node: LocalNode, *, timeout: float = 180.0, log: Log = _quiet) ->
     )
 
 
-def stop_node(node: LocalNode, *, timeout: float = 60.0, log: Log = _quiet) -> bool:
-    """Stop the node by its pid: SIGTERM, then SIGKILL after ``timeout``. True if one ran."""
+def stop_node(
+    node: LocalNode, *, timeout: float = 60.0, log: Log = _quiet, kill: bool = False
+) -> bool:
+    """Stop the node by its pid: SIGTERM, then SIGKILL after ``timeout``. True if one ran.
+
+    ``kill=True`` sends SIGKILL at once: a crash, for failover drills (no graceful shutdown).
+    """
     pid = _read_pid(node)
     if pid is None or not _alive(pid):
         node.pid_file.unlink(missing_ok=True)
         return False
-    log(f"Stopping Elasticsearch (pid {pid}) ...")
-    os.kill(pid, signal.SIGTERM)
+    log(f"{'Killing' if kill else 'Stopping'} Elasticsearch (pid {pid}) ...")
+    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.5)

@@ -1,4 +1,9 @@
-"""The project's local services seen as one: Elasticsearch node, MLflow store, Dagster UI."""
+"""The project's local services seen as one: Elasticsearch node, MLflow store, Dagster UI.
+
+``services up --nodes N`` (N > 1) starts a local cluster instead of the single node and records
+its size and base port in ``<LLMOPS_HOME>/elasticsearch/cluster/cluster.json``, so ``down`` and
+``status`` find the same nodes even if LLMOPS_ES_PORT changed in between.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,21 @@ from typing import Any
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.services.elasticsearch_local import (
+    ElasticsearchSetupError,
     LocalNode,
     Log,
     fetch_distribution,
     node_status,
     start_node,
     stop_node,
+)
+from llmops_dagster.services.es_cluster import (
+    LocalCluster,
+    cluster_nodes,
+    cluster_status,
+    map_nodes,
+    start_cluster,
+    stop_cluster,
 )
 
 
@@ -66,6 +80,48 @@ def local_node(
     return _relocated_for_es_user(node)
 
 
+def cluster_root(settings: Settings) -> Path:
+    return settings.home / "elasticsearch" / "cluster"
+
+
+def local_cluster(
+    settings: Settings, *, nodes: int, root: Path | None = None, port: int | None = None
+) -> LocalCluster:
+    """``nodes`` local nodes on ``port`` (default LLMOPS_ES_PORT) and up, each relocated like
+    the single node when root must hand it to the unprivileged Elasticsearch user."""
+    from llmops_dagster.services.elasticsearch_local import distribution_home
+
+    cluster = cluster_nodes(
+        distribution_home(settings.es_dist_dir, settings.local_node.version),
+        root or cluster_root(settings),
+        size=nodes,
+        port=port or settings.local_node.port,
+        heap=settings.local_node.heap,
+        java_home=settings.local_node.java_home,
+        extra_java_opts=settings.local_node.extra_java_opts,
+    )
+    return map_nodes(cluster, _relocated_for_es_user)
+
+
+def _manifest(settings: Settings) -> Path:
+    return cluster_root(settings) / "cluster.json"
+
+
+def recorded_cluster(settings: Settings) -> LocalCluster | None:
+    """The cluster ``services up --nodes N`` last started (None if there is none on record)."""
+    try:
+        record = json.loads(_manifest(settings).read_text())
+        return local_cluster(settings, nodes=int(record["nodes"]), port=int(record["port"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _record_cluster(settings: Settings, cluster: LocalCluster) -> None:
+    path = _manifest(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"nodes": cluster.size, "port": cluster.nodes[0].port}) + "\n")
+
+
 def dagster_home() -> Path:
     """``DAGSTER_HOME`` if set, else the project's ``dagster_home/`` (telemetry and nux off)."""
     return (
@@ -75,23 +131,62 @@ def dagster_home() -> Path:
     )
 
 
-def elasticsearch_up(settings: Settings, *, log: Log) -> dict[str, Any]:
-    """Start the local node, or only check the external cluster when ELASTICSEARCH_URL is set."""
+def elasticsearch_up(settings: Settings, *, log: Log, nodes: int = 1) -> dict[str, Any]:
+    """Start the local node (``nodes`` > 1: a local cluster), or only check the external
+    cluster when ELASTICSEARCH_URL is set."""
+    if nodes < 1:
+        raise ElasticsearchSetupError(f"--nodes must be at least 1, got {nodes}.")
     if settings.uses_external_es:
+        if nodes > 1:
+            raise ElasticsearchSetupError(
+                f"--nodes {nodes} starts local nodes, but ELASTICSEARCH_URL="
+                f"{settings.elasticsearch.url} is set: unset it to start a local cluster."
+            )
         from llmops_dagster.search.client import check_cluster, make_client
 
         health = check_cluster(make_client(settings.cluster_spec()), settings.cluster_spec())
         log(f"Using the cluster at ELASTICSEARCH_URL={settings.elasticsearch.url}: {health.status}")
         return {"url": health.url, "external": True, "status": health.status}
+    recorded = recorded_cluster(settings)
+    recorded_runs = recorded is not None and cluster_status(recorded)["running"] > 0
+    if recorded is not None and recorded_runs and recorded.size != nodes:
+        raise ElasticsearchSetupError(
+            f"A local {recorded.size}-node cluster is running at {recorded.url}: stop it with "
+            f"`llmops-dagster services down` first (or use --nodes {recorded.size})."
+        )
     fetch_distribution(settings.es_dist_dir, settings.local_node.version, log=log)
-    return start_node(local_node(settings), log=log)
+    if nodes == 1:
+        _manifest(settings).unlink(missing_ok=True)  # a stopped cluster is no longer current
+        return start_node(local_node(settings), log=log)
+    single = local_node(settings)
+    if node_status(single)["running"]:
+        raise ElasticsearchSetupError(
+            f"The single local node is running at {single.url}: stop it with "
+            "`llmops-dagster services down` before starting a cluster."
+        )
+    # A running cluster keeps its recorded ports even if LLMOPS_ES_PORT changed since.
+    cluster = recorded if recorded is not None and recorded_runs else None
+    cluster = cluster or local_cluster(settings, nodes=nodes)
+    _record_cluster(settings, cluster)  # first: `services down` can clean up a failed start
+    try:
+        return start_cluster(cluster, log=log)
+    except BaseException:
+        if cluster_status(cluster)["running"] == 0:  # nothing left to clean up: forget it
+            _manifest(settings).unlink(missing_ok=True)
+        raise
 
 
 def elasticsearch_down(settings: Settings, *, log: Log) -> bool:
+    """Stop the single node and the recorded cluster, whichever runs. True if any node ran."""
     if settings.uses_external_es:
         log("ELASTICSEARCH_URL is set: the external cluster is not ours to stop.")
         return False
-    return stop_node(local_node(settings), log=log)
+    stopped = stop_node(local_node(settings), log=log)
+    recorded = recorded_cluster(settings)
+    if recorded is not None:
+        stopped = stop_cluster(recorded, log=log) > 0 or stopped
+        _manifest(settings).unlink(missing_ok=True)  # its data stays for the next `up`
+    return stopped
 
 
 def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
@@ -118,6 +213,17 @@ def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
             "status": health.status,
             "version": health.version,
         }
+    recorded = recorded_cluster(settings)
+    if recorded is not None:
+        status = cluster_status(recorded)
+        status.update(external=False, version=settings.local_node.version)
+        if not status["healthy"]:
+            status["error"] = (
+                f"{status['running']} of the {recorded.size} local cluster nodes run "
+                f"({status['url']}), health {status['status']}: start them with "
+                f"`llmops-dagster services up --nodes {recorded.size}`"
+            )
+        return status
     status = node_status(local_node(settings))
     status["external"] = False
     status["version"] = settings.local_node.version
