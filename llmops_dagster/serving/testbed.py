@@ -68,14 +68,23 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on a free loopback port; (process, tracking URI) once it answers."""
+def start_mlflow_server(
+    folder: Path, *, backend_store_uri: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on a free loopback port; (process, tracking URI) once it answers.
+
+    The backend store is SQLite in ``folder`` unless ``backend_store_uri`` names another
+    database (e.g. ``postgresql://user@host:port/db``, what deploy/mlflow-server.sh runs);
+    artifacts are always proxied by the server into ``folder/artifacts``, so clients need no
+    access to the artifact store themselves.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "mlflow-server.log"
+    backend = backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}"
     proc = subprocess.Popen(
         [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--backend-store-uri", backend,
          "--artifacts-destination", str(folder / "artifacts")],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -1,4 +1,10 @@
-"""The whole graph on the sample corpus, through the fine-tune: a registered, traceable adapter."""
+"""The whole graph on the sample corpus, through the fine-tune: a registered, traceable adapter.
+
+Tracking here is the at-scale configuration (deploy/mlflow-server.sh): an ``mlflow server``
+process on a PostgreSQL backend store with proxied artifacts, reached over http:// by the
+assets, the registry, the prompt registry and the lineage walker. MLflow on SQLite stays
+covered by the other graph tests (test_champion_challenger, test_rag_bundles, ...).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
+import psycopg2
 import pytest
 from elasticsearch import Elasticsearch
 from mlflow.tracking import MlflowClient
@@ -15,6 +22,8 @@ from llmops_dagster.definitions import build_asset_checks, build_assets, build_r
 from llmops_dagster.evaluate.gate import current_alias_version
 from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, load_bundle
 from llmops_dagster.resources import build_bundle_pipeline
+from llmops_dagster.services.postgres_local import LocalPostgres, create_database
+from llmops_dagster.serving.testbed import start_mlflow_server, stop_process
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.trace import trace
 from tests.conftest import asset_metadata, drop_indices
@@ -43,13 +52,55 @@ IMPOSSIBLE_GATE = {
 
 
 def test_graph_trains_evaluates_gates_and_traces(
-    tmp_settings: Settings, es_settings: Settings, es_client: Elasticsearch, sample_dir: Path
+    tmp_settings: Settings,
+    es_settings: Settings,
+    es_client: Elasticsearch,
+    sample_dir: Path,
+    postgres: LocalPostgres,
+    tmp_path: Path,
 ) -> None:
     alias = f"model-{uuid.uuid4().hex[:8]}"
+    database = f"mlflow_{uuid.uuid4().hex[:8]}"
+    create_database(postgres, database)
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: psycopg2.
+    server, tracking_uri = start_mlflow_server(
+        tmp_path / "mlflow-server",
+        backend_store_uri=postgres.url(database, driver="postgresql+psycopg2"),
+    )
+    try:
+        _run_graph(tmp_settings, es_settings, es_client, sample_dir, alias, tracking_uri)
+    finally:
+        stop_process(server)
+    # Everything went through the server into PostgreSQL (not a stray local store): the adapter
+    # and bundle models, exactly one bundle alias (the refused candidate moved none), and the
+    # artifacts the server proxied into its own folder.
+    with psycopg2.connect(postgres.dsn(database)) as con, con.cursor() as cur:
+        cur.execute("SELECT name FROM registered_models")
+        names = {row[0] for row in cur.fetchall()}
+        cur.execute(
+            "SELECT alias FROM registered_model_aliases WHERE name = %s", (DEFAULT_BUNDLE_MODEL,)
+        )
+        aliases = [row[0] for row in cur.fetchall()]
+    con.close()
+    assert {tmp_settings.models.adapter_model_name, DEFAULT_BUNDLE_MODEL} <= names
+    assert len(aliases) == 1 and aliases[0] in ("champion", "challenger")
+    assert any((tmp_path / "mlflow-server" / "artifacts").rglob("adapter_config.json"))
+
+
+def _run_graph(
+    tmp_settings: Settings,
+    es_settings: Settings,
+    es_client: Elasticsearch,
+    sample_dir: Path,
+    alias: str,
+    tracking_uri: str,
+) -> None:
     settings = tmp_settings.override(
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
+        mlflow={"tracking_uri": tracking_uri},
         models={"torch_threads": 1},
     )
+    assert settings.mlflow_uri.startswith("http://")
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     instance = dg.DagsterInstance.ephemeral()
     assets = [*build_assets(settings, sources), *build_asset_checks()]
