@@ -11,10 +11,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import stat
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -113,7 +113,9 @@ def _relocated(data_dir: Path) -> Path:
     return root / key / data_dir.name
 
 
-def _run_as(user: pwd.struct_passwd | None, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _run_as(
+    user: pwd.struct_passwd | None, args: list[str], **kwargs
+) -> subprocess.CompletedProcess:
     prefix: list[str] = []
     if user is not None:
         prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
@@ -126,7 +128,11 @@ def _run_as(user: pwd.struct_passwd | None, args: list[str], **kwargs) -> subpro
 
 
 def start_postgres(
-    data_dir: Path, *, port: int | None = None, databases: tuple[str, ...] = (), timeout: float = 60.0
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    databases: tuple[str, ...] = (),
+    timeout: float = 60.0,
 ) -> LocalPostgres:
     """Create (once) and start a cluster in ``data_dir``; create ``databases`` if missing."""
     bin_dir = find_pg_bin()
@@ -172,7 +178,9 @@ def start_postgres(
 def wait_ready(pg: LocalPostgres, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        done = _run_as(None, [str(pg.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg.port)])
+        done = _run_as(
+            None, [str(pg.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg.port)]
+        )
         if done.returncode == 0:
             return
         if time.monotonic() > deadline:
