@@ -149,3 +149,27 @@ def test_basic_auth_over_tls_indexes_and_searches(secured) -> None:
     hits = HybridRetriever(client, alias, embedder).search("battery", mode="hybrid_rrf", k=1)
     assert hits[0].chunk_id == "s0"
     client.indices.delete(index=report.index)
+
+
+def test_api_key_authenticates_and_revoked_key_is_refused(secured) -> None:
+    # API keys live in the .security index, whose `email` analyzer needs uax_url_email,
+    # pattern_capture and unique: the local-node plugin (services/es_plugin.py) provides them,
+    # so the node creates that index and API keys work.
+    url, ca = secured
+    admin = _settings(url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD=PASSWORD,
+                      ELASTICSEARCH_CA_CERTS=str(ca))  # fmt: skip
+    admin_client = make_client(admin.cluster_spec())
+    name = f"llmops-test-{uuid.uuid4().hex[:8]}"
+    key = admin_client.security.create_api_key(name=name, expiration="1h")
+
+    with_key = _settings(url, ELASTICSEARCH_API_KEY=key["encoded"], ELASTICSEARCH_CA_CERTS=str(ca))
+    client = make_client(with_key.cluster_spec())
+    assert check_cluster(client, with_key.cluster_spec()).status in {"green", "yellow"}
+    who = client.security.authenticate()
+    assert (who["username"], who["authentication_type"]) == (USER, "api_key")
+    assert (who["api_key"]["id"], who["api_key"]["name"]) == (key["id"], name)
+
+    invalidated = admin_client.security.invalidate_api_key(ids=[key["id"]])
+    assert invalidated["invalidated_api_keys"] == [key["id"]]
+    with pytest.raises(ElasticsearchUnavailable, match="refused the credentials"):
+        check_cluster(make_client(with_key.cluster_spec()), with_key.cluster_spec())
