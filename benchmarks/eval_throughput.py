@@ -8,16 +8,20 @@ Both modes answer the same golden questions with the same retriever, generator, 
 - batched: all questions through ``answer_many`` (the generator's batches, left-padded), then one
   DeepEval ``evaluate()`` with async, concurrent metric execution.
 
-Greedy decoding makes both produce the same answers; the script checks the aggregate scores
-agree, so the speed-up is not bought with different work.
+Greedy decoding should make both produce the same answers. The script checks it, so the speed-up
+is not bought with different work: it counts identical answers and compares every metric both
+modes aggregate (``agreement``: largest absolute difference; latency is left out, it is what
+differs). If an answer or an aggregate (beyond ``--tolerance``) differs, it still writes the
+results, marked ``"agrees": false``, and exits with status 1.
 
 Retrieval is an in-memory dense retriever over the sample corpus (Markdown/text files split into
 paragraph chunks, FAQ records one chunk each), so the benchmark needs no Elasticsearch node;
 retrieval costs the same in both modes.
 
 Usage: ``python benchmarks/eval_throughput.py [--cases 10] [--max-new-tokens 32] [--k 3]``
-Writes ``benchmarks/results/eval_throughput.json``: ``{"batched_vs_serial": x, "cases_per_min": x}``
-(plus the details under ``"details"``).
+Writes ``benchmarks/results/eval_throughput.json`` through ``results_file.write_results``:
+``batched_vs_serial``, ``cases_per_min`` (batched), ``agreement``, the details under
+``"details"``, the git revision, and the last three runs' headline figures under ``"history"``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 from llmops_dagster.config import apply_offline_env_defaults
 
 apply_offline_env_defaults()  # this script is where the process starts
+from results_file import write_results
+
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.golden import load_golden
@@ -111,7 +117,25 @@ def sample_chunks(sample_dir: Path, words: int = 120) -> list[tuple[str, str, st
     return chunks
 
 
-def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str, Any]:
+def agreement(
+    serial: dict[str, float], batched: dict[str, float], same_answers: int, n: int, tolerance: float
+) -> dict[str, Any]:
+    """Did both modes do the same work? Identical answers, and equal aggregates of every
+    quality metric both report (latency excluded: it is what the modes are meant to change)."""
+    keys = sorted(k for k in serial.keys() & batched.keys() if not k.startswith("latency"))
+    diff = max((abs(serial[k] - batched[k]) for k in keys), default=0.0)
+    return {
+        "identical_answers": f"{same_answers}/{n}",
+        "metrics_compared": keys,
+        "max_aggregate_abs_diff": round(diff, 6),
+        "tolerance": tolerance,
+        "agrees": same_answers == n and diff <= tolerance,
+    }
+
+
+def run(
+    cases_n: int, max_new_tokens: int, k: int, batch_size: int, tolerance: float = 1e-6
+) -> dict[str, Any]:
     settings = Settings()
     golden = load_golden().subset(cases_n)
     embedder = load_embedder(
@@ -165,6 +189,7 @@ def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str,
     return {
         "batched_vs_serial": round(serial_s / batched_s, 2),
         "cases_per_min": round(n / batched_s * 60, 2),
+        "agreement": agreement(serial_means, dict(batched.aggregates), same_answers, n, tolerance),
         "details": {
             "cases": n,
             "serial_seconds": round(serial_s, 2),
@@ -175,7 +200,6 @@ def run(cases_n: int, max_new_tokens: int, k: int, batch_size: int) -> dict[str,
             "max_new_tokens": max_new_tokens,
             "k": k,
             "batch_size": batch_size,
-            "identical_answers": f"{same_answers}/{n}",
             "batched_aggregates": {k_: round(v, 4) for k_, v in batched.aggregates.items()},
             "serial_aggregates": {k_: round(v, 4) for k_, v in serial_means.items()},
             "golden_version": golden.short_version,
@@ -193,12 +217,20 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--output", type=Path, default=RESULT_PATH)
     args = parser.parse_args()
-    result = run(args.cases, args.max_new_tokens, args.k, args.batch_size)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    result = run(args.cases, args.max_new_tokens, args.k, args.batch_size, args.tolerance)
+    headline = {
+        "batched_vs_serial": result["batched_vs_serial"],
+        "cases_per_min": result["cases_per_min"],
+        "agrees": result["agreement"]["agrees"],
+    }
+    written = write_results(args.output, result, headline)
+    print(json.dumps(written, indent=2))
+    if not result["agreement"]["agrees"]:
+        print("batched and serial runs disagree: see 'agreement'", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Embedding models, loaded once per process, from a path or a model id.
 
 Two backends behind one :class:`Embedder`: ``torch`` (stock sentence-transformers, fp32) and
-``onnx-int8`` (the same model converted once to a fused, int8-quantized ONNX Runtime graph, ~2-3x
-faster on CPU; see :mod:`llmops_dagster.embed.onnx`). The backend is part of the model id
-(``<id>+onnx-int8``), because its vectors differ slightly from fp32 and must never share a cache
-key or an index with them.
+``onnx-int8`` (the same model converted once to a fused, int8-quantized ONNX Runtime graph; see
+:mod:`llmops_dagster.embed.onnx` for the recipe and its measured speed and fidelity). The backend
+and its recipe version are part of the model id (``<id>+onnx-int8-r<N>``), because its vectors
+differ slightly from fp32 (and from another recipe's) and must never share a cache key or an
+index with them.
 """
 
 from __future__ import annotations
@@ -93,7 +94,11 @@ _TOKENIZERS: ProcessCache[Any] = ProcessCache("embedding tokenizers")
 def backend_model_id(model_ref: str, backend: str) -> str:
     """The embedding-cache / index id of ``model_ref`` served by ``backend``."""
     base = canonical_model_id(model_ref)
-    return base if backend == "torch" else f"{base}+{backend}"
+    if backend == "torch":
+        return base
+    from llmops_dagster.embed.onnx import recipe_model_id
+
+    return recipe_model_id(base)
 
 
 def load_embedder(
@@ -112,7 +117,12 @@ def load_embedder(
     resource that asks) and reuses that conversion afterwards.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown embedding backend {backend!r}; use one of {BACKENDS}")
+        # The value comes from LLMOPS_EMBEDDING_BACKEND (via the models resource): name it, so a
+        # typo is fixed where it was made.
+        raise ValueError(
+            f"unknown embedding backend {backend!r} (LLMOPS_EMBEDDING_BACKEND / the models "
+            f"resource's embedding_backend); use one of {', '.join(BACKENDS)}"
+        )
     if backend == "onnx-int8":
         if cache_dir is None:
             raise ValueError("the onnx-int8 embedding backend needs a cache_dir for its model")
@@ -144,13 +154,13 @@ def _load_torch(model_id: str, device: str | None) -> Embedder:
 
 
 def _load_onnx_int8(model_ref: str, cache_dir: Path, *, threads: int | None) -> Embedder:
-    from llmops_dagster.embed.onnx import OnnxSentenceEncoder, ensure_onnx_int8
+    from llmops_dagster.embed.onnx import OnnxSentenceEncoder, ensure_onnx_int8, recipe_model_id
 
     base_id = canonical_model_id(model_ref)
     folder = ensure_onnx_int8(model_ref, cache_dir, canonical_id=base_id)
     encoder = OnnxSentenceEncoder(folder, threads=threads)
     return Embedder(
-        model_id=f"{base_id}+onnx-int8",
+        model_id=recipe_model_id(base_id),
         model=encoder,
         dims=encoder.dims,
         max_seq_length=encoder.max_seq_length,

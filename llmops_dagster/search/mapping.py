@@ -5,6 +5,13 @@ Why detect the analyzer: a full Elasticsearch distribution ships the ``english``
 analysis-common module, so asking for ``english`` there fails index creation. We probe the node
 with ``_analyze`` and use the best analyzer it really offers, and record the choice in ``_meta``
 so an evaluation can tell which analyzer produced its numbers.
+
+Stemming: where the node has ``english``, that analyzer stems ``title``/``text`` itself. Where it
+has not, the index gets shadow fields ``title_stemmed``/``text_stemmed`` that the writer fills
+with a Python-stemmed copy (:mod:`llmops_dagster.search.stemming`) and the retriever queries with a
+stemmed query. ``_meta.text_stemming`` records which route the index uses (``analyzer``,
+``python`` or ``none``); the writer and the retriever read it from the index, so an index is
+always written and queried the way it was built, whatever the node offers later.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from typing import Any, Literal
 
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
+
+from llmops_dagster.search.stemming import stemmed_field, stemmer_version
 
 VectorIndexType = Literal[
     "int8_hnsw", "hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat"
@@ -38,7 +47,20 @@ KEYWORD_FIELDS: tuple[str, ...] = (
 )
 
 #: 2: ``allowed_groups`` (access control). An older live index is rebuilt, not patched.
-MAPPING_SCHEMA_VERSION = 2
+#: 3: ``text_stemming`` in ``_meta`` and, for the ``python`` route, the stemmed shadow fields.
+#: A schema-2 index still works: it reads as ``text_stemming: none`` (plain fields only).
+MAPPING_SCHEMA_VERSION = 3
+
+#: The text fields BM25 searches; the ``python`` route adds a stemmed shadow of each.
+TEXT_FIELDS: tuple[str, ...] = ("title", "text")
+
+#: How an index stems its text: by the node's analyzer, by Python into shadow fields, or not.
+TextStemming = Literal["analyzer", "python", "none"]
+#: ``auto``: ``analyzer`` when the chosen analyzer stems (``english``), else ``python``.
+StemmingSetting = Literal["auto", "analyzer", "python", "none"]
+
+#: Built-in analyzers that stem English themselves.
+STEMMING_ANALYZERS: frozenset[str] = frozenset({"english"})
 
 _CORE_STOP_FILTER = "llmops_english_stop"
 _CORE_ENGLISH_DEFINITION: dict[str, Any] = {
@@ -48,23 +70,56 @@ _CORE_ENGLISH_DEFINITION: dict[str, Any] = {
 }
 
 
+#: Rescoring of ``bbq_*`` vectors unless configured: 3x, Elasticsearch's own default for BBQ.
+DEFAULT_BBQ_OVERSAMPLE = 3.0
+
+
 @dataclass(frozen=True)
 class VectorIndexOptions:
     """HNSW/quantisation options of the ``dense_vector`` field.
 
-    ``int8_hnsw`` is Elasticsearch's default for float vectors: 4x smaller in memory than
-    ``hnsw`` with a negligible recall loss for 384-dim sentence embeddings.
+    Default ``bbq_hnsw`` with 3x rescoring, chosen by ``benchmarks/vector_options.py`` on
+    SciFact (all-MiniLM-L6-v2, 384 dims; two runs): kNN nDCG@10 0.6451 (= float ``hnsw``, above
+    ``int8_hnsw`` 0.6442), Recall@100 0.9233 (hnsw and int8 0.9250), hybrid_rrf nDCG@10
+    0.7101-0.7103 (all four options within 0.0008), while the graph search reads 1-bit vectors:
+    0.32 MB of quantized vectors for 5,183 chunks vs 2.07 MB for int8 (the float vectors stay
+    on disk for the rescoring in every quantized type). ``bbq_flat`` scores the same here but
+    scans every vector per query, so it does not scale with the corpus. ``bbq_hnsw`` is also
+    Elasticsearch's own default for float vectors of >= 384 dims since 9.1; we pin it (and the
+    oversampling) so the index does not change with the node.
     """
 
-    type: VectorIndexType = "int8_hnsw"
+    type: VectorIndexType = "bbq_hnsw"
     m: int = 16
     ef_construction: int = 100
+    #: ``rescore_vector.oversample`` for quantized types: fetch ``k x oversample`` candidates
+    #: by the quantized score and rescore them with the raw float vectors (0: no rescoring).
+    #: ``None``: :data:`DEFAULT_BBQ_OVERSAMPLE` for ``bbq_*`` types (1-bit scores alone lose
+    #: recall), nothing for the others.
+    rescore_oversample: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rescore_oversample is not None:
+            if self.type in {"hnsw", "flat"}:
+                raise ValueError(
+                    f"vector_options.rescore_oversample needs a quantized type, not {self.type!r}"
+                )
+            if not (self.rescore_oversample >= 1.0 or self.rescore_oversample == 0):
+                raise ValueError(
+                    "vector_options.rescore_oversample must be >= 1.0 (or 0: no rescoring), "
+                    f"got {self.rescore_oversample}"
+                )
 
     def as_mapping(self) -> dict[str, Any]:
         options: dict[str, Any] = {"type": self.type}
         if self.type.endswith("hnsw"):  # flat types take no graph parameters
             options["m"] = self.m
             options["ef_construction"] = self.ef_construction
+        oversample = self.rescore_oversample
+        if oversample is None and self.type.startswith("bbq"):
+            oversample = DEFAULT_BBQ_OVERSAMPLE
+        if oversample is not None:
+            options["rescore_vector"] = {"oversample": oversample}
         return options
 
 
@@ -97,12 +152,40 @@ class IndexSpec:
     #: BM25 parameters; ``None`` keeps Lucene's defaults (k1 1.2, b 0.75).
     bm25_k1: float | None = None
     bm25_b: float | None = None
+    #: ``auto``: the analyzer stems where it can (``english``), else Python shadow fields.
+    stemming: StemmingSetting = "auto"
 
     def __post_init__(self) -> None:
         if self.dims < 1:
             raise ValueError(f"dims must be >= 1, got {self.dims}")
         if self.shards < 1 or self.replicas < 0:
             raise ValueError(f"bad shards/replicas: {self.shards}/{self.replicas}")
+        if self.stemming not in {"auto", "analyzer", "python", "none"}:
+            raise ValueError(
+                f"stemming must be one of auto, analyzer, python, none; got {self.stemming!r}"
+            )
+
+
+def resolve_stemming(setting: StemmingSetting, analyzer: str) -> TextStemming:
+    """The stemming route of an index: ``auto`` picks the analyzer when it stems, else Python.
+
+    ``analyzer`` on a non-stemming analyzer is refused: the index would claim a stemming it
+    does not have, and the retriever would skip the shadow fields it needs.
+    """
+    if setting == "auto":
+        return "analyzer" if analyzer in STEMMING_ANALYZERS else "python"
+    if setting == "analyzer" and analyzer not in STEMMING_ANALYZERS:
+        raise ValueError(
+            f"stemming='analyzer' needs a stemming analyzer ({sorted(STEMMING_ANALYZERS)}), "
+            f"but the index uses {analyzer!r}; use stemming='python' or 'auto'"
+        )
+    return setting
+
+
+def text_stemming_of(meta: dict[str, Any]) -> TextStemming:
+    """The route recorded in an index's ``_meta`` (indices before schema 3: ``none``)."""
+    value = meta.get("text_stemming")
+    return value if value in {"analyzer", "python"} else "none"
 
 
 def analyzer_exists(client: Elasticsearch, analyzer: str) -> bool:
@@ -197,11 +280,15 @@ def build_index_body(
         index_settings["similarity"] = {"default": similarity}
 
     text_field = {"type": "text", "analyzer": choice.name}
+    stemming = resolve_stemming(spec.stemming, choice.name)
     properties: dict[str, Any] = {name: {"type": "keyword"} for name in KEYWORD_FIELDS}
+    properties.update({name: dict(text_field) for name in TEXT_FIELDS})
+    if stemming == "python":
+        # Already stemmed and lowercased by Python; the same analyzer only splits on spaces
+        # and drops stopwords, so the query (stemmed the same way) meets the same tokens.
+        properties.update({stemmed_field(name): dict(text_field) for name in TEXT_FIELDS})
     properties.update(
         {
-            "title": dict(text_field),
-            "text": dict(text_field),
             "position": {"type": "integer"},
             "updated_at": {"type": "date"},
             "embedding": {
@@ -220,8 +307,12 @@ def build_index_body(
         "similarity": spec.similarity,
         "analyzer": choice.name,
         "analyzer_reason": choice.reason,
+        "text_stemming": stemming,
         "vector_index_type": spec.vector_options.type,
     }
+    if stemming == "python":
+        index_meta["stemmer"] = stemmer_version()
+        index_meta["stemmed_fields"] = [stemmed_field(name) for name in TEXT_FIELDS]
     if meta:
         index_meta.update(meta)
     return {

@@ -12,11 +12,23 @@ particular, public documents only) whose ``terms`` filter on ``allowed_groups`` 
 BM25 query's ``bool.filter`` AND the kNN search's own ``filter`` (and both sub-retrievers of
 ``server_rrf``). Elasticsearch applies a kNN ``filter`` while it walks the graph, so the k
 nearest *readable* chunks come back; nothing is filtered here after retrieval.
+
+Ids-only hybrid: the two candidate lists (``window`` deep each) come back as ids and scores only
+(``_source: false``, ``stored_fields: []``): loading and parsing 2 x 100 abstracts just to keep
+10 was most of the hybrid latency. After fusion, the top ``k`` are fetched once with an ``ids``
+query that carries the SAME access clauses, so the fetch is enforced by Elasticsearch too: a
+chunk whose audience changed between the two requests is not returned (and is dropped here).
+
+Stemming: the BM25 fields follow the index's ``_meta.text_stemming`` (see
+:mod:`llmops_dagster.search.mapping`): on a ``python`` index the query is stemmed client-side and
+matched against the ``*_stemmed`` shadow fields; otherwise the plain fields are searched (the
+node's ``english`` analyzer stems them itself, or nothing stems).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +40,8 @@ from elasticsearch import exceptions as es_exceptions
 
 from llmops_dagster.access import AUDIENCE_FIELD, Principal
 from llmops_dagster.search.fusion import Normalization, linear_fuse, rank_of, rrf_fuse
+from llmops_dagster.search.mapping import TEXT_FIELDS, TextStemming, index_meta, text_stemming_of
+from llmops_dagster.search.stemming import is_stemmed_field, stem_text, stemmed_field
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +59,7 @@ class SearchMode(StrEnum):
 #: Modes that need the BM25 / the kNN result list.
 _NEEDS_BM25 = {SearchMode.BM25, SearchMode.HYBRID_RRF, SearchMode.HYBRID_LINEAR}
 _NEEDS_KNN = {SearchMode.KNN, SearchMode.HYBRID_RRF, SearchMode.HYBRID_LINEAR}
+_FUSED = {SearchMode.HYBRID_RRF, SearchMode.HYBRID_LINEAR}
 
 
 _FILTER_PATH = [
@@ -70,18 +85,36 @@ class SearchError(RuntimeError):
 class RetrieverConfig:
     """Retrieval parameters: all of them are config so that evaluation can sweep them."""
 
-    bm25_fields: tuple[str, ...] = ("title", "text")
+    #: ``None``: from the index's ``_meta.text_stemming`` (``title``/``text``, or their
+    #: ``*_stemmed`` shadows on a Python-stemmed index). Fields ending in ``_stemmed`` get the
+    #: stemmed query; plain and stemmed fields together are combined with ``dis_max``.
+    bm25_fields: tuple[str, ...] | None = None
     #: ``best_fields`` with a tie breaker: the best field's score plus a share of the others.
     bm25_type: str = "best_fields"
     bm25_tie_breaker: float | None = 0.3
     num_candidates: int = 200
-    rank_constant: int = 60
+    # Fusion defaults chosen on a DEV split, never on the SciFact test claims the README quotes:
+    # benchmarks/fusion_dev.py (PubMedQA PQA-L dev, 500 questions over 1,000 abstracts; nDCG@10
+    # BM25 0.9753, kNN 0.9863). RRF: every constant 10..100 at windows 50/100/200 scored
+    # 0.9856-0.9857 (k=20 and 10 highest, by 0.0001: the first in sweep order is kept), i.e.
+    # 0.0006 under kNN alone there. Linear: minmax (0.5, 0.5) 0.9911 beat every other weight
+    # (0.9839-0.9906) and l2 (<= 0.9888). Window 100: 50 and 200 tied with it. The dev set is
+    # near its ceiling, so these are "not worse" choices more than tuned ones; the rows are in
+    # benchmarks/results/fusion_dev.json.
+    rank_constant: int = 20
     #: How deep each list goes into the fusion (Elasticsearch's ``rank_window_size``).
     window: int = 100
     #: (bm25, knn) weights for ``hybrid_linear``.
     linear_weights: tuple[float, float] = (0.5, 0.5)
     normalization: Normalization = "minmax"
     vector_field: str = "embedding"
+    #: Hybrid modes fetch both candidate lists as ids + scores, then the fused top ``k`` once.
+    #: ``False``: the older single round trip with ``_source`` on every candidate.
+    ids_only_hybrid: bool = True
+    #: How long the index's stemming route (read from ``_meta``) is trusted: an alias swap to
+    #: an index built another way is picked up within this many seconds. One mapping read per
+    #: 5 minutes stays far out of the latency tail.
+    index_info_ttl_s: float = 300.0
     source_fields: tuple[str, ...] = (
         "chunk_id",
         "doc_id",
@@ -162,6 +195,8 @@ class HybridRetriever:
         self.server_rrf_fallback_reason: str | None = None
         #: The mode that actually produced the last results (differs on a server_rrf fallback).
         self.last_effective_mode: SearchMode | None = None
+        self._stemming: TextStemming | None = None
+        self._stemming_read_at = 0.0
 
     # --- capability detection ------------------------------------------------------------------
     def supports_server_rrf(self) -> bool:
@@ -196,6 +231,40 @@ class HybridRetriever:
             else:
                 self._server_rrf = True
         return self._server_rrf
+
+    def index_stemming(self) -> TextStemming:
+        """The alias's stemming route from its ``_meta`` (cached ``index_info_ttl_s``).
+
+        A missing alias reads as ``none``: the search itself then fails with its own
+        ``index_not_found`` reason, which names the alias. A credential without the
+        ``view_index_metadata`` privilege reads as ``none`` too (plain fields: BM25 still works,
+        unstemmed), with a warning naming the privilege or ``bm25_fields`` to set instead.
+        """
+        now = time.monotonic()
+        if self._stemming is None or now - self._stemming_read_at > self.config.index_info_ttl_s:
+            try:
+                self._stemming = text_stemming_of(index_meta(self.client, self.alias))
+            except es_exceptions.NotFoundError:
+                self._stemming = "none"
+            except es_exceptions.AuthorizationException as exc:
+                if self._stemming is None:
+                    log.warning(
+                        "cannot read the mapping of %s (%s): searching the plain text fields; "
+                        "grant view_index_metadata on it or set RetrieverConfig.bm25_fields",
+                        self.alias,
+                        exc.message,
+                    )
+                self._stemming = "none"
+            self._stemming_read_at = now
+        return self._stemming
+
+    def bm25_fields(self) -> tuple[str, ...]:
+        """The fields BM25 searches: configured, or what the index's stemming route implies."""
+        if self.config.bm25_fields is not None:
+            return self.config.bm25_fields
+        if self.index_stemming() == "python":
+            return tuple(stemmed_field(name) for name in TEXT_FIELDS)
+        return TEXT_FIELDS
 
     def effective_mode(self, mode: SearchMode | str) -> SearchMode:
         """The mode that will really run: ``server_rrf`` degrades to ``hybrid_rrf`` if needed."""
@@ -264,6 +333,7 @@ class HybridRetriever:
         )
         vectors = self._encode(queries) if effective is not SearchMode.BM25 else None
         clauses = build_filter_clauses(filters, principal)
+        ids_only = effective in _FUSED and cfg.ids_only_hybrid
         results: list[list[Hit]] = []
         for start in range(0, len(queries), batch_size):
             batch = range(start, min(start + batch_size, len(queries)))
@@ -274,10 +344,49 @@ class HybridRetriever:
                     searches.extend(({}, body))
             responses = self._msearch(searches)
             per_query = len(responses) // len(batch)
-            for j in range(len(batch)):
-                own = responses[j * per_query : (j + 1) * per_query]
-                results.append(self._combine(effective, own, params))
+            fused = [
+                self._combine(effective, responses[j * per_query : (j + 1) * per_query], params)
+                for j in range(len(batch))
+            ]
+            if ids_only:
+                fused = self._fetch_hits(fused, clauses)
+            results.extend(fused)
         return results
+
+    def fetch_body(self, ids: Sequence[str], clauses: list[dict[str, Any]]) -> dict[str, Any]:
+        """The second request of ids-only hybrid: these chunks, under the same access clauses
+        as the candidate searches (a filter context: no scoring, cacheable)."""
+        return {
+            "query": {"bool": {"filter": [{"ids": {"values": list(ids)}}, *clauses]}},
+            "size": len(ids),
+            "_source": list(self.config.source_fields),
+            "track_total_hits": False,
+        }
+
+    def _fetch_hits(
+        self, per_query: list[list[Hit]], clauses: list[dict[str, Any]]
+    ) -> list[list[Hit]]:
+        """Fill fused id-only hits with their fields: one ``ids`` search for the whole batch
+        (one principal, so one set of clauses). A chunk the fetch does not return (deleted, or
+        no longer readable by this principal) is dropped, never shown without its check."""
+        wanted = list(dict.fromkeys(hit.chunk_id for hits in per_query for hit in hits))
+        if not wanted:
+            return per_query
+        response = self._msearch([{}, self.fetch_body(wanted, clauses)])[0]
+        by_id = {raw["_id"]: raw for raw in _hits(response)}
+        out: list[list[Hit]] = []
+        for hits in per_query:
+            filled = []
+            for hit in hits:
+                raw = by_id.get(hit.chunk_id)
+                if raw is None:
+                    continue
+                full = _to_hit(raw, SearchMode(hit.mode), hit.score)
+                full.bm25_rank, full.knn_rank = hit.bm25_rank, hit.knn_rank
+                full.bm25_score, full.knn_score = hit.bm25_score, hit.knn_score
+                filled.append(full)
+            out.append(filled)
+        return out
 
     # --- request building ----------------------------------------------------------------------
     def _encode(self, queries: Sequence[str]) -> np.ndarray:
@@ -285,16 +394,31 @@ class HybridRetriever:
             raise ValueError("this mode needs query embeddings: pass an embedder")
         return np.asarray(self.embedder.encode(list(queries)), dtype=np.float32)
 
-    def bm25_query(self, query: str, clauses: list[dict[str, Any]]) -> dict[str, Any]:
+    def _multi_match(self, query: str, fields: list[str]) -> dict[str, Any]:
         cfg = self.config
-        multi_match: dict[str, Any] = {
-            "query": query,
-            "fields": list(cfg.bm25_fields),
-            "type": cfg.bm25_type,
-        }
+        multi_match: dict[str, Any] = {"query": query, "fields": fields, "type": cfg.bm25_type}
         if cfg.bm25_tie_breaker is not None and cfg.bm25_type in {"best_fields", "phrase"}:
             multi_match["tie_breaker"] = cfg.bm25_tie_breaker
-        return {"bool": {"must": [{"multi_match": multi_match}], "filter": clauses}}
+        return {"multi_match": multi_match}
+
+    def bm25_query(self, query: str, clauses: list[dict[str, Any]]) -> dict[str, Any]:
+        """BM25 over :meth:`bm25_fields`; shadow (``*_stemmed``) fields get the stemmed query,
+        as the writer stemmed their text with the same function."""
+        fields = self.bm25_fields()
+        plain = [name for name in fields if not is_stemmed_field(name)]
+        stemmed = [name for name in fields if is_stemmed_field(name)]
+        matches = []
+        if plain:
+            matches.append(self._multi_match(query, plain))
+        if stemmed:
+            matches.append(self._multi_match(stem_text(query), stemmed))
+        if len(matches) == 1:
+            must = matches[0]
+        else:  # best of the two, plus a share of the other (as best_fields does per field)
+            must = {
+                "dis_max": {"queries": matches, "tie_breaker": self.config.bm25_tie_breaker or 0.0}
+            }
+        return {"bool": {"must": [must], "filter": clauses}}
 
     def knn_clause(
         self, vector: list[float], clauses: list[dict[str, Any]], k: int, num_candidates: int
@@ -319,9 +443,16 @@ class HybridRetriever:
         clauses: list[dict[str, Any]],
         params: _Params,
     ) -> list[dict[str, Any]]:
-        source = list(self.config.source_fields)
-        fused = mode in {SearchMode.HYBRID_RRF, SearchMode.HYBRID_LINEAR}
+        fused = mode in _FUSED
         depth = max(params.window, params.k) if fused else params.k
+        # Hits' totals are never read: not counting them lets Lucene skip non-competitive
+        # documents (block-max WAND), which matters for long BM25 queries.
+        source: dict[str, Any] = {
+            "_source": list(self.config.source_fields),
+            "track_total_hits": False,
+        }
+        if fused and self.config.ids_only_hybrid:
+            source = {"_source": False, "stored_fields": [], "track_total_hits": False}
         bodies: list[dict[str, Any]] = []
         if mode is SearchMode.SERVER_RRF:
             assert vector is not None
@@ -342,21 +473,19 @@ class HybridRetriever:
                         }
                     },
                     "size": params.k,
-                    "_source": source,
+                    **source,
                 }
             )
             return bodies
         if mode in _NEEDS_BM25:
-            bodies.append(
-                {"query": self.bm25_query(query, clauses), "size": depth, "_source": source}
-            )
+            bodies.append({"query": self.bm25_query(query, clauses), "size": depth, **source})
         if mode in _NEEDS_KNN:
             assert vector is not None
             bodies.append(
                 {
                     "knn": self.knn_clause(vector, clauses, depth, params.num_candidates),
                     "size": depth,
-                    "_source": source,
+                    **source,
                 }
             )
         return bodies

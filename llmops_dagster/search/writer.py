@@ -5,6 +5,12 @@ at the first bad chunk of 500, hiding which documents failed and why, and stops 
 Here every action is sent (transient 429/5xx and timeouts are retried with backoff), failures are
 collected per document, and only then does :func:`write_chunks` raise an :class:`IndexingError`
 whose message names the first failing chunk ids with the error type and reason.
+
+Stemmed shadow fields: an index built with ``_meta.text_stemming: python`` (a node without the
+``english`` analyzer) holds ``title_stemmed``/``text_stemmed``; :func:`write_chunks` reads that
+from the index it writes to and fills them, so every writer (rebuild, incremental sync,
+benchmarks, tests) produces what the index's retriever queries. The stems derive from the
+text, so the sync key (text hash + audience) and the embedding cache are unaffected.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from typing import Any
 
 import numpy as np
 from elasticsearch import Elasticsearch
+from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import streaming_bulk
 
 from llmops_dagster.access import AUDIENCE_FIELD, normalize_audience
+from llmops_dagster.search.mapping import TEXT_FIELDS, index_meta, text_stemming_of
+from llmops_dagster.search.stemming import stem_text, stemmed_field
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +99,13 @@ class IndexingError(RuntimeError):
         self.report = report
 
 
-def to_es_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+def to_es_document(doc: Mapping[str, Any], *, python_stemming: bool = False) -> dict[str, Any]:
     """A chunk dict (CONTRACTS "Elasticsearch document") as a JSON-ready ``_source``.
 
     The vector becomes a plain list of floats: numpy arrays are not JSON, and float32 values
     serialise with ~17 spurious digits otherwise (7 decimals keep float32 precision for unit
-    vectors and halve the bulk payload).
+    vectors and halve the bulk payload). ``python_stemming`` adds the stemmed shadow of each
+    text field the document has (``text`` → ``text_stemmed``).
     """
     if not doc.get("chunk_id"):
         raise ValueError(f"chunk document without chunk_id: keys {sorted(doc)}")
@@ -111,11 +121,28 @@ def to_es_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     # Every query filters on the audience, so a chunk without one would be invisible to all;
     # a writer that says nothing means public (benchmarks, tests, corpora without groups).
     source[AUDIENCE_FIELD] = normalize_audience(source.get(AUDIENCE_FIELD))
+    if python_stemming:
+        for name in TEXT_FIELDS:
+            if name in source:
+                source[stemmed_field(name)] = stem_text(source[name])
     return source
 
 
+def index_uses_python_stemming(client: Elasticsearch, index: str) -> bool:
+    """Whether ``index`` (or the index behind an alias) was built for Python-stemmed shadow
+    fields. An index that does not exist yet has no such fields (a write would create it)."""
+    try:
+        return text_stemming_of(index_meta(client, index)) == "python"
+    except es_exceptions.NotFoundError:
+        return False
+
+
 def bulk_actions(
-    index: str, docs: Iterable[Mapping[str, Any]], delete_ids: Iterable[str] = ()
+    index: str,
+    docs: Iterable[Mapping[str, Any]],
+    delete_ids: Iterable[str] = (),
+    *,
+    python_stemming: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """``index`` ops (``_id`` = chunk_id, full replace = upsert) then ``delete`` ops.
 
@@ -123,7 +150,7 @@ def bulk_actions(
     its old ones disappear (no window in which it has no chunks at all). Deletes are idempotent.
     """
     for doc in docs:
-        source = to_es_document(doc)
+        source = to_es_document(doc, python_stemming=python_stemming)
         yield {"_op_type": "index", "_index": index, "_id": source["chunk_id"], "_source": source}
     for chunk_id in delete_ids:
         yield {"_op_type": "delete", "_index": index, "_id": chunk_id}
@@ -145,6 +172,7 @@ def write_chunks(
     require_alias: bool = False,
     refresh: bool = False,
     raise_on_failure: bool = True,
+    python_stemming: bool | None = None,
 ) -> BulkReport:
     """Upsert ``docs`` and delete ``delete_ids`` in ``index`` (an index or a write alias).
 
@@ -157,7 +185,11 @@ def write_chunks(
 
     Raises :class:`IndexingError` (after sending everything) when any action failed and
     ``raise_on_failure``; the report is on the exception.
+
+    ``python_stemming`` ``None`` (default) reads the index's ``_meta.text_stemming``.
     """
+    if python_stemming is None:
+        python_stemming = index_uses_python_stemming(client, index)
     report = BulkReport(index=index)
     started = time.perf_counter()
     bulk_client = client.options(
@@ -168,7 +200,7 @@ def write_chunks(
         kwargs["refresh"] = "wait_for"
     results = streaming_bulk(
         bulk_client,
-        bulk_actions(index, docs, delete_ids),
+        bulk_actions(index, docs, delete_ids, python_stemming=python_stemming),
         chunk_size=chunk_size,
         max_chunk_bytes=max_chunk_bytes,
         raise_on_error=False,

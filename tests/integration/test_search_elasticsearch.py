@@ -160,7 +160,8 @@ def test_index_mapping_dims_meta_and_detected_analyzer(
     assert len(meta["chunk_set_digest"]) == 64
     mapping = es_client.indices.get_mapping(index=alias).body
     props = next(iter(mapping.values()))["mappings"]["properties"]
-    assert props["embedding"]["index_options"]["type"] == "int8_hnsw"
+    assert props["embedding"]["index_options"]["type"] == "bbq_hnsw"
+    assert props["embedding"]["index_options"]["rescore_vector"] == {"oversample": 3.0}
     assert props["embedding"]["similarity"] == "cosine"
     assert props["chunk_id"]["type"] == "keyword"
     assert props["position"]["type"] == "integer"

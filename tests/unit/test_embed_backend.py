@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,14 +30,34 @@ def test_backend_defaults_to_torch_and_reads_the_env(monkeypatch: pytest.MonkeyP
 
 
 def test_unknown_backend_is_refused_before_anything_loads(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown embedding backend"):
+    # The message names the setting the value came from, and the values it accepts.
+    with pytest.raises(ValueError, match="LLMOPS_EMBEDDING_BACKEND") as raised:
         load_embedder("any-model", backend="fp8", cache_dir=tmp_path)
+    assert "'fp8'" in str(raised.value) and "torch, onnx-int8" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []  # nothing converted, nothing written
 
 
 def test_fast_backend_has_its_own_model_id() -> None:
-    # The vectors differ slightly from fp32: they must never share cache keys or an index.
+    # The vectors differ slightly from fp32 (and between recipes): they must never share cache
+    # keys or an index, so the recipe version is part of the id.
+    assert onnx.RECIPE_VERSION == 3
     assert backend_model_id("org/model", "torch") == "org/model"
-    assert backend_model_id("org/model", "onnx-int8") == "org/model+onnx-int8"
+    assert backend_model_id("org/model", "onnx-int8") == "org/model+onnx-int8-r3"
+
+
+def test_default_threads_are_the_physical_cores_we_may_use() -> None:
+    # psutil reads the core topology another way; with one CPU allowed (the affinity mask a
+    # container or taskset sets), one intra-op thread.
+    code = (
+        "import os, psutil; from llmops_dagster.embed.onnx import default_threads; "
+        "full = default_threads(); os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "print(full, psutil.cpu_count(logical=False), default_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    full, physical, pinned = map(int, out.stdout.split())
+    if len(os.sched_getaffinity(0)) == os.cpu_count():
+        assert full == physical
+    assert pinned == 1
 
 
 def _fake_export(calls: list[str]):

@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmops_dagster.search.fusion import linear_fuse, normalize_scores, rank_of, rrf_fuse
+
+# Property tests draw inputs on a 2-core machine shared with other suites: a slow draw is the
+# machine, not the strategy, so the input-generation timing checks are off.
+_SHARED_MACHINE = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +47,7 @@ def test_rrf_rejects_bad_parameters(bad: dict) -> None:
         rrf_fuse([["a"]], **bad)
 
 
+@_SHARED_MACHINE
 @given(rankings, ids, st.integers(min_value=0, max_value=100))
 def test_rrf_id_first_everywhere_wins(lists: list[list[str]], winner: str, k: int) -> None:
     lists = [[winner, *[d for d in ranking if d != winner]] for ranking in lists]
@@ -50,6 +55,7 @@ def test_rrf_id_first_everywhere_wins(lists: list[list[str]], winner: str, k: in
     assert fused[0][0] == winner
 
 
+@_SHARED_MACHINE
 @given(rankings, st.integers(min_value=0, max_value=100), st.integers(min_value=1, max_value=50))
 def test_rrf_scores_sorted_positive_and_window_respected(
     lists: list[list[str]], k: int, window: int
@@ -64,6 +70,7 @@ def test_rrf_scores_sorted_positive_and_window_respected(
     assert all(s <= len(lists) / (k + 1) + 1e-12 for s in scores)
 
 
+@_SHARED_MACHINE
 @given(rankings, st.randoms(use_true_random=False))
 def test_rrf_invariant_to_list_order(lists: list[list[str]], rnd) -> None:
     shuffled = list(lists)
@@ -74,12 +81,14 @@ def test_rrf_invariant_to_list_order(lists: list[list[str]], rnd) -> None:
         assert a == pytest.approx(b)
 
 
+@_SHARED_MACHINE
 @given(ranking, st.integers(min_value=0, max_value=30))
 def test_rrf_monotone_in_rank(single: list[str], k: int) -> None:
     """A better rank never yields a lower score: one list fused alone keeps its order."""
     assert [d for d, _ in rrf_fuse([single], rank_constant=k)] == single
 
 
+@_SHARED_MACHINE
 @given(ranking, ranking)
 def test_rrf_adding_a_list_where_id_is_present_never_lowers_it(a: list[str], b: list[str]) -> None:
     base = dict(rrf_fuse([a]))
@@ -88,6 +97,7 @@ def test_rrf_adding_a_list_where_id_is_present_never_lowers_it(a: list[str], b: 
         assert more[doc_id] >= score
 
 
+@_SHARED_MACHINE
 @given(score_map)
 def test_minmax_in_unit_interval(scores: dict[str, float]) -> None:
     normalized = normalize_scores(scores, "minmax")
@@ -98,6 +108,7 @@ def test_minmax_in_unit_interval(scores: dict[str, float]) -> None:
         assert min(normalized.values()) == 0.0
 
 
+@_SHARED_MACHINE
 @given(nonneg_score_map)
 def test_l2_in_unit_interval_for_nonnegative_scores(scores: dict[str, float]) -> None:
     normalized = normalize_scores(scores, "l2")
@@ -110,7 +121,7 @@ def _ranking_of(scores: dict[str, float]) -> list[str]:
     return sorted(scores, key=lambda d: (-scores[d], d))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(score_map, score_map, st.sampled_from(["minmax", "l2", "none"]))
 def test_linear_one_zero_weights_reproduce_single_ranking(
     first: dict[str, float], second: dict[str, float], norm: str
@@ -121,6 +132,7 @@ def test_linear_one_zero_weights_reproduce_single_ranking(
     assert [d for d, _ in fused] == _ranking_of(second)
 
 
+@_SHARED_MACHINE
 @given(st.lists(score_map, min_size=1, max_size=3))
 def test_linear_minmax_fused_scores_bounded_by_weight_sum(lists: list[dict[str, float]]) -> None:
     weights = [1.0 / len(lists)] * len(lists)

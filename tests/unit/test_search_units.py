@@ -47,7 +47,13 @@ def test_index_body_defaults() -> None:
         "dims": 384,
         "index": True,
         "similarity": "cosine",
-        "index_options": {"type": "int8_hnsw", "m": 16, "ef_construction": 100},
+        # bbq_hnsw + 3x rescoring: benchmarks/vector_options.py's pick (see VectorIndexOptions).
+        "index_options": {
+            "type": "bbq_hnsw",
+            "m": 16,
+            "ef_construction": 100,
+            "rescore_vector": {"oversample": 3.0},
+        },
     }
     keywords = ("chunk_id", "doc_id", "source", "uri", "section", "content_hash", "model_id")
     for name in (*keywords, "allowed_groups"):
@@ -204,23 +210,58 @@ class _FakeEncoder:
 
 
 class _RecordingClient:
-    """Fake ES: records msearch bodies and answers canned hit lists."""
+    """Fake ES: records msearch bodies and answers canned hit lists.
 
-    def __init__(self, bm25: list[tuple[str, float]], knn: list[tuple[str, float]]) -> None:
+    Candidate searches go to ``searches``, ids-query fetches to ``fetches``; ``hidden`` ids are
+    left out of fetch answers (as a chunk deleted or re-audienced in between would be);
+    ``meta`` is the index ``_meta`` that ``indices.get_mapping`` answers.
+    """
+
+    def __init__(
+        self,
+        bm25: list[tuple[str, float]],
+        knn: list[tuple[str, float]],
+        meta: dict | None = None,
+    ) -> None:
         self.lists = {"bm25": bm25, "knn": knn}
         self.searches: list[dict] = []
+        self.fetches: list[dict] = []
+        self.hidden: set[str] = set()
         self.probe_error: Exception | None = None
+        self.meta = meta if meta is not None else {"text_stemming": "none"}
+        self.indices = self
+        self.mapping_reads = 0
+
+    def get_mapping(self, index: str) -> Any:
+        from types import SimpleNamespace
+
+        self.mapping_reads += 1
+        return SimpleNamespace(body={f"{index}-v1": {"mappings": {"_meta": self.meta}}})
+
+    @staticmethod
+    def _source(i: str) -> dict:
+        return {"chunk_id": i, "doc_id": f"d-{i}", "text": f"text {i}", "title": f"t {i}"}
 
     def msearch(self, index: str, searches: list[dict], **_: Any) -> dict:
-        self.searches.extend(searches[1::2])
         responses = []
         for body in searches[1::2]:
+            filters = body.get("query", {}).get("bool", {}).get("filter", [])
+            ids = next((c["ids"]["values"] for c in filters if "ids" in c), None)
+            if ids is not None:
+                self.fetches.append(body)
+                found = [i for i in reversed(ids) if i not in self.hidden]  # any order
+                responses.append({"hits": {"hits": [{"_id": i, "_source": self._source(i)}
+                                                    for i in found]}})  # fmt: skip
+                continue
+            self.searches.append(body)
             hits = self.lists["knn" if "knn" in body else "bm25"]
+            with_source = body.get("_source") is not False
             responses.append(
                 {
                     "hits": {
                         "hits": [
-                            {"_id": i, "_score": s, "_source": {"doc_id": f"d-{i}", "text": i}}
+                            {"_id": i, "_score": s}
+                            | ({"_source": self._source(i)} if with_source else {})
                             for i, s in hits[: body["size"]]
                         ]
                     }
@@ -286,7 +327,7 @@ def test_server_rrf_used_when_supported_and_falls_back_otherwise() -> None:
     retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
     retriever.search("q", mode=SearchMode.SERVER_RRF)
     assert "retriever" in client.searches[-1]
-    assert client.searches[-1]["retriever"]["rrf"]["rank_constant"] == 60
+    assert client.searches[-1]["retriever"]["rrf"]["rank_constant"] == 20  # dev-split default
     assert retriever.last_effective_mode is SearchMode.SERVER_RRF
 
     client = _RecordingClient([("a", 1.0)], [("a", 1.0)])
@@ -317,3 +358,199 @@ def test_sync_key_is_text_hash_plus_audience() -> None:
     # to); a hand-edited, invalid one never equals a wanted key, so the sync re-writes it.
     assert _live_key({"content_hash": "h"}) == "h|public"
     assert _live_key({"content_hash": "h", "allowed_groups": ["Top Secret"]}) == "h|<invalid>"
+
+
+# --- ids-only hybrid -----------------------------------------------------------------------------
+_SOURCE_FIELDS = [
+    "chunk_id", "doc_id", "title", "text", "source", "uri", "position", "section", "allowed_groups"
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["hybrid_rrf", "hybrid_linear"])
+def test_ids_only_hybrid_fetches_candidates_without_source_then_top_k_once(mode: str) -> None:
+    client = _RecordingClient([("a", 3.0), ("b", 2.5), ("d", 1.0)], [("b", 0.9), ("c", 0.8)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder(), RetrieverConfig(window=50))  # type: ignore[arg-type]
+    hits = retriever.search("q", mode=mode, k=2, filters={"source": "fs"})
+    for body in client.searches:
+        assert (body["_source"], body["stored_fields"], body["track_total_hits"]) == (
+            False,
+            [],
+            False,
+        )
+        assert body["size"] == 50
+    clauses = [{"term": {"source": "fs"}}, PUBLIC_ONLY]
+    # One fetch, the fused top k in fused order, under the SAME access clauses.
+    assert client.fetches == [
+        {
+            "query": {"bool": {"filter": [{"ids": {"values": ["b", "a"]}}, *clauses]}},
+            "size": 2,
+            "_source": _SOURCE_FIELDS,
+            "track_total_hits": False,
+        }
+    ]
+    assert [(h.chunk_id, h.doc_id, h.text, h.title) for h in hits] == [
+        ("b", "d-b", "text b", "t b"),
+        ("a", "d-a", "text a", "t a"),
+    ]
+    assert (hits[0].bm25_rank, hits[0].knn_rank, hits[1].bm25_rank, hits[1].knn_rank) == (
+        2,
+        1,
+        1,
+        None,
+    )
+    assert hits[0].metadata == {} and hits[0].mode == mode
+
+
+def test_ids_only_and_inline_hybrid_return_identical_hits() -> None:
+    lists = ([("a", 3.0), ("b", 2.0), ("d", 1.0)], [("b", 0.9), ("c", 0.8), ("a", 0.1)])
+    new = HybridRetriever(_RecordingClient(*lists), "alias", _FakeEncoder())  # type: ignore[arg-type]
+    old_client = _RecordingClient(*lists)
+    old = HybridRetriever(
+        old_client, "alias", _FakeEncoder(), RetrieverConfig(ids_only_hybrid=False)
+    )  # type: ignore[arg-type]
+    for mode in ("hybrid_rrf", "hybrid_linear"):
+        assert new.search_many(["q1", "q2"], mode=mode, k=3) == old.search_many(
+            ["q1", "q2"], mode=mode, k=3
+        )
+    assert old_client.fetches == []
+    assert all(body["_source"] == _SOURCE_FIELDS for body in old_client.searches)
+
+
+def test_ids_only_batch_fetches_once_and_drops_chunks_the_fetch_withholds() -> None:
+    client = _RecordingClient([("a", 3.0), ("b", 2.0)], [("b", 0.9), ("c", 0.8)])
+    client.hidden = {"b"}  # e.g. its audience changed between the two requests
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    results = retriever.search_many(["q1", "q2", "q3"], mode="hybrid_rrf", k=3)
+    assert len(client.fetches) == 1  # the whole batch (one principal) in one ids query
+    assert client.fetches[0]["query"]["bool"]["filter"][0] == {"ids": {"values": ["b", "a", "c"]}}
+    assert [[h.chunk_id for h in hits] for hits in results] == [["a", "c"]] * 3
+
+
+def test_single_modes_keep_one_round_trip_with_source() -> None:
+    client = _RecordingClient([("a", 3.0)], [("a", 0.9)])
+    retriever = HybridRetriever(client, "alias", _FakeEncoder())  # type: ignore[arg-type]
+    for mode in ("bm25", "knn"):
+        assert retriever.search("q", mode=mode, k=1)[0].doc_id == "d-a"
+    assert client.fetches == []
+    assert [body["_source"] for body in client.searches] == [_SOURCE_FIELDS] * 2
+
+
+# --- stemming route ------------------------------------------------------------------------------
+def _bm25_must(client: _RecordingClient) -> dict:
+    return client.searches[-1]["query"]["bool"]["must"][0]
+
+
+def test_bm25_on_a_python_stemmed_index_stems_the_query_into_shadow_fields() -> None:
+    client = _RecordingClient([("a", 1.0)], [], meta={"text_stemming": "python"})
+    retriever = HybridRetriever(client, "alias")  # type: ignore[arg-type]
+    retriever.search("Running studies", mode="bm25")
+    assert _bm25_must(client) == {
+        "multi_match": {
+            "query": "run studi",
+            "fields": ["title_stemmed", "text_stemmed"],
+            "type": "best_fields",
+            "tie_breaker": 0.3,
+        }
+    }
+    retriever.search("again", mode="bm25")
+    assert client.mapping_reads == 1  # the route is read once, then cached
+
+
+@pytest.mark.parametrize("meta", [{"text_stemming": "analyzer"}, {"text_stemming": "none"}, {}])
+def test_bm25_on_other_indices_searches_the_plain_fields_with_the_raw_query(meta: dict) -> None:
+    client = _RecordingClient([("a", 1.0)], [], meta=meta)
+    HybridRetriever(client, "alias").search("Running studies", mode="bm25")  # type: ignore[arg-type]
+    match = _bm25_must(client)["multi_match"]
+    assert (match["query"], match["fields"]) == ("Running studies", ["title", "text"])
+
+
+def test_bm25_plain_and_stemmed_fields_together_use_dis_max() -> None:
+    client = _RecordingClient([("a", 1.0)], [], meta={"text_stemming": "python"})
+    config = RetrieverConfig(bm25_fields=("title", "text", "title_stemmed", "text_stemmed^2"))
+    HybridRetriever(client, "alias", config=config).search("mice studies", mode="bm25")  # type: ignore[arg-type]
+    plain, stemmed = _bm25_must(client)["dis_max"]["queries"]
+    assert _bm25_must(client)["dis_max"]["tie_breaker"] == 0.3
+    assert (plain["multi_match"]["query"], plain["multi_match"]["fields"]) == (
+        "mice studies",
+        ["title", "text"],
+    )
+    assert (stemmed["multi_match"]["query"], stemmed["multi_match"]["fields"]) == (
+        "mice studi",
+        ["title_stemmed", "text_stemmed^2"],
+    )
+    assert client.mapping_reads == 0  # configured fields need no look-up
+
+
+def test_index_body_python_stemming_adds_shadow_fields_and_records_the_route() -> None:
+    body = build_index_body(
+        IndexSpec(dims=4, model_id="m"), analyzer=AnalyzerChoice(CORE_ENGLISH_ANALYZER)
+    )
+    props, meta = body["mappings"]["properties"], body["mappings"]["_meta"]
+    for name in ("title_stemmed", "text_stemmed"):
+        assert props[name] == {"type": "text", "analyzer": CORE_ENGLISH_ANALYZER}
+    assert meta["text_stemming"] == "python"
+    assert meta["stemmed_fields"] == ["title_stemmed", "text_stemmed"]
+    assert meta["stemmer"] == "snowball-english (PyStemmer 3.1.0)"
+    assert meta["schema_version"] == 3
+
+
+def test_index_body_english_analyzer_stems_itself_no_shadow_fields() -> None:
+    body = build_index_body(IndexSpec(dims=4, model_id="m"), client=_AnalyzeOnly(True, True))  # type: ignore[arg-type]
+    props, meta = body["mappings"]["properties"], body["mappings"]["_meta"]
+    assert "text_stemmed" not in props and "title_stemmed" not in props
+    assert (meta["analyzer"], meta["text_stemming"]) == ("english", "analyzer")
+    assert "stemmer" not in meta
+    none = build_index_body(
+        IndexSpec(dims=4, model_id="m", stemming="none"), analyzer=AnalyzerChoice("standard")
+    )
+    assert none["mappings"]["_meta"]["text_stemming"] == "none"
+    assert "text_stemmed" not in none["mappings"]["properties"]
+
+
+def test_stemming_settings_are_validated_with_their_name() -> None:
+    with pytest.raises(ValueError, match="stemming='analyzer' needs a stemming analyzer"):
+        build_index_body(
+            IndexSpec(dims=4, model_id="m", stemming="analyzer"),
+            analyzer=AnalyzerChoice("standard"),
+        )
+    with pytest.raises(ValueError, match="stemming must be one of"):
+        IndexSpec(dims=4, model_id="m", stemming="porter")  # type: ignore[arg-type]
+
+
+def test_vector_options_rescore_oversample() -> None:
+    options = VectorIndexOptions(type="bbq_hnsw", rescore_oversample=3.0).as_mapping()
+    assert options == {
+        "type": "bbq_hnsw",
+        "m": 16,
+        "ef_construction": 100,
+        "rescore_vector": {"oversample": 3.0},
+    }
+    assert VectorIndexOptions(type="bbq_flat").as_mapping() == {
+        "type": "bbq_flat",
+        "rescore_vector": {"oversample": 3.0},
+    }
+    assert VectorIndexOptions(type="bbq_flat", rescore_oversample=0).as_mapping() == {
+        "type": "bbq_flat",
+        "rescore_vector": {"oversample": 0},
+    }
+    assert VectorIndexOptions(type="int8_hnsw").as_mapping() == {
+        "type": "int8_hnsw",
+        "m": 16,
+        "ef_construction": 100,
+    }
+    with pytest.raises(ValueError, match="rescore_oversample needs a quantized type"):
+        VectorIndexOptions(type="hnsw", rescore_oversample=2.0)
+    with pytest.raises(ValueError, match=r"must be >= 1\.0"):
+        VectorIndexOptions(type="int8_hnsw", rescore_oversample=0.5)
+
+
+def test_to_es_document_fills_stemmed_shadows_only_when_asked() -> None:
+    doc = {"chunk_id": "c1", "title": "Mice Studies", "text": "Infected cells were running"}
+    assert "text_stemmed" not in to_es_document(doc)
+    stemmed = to_es_document(doc, python_stemming=True)
+    assert (stemmed["title_stemmed"], stemmed["text_stemmed"]) == (
+        "mice studi",
+        "infect cell were run",
+    )
+    assert (stemmed["title"], stemmed["text"]) == (doc["title"], doc["text"])
+    assert "title_stemmed" not in to_es_document({"chunk_id": "c2"}, python_stemming=True)
