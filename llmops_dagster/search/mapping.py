@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from elasticsearch import Elasticsearch
@@ -70,6 +70,9 @@ _CORE_ENGLISH_DEFINITION: dict[str, Any] = {
 }
 
 
+#: Elasticsearch refuses ``bbq_hnsw``/``bbq_flat`` for fewer dimensions than this.
+BBQ_MIN_DIMS = 64
+
 #: Rescoring of ``bbq_*`` vectors unless configured: 3x, Elasticsearch's own default for BBQ.
 DEFAULT_BBQ_OVERSAMPLE = 3.0
 
@@ -109,6 +112,14 @@ class VectorIndexOptions:
                     "vector_options.rescore_oversample must be >= 1.0 (or 0: no rescoring), "
                     f"got {self.rescore_oversample}"
                 )
+
+    def for_dims(self, dims: int) -> VectorIndexOptions:
+        """These options for vectors of ``dims`` dimensions: Elasticsearch refuses ``bbq_*``
+        below 64 dimensions, so such (small, test or toy) models get the ``int8_*`` type of the
+        same structure instead, with rescoring only if it was asked for."""
+        if not self.type.startswith("bbq") or dims >= BBQ_MIN_DIMS:
+            return self
+        return replace(self, type=self.type.replace("bbq_", "int8_"))  # type: ignore[arg-type]
 
     def as_mapping(self) -> dict[str, Any]:
         options: dict[str, Any] = {"type": self.type}
@@ -296,7 +307,7 @@ def build_index_body(
                 "dims": spec.dims,
                 "index": True,
                 "similarity": spec.similarity,
-                "index_options": spec.vector_options.as_mapping(),
+                "index_options": spec.vector_options.for_dims(spec.dims).as_mapping(),
             },
         }
     )
@@ -308,7 +319,7 @@ def build_index_body(
         "analyzer": choice.name,
         "analyzer_reason": choice.reason,
         "text_stemming": stemming,
-        "vector_index_type": spec.vector_options.type,
+        "vector_index_type": spec.vector_options.for_dims(spec.dims).type,
     }
     if stemming == "python":
         index_meta["stemmer"] = stemmer_version()

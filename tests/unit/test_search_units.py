@@ -554,3 +554,27 @@ def test_to_es_document_fills_stemmed_shadows_only_when_asked() -> None:
     )
     assert (stemmed["title"], stemmed["text"]) == (doc["title"], doc["text"])
     assert "title_stemmed" not in to_es_document({"chunk_id": "c2"}, python_stemming=True)
+
+
+def test_bbq_below_64_dimensions_falls_back_to_int8_of_the_same_structure() -> None:
+    from llmops_dagster.search.mapping import VectorIndexOptions
+
+    default = VectorIndexOptions()
+    assert default.for_dims(384) is default
+    assert default.for_dims(384).as_mapping() == {
+        "type": "bbq_hnsw",
+        "m": 16,
+        "ef_construction": 100,
+        "rescore_vector": {"oversample": 3.0},
+    }
+    assert default.for_dims(4).as_mapping() == {
+        "type": "int8_hnsw",
+        "m": 16,
+        "ef_construction": 100,
+    }
+    flat = VectorIndexOptions(type="bbq_flat", rescore_oversample=2.0)
+    assert flat.for_dims(63).as_mapping() == {
+        "type": "int8_flat",
+        "rescore_vector": {"oversample": 2.0},
+    }
+    assert flat.for_dims(64).type == "bbq_flat"
