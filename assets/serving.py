@@ -30,7 +30,7 @@ from llmops_dagster.resources import (
 )
 from llmops_dagster.serving.metrics_report import ServingMetrics, ServingReport
 from llmops_dagster.sources.pipeline import WarehouseTarget, loaded_row_counts, make_pipeline
-from llmops_dagster.warehouse import as_warehouse
+from llmops_dagster.warehouse import replace_table
 
 GROUP = "serve"
 PIPELINE_NAME = "llmops_serving"
@@ -187,18 +187,9 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
         **{c: "BIGINT" for c in ("requests", "prompt_tokens", "completion_tokens", "rated")},
         **{c: "BIGINT" for c in ("thumbs_down", "scored")},
     }
-    columns = ", ".join(f"{c} {types.get(c, 'DOUBLE PRECISION')}" for c in METRIC_COLUMNS)
-    wh = as_warehouse(con)
-    # DROP + CREATE in one transaction: portable (PostgreSQL has no CREATE OR REPLACE TABLE).
-    with wh.transaction():
-        wh.execute(f"DROP TABLE IF EXISTS {METRICS_TABLE}")
-        wh.execute(f"CREATE TABLE {METRICS_TABLE} ({columns})")
-        if rows:
-            marks = ", ".join("?" for _ in METRIC_COLUMNS)
-            wh.executemany(
-                f"INSERT INTO {METRICS_TABLE} VALUES ({marks})",
-                [[row.to_dict()[c] for c in METRIC_COLUMNS] for row in rows],
-            )
+    columns = {c: types.get(c, "DOUBLE PRECISION") for c in METRIC_COLUMNS}
+    values = [[row.to_dict()[c] for c in METRIC_COLUMNS] for row in rows]
+    replace_table(con, METRICS_TABLE, columns, values)
 
 
 @dg.asset(

@@ -76,18 +76,18 @@ def write_results(
     root: Path = REPO_ROOT,
     history_length: int = HISTORY_LENGTH,
 ) -> dict[str, Any]:
-    """Write ``data`` + ``git_revision`` + ``history`` (last runs' ``headline``) to ``path``.
+    """Write ``data`` + ``git_sha`` + ``history`` (last runs' ``headline``) to ``path``.
 
     ``headline`` is the few figures a report quotes (ratios, nDCG@10): each history entry holds
-    them with the run's ``git_revision`` and ``finished_at`` (UTC). Returns what was written.
+    them with the run's ``git_sha`` and ``finished_at`` (UTC). Returns what was written.
     """
     revision = git_revision(root)
     entry = {
-        "git_revision": revision,
+        "git_sha": revision,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **headline,
     }
     history = [*previous_history(path), entry][-history_length:]
-    out = {**data, "git_revision": revision, "history": history}
+    out = {**data, "git_sha": revision, "history": history}
     write_json_atomic(path, out)
     return out

@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             "embedded_exactly_new_texts": True,
         },
         "setup": {
-            "corpus": str(args.data),
+            # relative to the checkout: a results file names no path of one machine
+            "corpus": os.path.relpath(args.data.resolve(), REPO_ROOT),
             "limit_docs": args.limit_docs,
             "batch_size": batch,
             "chunk_size_tokens": settings.corpus.chunk_size_tokens,

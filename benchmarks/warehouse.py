@@ -10,7 +10,7 @@ warehouses must end with identical documents, chunk ids and index contents (ids 
 
 Usage::
 
-    .venv/bin/python benchmarks/warehouse.py [/work/shared/bench/scifact] [--limit-docs N]
+    .venv/bin/python benchmarks/warehouse.py [../shared/bench/scifact] [--limit-docs N]
         [--postgres-url postgresql://…] [--es-url http://…]
 
 Without ``--postgres-url`` a throw-away PostgreSQL cluster is started (Debian's binaries);

@@ -407,17 +407,7 @@ def write_candidates_jsonl(candidates: Sequence[Candidate], path: Path) -> Path:
 def write_candidates_table(con: Any, candidates: Sequence[Candidate], table: str) -> int:
     """Replace ``table`` (``schema.name``) with the candidates in one transaction (a reader sees
     the old rows or the new ones); returns the row count. Portable SQL: DuckDB or PostgreSQL."""
-    from llmops_dagster.warehouse import as_warehouse
+    from llmops_dagster.warehouse import replace_table
 
-    wh = as_warehouse(con)
-    columns = ", ".join(f"{name} {kind}" for name, kind in CANDIDATE_COLUMNS.items())
-    with wh.transaction():
-        wh.execute(f"DROP TABLE IF EXISTS {table}")
-        wh.execute(f"CREATE TABLE {table} ({columns})")
-        if candidates:
-            marks = ", ".join("?" for _ in CANDIDATE_COLUMNS)
-            wh.executemany(
-                f"INSERT INTO {table} VALUES ({marks})",
-                [[c.to_dict()[name] for name in CANDIDATE_COLUMNS] for c in candidates],
-            )
-    return len(candidates)
+    rows = [[c.to_dict()[name] for name in CANDIDATE_COLUMNS] for c in candidates]
+    return replace_table(con, table, CANDIDATE_COLUMNS, rows)

@@ -103,3 +103,16 @@ def table_exists(con: Any, schema: str, table: str) -> bool:
 
 def query_arrow(con: Any, sql: str, params: list | None = None) -> pa.Table:
     return as_warehouse(con).query_arrow(sql, params)
+
+
+def replace_table(con: Any, table: str, columns: dict[str, str], rows: list[list[Any]]) -> int:
+    """Replace ``table`` with ``rows`` in one transaction (a reader sees the old rows or the new
+    ones). Portable: PostgreSQL has no ``CREATE OR REPLACE TABLE``. Returns the row count."""
+    wh = as_warehouse(con)
+    with wh.transaction():
+        wh.execute(f"DROP TABLE IF EXISTS {table}")
+        wh.execute(f"CREATE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+        if rows:
+            marks = ", ".join("?" for _ in columns)
+            wh.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+    return len(rows)

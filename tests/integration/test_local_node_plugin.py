@@ -94,7 +94,11 @@ print(json.dumps({
 def local(es_settings: Settings) -> Settings:
     # The session settings always carry a URL (the test node's); the environment tells.
     if Settings().uses_external_es:
-        pytest.skip("ELASTICSEARCH_URL is set: the local node's plugin is not in use")
+        pytest.fail(
+            "these tests are about the embedded node's plugin: run them without "
+            "ELASTICSEARCH_URL (the session then starts the local node)",
+            pytrace=False,
+        )
     return es_settings
 
 
