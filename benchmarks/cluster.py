@@ -28,7 +28,7 @@ from llmops_dagster.config import apply_offline_env_defaults
 apply_offline_env_defaults()  # this script is where the process starts
 import numpy as np
 from elasticsearch import Elasticsearch
-from results_file import git_revision, write_json_atomic
+from results_file import write_results
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.search.aliases import rebuild
@@ -186,7 +186,6 @@ def main() -> None:
             f"{d['failed_after_settled']:>7}{d['health_with_node_down']:>8}"
         )
     result = {
-        "git_sha": git_revision(PROJECT_ROOT),
         "nodes": cluster.size,
         "heap": base.local_node.heap,
         "es_version": base.local_node.version,
@@ -200,7 +199,13 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "drills": drills,
     }
-    write_json_atomic(args.out, result)
+    # The history keeps each drill's failures and windows from the last three runs.
+    headline = {
+        f"{mode}_{key}": d[key]
+        for mode, d in drills.items()
+        for key in ("failed", "failed_during", "failover_window_s", "rejoin_green_s")
+    }
+    write_results(args.out, result, headline, root=PROJECT_ROOT)
     print(f"wrote {args.out}")
 
 
