@@ -291,6 +291,7 @@ def build_index_body(
         index_settings["similarity"] = {"default": similarity}
 
     text_field = {"type": "text", "analyzer": choice.name}
+    vector_options = spec.vector_options.for_dims(spec.dims)
     stemming = resolve_stemming(spec.stemming, choice.name)
     properties: dict[str, Any] = {name: {"type": "keyword"} for name in KEYWORD_FIELDS}
     properties.update({name: dict(text_field) for name in TEXT_FIELDS})
@@ -307,7 +308,7 @@ def build_index_body(
                 "dims": spec.dims,
                 "index": True,
                 "similarity": spec.similarity,
-                "index_options": spec.vector_options.for_dims(spec.dims).as_mapping(),
+                "index_options": vector_options.as_mapping(),
             },
         }
     )
@@ -319,7 +320,7 @@ def build_index_body(
         "analyzer": choice.name,
         "analyzer_reason": choice.reason,
         "text_stemming": stemming,
-        "vector_index_type": spec.vector_options.for_dims(spec.dims).type,
+        "vector_index_type": vector_options.type,
     }
     if stemming == "python":
         index_meta["stemmer"] = stemmer_version()
