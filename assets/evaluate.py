@@ -16,7 +16,7 @@ from pydantic import Field
 
 from assets._metadata import md
 from llmops_dagster.evaluate.gate import GateConfig
-from llmops_dagster.evaluate.policy import DEFAULT_GUARDS
+from llmops_dagster.evaluate.policy import DEFAULT_GUARDS, DEFAULT_MAX_ERROR_RATE
 from llmops_dagster.resources import (
     CorpusResource,
     ElasticsearchResource,
@@ -25,7 +25,21 @@ from llmops_dagster.resources import (
     build_bundle_pipeline,
 )
 
-COMPARISON_COLUMNS = ["metric", "n", "candidate_mean", "baseline_mean", "diff", "ci_low", "ci_high"]
+#: Every step that reads or moves the champion alias runs in this pool (limit 1 in the
+#: shipped instance configs): two evaluations never decide against the same champion at once.
+EVALUATION_POOL = "evaluation"
+
+COMPARISON_COLUMNS = [
+    "metric",
+    "n",
+    "candidate_mean",
+    "baseline_mean",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "candidate_errors",
+    "baseline_errors",
+]
 
 
 class EvaluationConfig(dg.Config):
@@ -64,6 +78,9 @@ class EvaluationConfig(dg.Config):
     """Override: gate on fewer than min_cases cases (recorded on the run and the decision)."""
     allow_no_thresholds: bool = False
     """Override: gate with no floors at all (recorded)."""
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    """Refuse when either side errored on more than this share of a compared metric's paired
+    cases (an errored case scores 0: a failing baseline flatters any candidate)."""
     n_resamples: int = 2000
 
 
@@ -89,6 +106,7 @@ def _policy(config: EvaluationConfig, judge_capable: bool) -> Any:
         allow_few_cases=config.allow_few_cases,
         allow_no_thresholds=config.allow_no_thresholds,
         judge_capable=judge_capable,
+        max_error_rate=config.max_error_rate,
     )
 
 
@@ -101,6 +119,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:
     group_name="evaluate",
     kinds={"deepeval", "mlflow"},
     owners=["team:ml-platform"],
+    pool=EVALUATION_POOL,
+    io_manager_key="evaluation_io_manager",
 )
 def rag_evaluation(
     context: dg.AssetExecutionContext,
@@ -114,6 +134,7 @@ def rag_evaluation(
     golden questions on the live alias; DeepEval scores retrieval at depth (recall@5, MRR@10,
     nDCG@10) and answers (token F1, exact match, ROUGE-L, embedding similarity); the paired
     comparison and the promotion policy decide champion, challenger or refused."""
+    import json
     from dataclasses import replace
 
     from llmops_dagster.evaluate.bundle_eval import (
@@ -127,7 +148,15 @@ def rag_evaluation(
     from llmops_dagster.evaluate.judge import build_judge
     from llmops_dagster.evaluate.metrics import default_metrics
     from llmops_dagster.evaluate.tracking import log_evaluation
-    from llmops_dagster.rag.bundle import RagBundle, current_champion, register_bundle
+    from llmops_dagster.models.spec import GeneratorPin
+    from llmops_dagster.rag.bundle import (
+        TAG_BASELINE_VERSION,
+        TAG_GENERATOR_LOCATION,
+        RagBundle,
+        current_champion,
+        register_bundle,
+    )
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
@@ -146,10 +175,13 @@ def rag_evaluation(
         name = models.adapter_model_name
         version = config.model_version or _newest_adapter(client, name)
         adapter_uri = f"models:/{name}/{client.get_model_version(name, version).version}"
+    # The generator as the settings make it today, pinned by value (backend, model, weights
+    # digest, decoding): a changed setting is a new bundle key, evaluated before it serves.
+    llm_pin = models.generator_pin()
+    extractive_pin = GeneratorPin("builtin", ExtractiveAnswerer().model_id)
     base_bundle = RagBundle(
-        generator="llm",
+        **RagBundle.generator_fields(llm_pin),
         adapter_uri=None,
-        base_model_id=models.base_model_id(),
         prompt_uri=prompt.uri,
         prompt_version=prompt.content_hash,
         retrieval_mode=config.mode,
@@ -162,17 +194,23 @@ def rag_evaluation(
     )
     candidate_bundle = replace(
         base_bundle,
-        generator=config.generator,  # type: ignore[arg-type]
+        **RagBundle.generator_fields(
+            extractive_pin if config.generator == "extractive" else llm_pin
+        ),
         adapter_uri=adapter_uri,
-        base_model_id="" if config.generator == "extractive" else base_bundle.base_model_id,
     )
+    # Read once: the decision records the champion it was compared with, and promotion moves
+    # the alias only if that is still the champion (compare-and-set).
     champion = current_champion(client)
+    baseline_tags: dict[str, str] = {}
     if champion is not None:
-        # The champion answers with its own settings, on today's index and golden set.
+        # The champion answers with its own pinned settings, on today's index and golden set.
         baseline_bundle = replace(champion.bundle, index_name=str(index_name))
         baseline_label = f"champion {champion.uri}"
+        baseline_tags = champion.tags
     else:
         baseline_bundle, baseline_label = base_bundle, "base model (no champion yet)"
+    baseline_version = champion.version if champion is not None else None
 
     judge_spec = models.judge_spec()
     if config.judge is not None:
@@ -180,11 +218,20 @@ def rag_evaluation(
     if config.judge_capable is not None:
         judge_spec = replace(judge_spec, capable=config.judge_capable)
 
-    def run_bundle(label: str, bundle: RagBundle) -> BundleEvaluation:
-        pipeline = build_bundle_pipeline(elasticsearch, models, mlflow, bundle)
-        judge = None
-        if judge_spec.kind != "none" and bundle.generator == "llm":
-            judge = build_judge(judge_spec, generator=pipeline.generator)
+    # One judge for both sides (the local one over the configured base model, never a side's
+    # own adapter): scores from two different judges would not be comparable.
+    judge = None
+    if judge_spec.kind != "none":
+        judge = build_judge(
+            judge_spec, generator=models.generator() if judge_spec.kind == "local" else None
+        )
+
+    def run_bundle(
+        label: str, bundle: RagBundle, recorded_tags: dict[str, str] | None = None
+    ) -> BundleEvaluation:
+        pipeline = build_bundle_pipeline(
+            elasticsearch, models, mlflow, bundle, recorded_tags=recorded_tags
+        )
 
         def progress(done: int, total: int) -> None:
             context.log.info(f"{label}: answered {done}/{total}")
@@ -201,15 +248,20 @@ def rag_evaluation(
         )
         return BundleEvaluation(label, bundle, result)
 
+    model_uri = candidate_bundle.adapter_uri or candidate_bundle.generator_pin.describe()
     context.log.info(
         f"candidate {candidate_bundle.describe()} vs {baseline_label} on "
         f"{len(golden.items)} golden items ({index_name})"
     )
     candidate = run_bundle("candidate", candidate_bundle)
-    baseline = run_bundle(baseline_label, baseline_bundle)
+    baseline = run_bundle(baseline_label, baseline_bundle, baseline_tags)
     policy = _policy(config, judge_spec.capable)
     comparisons, decision = compare_and_decide(
-        candidate, baseline, policy, n_resamples=config.n_resamples
+        candidate,
+        baseline,
+        policy,
+        n_resamples=config.n_resamples,
+        baseline_version=baseline_version,
     )
     regression = None
     if champion is not None and champion.run_id:
@@ -226,7 +278,9 @@ def rag_evaluation(
             tags={
                 "golden.name": golden.name,
                 "golden.digest": golden.version,
-                "model.uri": candidate_bundle.adapter_uri or f"base:{base_bundle.base_model_id}",
+                "model.uri": model_uri,
+                "generator.pin": candidate_bundle.generator_pin.describe(),
+                TAG_BASELINE_VERSION: baseline_version or "",
                 "prompt.version": prompt.uri,
                 "index.name": str(index_name),
                 "index.alias": elasticsearch.alias,
@@ -234,7 +288,10 @@ def rag_evaluation(
             },
         )
         log_comparison(run, baseline, comparisons, decision, policy)
-        registered = register_bundle(client, candidate_bundle, run=run)
+        location = {}
+        if candidate_bundle.generator == "llm":
+            location = {TAG_GENERATOR_LOCATION: json.dumps(models.generator_location())}
+        registered = register_bundle(client, candidate_bundle, run=run, extra_tags=location)
     context.log.info(decision.summary())
     rows = comparison_rows(comparisons)
     aggregates = {k: round(float(v), 4) for k, v in candidate.result.aggregates.items()}
@@ -255,7 +312,8 @@ def rag_evaluation(
             **mlflow.run_metadata(run),
             "bundle_uri": registered.uri,
             "bundle": candidate_bundle.describe(),
-            "model_uri": candidate_bundle.adapter_uri or "base",
+            "model_uri": model_uri,
+            "baseline_version": baseline_version or "",
             "baseline": baseline_label,
             "golden_set": f"{golden.name}@{golden.version[:12]}",
             "cases": candidate.result.n_cases,
@@ -270,7 +328,13 @@ def rag_evaluation(
                 ["metric", "value"],
             ),
             **{f"metric/{k}": v for k, v in aggregates.items()},
-            **{f"diff/{r['metric']}": r["diff"] for r in rows},
+            # None: a metric no case was scored on by both sides (n/<metric> = 0).
+            **{f"diff/{r['metric']}": r["diff"] for r in rows if r["diff"] is not None},
+            **{f"n/{r['metric']}": r["n"] for r in rows},
+            **{f"errors/{k}": v for k, v in candidate.result.errors.items()},
+            **{f"baseline_errors/{k}": v for k, v in baseline.result.errors.items()},
+            **{f"judge/{k}": v for k, v in candidate.result.judge_call_counts().items()},
+            **{f"baseline_judge/{k}": v for k, v in baseline.result.judge_call_counts().items()},
         },
     )
 
@@ -354,41 +418,62 @@ def champion_comparison(rag_evaluation: dict) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(group_name="evaluate", kinds={"mlflow"}, owners=["team:ml-platform"])
+@dg.asset(
+    group_name="evaluate", kinds={"mlflow"}, owners=["team:ml-platform"], pool=EVALUATION_POOL
+)
 def champion_model(
     context: dg.AssetExecutionContext, rag_evaluation: dict, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """Moves the bundle model's aliases as decided: `champion` for a candidate that beat the
     champion, `challenger` otherwise (and for one awaiting manual approval). Runs only when the
-    blocking quality gate passed; promotions record the previous champion for rollback."""
-    from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, set_bundle_alias
+    blocking quality gate passed; promotions record the previous champion for rollback.
+
+    Compare-and-set: `champion` moves only while the champion the candidate was compared with
+    still holds it. Otherwise (another evaluation promoted in between, or this output is an old
+    one materialized again) nothing moves, the version is tagged `stale` and the step fails
+    asking for a re-evaluation (the `stale_decision_sensor` requests it)."""
+    from llmops_dagster.evaluate.triggers import rerun_config
+    from llmops_dagster.rag.bundle import (
+        CHAMPION,
+        StaleDecisionError,
+        current_alias_version,
+        load_bundle,
+        promote_decided,
+    )
 
     decision = rag_evaluation["decision"]
-    alias = CHAMPION if decision.outcome == "champion" else CHALLENGER
+    name, version = rag_evaluation["bundle_name"], rag_evaluation["bundle_version"]
     client = mlflow.client()
-    # `bundle approve` promotes only a version whose recorded decision awaits approval.
-    client.set_model_version_tag(
-        rag_evaluation["bundle_name"],
-        rag_evaluation["bundle_version"],
-        "decision.outcome",
-        decision.outcome,
-    )
-    move = set_bundle_alias(
-        client,
-        rag_evaluation["bundle_name"],
-        rag_evaluation["bundle_version"],
-        alias,
-        evaluation_run_id=rag_evaluation["evaluation_run_id"],
-        decision_summary=decision.summary(),
-    )
-    context.log.info(f"{rag_evaluation['bundle_uri']} → @{alias}: {decision.summary()}")
+    try:
+        move = promote_decided(
+            client,
+            name,
+            version,
+            outcome=decision.outcome,
+            baseline_version=decision.baseline_version,
+            evaluation_run_id=rag_evaluation["evaluation_run_id"],
+            decision_summary=decision.summary(),
+        )
+    except StaleDecisionError as exc:
+        bundle = load_bundle(client, rag_evaluation["bundle_uri"]).bundle
+        raise dg.Failure(
+            description=str(exc),
+            metadata={
+                "version": version,
+                "compared_with": decision.baseline_version or "base model",
+                "champion_now": current_alias_version(client, name, CHAMPION) or "",
+                "reevaluate_config": dg.MetadataValue.json(rerun_config(bundle)),
+            },
+        ) from exc
+    context.log.info(f"{rag_evaluation['bundle_uri']} → @{move.alias}: {decision.summary()}")
     return dg.MaterializeResult(
         metadata={
-            "promoted": alias == CHAMPION,
-            "alias": alias,
+            "promoted": move.alias == CHAMPION,
+            "alias": move.alias,
             "decision": decision.outcome,
-            "champion": f"models:/{rag_evaluation['bundle_name']}@{CHAMPION}",
-            "version": rag_evaluation["bundle_version"],
+            "champion": f"models:/{name}@{CHAMPION}",
+            "version": version,
+            "compared_with": decision.baseline_version or "",
             "previous_version": str(move.previous_version or ""),
             "reason": decision.summary(),
             "mlflow_run_id": rag_evaluation["evaluation_run_id"],

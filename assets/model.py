@@ -17,9 +17,10 @@ from llmops_dagster.resources import (
 class FinetuneDatasetConfig(dg.Config):
     context_k: int = 3
     """Retrieved chunks per question, as serving will see them."""
-    context_groups: list[str] = Field(default_factory=list)
-    """Groups the context is retrieved as (besides public). Empty: public documents only, so
-    confidential text never enters training data unless a group is named here on purpose."""
+    context_groups: list[str] | None = None
+    """Groups the context is retrieved as (besides public). None: the training audience's
+    (LLMOPS_TRAIN_GROUPS; default none, so public documents only). Groups beyond the training
+    audience are refused: the adapter is served to that audience and would learn their text."""
     val_fraction: float = 0.2
     seed: int = 13
 
@@ -52,7 +53,9 @@ def finetune_dataset(
 ):
     """Instruction/response pairs from the training QA set, each with the context the live
     RAG pipeline retrieves, in the generator's chat template; fixed-seed train/validation
-    split."""
+    split. Only what the training audience (LLMOPS_TRAIN_GROUPS, default public) may read:
+    items with other `groups` are left out (`n_dropped_audience`), context is retrieved within
+    it."""
     from pathlib import Path
 
     from llmops_dagster.access import AccessError, Principal
@@ -60,9 +63,21 @@ def finetune_dataset(
     from llmops_dagster.train.dataset import build_sft_dataset
 
     try:
-        principal = Principal("finetune", frozenset(config.context_groups))
+        training = Principal("training", frozenset(corpus.train_groups))
+    except AccessError as exc:
+        raise dg.Failure(f"corpus resource train_groups (LLMOPS_TRAIN_GROUPS): {exc}") from exc
+    wanted = corpus.train_groups if config.context_groups is None else config.context_groups
+    try:
+        principal = Principal("finetune", frozenset(wanted))
     except AccessError as exc:
         raise dg.Failure(f"finetune_dataset config context_groups: {exc}") from exc
+    beyond = sorted(principal.groups - training.groups)
+    if beyond:
+        raise dg.Failure(
+            f"finetune_dataset config context_groups {beyond} are beyond the training audience "
+            f"{training.visible_groups} (LLMOPS_TRAIN_GROUPS): the adapter is served to that "
+            "audience and would learn text it may not read"
+        )
     pipeline = build_rag_pipeline(
         elasticsearch, models, mlflow, retrieval=RetrievalSettings(k=config.context_k)
     )
@@ -73,7 +88,13 @@ def finetune_dataset(
         context_fn=pipeline.context_fn(principal),
         val_fraction=config.val_fraction,
         seed=config.seed,
+        audience=training,
     )
+    if dataset.dropped:
+        context.log.info(
+            f"{dataset.dropped} QA items left out: the training audience "
+            f"{','.join(training.visible_groups)} may not read them"
+        )
     path = Path(corpus.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
     dataset.write_jsonl(path)
     summary = dataset.summary()
@@ -84,7 +105,11 @@ def finetune_dataset(
             **{k: v for k, v in summary.items() if k != "digest"},
             "context_groups": context_groups,
         },
-        metrics={"n_train": summary["n_train"], "n_validation": summary["n_validation"]},
+        metrics={
+            "n_train": summary["n_train"],
+            "n_validation": summary["n_validation"],
+            "n_dropped_audience": summary["n_dropped_audience"],
+        },
         tags={"dataset.digest": dataset.digest},
     )
     preview = [

@@ -387,7 +387,9 @@ def feedback_candidates(
     chunks and bundle version, and their review status (`llmops.feedback_candidates` and a
     JSONL under LLMOPS_HOME/feedback). Read from the serving store, like `llmops-dagster
     feedback list`, so the reviewer and this table always agree; a person accepts or rejects
-    them there, and only accepted ones reach the golden or training set."""
+    them there, and only accepted ones reach the golden or training set. A restricted answer's
+    row keeps its ids, counts and audience, its text withheld (the warehouse and this page are
+    readable beyond its audience; the review commands on the server host show it)."""
     from pathlib import Path
 
     from llmops_dagster.serving.review import (
@@ -397,7 +399,10 @@ def feedback_candidates(
     )
 
     review = FeedbackReview(
-        Path(serving.store_path), Path(corpus.golden_path), Path(corpus.train_qa_path)
+        Path(serving.store_path),
+        Path(corpus.golden_path),
+        Path(corpus.train_qa_path),
+        train_groups=corpus.train_groups,
     )
     candidates = review.candidates()
     path = write_candidates_jsonl(candidates, Path(serving.candidates_path))
@@ -416,12 +421,13 @@ def feedback_candidates(
             "question": c.question,
             "correction": c.correction or "",
         }
-        for c in pending[:20]
+        for c in (p.published() for p in pending[:20])
     ]
     return dg.MaterializeResult(
         metadata={
             **{s: dg.MetadataValue.int(n) for s, n in counts.items()},
             "candidates": dg.MetadataValue.int(len(candidates)),
+            "text_withheld": dg.MetadataValue.int(sum(c.restricted for c in candidates)),
             "path": dg.MetadataValue.path(str(path)),
             "table": CANDIDATES_TABLE,
             "pending_preview": md(

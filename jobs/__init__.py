@@ -82,11 +82,17 @@ def build_jobs(
     from jobs.sensors import (
         evaluation_inputs_sensor,
         mlflow_registry_sensor,
+        stale_decision_sensor,
         training_inputs_sensor,
     )
 
     return (
         [reindex_job, full_rebuild_job, evaluate_job, finetune_job, serving_job],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
-        [mlflow_registry_sensor, evaluation_inputs_sensor, training_inputs_sensor],
+        [
+            mlflow_registry_sensor,
+            evaluation_inputs_sensor,
+            stale_decision_sensor,
+            training_inputs_sensor,
+        ],
     )

@@ -51,16 +51,18 @@ def mlflow_registry_sensor(
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Re-evaluates the champion's configuration when the prompt template, the golden "
-    "set or the index behind the alias changes; the cursor holds the last fingerprint.",
+    "set, the index behind the alias or the generator settings change; the cursor holds the "
+    "last fingerprint.",
 )
 def evaluation_inputs_sensor(
     context: dg.SensorEvaluationContext,
     corpus: CorpusResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
+    models: ModelsResource,
 ):
     from llmops_dagster.evaluate.golden import load_golden
-    from llmops_dagster.evaluate.triggers import EvaluationInputs, rerun_config
+    from llmops_dagster.evaluate.triggers import EvaluationInputs, generator_change, rerun_config
     from llmops_dagster.rag.bundle import current_champion
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
@@ -73,22 +75,57 @@ def evaluation_inputs_sensor(
     previous = EvaluationInputs.from_cursor(context.cursor)
     changes = inputs.changes_since(previous)
     context.update_cursor(inputs.to_cursor())
-    if previous is None:
+    champion = current_champion(mlflow.client())
+    configured = models.generator_pin()
+    # Compared with the champion itself, not with the last tick: a setting changed while the
+    # sensor was off is still noticed, and the run key keeps it to one request per setting.
+    generator = generator_change(champion.bundle, configured) if champion else None
+    if previous is None and generator is None:
         yield dg.SkipReason("first tick: recorded the prompt, golden set and index")
         return
+    if generator is not None:
+        changes.append(generator)
     if not changes:
-        yield dg.SkipReason("prompt, golden set and index unchanged")
+        yield dg.SkipReason("prompt, golden set, index and generator unchanged")
         return
-    champion = current_champion(mlflow.client())
     if champion is None:
         yield dg.SkipReason(f"{', '.join(changes)}; no champion bundle to re-evaluate yet")
         return
     context.log.info(f"re-evaluating {champion.uri}: {', '.join(changes)}")
+    fingerprint = inputs.to_cursor() + configured.describe() + champion.version
     yield dg.RunRequest(
-        run_key="inputs-" + hashlib.sha256(inputs.to_cursor().encode()).hexdigest()[:16],
+        run_key="inputs-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
         run_config={"ops": {"rag_evaluation": {"config": rerun_config(champion.bundle)}}},
         tags={"llmops/reevaluate": ", ".join(changes)[:200]},
     )
+
+
+@dg.sensor(
+    job=evaluate_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-evaluates a bundle whose promotion was refused as stale (the champion moved "
+    "between its comparison and its promotion); one run per stale version.",
+)
+def stale_decision_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
+    from llmops_dagster.evaluate.triggers import rerun_config
+    from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, TAG_OUTCOME, load_bundle
+
+    client = mlflow.client()
+    stale = client.search_model_versions(
+        f"name = '{DEFAULT_BUNDLE_MODEL}' and tags.`{TAG_OUTCOME}` = 'stale'"
+    )
+    for version in sorted(stale, key=lambda v: int(v.version)):
+        found = load_bundle(client, f"models:/{DEFAULT_BUNDLE_MODEL}/{version.version}")
+        context.log.info(f"re-evaluating {found.uri}: its decision went stale")
+        # The run key dedupes: each stale version is re-evaluated once.
+        yield dg.RunRequest(
+            run_key=f"stale-{DEFAULT_BUNDLE_MODEL}-{found.version}",
+            run_config={"ops": {"rag_evaluation": {"config": rerun_config(found.bundle)}}},
+            tags={"llmops/reevaluate": f"stale decision of {found.uri}"},
+        )
+    if not stale:
+        yield dg.SkipReason("no stale decision")
 
 
 @dg.sensor(

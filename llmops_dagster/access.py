@@ -69,7 +69,14 @@ class Principal:
         return sorted(self.groups | {PUBLIC})
 
     def can_read(self, audience: Iterable[str]) -> bool:
+        """A *document's* audience is any-of: one shared group is enough."""
         return bool(set(audience) & set(self.visible_groups))
+
+    def can_read_all(self, groups: Iterable[str]) -> bool:
+        """Text that came through several groups (an answer asked as ``hr`` from ``hr``
+        passages, a training item carrying its asker's groups) is readable only by someone in
+        every one of them; ``public`` (or nothing) is readable by everyone."""
+        return set(normalize_audience(list(groups))) <= set(self.visible_groups)
 
     def filter_clause(self) -> dict[str, object]:
         """The Elasticsearch filter that keeps only documents this principal may read."""

@@ -462,35 +462,16 @@ def bundle_status() -> None:
 @click.argument("version")
 @click.option("--by", "approver", required=True, help="Who approves (recorded in tags).")
 def bundle_approve(version: str, approver: str) -> None:
-    """Promote VERSION (a candidate awaiting manual approval) to `champion`, recording who/when."""
-    from datetime import UTC, datetime
+    """Promote VERSION (a candidate awaiting manual approval) to `champion`, recording who/when.
 
-    from llmops_dagster.rag.bundle import (
-        CHAMPION,
-        DEFAULT_BUNDLE_MODEL,
-        load_bundle,
-        set_bundle_alias,
-    )
+    Only while the champion it was compared with is still the champion: otherwise it must be
+    evaluated again against today's champion first."""
+    from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, BundleError, approve_bundle
 
-    client = _bundle_client()
-    found = load_bundle(client, f"models:/{DEFAULT_BUNDLE_MODEL}/{version}")
-    if found.tags.get("decision.outcome") != "awaiting_approval":
-        raise click.ClickException(
-            f"{found.uri} was decided {found.tags.get('decision.outcome')!r}: only a candidate "
-            "awaiting approval can be approved"
-        )
-    client.set_model_version_tag(DEFAULT_BUNDLE_MODEL, found.version, "approved_by", approver)
-    client.set_model_version_tag(
-        DEFAULT_BUNDLE_MODEL, found.version, "approved_at", datetime.now(UTC).isoformat()
-    )
-    move = set_bundle_alias(
-        client,
-        DEFAULT_BUNDLE_MODEL,
-        found.version,
-        CHAMPION,
-        evaluation_run_id=found.run_id or "",
-        decision_summary=f"approved by {approver}",
-    )
+    try:
+        move = approve_bundle(_bundle_client(), DEFAULT_BUNDLE_MODEL, version, approver=approver)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"champion: v{move.previous_version or '-'} → v{move.new_version} (by {approver})")
 
 
@@ -606,7 +587,10 @@ def _feedback_review():
     resources = _resources(get_settings())
     serving, corpus = resources["serving"], resources["corpus"]
     return FeedbackReview(
-        Path(serving.store_path), Path(corpus.golden_path), Path(corpus.train_qa_path)
+        Path(serving.store_path),
+        Path(corpus.golden_path),
+        Path(corpus.train_qa_path),
+        train_groups=corpus.train_groups,
     )
 
 
@@ -622,12 +606,13 @@ def feedback_list(show_all: bool, as_json: bool) -> None:
     if not found:
         click.echo("no feedback candidates" + ("" if show_all else " awaiting review"))
         return
-    table = Table("trace id", "status", "bundle", "down", "question", "answer", "correction",
-                  "cited documents")  # fmt: skip
+    table = Table("trace id", "status", "audience", "bundle", "down", "question", "answer",
+                  "correction", "cited documents")  # fmt: skip
     for c in found:
         table.add_row(
             c.trace_id,
             c.status,
+            ",".join(c.audience),
             c.bundle_version or "base",
             str(c.thumbs_down),
             c.question,
@@ -649,7 +634,8 @@ def feedback_list(show_all: bool, as_json: bool) -> None:
     default="auto",
     show_default=True,
     help="Which set gets the item; auto splits by trace id. Never both: an evaluation must "
-    "not score what the adapter was trained on.",
+    "not score what the adapter was trained on. Training takes only what the training "
+    "audience (LLMOPS_TRAIN_GROUPS, default public) may read; auto sends the rest to golden.",
 )
 @click.option(
     "--doc",
@@ -680,6 +666,8 @@ def feedback_accept(
     path = result.golden_path if result.target == "golden" else result.train_path
     done = "appended to" if result.appended else "already accepted: unchanged"
     click.echo(f"{trace_id}: {result.item_id} {done} the {result.target} set ({path})")
+    if result.note:
+        click.echo(f"{trace_id}: {result.note}")
     click.echo(f"golden digest:   {result.golden_digest}")
     click.echo(f"training digest: {result.train_digest}")
 

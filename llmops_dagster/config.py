@@ -234,11 +234,34 @@ class CorpusSettings(BaseSettings):
         validation_alias=_env("LLMOPS_TRAIN_QA"),
         description="QA JSONL the LoRA dataset is built from (never the golden set).",
     )
+    train_groups: str = Field(
+        default="",
+        validation_alias=_env("LLMOPS_TRAIN_GROUPS"),
+        description="The training audience, comma-separated (empty: public): who may read "
+        "what an adapter learns, since it is served to everyone using its bundle. Training "
+        "items and context beyond it are left out, and feedback beyond it goes to golden.",
+    )
     golden_path: Path = Field(
         default=PROJECT_ROOT / "data" / "golden" / "qa.jsonl",
         validation_alias=_env("LLMOPS_GOLDEN"),
         description="Golden QA JSONL (or a BEIR folder) the evaluation scores against.",
     )
+
+    @field_validator("train_groups")
+    @classmethod
+    def _train_groups(cls, value: str) -> str:
+        from llmops_dagster.access import PUBLIC, AccessError, normalize_audience
+
+        try:
+            groups = normalize_audience(value)
+        except AccessError as exc:
+            raise ValueError(f"LLMOPS_TRAIN_GROUPS: {exc}") from exc
+        return ",".join(g for g in groups if g != PUBLIC)
+
+    @property
+    def train_group_list(self) -> list[str]:
+        """The training audience's groups (empty: public only)."""
+        return [g for g in self.train_groups.split(",") if g]
 
 
 class ModelSettings(BaseSettings):
@@ -284,6 +307,19 @@ class ModelSettings(BaseSettings):
         default=None,
         validation_alias=_env("LLMOPS_GENERATOR_REMOTE_MODEL"),
         description="Model name the OpenAI-compatible endpoint serves.",
+    )
+    generator_temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        validation_alias=_env("LLMOPS_GENERATOR_TEMPERATURE"),
+        description="Decoding temperature (0 = greedy). Part of every new bundle's key.",
+    )
+    generator_repetition_penalty: float = Field(
+        default=1.1,
+        gt=0.0,
+        validation_alias=_env("LLMOPS_GENERATOR_REPETITION_PENALTY"),
+        description="Local backend only (the OpenAI API has none); a mild penalty keeps a "
+        "small model's greedy answers from looping. Part of every new local bundle's key.",
     )
     generator_api_key_env: str = Field(
         default="OPENAI_API_KEY",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from pydantic import Field, PrivateAttr
 
 from llmops_dagster.config import Settings
 from llmops_dagster.models.spec import (
+    GeneratorPin,
     GeneratorSpec,
     JudgeSpec,
     LocalModelSpec,
@@ -269,6 +271,10 @@ class ModelsResource(dg.ConfigurableResource):
     generator_base_url: str | None = Field(default=None, description="…/v1 (openai backend).")
     generator_remote_model: str | None = None
     generator_api_key: str | None = Field(default=None, description="Use dg.EnvVar(...).")
+    generator_temperature: float = Field(default=0.0, description="0 = greedy.")
+    generator_repetition_penalty: float = Field(
+        default=1.1, description="Local backend only (the OpenAI API has none)."
+    )
     torch_threads: int = Field(default=1, description="torch intra-op threads.")
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda if found.")
     cache_dir: str = Field(description="Converted models, ONNX exports, downloaded adapters.")
@@ -348,8 +354,103 @@ class ModelsResource(dg.ConfigurableResource):
         the local base + that registered LoRA adapter."""
         from llmops_dagster.models import load_generator
 
-        return load_generator(
-            self.generator_spec(), adapter_uri=adapter_uri, tracking_uri=tracking_uri
+        spec = self.generator_spec()
+        decoding = (
+            {"repetition_penalty": self.generator_repetition_penalty}
+            if spec.backend == "local"
+            else {}
+        )
+        return load_generator(spec, adapter_uri=adapter_uri, tracking_uri=tracking_uri, **decoding)
+
+    def generator_pin(self) -> GeneratorPin:
+        """The generator these settings make, pinned by value (what a new bundle records):
+        the local base model's id and weights digest, or the endpoint's model name; and the
+        decoding settings."""
+        if self.generator_backend == "openai":
+            spec = self.generator_spec().openai
+            assert spec is not None
+            return GeneratorPin("openai", spec.model, "", self.generator_temperature, 1.0)
+        self.generator_spec()  # validates the backend name
+        from llmops_dagster.models.source import resolve_model_source, weights_digest
+
+        source = resolve_model_source(self.generator_model, self.generator_gguf_file or None)
+        return GeneratorPin(
+            "local",
+            source.model_id,
+            weights_digest(source),
+            self.generator_temperature,
+            self.generator_repetition_penalty,
+        )
+
+    def generator_location(self) -> dict[str, str]:
+        """Where this resource's generator comes from (recorded with a bundle, so that the
+        bundle keeps answering after the settings move on): not part of any key."""
+        if self.generator_backend == "openai":
+            return {"base_url": self.generator_base_url or ""}
+        return {"model": self.generator_model, "gguf_file": self.generator_gguf_file or ""}
+
+    def pinned_generator(
+        self,
+        pin: GeneratorPin,
+        *,
+        adapter_uri: str | None = None,
+        tracking_uri: str | None = None,
+        recorded_location: Mapping[str, str] | None = None,
+    ) -> Generator:
+        """Exactly the generator ``pin`` describes, or :class:`GeneratorConfigError` saying
+        why this process cannot reproduce it (never a different model in its place).
+
+        Local: the configured model when its id and weights digest match, else the location
+        recorded when the bundle was evaluated (the settings may have moved on to a new
+        candidate), checked the same way. OpenAI-compatible: the configured endpoint (else the
+        recorded one) must list the pinned model name; requests name that model.
+        """
+        from llmops_dagster.models import load_generator
+        from llmops_dagster.models.base import GeneratorConfigError
+
+        recorded = dict(recorded_location or {})
+        if pin.backend == "openai":
+            base_url = self.generator_base_url or recorded.get("base_url") or ""
+            if not base_url:
+                raise GeneratorConfigError(
+                    f"this bundle is answered by {pin.model!r} on an OpenAI-compatible "
+                    "endpoint, and no endpoint is configured (LLMOPS_GENERATOR_BASE_URL)"
+                )
+            from llmops_dagster.models.openai_client import require_served_model
+
+            spec = OpenAIEndpointSpec(
+                base_url=base_url, model=pin.model, api_key=self.generator_api_key or None
+            )
+            require_served_model(spec)
+            return load_generator(GeneratorSpec(backend="openai", openai=spec))
+        if pin.backend != "local":
+            raise GeneratorConfigError(f"generator backend {pin.backend!r} is not a model")
+        from llmops_dagster.models.source import resolve_model_source, weights_digest
+
+        tried: list[str] = []
+        candidates = [(self.generator_model, self.generator_gguf_file or None, "configured")]
+        if recorded.get("model"):
+            candidates.append((recorded["model"], recorded.get("gguf_file") or None, "recorded"))
+        for model, gguf_file, origin in candidates:
+            try:
+                source = resolve_model_source(model, gguf_file)
+                digest = weights_digest(source)
+            except GeneratorConfigError as exc:
+                tried.append(f"{origin} {model}: {exc}")
+                continue
+            if source.model_id == pin.model and digest == pin.weights_digest:
+                spec = replace(self.local_model_spec(), model=model, gguf_file=gguf_file)
+                return load_generator(
+                    GeneratorSpec(backend="local", local=spec),
+                    adapter_uri=adapter_uri,
+                    tracking_uri=tracking_uri,
+                    repetition_penalty=pin.repetition_penalty,
+                )
+            tried.append(f"{origin} {source.display}: {source.model_id} {digest[:19]}…")
+        raise GeneratorConfigError(
+            f"cannot reproduce this bundle's generator {pin.model} (weights "
+            f"{pin.weights_digest[:19]}…): {'; '.join(tried)}. Point LLMOPS_GENERATOR_MODEL / "
+            "LLMOPS_GENERATOR_GGUF_FILE at those weights, or evaluate a new candidate bundle."
         )
 
     def base_model(self, *, fresh: bool = False) -> Any:
@@ -359,8 +460,10 @@ class ModelsResource(dg.ConfigurableResource):
         return load_base_model(self.local_model_spec(), fresh=fresh)
 
     def judge_spec(self) -> JudgeSpec:
+        # The endpoint whenever one is configured, whatever the default kind: a run that asks
+        # for `judge: openai` must find it.
         endpoint = None
-        if self.judge == "openai" and self.judge_base_url and self.judge_model:
+        if self.judge_base_url and self.judge_model:
             endpoint = OpenAIEndpointSpec(
                 base_url=self.judge_base_url,
                 model=self.judge_model,
@@ -382,6 +485,11 @@ class CorpusResource(dg.ConfigurableResource):
     chunk_size_tokens: int = Field(default=200, description="Embedding-tokenizer tokens.")
     chunk_overlap_tokens: int = 32
     train_qa_path: str = Field(description="QA JSONL for the SFT dataset (never golden).")
+    train_groups: list[str] = Field(
+        default_factory=list,
+        description="The training audience (empty: public): training items and context it may "
+        "not read are left out, since the adapter is served to everyone using its bundle.",
+    )
     golden_path: str = Field(description="Golden QA JSONL or BEIR folder.")
     datasets_dir: str = Field(description="Where built SFT datasets are written.")
 
@@ -411,6 +519,56 @@ class ServingResource(dg.ConfigurableResource):
     )
 
 
+class RunScopedIOManager(dg.ConfigurableIOManager):
+    """Pickles an asset's value per run (``<base_dir>/<asset>/runs/<run id>.pickle``) and as the
+    asset's latest value (``latest.pickle``).
+
+    Why: Dagster's filesystem IO manager keeps one file per asset, so two runs of the same job
+    at once overwrite each other's output, and a downstream step reads whichever run wrote last
+    — ``champion_model`` of one evaluation would apply the *other* evaluation's decision. Here a
+    step reads the value its own run produced; a step materialized alone (the upstream not in
+    the run) reads the latest stored value, as with the default IO manager.
+    """
+
+    base_dir: str = Field(description="Folder of the stored values (under LLMOPS_HOME).")
+
+    def _folder(self, key: dg.AssetKey) -> Path:
+        return Path(self.base_dir).joinpath(*key.path)
+
+    @staticmethod
+    def _write(path: Path, payload: bytes) -> None:
+        import os
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        import pickle
+
+        folder = self._folder(context.asset_key)
+        payload = pickle.dumps(obj)
+        self._write(folder / "runs" / f"{context.run_id}.pickle", payload)
+        self._write(folder / "latest.pickle", payload)
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        import pickle
+
+        folder = self._folder(context.asset_key)
+        path = folder / "latest.pickle"
+        upstream = context.upstream_output
+        try:
+            run_id = upstream.run_id if upstream is not None else None
+        except dg.DagsterInvariantViolationError:  # the upstream asset was not in this run
+            run_id = None
+        if run_id is not None and (folder / "runs" / f"{run_id}.pickle").is_file():
+            path = folder / "runs" / f"{run_id}.pickle"
+        return pickle.loads(path.read_bytes())
+
+
 def build_rag_pipeline(
     elasticsearch: ElasticsearchResource,
     models: ModelsResource,
@@ -422,6 +580,7 @@ def build_rag_pipeline(
     generator: Generator | ExtractiveAnswerer | None = None,
     prompt: PromptTemplate | None = None,
     bundle_uri: str | None = None,
+    temperature: float | None = None,
 ) -> RagPipeline:
     """The one way to wire a RAG: the index alias's retriever, the configured embedder,
     the prompt (the repo's template unless given) and the configured generator (base, or base
@@ -441,6 +600,7 @@ def build_rag_pipeline(
         prompt=prompt or load_prompt(),
         retrieval=retrieval or RetrievalSettings(),
         max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        temperature=models.generator_temperature if temperature is None else temperature,
         bundle_uri=bundle_uri,
     )
 
@@ -452,12 +612,19 @@ def build_bundle_pipeline(
     bundle: RagBundle,
     *,
     bundle_uri: str | None = None,
+    recorded_tags: Mapping[str, str] | None = None,
 ) -> RagPipeline:
     """The pipeline a RAG bundle describes — exactly its prompt version (from MLflow's prompt
-    registry), retriever settings, generator (base, adapter version, or extractive) and
-    answer length — on the alias it was evaluated on. Serving and evaluation both use this,
-    so what passed the comparison is what answers."""
+    registry), retriever settings, generator (its pinned backend, model and weights, adapter
+    version and decoding; or the extractive answerer) and answer length — on the alias it was
+    evaluated on. Serving and evaluation both use this, so what passed the comparison is what
+    answers. A generator this process cannot reproduce is a :class:`GeneratorConfigError`,
+    never a stand-in. ``recorded_tags``: the bundle version's tags (where its generator was
+    loaded from when it was evaluated)."""
+    import json
+
     from llmops_dagster.models.base import GeneratorConfigError
+    from llmops_dagster.rag.bundle import TAG_GENERATOR_LOCATION
     from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.pipeline import RetrievalSettings
     from llmops_dagster.rag.prompt_registry import require_prompt_hash
@@ -472,9 +639,18 @@ def build_bundle_pipeline(
     generator: Generator | ExtractiveAnswerer
     if bundle.generator == "extractive":
         generator = ExtractiveAnswerer()
+        if generator.model_id != bundle.base_model_id:
+            raise GeneratorConfigError(
+                f"bundle {bundle_uri or bundle.key()} was evaluated with {bundle.base_model_id}; "
+                f"this code's extractive answerer is {generator.model_id}: evaluate a new bundle"
+            )
     else:
-        generator = models.generator(
-            adapter_uri=bundle.adapter_uri, tracking_uri=mlflow.store().tracking_uri
+        location = (recorded_tags or {}).get(TAG_GENERATOR_LOCATION)
+        generator = models.pinned_generator(
+            bundle.generator_pin,
+            adapter_uri=bundle.adapter_uri,
+            tracking_uri=mlflow.store().tracking_uri,
+            recorded_location=json.loads(location) if location else None,
         )
     return build_rag_pipeline(
         elasticsearch,
@@ -484,6 +660,7 @@ def build_bundle_pipeline(
             mode=bundle.retrieval_mode, k=bundle.retrieval_k, metrics_depth=bundle.metrics_depth
         ),
         max_new_tokens=bundle.max_new_tokens,
+        temperature=bundle.temperature,
         generator=generator,
         prompt=registered.template,
         bundle_uri=bundle_uri,
@@ -564,6 +741,8 @@ def build_resources(
             generator_api_key=_secret(
                 os.environ.get(models.generator_api_key_env), models.generator_api_key_env
             ),
+            generator_temperature=models.generator_temperature,
+            generator_repetition_penalty=models.generator_repetition_penalty,
             torch_threads=models.torch_threads,
             cache_dir=str(settings.models_cache_dir),
             adapter_model_name=models.adapter_model_name,
@@ -580,9 +759,12 @@ def build_resources(
             chunk_size_tokens=corpus.chunk_size_tokens,
             chunk_overlap_tokens=corpus.chunk_overlap_tokens,
             train_qa_path=str(corpus.train_qa_path),
+            train_groups=corpus.train_group_list,
             golden_path=str(corpus.golden_path),
             datasets_dir=str(settings.datasets_dir),
         ),
+        # Evaluation outputs per run: concurrent evaluations never read each other's decision.
+        "evaluation_io_manager": RunScopedIOManager(base_dir=str(settings.home / "dagster-io")),
         "serving": ServingResource(
             store_path=str(settings.serving_store_path),
             trace_experiment=settings.serving.trace_experiment,

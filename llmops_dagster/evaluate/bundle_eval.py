@@ -10,6 +10,7 @@ beyond its margin, on top of the absolute floors.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from llmops_dagster.access import Principal
 from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
 from llmops_dagster.evaluate.golden import GoldenSet
+from llmops_dagster.evaluate.metrics import require_metrics_depth, retrieval_depths
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
 from llmops_dagster.evaluate.run import EvalResult, build_cases, evaluate_rag
 
@@ -57,7 +59,12 @@ def evaluate_pipeline(
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Answer every golden question through ``pipeline``, each as its item's principal (the
-    retriever filters by its groups inside Elasticsearch), and score the answers."""
+    retriever filters by its groups inside Elasticsearch), and score the answers.
+
+    Raises ValueError before answering anything when the pipeline's ranking depth
+    (``retrieval.metrics_depth``, in documents) is shallower than a retrieval metric reads."""
+    if retrieval_depths(metrics):
+        require_metrics_depth(pipeline.retrieval.metrics_depth, metrics)
     total = len(golden.items)
     done = 0
     top_scores: list[float] = []
@@ -89,7 +96,9 @@ def evaluate_pipeline(
 
 
 def compared_metrics(candidate: EvalResult, baseline: EvalResult) -> list[str]:
-    """Metrics both runs measured (judge metrics only when they may gate)."""
+    """Metrics both runs measured (judge metrics only when they may gate). Each is compared
+    over the cases both runs scored (``compare.pair_metric``): a judge metric over the judged
+    sample, not over every case."""
     keys = list(candidate.metric_keys)
     if candidate.judge_gates and baseline.judge_gates:
         keys += [k for k in candidate.judge_metric_keys if k in baseline.judge_metric_keys]
@@ -103,8 +112,10 @@ def compare_and_decide(
     *,
     n_resamples: int = 2000,
     seed: int = 13,
+    baseline_version: str | None = None,
 ) -> tuple[list[MetricComparison], Decision]:
-    """Paired comparison of every shared metric, then the policy's decision."""
+    """Paired comparison of every shared metric, then the policy's decision (which records
+    ``baseline_version``: the champion version compared with, None = the base model)."""
     comparisons = compare_runs(
         candidate.result.rows,
         baseline.result.rows,
@@ -118,6 +129,7 @@ def compare_and_decide(
         aggregates=candidate.result.aggregates,
         comparisons=comparisons,
         baseline_label=baseline.label,
+        baseline_version=baseline_version,
     )
     return comparisons, decision
 
@@ -135,14 +147,29 @@ def log_comparison(
     policy: PromotionPolicy,
 ) -> None:
     """Into the candidate's evaluation run: the baseline's per-case table, each metric's paired
-    difference and interval (``compare.<metric>.diff|ci_low|ci_high``), the policy and the
-    decision, so the run alone explains why an alias moved or did not."""
+    difference and interval (``compare.<metric>.diff|ci_low|ci_high``), its paired case count
+    and each side's errors among them (``compare.<metric>.n|candidate_errors|baseline_errors``),
+    the baseline's own error counts and judge calls (``baseline.<metric>_errors``,
+    ``baseline.judge.calls|repaired_calls|failed_calls``), the policy and the decision, so the
+    run alone explains why an alias moved or did not. Non-finite values (a metric compared on
+    no case) are left out of the metrics; the comparison artifact shows them as null."""
     metrics: dict[str, float] = {}
     for comp in comparisons:
-        metrics[f"compare.{comp.metric}.diff"] = comp.diff
-        metrics[f"compare.{comp.metric}.ci_low"] = comp.ci_low
-        metrics[f"compare.{comp.metric}.ci_high"] = comp.ci_high
-        metrics[f"baseline.{comp.metric}"] = comp.baseline_mean
+        values = {
+            f"compare.{comp.metric}.diff": comp.diff,
+            f"compare.{comp.metric}.ci_low": comp.ci_low,
+            f"compare.{comp.metric}.ci_high": comp.ci_high,
+            f"compare.{comp.metric}.n": comp.n,
+            f"compare.{comp.metric}.candidate_errors": comp.candidate_errors,
+            f"compare.{comp.metric}.baseline_errors": comp.baseline_errors,
+            f"baseline.{comp.metric}": comp.baseline_mean,
+        }
+        metrics.update({k: float(v) for k, v in values.items() if math.isfinite(v)})
+    result = baseline.result
+    metrics.update({f"baseline.{k}_errors": float(v) for k, v in result.errors.items()})
+    metrics.update(
+        {f"baseline.judge.{name}": float(v) for name, v in result.judge_call_counts().items()}
+    )
     run.log(
         params={**policy.as_params(), "baseline.label": baseline.label},
         metrics=metrics,

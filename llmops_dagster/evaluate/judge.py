@@ -10,8 +10,15 @@ string. The local judge runs through the generator's own generate loop with thos
 as a :class:`~llmops_dagster.models.local.DecodingConstraint` (and so under the generator's lock).
 What comes out is then validated and clamped (:mod:`llmops_dagster.evaluate.judge_schema`).
 
+Why count calls: an answer that does not fit the schema raises
+:class:`~llmops_dagster.evaluate.judge_schema.JudgeOutputError` (DeepEval then records the metric
+as errored for that case, scored 0), and a reply that had to be repaired is a judge-quality
+signal. Both judges share :class:`SchemaJudge`, which counts every call, the repaired ones and the
+failed ones (:class:`JudgeStats`); the evaluation reports the counts of its run.
+
 Why ``JudgeSpec.capable``: on this stack a 135M judge yields *parseable but meaningless* scores
-(empty claim lists give a trivial 1.0, reasons copy the template). Judge metrics are therefore
+(reasons copy the template; empty claim lists, which DeepEval would score a trivial 1.0, are
+errors now). Judge metrics are therefore
 always computed and reported, but only gate promotion when the judge is declared capable.
 """
 
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import types
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from deepeval.models import DeepEvalBaseLLM
@@ -28,6 +37,8 @@ from pydantic import BaseModel
 from llmops_dagster.evaluate.judge_schema import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_STRING_CHARS,
+    JudgeError,
+    JudgeOutputError,
     SchemaT,
     bounded_json_schema,
     clamp_scores,
@@ -41,19 +52,21 @@ from llmops_dagster.models.base import GeneratorError
 from llmops_dagster.models.spec import JudgeSpec, OpenAIEndpointSpec
 
 if TYPE_CHECKING:
-    import threading
-
     from llmops_dagster.models.local import DecodingConstraint, LocalTransformersGenerator
 
 __all__ = [
     "JudgeError",
+    "JudgeOutputError",
+    "JudgeStats",
     "LocalJudge",
     "OpenAICompatibleJudge",
+    "SchemaJudge",
     "bounded_json_schema",
     "build_judge",
     "clamp_scores",
     "coerce_to_schema",
     "extract_json_object",
+    "judge_stats",
     "parse_score_range",
 ]
 
@@ -61,8 +74,102 @@ __all__ = [
 _TOKENIZER_TABLES: ProcessCache[Any] = ProcessCache("lm-format-enforcer-tokenizers")
 
 
-class JudgeError(RuntimeError):
-    """A judge cannot be built (bad configuration) or cannot answer."""
+@dataclass
+class JudgeStats:
+    """Calls a judge made, how many needed JSON repair and how many failed (raised).
+
+    Thread-safe: DeepEval runs a judge's calls concurrently (the local judge in worker threads).
+    """
+
+    calls: int = 0
+    repaired: int = 0
+    failed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, *, repaired: bool = False, failed: bool = False) -> None:
+        with self._lock:
+            self.calls += 1
+            self.repaired += int(repaired)
+            self.failed += int(failed)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"calls": self.calls, "repaired": self.repaired, "failed": self.failed}
+
+
+def judge_stats(judge: Any) -> dict[str, int] | None:
+    """``{"calls", "repaired", "failed"}`` of a :class:`SchemaJudge`; None for another judge
+    (a ``DeepEvalBaseLLM`` that keeps no count)."""
+    stats = getattr(judge, "stats", None)
+    return stats.snapshot() if isinstance(stats, JudgeStats) else None
+
+
+class SchemaJudge(DeepEvalBaseLLM):
+    """A DeepEval judge that turns raw text into the requested schema, and counts.
+
+    Subclasses implement :meth:`_complete` (and may override :meth:`_acomplete`); with a
+    ``schema`` the text goes through :func:`coerce_to_schema` (clamped into the prompt's score
+    range, or ``score_range`` when the prompt names none). A call that raises — the model or
+    endpoint failed, or the output does not fit (:class:`JudgeOutputError`) — is counted as
+    failed and the error reaches DeepEval, which records the metric as errored for that case.
+    """
+
+    #: Used when the prompt names no range; None = clamp only ranges the prompt states.
+    score_range: tuple[float, float] | None = None
+
+    def __init__(self, model: str) -> None:
+        self.stats = JudgeStats()
+        super().__init__(model=model)
+
+    @property
+    def calls(self) -> int:
+        return self.stats.calls
+
+    @property
+    def repaired_calls(self) -> int:
+        """Calls whose output needed JSON repair (truncation): a judge-quality signal."""
+        return self.stats.repaired
+
+    @property
+    def failed_calls(self) -> int:
+        return self.stats.failed
+
+    def get_model_name(self, *args: Any, **kwargs: Any) -> str:
+        return self.name
+
+    def _complete(self, prompt: str, schema: type[BaseModel] | None) -> str:
+        raise NotImplementedError
+
+    async def _acomplete(self, prompt: str, schema: type[BaseModel] | None) -> str:
+        # A blocking completion runs in a worker thread so the event loop keeps going.
+        return await asyncio.to_thread(self._complete, prompt, schema)
+
+    def _parse(self, text: str, prompt: str, schema: type[SchemaT] | None) -> tuple[Any, bool]:
+        if schema is None:
+            return text, False
+        score_range = parse_score_range(prompt) or self.score_range
+        return coerce_to_schema(text, schema, score_range=score_range)
+
+    def generate(self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any) -> Any:
+        try:
+            out, repaired = self._parse(self._complete(str(prompt), schema), str(prompt), schema)
+        except Exception:
+            self.stats.record(failed=True)
+            raise
+        self.stats.record(repaired=repaired)
+        return out
+
+    async def a_generate(
+        self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any
+    ) -> Any:
+        try:
+            text = await self._acomplete(str(prompt), schema)
+            out, repaired = self._parse(text, str(prompt), schema)
+        except Exception:
+            self.stats.record(failed=True)
+            raise
+        self.stats.record(repaired=repaired)
+        return out
 
 
 def build_judge(
@@ -134,7 +241,7 @@ def _tokenizer_tables(tokenizer: Any, eos_ids: list[int]) -> Any:
     return _TOKENIZER_TABLES.get((id(tokenizer), tuple(eos_ids)), build)
 
 
-class LocalJudge(DeepEvalBaseLLM):
+class LocalJudge(SchemaJudge):
     """A DeepEval judge over an already-loaded local generator (the model is not loaded twice).
 
     With a ``schema`` the output is constrained to that schema's JSON and returned as an
@@ -157,11 +264,7 @@ class LocalJudge(DeepEvalBaseLLM):
         self.repetition_penalty = repetition_penalty
         self.max_string_chars = max_string_chars
         self.max_items = max_items
-        #: Used when the prompt names no range; None = clamp only ranges the prompt states.
         self.score_range = score_range
-        #: Calls whose output needed repair (truncation, invalid field): a judge-quality signal.
-        self.repaired_calls = 0
-        self.calls = 0
         super().__init__(model=f"local:{generator.model_id}")
 
     @classmethod
@@ -175,25 +278,6 @@ class LocalJudge(DeepEvalBaseLLM):
     # DeepEvalBaseLLM interface ----------------------------------------------------------------
     def load_model(self, *args: Any, **kwargs: Any) -> Any:
         return self.generator.model
-
-    def get_model_name(self, *args: Any, **kwargs: Any) -> str:
-        return self.name
-
-    def generate(self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any) -> Any:
-        text = self._complete(str(prompt), schema)
-        if schema is None:
-            return text
-        score_range = parse_score_range(str(prompt)) or self.score_range
-        instance, repaired = coerce_to_schema(text, schema, score_range=score_range)
-        self.calls += 1
-        self.repaired_calls += int(repaired)
-        return instance
-
-    async def a_generate(
-        self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any
-    ) -> Any:
-        # The model runs in a worker thread so the event loop (other metrics) keeps going.
-        return await asyncio.to_thread(self.generate, prompt, schema)
 
     # ------------------------------------------------------------------------------------------
     def _constraint(self, schema: type[BaseModel] | None) -> DecodingConstraint:
@@ -234,12 +318,13 @@ class LocalJudge(DeepEvalBaseLLM):
 # --------------------------------------------------------------------------------------------
 
 
-class OpenAICompatibleJudge(DeepEvalBaseLLM):
+class OpenAICompatibleJudge(SchemaJudge):
     """A judge behind any OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp, hosted).
 
     With a ``schema`` it asks for ``response_format`` JSON schema output (``json_mode`` =
     ``json_object`` or ``none`` for servers without it) and still validates and clamps locally:
-    a server that ignores ``response_format`` must not crash an evaluation.
+    a reply that does not fit (a server that ignores ``response_format``) is an error of that
+    metric on that case, counted, never a crashed evaluation nor a made-up pass.
     """
 
     def __init__(
@@ -266,9 +351,6 @@ class OpenAICompatibleJudge(DeepEvalBaseLLM):
     def load_model(self, *args: Any, **kwargs: Any) -> Any:
         return self.client.spec.model
 
-    def get_model_name(self, *args: Any, **kwargs: Any) -> str:
-        return self.name
-
     def _response_format(self, schema: type[BaseModel] | None) -> dict[str, Any] | None:
         if schema is None or self.json_mode == "none":
             return None
@@ -278,11 +360,6 @@ class OpenAICompatibleJudge(DeepEvalBaseLLM):
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
         }
-
-    def _parse(self, text: str, prompt: str, schema: type[SchemaT] | None) -> Any:
-        if schema is None:
-            return text
-        return coerce_to_schema(text, schema, score_range=parse_score_range(prompt))[0]
 
     def _request(self, prompt: Any, schema: type[BaseModel] | None) -> dict[str, Any]:
         return {
@@ -294,18 +371,14 @@ class OpenAICompatibleJudge(DeepEvalBaseLLM):
     def _failed(self, exc: GeneratorError) -> JudgeError:
         return JudgeError(f"judge endpoint {self.client.base_url} failed: {exc}")
 
-    def generate(self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any) -> Any:
+    def _complete(self, prompt: str, schema: type[BaseModel] | None) -> str:
         try:
-            reply = self.client.chat(**self._request(prompt, schema))
+            return self.client.chat(**self._request(prompt, schema)).text
         except GeneratorError as exc:
             raise self._failed(exc) from exc
-        return self._parse(reply.text, str(prompt), schema)
 
-    async def a_generate(
-        self, prompt: Any, schema: type[SchemaT] | None = None, **kwargs: Any
-    ) -> Any:
+    async def _acomplete(self, prompt: str, schema: type[BaseModel] | None) -> str:
         try:
-            reply = await self.client.achat(**self._request(prompt, schema))
+            return (await self.client.achat(**self._request(prompt, schema))).text
         except GeneratorError as exc:
             raise self._failed(exc) from exc
-        return self._parse(reply.text, str(prompt), schema)

@@ -1,11 +1,15 @@
 """Pure helpers between a judge's text and the pydantic schema DeepEval asked for (no model).
 
 A judge's JSON can be cut off by the token budget, carry scores outside the range the prompt
-asked for, or miss fields. :func:`coerce_to_schema` always returns an instance: the object is
-extracted (and, when cut off, repaired by ``json-repair``), numeric scores are clamped into the
-prompt's range (a G-Eval score of 15 on a 0–10 scale would otherwise normalise to 1.5), and a
-missing or invalid field gets a neutral placeholder — so an unreadable judge call shows up as a
-placeholder reason, not as a crashed evaluation.
+asked for, or miss fields. :func:`coerce_to_schema` extracts the object (and, when cut off,
+repairs it with ``json-repair``: the call is then counted as *repaired*), clamps numeric scores
+into the prompt's range (a G-Eval score of 15 on a 0–10 scale would otherwise normalise to 1.5)
+and validates it. What still does not fit the schema raises :class:`JudgeOutputError`: no JSON
+object, a missing or invalid required field, a verdict outside the schema's values, or an empty
+list where the list is what gets scored. Why no neutral placeholder: DeepEval scores an empty
+verdict list as 1.0 and a ``borderline`` verdict as passing, so a stand-in for an unreadable
+answer would score as a *pass*. Raising makes DeepEval record the metric as errored for that
+case, which the evaluation scores 0 and counts.
 """
 
 from __future__ import annotations
@@ -14,9 +18,7 @@ import copy
 import json
 import math
 import re
-import types
-import typing
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,6 +32,33 @@ _SCORE_RANGE_RE = re.compile(
 )
 _DECODER = json.JSONDecoder()
 
+#: List fields that are *what gets scored*: DeepEval's QAG metrics (faithfulness, answer
+#: relevancy, …) score the share of passing ``verdicts`` with an empty list scoring 1.0
+#: (``score_qag_verdicts(empty_score=1)``), and ask for verdicts only per extracted claim or
+#: statement — so an empty ``claims``/``statements`` list also ends in a trivial 1.0. An empty
+#: one is an unusable judge answer, not a perfect score. (``truths`` may be empty: an empty
+#: retrieval context has none, and it is not what is scored.)
+NONEMPTY_LIST_FIELDS = frozenset({"verdicts", "claims", "statements"})
+#: Of those, the ones the local judge's decoder is *forced* to fill (``minItems: 1``): DeepEval
+#: asks for verdicts only when there are items to judge, so an empty verdict list is never a
+#: right answer. An empty claim/statement extraction may be honest (an answer that says
+#: nothing): forcing an item there would invent one, so it stays an error instead.
+FORCED_NONEMPTY_FIELDS = frozenset({"verdicts"})
+
+
+class JudgeError(RuntimeError):
+    """A judge cannot be built (bad configuration) or cannot answer."""
+
+
+class JudgeOutputError(JudgeError):
+    """The judge answered, but its output does not fit the schema DeepEval asked for."""
+
+    def __init__(self, schema: type[BaseModel], problem: str, text: str) -> None:
+        self.schema_name = schema.__name__
+        self.problem = problem
+        shown = text if len(text) <= 160 else text[:160] + "…"
+        super().__init__(f"judge output for {schema.__name__}: {problem} (output: {shown!r})")
+
 
 def bounded_json_schema(
     schema: type[BaseModel],
@@ -41,9 +70,13 @@ def bounded_json_schema(
 
     Why: a decoder constrained to an unbounded schema can keep a string open until the token
     budget runs out, and the JSON never closes. Bounds that fit the budget guarantee it does.
-    Enumerations (verdicts) are already bounded and left as they are.
+    Enumerations (verdicts) are already bounded and left as they are. Top-level lists in
+    :data:`FORCED_NONEMPTY_FIELDS` get ``minItems: 1`` (validation would reject them empty).
     """
     out = copy.deepcopy(schema.model_json_schema())
+    for name, prop in (out.get("properties") or {}).items():
+        if name in FORCED_NONEMPTY_FIELDS and prop.get("type") == "array":
+            prop["minItems"] = max(1, int(prop.get("minItems", 1)))
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
@@ -130,61 +163,46 @@ def clamp_scores(data: Any, score_range: tuple[float, float] | None) -> Any:
     return data
 
 
-def _placeholder(annotation: Any) -> Any:
-    """A type-correct stand-in for a missing or invalid required field."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args:
-            return None
-        return _placeholder(args[0])
-    if origin is Literal:
-        return args[-1] if len(args) > 2 else args[0]
-    if origin in (list, tuple, set) or annotation in (list, tuple, set):
-        return []
-    if origin is dict or annotation is dict:
-        return {}
-    if annotation is str:
-        return ""
-    if annotation is bool:
-        return False
-    if annotation in (int, float):
-        return 0
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {
-            name: _placeholder(field.annotation)
-            for name, field in annotation.model_fields.items()
-            if field.is_required()
-        }
-    return None
+def _validation_problem(exc: ValidationError) -> str:
+    """``verdicts.0.verdict: Input should be 'yes', 'no' or 'borderline'; score: Field
+    required`` — each failing field with pydantic's message (first three)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(loc) for loc in err.get("loc", ())) or "(object)"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
 def coerce_to_schema(
     text: str, schema: type[SchemaT], *, score_range: tuple[float, float] | None = None
 ) -> tuple[SchemaT, bool]:
-    """Parse ``text`` into ``schema``: extract, clamp, validate; repair what fails.
+    """Parse ``text`` into ``schema``: extract (repairing a cut-off object), clamp, validate.
 
-    Returns the instance and whether anything had to be repaired (truncated JSON, a missing or
-    invalid field replaced by a neutral placeholder).
+    Returns the instance and whether the JSON had to be repaired. Raises
+    :class:`JudgeOutputError` when no instance can honestly be made: no JSON object, a required
+    field missing or invalid (a verdict outside the schema's values included), or an empty list
+    in :data:`NONEMPTY_LIST_FIELDS`. Scores are clamped into ``score_range`` before and after
+    validation (a score sent as the string ``"15"`` is only a number after validation).
     """
+    if "{" not in text:
+        raise JudgeOutputError(schema, "no JSON object", text)
     data, repaired = extract_json_object(text)
     if not isinstance(data, dict):
-        data, repaired = {}, True
-    data = clamp_scores(data, score_range)
+        raise JudgeOutputError(schema, "no readable JSON object", text)
     try:
-        return schema.model_validate(data), repaired
+        instance = schema.model_validate(clamp_scores(data, score_range))
     except ValidationError as exc:
-        bad = {str(err["loc"][0]) for err in exc.errors() if err.get("loc")}
-    fixed = {k: v for k, v in data.items() if k in schema.model_fields and k not in bad}
-    for name, field in schema.model_fields.items():
-        if name not in fixed and field.is_required():
-            fixed[name] = _placeholder(field.annotation)
+        problem = _validation_problem(exc)
+        raise JudgeOutputError(
+            schema, f"{'repaired JSON' if repaired else 'JSON'} does not fit: {problem}", text
+        ) from None
     if score_range is not None:
-        fixed = clamp_scores({**fixed}, score_range)
-        for name, field in schema.model_fields.items():
-            if "score" in name.lower() and field.annotation in (int, float) and name in bad:
-                fixed[name] = score_range[0]
-    try:
-        return schema.model_validate(fixed), True
-    except ValidationError:
-        return schema.model_construct(**fixed), True
+        instance = schema.model_validate(clamp_scores(instance.model_dump(), score_range))
+    for name in sorted(NONEMPTY_LIST_FIELDS & set(type(instance).model_fields)):
+        value = getattr(instance, name)
+        if isinstance(value, list) and not value:
+            raise JudgeOutputError(
+                schema, f"empty {name!r} list (DeepEval would score it as a pass)", text
+            )
+    return instance, repaired

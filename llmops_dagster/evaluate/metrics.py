@@ -7,7 +7,10 @@ runs retrieval, deterministic and judge metrics side by side and reports them th
 Retrieval metrics are *document-level*: the retriever returns chunks, the golden set labels
 documents. Chunk hits are mapped to their ``doc_id`` and de-duplicated keeping the first (best)
 rank, so three chunks of one relevant document count once — otherwise one long document could
-fill the top-k and inflate recall. The ids travel in the test case's ``metadata``
+fill the top-k and inflate recall. Depths are therefore in documents: the ranking a case
+carries must hold at least ``k`` distinct documents (``rag.answer.answer_many`` fetches until
+it does, or the index runs out), and :func:`require_metrics_depth` refuses a ranking depth
+shallower than the deepest retrieval metric. The ids travel in the test case's ``metadata``
 (:data:`RETRIEVED_KEY`, :data:`RELEVANT_KEY`, optional :data:`GRADES_KEY`).
 
 Every score is in [0, 1]; ``success`` is ``score >= threshold``; ``reason`` says what was
@@ -355,6 +358,27 @@ class EmbeddingSimilarity(_DeterministicMetric):
 
 
 RETRIEVAL_METRIC_TYPES: tuple[type[BaseMetric], ...] = (RecallAtK, MRR, NDCGAtK)
+
+
+def retrieval_depths(metrics: Iterable[Any]) -> dict[str, int]:
+    """Retrieval metric key → the number of documents it reads (``ndcg_at_10`` → 10)."""
+    return {m.key: int(m.k) for m in metrics if isinstance(m, RETRIEVAL_METRIC_TYPES)}
+
+
+def require_metrics_depth(metrics_depth: int, metrics: Iterable[Any]) -> None:
+    """ValueError when a ranking of ``metrics_depth`` documents is too shallow for a metric:
+    nDCG@10 over 5 documents is not nDCG@10, and would be reported as if it were."""
+    depths = retrieval_depths(metrics)
+    if not depths:
+        return
+    deepest = max(depths.values())
+    if metrics_depth < deepest:
+        keys = ", ".join(sorted(k for k, depth in depths.items() if depth == deepest))
+        raise ValueError(
+            f"metrics_depth {metrics_depth} is shallower than the deepest retrieval metric "
+            f"({keys}: {deepest} documents): set metrics_depth >= {deepest} (retrieval "
+            "settings / the bundle's metrics_depth / EvaluationConfig.metrics_depth)"
+        )
 
 
 def default_metrics(

@@ -8,7 +8,14 @@ end above minus the non-inferiority margin, and the mean difference positive whe
 
 Every way a gate could be made toothless (no thresholds, too few cases) refuses unless the
 policy explicitly allows it, and then the override is recorded on the decision so it shows in
-the run, not only in a config file.
+the run, not only in a config file. The minimum-case rule holds per metric too: a metric the
+policy reads (the primary, the guards, the gating floors) is compared only over the cases
+scored on both sides (judge metrics: the judged sample), and fewer of them than ``min_cases``
+refuses like a small run does.
+
+Errors: a side that errored on more than ``max_error_rate`` of the paired cases of any
+compared metric refuses the decision (no override): an errored case scores 0, so a baseline
+that fails often makes any candidate look better, and a candidate that fails often is broken.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from llmops_dagster.evaluate.gate import GateConfig, GateResult, evaluate_gate
 Outcome = Literal["champion", "challenger", "awaiting_approval", "refused"]
 
 DEFAULT_GUARDS: dict[str, float] = {"recall_at_5": 0.02, "ndcg_at_10": 0.02, "mrr_at_10": 0.02}
+#: Largest share of errored cases either side may have on a compared metric. Deterministic
+#: metrics do not error on sound inputs (0 errors is the norm); 5 % leaves room for a capable
+#: remote judge's occasional failed call while one failure in 10 cases already refuses.
+DEFAULT_MAX_ERROR_RATE = 0.05
 
 
 def _default_minimums() -> dict[str, float]:
@@ -39,7 +50,9 @@ class PromotionPolicy:
 
     ``guards``: metric → largest regression allowed (the CI low end of the gain must be ≥
     −margin). The guard defaults use the keys the evaluation writes (``metrics.MRR`` is
-    ``mrr``). ``approval="manual"``: a passing candidate waits for a person.
+    ``mrr_at_10``). ``approval="manual"``: a passing candidate waits for a person.
+    ``max_error_rate``: the share of errored paired cases (either side, any compared metric)
+    above which the decision is refused.
     """
 
     primary: str = "token_f1"
@@ -53,6 +66,7 @@ class PromotionPolicy:
     allow_few_cases: bool = False
     allow_no_thresholds: bool = False
     judge_capable: bool = False
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
 
     def __post_init__(self) -> None:
         if self.approval not in ("auto", "manual"):
@@ -61,6 +75,10 @@ class PromotionPolicy:
             raise ValueError("margins are allowed regressions and must be >= 0")
         if self.min_cases < 0:
             raise ValueError(f"min_cases must be >= 0, got {self.min_cases}")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError(
+                f"max_error_rate is a fraction of cases in [0, 1], got {self.max_error_rate}"
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PromotionPolicy:
@@ -74,7 +92,13 @@ class PromotionPolicy:
         for key in ("guards", "minimums", "maximums"):
             if key in data:
                 kwargs[key] = {str(k): float(v) for k, v in (data[key] or {}).items()}
-        for key, cast in (("primary", str), ("primary_margin", float), ("min_cases", int)):
+        casts: tuple[tuple[str, type], ...] = (
+            ("primary", str),
+            ("primary_margin", float),
+            ("min_cases", int),
+            ("max_error_rate", float),
+        )
+        for key, cast in casts:
             if key in data:
                 kwargs[key] = cast(data[key])
         for key in (
@@ -106,6 +130,7 @@ class PromotionPolicy:
             "policy.approval": self.approval,
             "policy.allow_few_cases": str(self.allow_few_cases).lower(),
             "policy.allow_no_thresholds": str(self.allow_no_thresholds).lower(),
+            "policy.max_error_rate": str(self.max_error_rate),
         }
         params.update({f"policy.guard.{k}": str(v) for k, v in sorted(self.guards.items())})
         params.update(self.gate_config().as_params())
@@ -114,7 +139,9 @@ class PromotionPolicy:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome with every reason for it. ``overrides``: safety rules the policy waived."""
+    """The outcome with every reason for it. ``overrides``: safety rules the policy waived.
+    ``baseline_version``: the registry version of the champion bundle the candidate was
+    compared with (None: the base model, there was no champion)."""
 
     outcome: Outcome
     reasons: tuple[str, ...]
@@ -122,6 +149,7 @@ class Decision:
     gate: GateResult
     comparisons: tuple[MetricComparison, ...]
     baseline: str = ""
+    baseline_version: str | None = None
 
     @property
     def promotes(self) -> bool:
@@ -133,7 +161,10 @@ class Decision:
         return self.gate.passed and bool(self.gate.checked)
 
     def summary(self) -> str:
-        text = f"{self.outcome} (vs {self.baseline or 'baseline'}): " + "; ".join(self.reasons)
+        versus = self.baseline or "baseline"
+        if self.baseline_version is not None:
+            versus += f", baseline version {self.baseline_version}"
+        text = f"{self.outcome} (vs {versus}): " + "; ".join(self.reasons)
         if self.overrides:
             text += " [overrides: " + "; ".join(self.overrides) + "]"
         return text
@@ -143,6 +174,7 @@ class Decision:
             "outcome": self.outcome,
             "promotes": self.promotes,
             "baseline": self.baseline,
+            "baseline_version": self.baseline_version,
             "reasons": list(self.reasons),
             "overrides": list(self.overrides),
             "gate": self.gate.to_dict(),
@@ -190,6 +222,58 @@ def _check_comparisons(
     return ok, reasons
 
 
+def _read_metrics(policy: PromotionPolicy, gate: GateResult) -> list[str]:
+    """The metrics the decision rests on: primary, guards, gating floors (in that order)."""
+    return list(dict.fromkeys([policy.primary, *sorted(policy.guards), *gate.checked]))
+
+
+def _check_metric_cases(
+    policy: PromotionPolicy,
+    by_metric: Mapping[str, MetricComparison],
+    gate: GateResult,
+    n_cases: int,
+    reasons: list[str],
+    overrides: list[str],
+) -> None:
+    """The minimum-case rule per read metric. A metric compared on fewer paired cases than the
+    run has (a judge sample) is held to ``min_cases`` itself; one the run-level rule already
+    covers (n = n_cases) is not reported twice. n = 0 is never overridable: nothing was
+    compared."""
+    for metric in _read_metrics(policy, gate):
+        comp = by_metric.get(metric)
+        if comp is None:
+            continue
+        if comp.n == 0:
+            reasons.append(f"{metric} was not compared: no case scored on both sides (n=0)")
+        elif comp.n < policy.min_cases and comp.n < n_cases:
+            problem = f"{metric} compared on {comp.n} < {policy.min_cases} paired cases"
+            if policy.allow_few_cases:
+                overrides.append(f"allow_few_cases: {problem}")
+            else:
+                reasons.append(f"too few cases for {problem} (min_cases)")
+
+
+def _check_error_rates(
+    policy: PromotionPolicy,
+    comparisons: Sequence[MetricComparison],
+    baseline_label: str,
+    reasons: list[str],
+) -> None:
+    """Refuse when either side errored on more than ``max_error_rate`` of a metric's pairs."""
+    for comp in comparisons:
+        for side, errors in (
+            ("candidate", comp.candidate_errors),
+            ("baseline", comp.baseline_errors),
+        ):
+            rate = comp.error_rate(side)
+            if rate > policy.max_error_rate:
+                who = f"baseline ({baseline_label})" if side == "baseline" else side
+                reasons.append(
+                    f"{who} errored on {comp.metric}: {errors}/{comp.n} cases = {rate:.1%} > "
+                    f"max_error_rate {policy.max_error_rate:.1%}"
+                )
+
+
 def decide(
     policy: PromotionPolicy,
     *,
@@ -197,9 +281,12 @@ def decide(
     aggregates: Mapping[str, float | None],
     comparisons: Sequence[MetricComparison],
     baseline_label: str,
+    baseline_version: str | None = None,
 ) -> Decision:
-    """Apply ``policy``: refusals (no thresholds, too few cases, failed floors), then the
-    paired comparison. All refusal reasons are collected so one run shows every problem."""
+    """Apply ``policy``: refusals (no thresholds, too few cases — in the run or per read
+    metric —, error rates, failed floors), then the paired comparison. All refusal reasons are
+    collected so one run shows every problem. ``baseline_version`` is recorded on the
+    decision (the champion version compared with; None = the base model)."""
     gate = evaluate_gate(aggregates, policy.gate_config())
     comps = tuple(comparisons)
     by_metric: dict[str, MetricComparison] = {}
@@ -211,7 +298,15 @@ def decide(
     overrides: list[str] = []
 
     def result(outcome: Outcome) -> Decision:
-        return Decision(outcome, tuple(reasons), tuple(overrides), gate, comps, baseline_label)
+        return Decision(
+            outcome,
+            tuple(reasons),
+            tuple(overrides),
+            gate,
+            comps,
+            baseline_label,
+            baseline_version,
+        )
 
     if not gate.checked:
         if not policy.minimums and not policy.maximums:
@@ -231,6 +326,8 @@ def decide(
             overrides.append(f"allow_few_cases: {problem}")
         else:
             reasons.append(f"too few cases: {problem} (min_cases)")
+    _check_metric_cases(policy, by_metric, gate, n_cases, reasons, overrides)
+    _check_error_rates(policy, comps, baseline_label, reasons)
     if not gate.passed:
         reasons.extend(f"floor failed: {f.describe()}" for f in gate.failures)
     if reasons:

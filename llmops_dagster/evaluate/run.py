@@ -9,7 +9,13 @@ prompting, verdict scoring and error handling are DeepEval's, not ours.
 
 Judge metrics may run on a sample of the cases (``judge_max_cases``): a CPU judge needs several
 seconds per call and several calls per case. The result records which judge ran, on how many
-cases, and whether its metrics gate (``judge_gates``).
+cases, whether its metrics gate (``judge_gates``) and how its calls went (``judge_stats``).
+
+Not judged is not failed: in the rows, a judge metric of a case outside the judged sample is
+``None`` (not measured), while a metric that errored on a case — a judge call that failed or
+answered outside the schema, a deterministic metric that raised, a case DeepEval returned no
+result for — scores 0.0 with the error text in ``<metric>_error`` and is counted in ``errors``.
+An error is a 0, never a gap: dropping it would let a run that fails on hard cases look better.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import statistics
 import time
@@ -174,10 +181,14 @@ class EvalResult:
     """Per-case rows, aggregate means and what produced them.
 
     ``rows``: one dict per case (``case_id``, ``question``, ``actual_output``,
-    ``expected_output``, ``latency_ms``, ids as JSON strings, then ``<metric>`` score and
-    ``<metric>_reason`` per metric; ``None`` where a metric did not run or errored).
-    ``aggregates``: ``<metric>`` = mean over the cases it scored, plus ``latency_ms_mean``,
-    ``latency_ms_p95`` and ``n_cases``.
+    ``expected_output``, ``latency_ms``, ids as JSON strings, then per metric ``<metric>`` (the
+    score; 0.0 when it errored; ``None`` when the case was not judged), ``<metric>_reason`` and
+    ``<metric>_error`` (the error text, ``None`` when it did not error)).
+    ``aggregates``: ``<metric>`` = mean over the cases it scored (errors as 0.0), plus
+    ``latency_ms_mean``, ``latency_ms_p95`` and ``n_cases``.
+    ``errors``: every metric → cases it errored on (0 included). ``judge_stats``: the judge's
+    ``{"calls", "repaired", "failed"}`` during this evaluation (None: no judge, or one that
+    keeps no count).
     """
 
     rows: list[dict[str, Any]]
@@ -191,6 +202,7 @@ class EvalResult:
     seconds: float
     engine: str
     notes: list[str] = field(default_factory=list)
+    judge_stats: dict[str, int] | None = None
 
     @property
     def n_cases(self) -> int:
@@ -203,7 +215,7 @@ class EvalResult:
 
     def summary_markdown(self) -> str:
         """A Markdown table of the aggregates (Dagster metadata, run descriptions)."""
-        lines = ["| metric | mean | kind |", "|---|---|---|"]
+        lines = ["| metric | mean | kind | errors |", "|---|---|---|---|"]
         for key in self.metric_keys + self.judge_metric_keys:
             value = self.aggregates.get(key)
             kind = (
@@ -212,8 +224,25 @@ class EvalResult:
                 else ("judge (report only)" if key in self.judge_metric_keys else "deterministic")
             )
             shown = "n/a" if value is None else f"{value:.3f}"
-            lines.append(f"| {key} | {shown} | {kind} |")
+            lines.append(f"| {key} | {shown} | {kind} | {self.errors.get(key, 0)} |")
+        if self.judge_stats is not None:
+            stats = self.judge_stats
+            lines.append(
+                f"\njudge {self.judge}: {stats['calls']} calls, {stats['repaired']} repaired, "
+                f"{stats['failed']} failed, on {self.judge_cases} of {self.n_cases} cases"
+            )
         return "\n".join(lines)
+
+    def judge_call_counts(self) -> dict[str, int]:
+        """``{"calls", "repaired_calls", "failed_calls"}`` of this run's judge (metric and
+        metadata names); {} when there was no judge or it kept no count."""
+        if self.judge_stats is None:
+            return {}
+        return {
+            "calls": self.judge_stats["calls"],
+            "repaired_calls": self.judge_stats["repaired"],
+            "failed_calls": self.judge_stats["failed"],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,15 +375,24 @@ def evaluate_rag(
     judge_name: str | None = None
     judge_keys: list[str] = []
     judge_cases = 0
+    judged_ids: set[str] = set()
+    stats: dict[str, int] | None = None
     if judge is not None:
+        from llmops_dagster.evaluate.judge import judge_stats
+
         judge_name = str(judge.get_model_name())
         jm = list(judge_metric_list) if judge_metric_list is not None else judge_metrics(judge)
         judge_keys = [metric_key(m) for m in jm]
         sample = test_cases[: judge_max_cases or len(test_cases)]
         judge_cases = len(sample)
+        judged_ids = {str(c.name) for c in sample}
+        before = judge_stats(judge)
         judged = _run_deepeval(
             sample, jm, max_concurrent=max_concurrent, show_progress=show_progress
         )
+        after = judge_stats(judge)
+        if before is not None and after is not None:
+            stats = {key: after[key] - before[key] for key in after}
         for name, per_metric in judged.items():
             scores.setdefault(name, {}).update(per_metric)
         if judge_cases < len(cases):
@@ -363,7 +401,7 @@ def evaluate_rag(
             notes.append("judge declared not capable: judge metrics are reported, not gated")
 
     rows: list[dict[str, Any]] = []
-    errors: dict[str, int] = {}
+    errors: dict[str, int] = dict.fromkeys(metric_keys + judge_keys, 0)
     for case in cases:
         row: dict[str, Any] = {
             "case_id": case.case_id,
@@ -378,12 +416,17 @@ def evaluate_rag(
         }
         per_metric = scores.get(case.case_id, {})
         for key in metric_keys + judge_keys:
-            score, reason, error = per_metric.get(key, (None, None, None))
+            if key in judge_keys and case.case_id not in judged_ids:
+                # Not in the judge sample: not measured (None), which is not an error.
+                row[key] = row[f"{key}_reason"] = row[f"{key}_error"] = None
+                continue
+            score, reason, error = _outcome(per_metric.get(key))
             # An error scores 0: dropping it from the mean would let a failing case help.
             row[key] = 0.0 if error else score
-            row[f"{key}_reason"] = error or reason
+            row[f"{key}_reason"] = None if error else reason
+            row[f"{key}_error"] = error
             if error:
-                errors[key] = errors.get(key, 0) + 1
+                errors[key] += 1
         rows.append(row)
 
     aggregates: dict[str, float] = {"n_cases": float(len(cases))}
@@ -409,4 +452,20 @@ def evaluate_rag(
         seconds=time.perf_counter() - started,
         engine=engine,
         notes=notes,
+        judge_stats=stats,
     )
+
+
+def _outcome(
+    measured: tuple[float | None, str | None, str | None] | None,
+) -> tuple[float | None, str | None, str | None]:
+    """(score, reason, error) of one metric on one case that was meant to be measured: no
+    result, or a result without a finite score, is an error too (never a silent gap)."""
+    if measured is None:
+        return None, None, "no result: the metric did not report on this case"
+    score, reason, error = measured
+    if error:
+        return None, reason, str(error)
+    if score is None or not math.isfinite(float(score)):
+        return None, reason, f"no usable score ({score!r}) and no error reported"
+    return float(score), reason, None

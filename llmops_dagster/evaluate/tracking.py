@@ -62,10 +62,14 @@ def log_evaluation(
     tags: Mapping[str, str] | None = None,
 ) -> str:
     """Log one evaluation into ``run`` (opened by the caller with its lineage tags); returns
-    the run id. ``context`` values become params (see :func:`evaluation_params`)."""
+    the run id. ``context`` values become params (see :func:`evaluation_params`). Besides the
+    aggregates: ``<metric>_errors`` for every metric (0 included) and the judge's
+    ``judge.calls|repaired_calls|failed_calls`` during this evaluation."""
     metrics = {k: float(v) for k, v in result.aggregates.items() if v is not None}
     for key, count in result.errors.items():
         metrics[f"{key}_errors"] = float(count)
+    for name, count in result.judge_call_counts().items():
+        metrics[f"judge.{name}"] = float(count)
     metrics["eval_seconds"] = float(result.seconds)
     if gate_result is not None:
         metrics["gate_passed"] = float(gate_result.passed)

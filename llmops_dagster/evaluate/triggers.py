@@ -19,6 +19,7 @@ from typing import Any
 
 from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
 from llmops_dagster.evaluate.policy import PromotionPolicy
+from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.bundle import RagBundle
 
 
@@ -49,6 +50,21 @@ class EvaluationInputs:
         if not cursor:
             return None
         return cls(**json.loads(cursor))
+
+
+def generator_change(champion: RagBundle, configured: GeneratorPin) -> str | None:
+    """Why the champion's generator is not the one the settings make now, or None.
+
+    The champion keeps answering with its own pinned generator; a different configured one
+    (model, weights, endpoint model name, decoding) is a new candidate to evaluate. An
+    extractive champion has no model: generator settings do not concern it.
+    """
+    if champion.generator != "llm" or champion.generator_pin == configured:
+        return None
+    return (
+        f"generator settings differ from the champion's ({champion.generator_pin.describe()}"
+        f" → {configured.describe()})"
+    )
 
 
 def rerun_config(bundle: RagBundle) -> dict[str, Any]:

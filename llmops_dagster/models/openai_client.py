@@ -174,6 +174,16 @@ class OpenAIChatClient:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 return list(pool.map(lambda m: one(client, m), conversations))
 
+    def served_models(self) -> list[str]:
+        """The model names the endpoint lists (``GET /models``)."""
+        import openai
+
+        with self._client() as client:
+            try:
+                return [model.id for model in client.models.list()]
+            except openai.OpenAIError as exc:
+                raise self._explain(exc) from exc
+
     def chat(self, messages: Messages, **kwargs: Any) -> Generation:
         return self.chat_many([messages], **kwargs)[0]
 
@@ -198,6 +208,18 @@ class OpenAIChatClient:
             if self._async_http_client is None:
                 await client.close()
         return self._reply(completion, time.perf_counter() - started)
+
+
+def require_served_model(spec: OpenAIEndpointSpec, *, http_client: Any = None) -> None:
+    """The endpoint lists ``spec.model``, or :class:`GeneratorConfigError` naming what it lists:
+    a bundle pinned to a model name is never answered by whatever the endpoint serves now."""
+    served = OpenAIChatClient(spec, http_client=http_client).served_models()
+    if spec.model not in served:
+        raise GeneratorConfigError(
+            f"the OpenAI-compatible endpoint {spec.base_url} does not serve {spec.model!r} "
+            f"(it lists {sorted(served)[:10]}): a bundle evaluated on {spec.model!r} cannot be "
+            "answered by another model; serve it there, or evaluate a new candidate bundle"
+        )
 
 
 def as_messages(prompt: PromptInput) -> list[dict[str, str]]:

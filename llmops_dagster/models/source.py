@@ -118,3 +118,57 @@ def dtype_for(device: str) -> torch.dtype:
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+#: Files of a model folder that decide its outputs (weights, config, tokenizer, template).
+_DIGESTED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".gguf")
+
+
+def _model_files(source: ModelSource) -> tuple[Path, list[Path]]:
+    """The folder and the files whose bytes make up ``source``: the GGUF file, or a folder's
+    weights, configuration and tokenizer files (a hub id: its snapshot in the local HF cache)."""
+    if source.gguf_file:
+        return Path(source.location), [Path(source.location) / source.gguf_file]
+    folder = Path(source.location)
+    if not source.is_local_dir:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(source.location, local_files_only=True))
+        except Exception as exc:  # offline and not cached: nothing to digest
+            raise GeneratorConfigError(
+                f"cannot digest {source.location}: not in the local HF cache ({exc})"
+            ) from exc
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name.endswith(_DIGESTED_SUFFIXES)
+    )
+    if not files:
+        raise GeneratorConfigError(f"{folder} holds no model files to digest")
+    return folder, files
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of one file, memoised per (path, size, mtime): a sensor tick or an evaluation
+    asks again and again, and 500 MB of weights take a second to hash."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def weights_digest(source: ModelSource) -> str:
+    """``sha256:<hex>`` over the model's files (name and content of each): what a bundle pins,
+    so that a swapped file under the same name is a different generator."""
+    folder, files = _model_files(source)
+    combined = hashlib.sha256()
+    for path in files:  # relative names: the same files elsewhere give the same digest
+        combined.update(f"{path.relative_to(folder).as_posix()}\x1f{_file_digest(path)}\n".encode())
+    return "sha256:" + combined.hexdigest()

@@ -65,3 +65,33 @@ class JudgeSpec:
     capable: bool = False
     endpoint: OpenAIEndpointSpec | None = None
     max_new_tokens: int = 192
+
+
+GeneratorPinBackend = Literal["local", "openai", "builtin"]
+
+
+@dataclass(frozen=True)
+class GeneratorPin:
+    """Everything about the generator that an answer depends on, by value: what a RAG bundle
+    records so that the bundle that was evaluated is the bundle that answers.
+
+    ``backend``: ``local`` (transformers in this process), ``openai`` (an OpenAI-compatible
+    endpoint) or ``builtin`` (the extractive answerer, no model). ``model``: the local base
+    model's portable id, the endpoint's model name, or the extractive answerer's id.
+    ``weights_digest``: ``sha256:…`` of the local weights; "" where the weights cannot be seen
+    (an endpoint) or there are none. Decoding: ``temperature`` (0 = greedy) and
+    ``repetition_penalty`` (local only; the OpenAI API has none, so it is 1.0 there).
+    """
+
+    backend: GeneratorPinBackend
+    model: str
+    weights_digest: str = ""
+    temperature: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def describe(self) -> str:
+        digest = f" weights {self.weights_digest[:19]}" if self.weights_digest else ""
+        decoding = f"t={self.temperature:g}"
+        if self.repetition_penalty != 1.0:
+            decoding += f" rp={self.repetition_penalty:g}"
+        return f"{self.backend}:{self.model}{digest} ({decoding})"

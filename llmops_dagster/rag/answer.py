@@ -9,10 +9,20 @@ all of a shorter answer's, and
 at least half the best chunk's overlap). Those are flagged ``citations_inferred=True`` so
 evaluation can score model-made and inferred citations apart;
 an answer that overlaps no chunk cites nothing.
+
+Depth. Retrieval metrics read a ranking of *documents* (nDCG@10 = 10 documents), while the
+index holds chunks: ten chunks may come from four documents. With a ``depth``,
+:func:`answer_many` keeps fetching deeper (doubling, up to :data:`MAX_RANKING_CHUNKS` chunks)
+until the ranking holds ``depth`` distinct documents or the index runs out. The prompt's chunks
+always come from the first search, and the deeper searches only *append* chunks the first one
+did not return: for kNN-based modes a larger size can change the approximate search (more
+candidates, more to rescore) and so the order at the top, and an answer must not change
+because metrics wanted a deeper ranking.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +41,12 @@ DEFAULT_MODE = "hybrid_rrf"
 DEFAULT_K = 5
 DEFAULT_MAX_NEW_TOKENS = 128
 MIN_OVERLAP_TOKENS = 2
+#: The deepest search made to fill a ranking with ``depth`` distinct documents: a bound on the
+#: work for an index whose documents have very many chunks each (the ranking is then shorter
+#: than ``depth`` and a warning says so).
+MAX_RANKING_CHUNKS = 1000
+
+log = logging.getLogger(__name__)
 
 
 class Retriever(Protocol):
@@ -182,10 +198,9 @@ def _retrieve(
     observer: StageObserver,
     principal: Principal | None,
 ) -> tuple[list[HitLike], float]:
-    extra: dict[str, Any] = {"filters": dict(filters)} if filters else {}
-    shown = dict(extra)
+    extra = _search_kwargs(filters, principal)
+    shown: dict[str, Any] = {"filters": extra["filters"]} if "filters" in extra else {}
     if principal is not None:
-        extra["principal"] = principal
         shown["principal"] = principal.name
         shown["groups"] = principal.visible_groups
     with observer.stage("retrieve", query=question, mode=str(mode), k=k, **shown) as out:
@@ -193,6 +208,78 @@ def _retrieve(
         hits = list(retriever.search(question, mode=mode, k=k, **extra))
         out["hits"] = hits
     return hits, (time.perf_counter() - started) * 1000
+
+
+def _search_kwargs(
+    filters: Mapping[str, Any] | None, principal: Principal | None
+) -> dict[str, Any]:
+    # Passed only when given, so filter-less retrievers (the Protocol) fit too.
+    extra: dict[str, Any] = {"filters": dict(filters)} if filters else {}
+    if principal is not None:
+        extra["principal"] = principal
+    return extra
+
+
+def _distinct_docs(hits: Sequence[HitLike]) -> int:
+    return len({hit.doc_id for hit in hits})
+
+
+def _extend_ranking(
+    first: Sequence[HitLike], deeper: Sequence[HitLike], depth: int
+) -> list[HitLike]:
+    """``first`` unchanged, then — in ``deeper``'s order — the first chunk of each document
+    ``first`` lacks, until the ranking holds ``depth`` distinct documents. (More chunks of a
+    document already ranked would change no document-level metric.)"""
+    ranking = list(first)
+    docs = {hit.doc_id for hit in first}
+    for hit in deeper:
+        if len(docs) >= depth:
+            break
+        if hit.doc_id not in docs:
+            ranking.append(hit)
+            docs.add(hit.doc_id)
+    return ranking
+
+
+def fill_ranking(
+    retriever: Retriever,
+    question: str,
+    first: Sequence[HitLike],
+    *,
+    mode: str,
+    asked: int,
+    depth: int,
+    filters: Mapping[str, Any] | None = None,
+    principal: Principal | None = None,
+) -> list[HitLike]:
+    """The ranking of ``question`` with at least ``depth`` distinct documents when the index
+    has them: ``first`` (the search of ``asked`` chunks whose top k the prompt gets) extended
+    from deeper searches of 2x, 4x, … ``asked`` chunks (at most :data:`MAX_RANKING_CHUNKS`).
+
+    Stops as soon as ``depth`` documents are in, or a search returns fewer hits than asked
+    (the index — what this principal may read, under these filters — ran out).
+    """
+    ranking = list(first)
+    if _distinct_docs(ranking) >= depth or len(first) < asked:
+        return ranking
+    extra = _search_kwargs(filters, principal)
+    size = asked
+    while size < MAX_RANKING_CHUNKS:
+        size = min(size * 2, MAX_RANKING_CHUNKS)
+        deeper = list(retriever.search(question, mode=mode, k=size, **extra))
+        ranking = _extend_ranking(first, deeper, depth)
+        if _distinct_docs(ranking) >= depth or len(deeper) < size:
+            return ranking
+    log.warning(
+        "ranking for %r holds %d of %d documents after %d chunks (MAX_RANKING_CHUNKS): "
+        "retrieval metrics at depth %d see fewer documents",
+        question,
+        _distinct_docs(ranking),
+        depth,
+        size,
+        depth,
+    )
+    return ranking
 
 
 def _chunks(hits: Sequence[HitLike]) -> list[RetrievedChunk]:
@@ -242,12 +329,18 @@ def answer_many(
     observer: StageObserver = NO_OBSERVER,
     principal: Principal | None = None,
     gate: Gate | None = None,
+    fill_depth: bool = True,
 ) -> list[Answer]:
     """Answer many questions: retrieval one by one, generation in the generator's batches.
 
     One search per question fetches ``max(k, depth)`` chunks: the top ``k`` go into the prompt,
-    the whole ranking is kept (``Answer.ranked``) so retrieval metrics are computed at the
-    depth their names say (nDCG@10 over 10 results), not over the prompt's few chunks.
+    and the whole ranking is kept (``Answer.ranked``) so retrieval metrics are computed at the
+    depth their names say, not over the prompt's few chunks. ``depth`` counts *documents*:
+    when those chunks hold fewer than ``depth`` distinct documents and the index has more,
+    deeper searches extend the ranking until it does (:func:`fill_ranking`; the prompt's chunks
+    stay those of the first search). ``fill_depth=False`` skips that (a caller that reads no
+    ranking, such as serving: same prompt chunks, no extra search). ``retrieve_ms`` times the
+    first search only: the deeper ones serve metrics, not the answer.
     ``generate_ms`` of each answer is the wall time of the batched generate call (what each
     caller waited); ``total_ms`` = its own retrieval + prompt time + that generate time.
     An :class:`~llmops_dagster.rag.extractive.ExtractiveAnswerer` answers from the top ``k``
@@ -265,9 +358,22 @@ def answer_many(
     for question in questions:
         if not question or not question.strip():
             raise ValueError("cannot answer an empty question")
-        retrieved.append(
-            _retrieve(retriever, question, mode, search_k, filters, observer, principal)
+        hits, retrieve_ms = _retrieve(
+            retriever, question, mode, search_k, filters, observer, principal
         )
+        if depth and fill_depth:
+            hits = fill_ranking(
+                retriever,
+                question,
+                hits,
+                mode=mode,
+                asked=search_k,
+                depth=depth,
+                filters=filters,
+                principal=principal,
+            )
+        retrieved.append((hits, retrieve_ms))
+    # The ranking starts with the first search unchanged, so these are its top k.
     contexts = [hits[:k] for hits, _ in retrieved]
     refusals = [gate(hits) if gate is not None else None for hits in contexts]
     kept = [i for i, refusal in enumerate(refusals) if refusal is None]

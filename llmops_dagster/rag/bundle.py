@@ -1,11 +1,16 @@
 """The RAG bundle: what is versioned, evaluated and promoted together.
 
-Why: answers depend on the generator (base + adapter), the prompt text, the retrieval settings,
-the embedding model and the physical index; promoting only the adapter lets a prompt edit or a
-re-index ship unevaluated. A :class:`RagBundle` pins all of them by concrete reference. Bundles
-are versions of one registered model (``llmops-rag-bundle``) whose ``bundle.*`` tags hold the
-bundle (``bundle/bundle.json`` in the registering run is the source). Aliases move with the audit
-trail of :mod:`llmops_dagster.evaluate.gate` (tags first, then the alias).
+Why: answers depend on the generator (backend, model and its weights, adapter, decoding), the
+prompt text, the retrieval settings, the embedding model and the physical index; promoting only
+the adapter lets a prompt edit, a re-index or a changed endpoint ship unevaluated. A
+:class:`RagBundle` pins all of them by concrete reference or by value, and its :meth:`key` covers
+every field. Bundles are versions of one registered model (``llmops-rag-bundle``) whose
+``bundle.*`` tags hold the bundle (``bundle/bundle.json`` in the registering run is the source).
+
+Aliases move with the audit trail of :mod:`llmops_dagster.evaluate.gate` (tags first, then the
+alias). Moving ``champion`` is compare-and-set: the caller names the champion the decision was
+compared with, and the move is refused (:class:`StaleDecisionError`) when another version holds
+the alias by then — a decision against yesterday's champion never installs a bundle.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmops_dagster.evaluate import gate
 from llmops_dagster.evaluate.gate import RollbackError, current_alias_version
+from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.prompt_registry import PromptRegistryError, require_prompt_hash
 
 if TYPE_CHECKING:
@@ -37,6 +43,14 @@ KIND_BUNDLE = "rag_bundle"
 TAG_BUNDLE_KEY = "llmops.bundle_key"
 TAG_BUNDLE_VERSION = "llmops.bundle_version"  # on the registering run
 TAG_DECISION = "decision"
+#: The outcome of the evaluation that registered a version (``champion``, ``challenger``,
+#: ``awaiting_approval``, ``refused``, or ``stale`` when the champion moved before promotion).
+TAG_OUTCOME = "decision.outcome"
+#: The champion version the decision was compared with ("" = the base model, no champion).
+TAG_BASELINE_VERSION = "decision.baseline_version"
+#: Where the version's generator was loaded from when it was evaluated (not part of the key:
+#: a machine's path). Lets a champion keep answering after the generator settings move on.
+TAG_GENERATOR_LOCATION = "llmops.generator_location"
 TAG_ADAPTER_BASE = "llmops.base_model_id"  # models.registry.TAG_BASE_MODEL_ID, on adapters
 BUNDLE_DIR = "bundle"  # the version's source: <run artifacts>/bundle/bundle.json
 BUNDLE_FILE = f"{BUNDLE_DIR}/bundle.json"
@@ -45,19 +59,37 @@ _ADAPTER_URI_RE = re.compile(r"models:/[^/@\s]+/\d+")
 _PROMPT_URI_RE = re.compile(r"prompts:/[^/@\s]+/\d+")
 _BUNDLE_REF_RE = re.compile(r"models:/([^/@\s]+)(?:/(\d+)|@([\w\-]+))")
 _INT_FIELDS = ("retrieval_k", "metrics_depth", "max_new_tokens")
+_FLOAT_FIELDS = ("temperature", "repetition_penalty")
+_BACKENDS = {"llm": ("local", "openai"), "extractive": ("builtin",)}
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
     """An invalid bundle, or a bundle reference that does not resolve."""
 
 
+class StaleDecisionError(BundleError):
+    """The champion moved after the decision was made: the candidate was never compared with
+    the bundle it would replace. Nothing moved; re-evaluate against today's champion."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RagBundle:
-    """Everything an answer depends on, by concrete (immutable) reference."""
+    """Everything an answer depends on, by concrete (immutable) reference or by value.
+
+    The generator is pinned whole: ``generator_backend`` (``local`` transformers, an ``openai``
+    compatible endpoint, or the ``builtin`` extractive answerer), ``base_model_id`` (the local
+    base model's portable id, the endpoint's model name, or the extractive answerer's id),
+    ``weights_digest`` (local only), the adapter version, and the decoding settings.
+    """
 
     generator: Literal["llm", "extractive"]
+    generator_backend: Literal["local", "openai", "builtin"]
     adapter_uri: str | None  # models:/name/<version>; None = the base model (always, extractive)
     base_model_id: str
+    weights_digest: str  # sha256:… of the local base weights; "" for an endpoint or extractive
+    temperature: float
+    repetition_penalty: float
     prompt_uri: str  # prompts:/name/<version>
     prompt_version: str  # the template's content hash
     retrieval_mode: str
@@ -73,24 +105,74 @@ class RagBundle:
             if not ok:
                 raise BundleError(f"invalid bundle: {problem}")
 
-        require(self.generator in ("llm", "extractive"), f"generator {self.generator!r}")
+        require(self.generator in _BACKENDS, f"generator {self.generator!r}")
+        require(
+            self.generator_backend in _BACKENDS.get(self.generator, ()),
+            f"generator {self.generator!r} cannot run on backend {self.generator_backend!r}",
+        )
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in _INT_FIELDS:
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
                 require(ok, f"{f.name} must be a positive integer, not {value!r}")
-            elif f.name != "adapter_uri":
-                ok = isinstance(value, str) and (bool(value) or f.name == "base_model_id")
-                require(ok, f"{f.name} must be a non-empty string, not {value!r}")
-        require(self.generator != "llm" or self.base_model_id, "an llm bundle needs base_model_id")
+            elif f.name in _FLOAT_FIELDS:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                require(ok and value >= 0, f"{f.name} must be a number >= 0, not {value!r}")
+            elif f.name not in ("adapter_uri", "weights_digest"):
+                require(
+                    isinstance(value, str) and bool(value),
+                    f"{f.name} must be a non-empty string, not {value!r}",
+                )
+        require(self.repetition_penalty > 0, "repetition_penalty must be > 0")
+        if self.generator_backend == "local":
+            require(
+                isinstance(self.weights_digest, str) and _DIGEST_RE.fullmatch(self.weights_digest),
+                f"a local generator needs weights_digest sha256:<64 hex>, "
+                f"not {self.weights_digest!r}",
+            )
+        else:
+            require(
+                self.weights_digest == "",
+                f"weights_digest is for local weights only (backend {self.generator_backend})",
+            )
+        if self.generator_backend == "openai":
+            require(
+                self.repetition_penalty == 1.0,
+                "the OpenAI API has no repetition penalty: an openai bundle records 1.0",
+            )
         if self.adapter_uri is not None:
-            require(self.generator == "llm", "an extractive bundle has no adapter_uri")
+            require(
+                self.generator_backend == "local",
+                "a LoRA adapter is loaded on the local base model (backend local)",
+            )
             ok = isinstance(self.adapter_uri, str) and _ADAPTER_URI_RE.fullmatch(self.adapter_uri)
             require(ok, f"adapter_uri {self.adapter_uri!r} is not models:/<name>/<version>")
         require(
             _PROMPT_URI_RE.fullmatch(self.prompt_uri),
             f"prompt_uri {self.prompt_uri!r} is not a concrete prompts:/<name>/<version>",
         )
+
+    @property
+    def generator_pin(self) -> GeneratorPin:
+        return GeneratorPin(
+            backend=self.generator_backend,
+            model=self.base_model_id,
+            weights_digest=self.weights_digest,
+            temperature=float(self.temperature),
+            repetition_penalty=float(self.repetition_penalty),
+        )
+
+    @staticmethod
+    def generator_fields(pin: GeneratorPin) -> dict[str, Any]:
+        """The bundle fields a :class:`GeneratorPin` fills (``RagBundle(**fields, ...)``)."""
+        return {
+            "generator": "extractive" if pin.backend == "builtin" else "llm",
+            "generator_backend": pin.backend,
+            "base_model_id": pin.model,
+            "weights_digest": pin.weights_digest,
+            "temperature": float(pin.temperature),
+            "repetition_penalty": float(pin.repetition_penalty),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +182,12 @@ class RagBundle:
         """Strict: every field, nothing else."""
         names = {f.name for f in fields(cls)}
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if "generator_backend" in missing:
+            raise BundleError(
+                "this bundle was registered before bundles pinned their whole generator "
+                "(backend, weights digest, decoding): it cannot be reproduced; evaluate a new "
+                "candidate bundle"
+            )
         if unknown or missing:
             raise BundleError(f"bundle keys: unknown {unknown}, missing {missing}")
         return cls(**dict(data))
@@ -114,7 +202,7 @@ class RagBundle:
         data: dict[str, Any] = {}
         for key, value in tags.items():
             if (name := key.removeprefix(TAG_PREFIX)) != key:  # a bundle.* tag
-                data[name] = int(value) if name in _INT_FIELDS and value.isdigit() else value
+                data[name] = _parse_tag(name, value)
         if data.get("adapter_uri") == "":
             data["adapter_uri"] = None
         return cls.from_dict(data)
@@ -125,15 +213,28 @@ class RagBundle:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> str:
-        generator = f"llm {self.base_model_id} + {self.adapter_uri or 'no adapter'}"
+        generator = f"llm {self.generator_pin.describe()} + {self.adapter_uri or 'no adapter'}"
         if self.generator == "extractive":
-            generator = "extractive"
+            generator = self.base_model_id
         return (
             f"{generator} (≤{self.max_new_tokens} tokens) | prompt {self.prompt_uri} "
             f"({self.prompt_version}) | {self.retrieval_mode} k={self.retrieval_k} "
             f"on {self.index_name} (@{self.index_alias}, {self.embedding_model_id}) | "
             f"key {self.key()}"
         )
+
+
+def _parse_tag(name: str, value: str) -> Any:
+    """A ``bundle.*`` tag value back to its field's type (invalid text stays text, so the
+    validation names the field)."""
+    if name in _INT_FIELDS and value.isdigit():
+        return int(value)
+    if name in _FLOAT_FIELDS:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 @dataclass(frozen=True)
@@ -191,9 +292,12 @@ def register_bundle(
     run: RunHandle,
     name: str = DEFAULT_BUNDLE_MODEL,
     verify: bool = True,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> BundleVersion:
     """Log ``bundle/bundle.json`` into ``run`` (one bundle per run) and add a version of ``name``
-    (created if missing) with the bundle as tags. ``verify``: :func:`check_bundle` first."""
+    (created if missing) with the bundle as tags. ``verify``: :func:`check_bundle` first.
+    ``extra_tags``: more version tags that are not part of the bundle's key (e.g.
+    :data:`TAG_GENERATOR_LOCATION`)."""
     from mlflow.exceptions import MlflowException
 
     if verify:
@@ -208,7 +312,14 @@ def register_bundle(
     except MlflowException as exc:  # created before (or concurrently by another run)
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    tags = bundle.as_tags() | {TAG_KIND: KIND_BUNDLE, TAG_BUNDLE_KEY: bundle.key()}
+    tags = (
+        {**(extra_tags or {})}
+        | bundle.as_tags()
+        | {
+            TAG_KIND: KIND_BUNDLE,
+            TAG_BUNDLE_KEY: bundle.key(),
+        }
+    )
     source, description = f"{run.artifact_uri}/{BUNDLE_DIR}", bundle.describe()[:_MAX_TAG_CHARS]
     mv = client.create_model_version(
         name, source=source, run_id=run.run_id, tags=tags, description=description
@@ -248,6 +359,10 @@ def current_champion(
     return None if version is None else load_bundle(client, f"models:/{name}/{version}")
 
 
+#: ``expected_champion`` not given: only allowed for aliases other than ``champion``.
+_UNCHECKED: Any = object()
+
+
 def set_bundle_alias(
     client: MlflowClient,
     name: str,
@@ -256,14 +371,34 @@ def set_bundle_alias(
     *,
     evaluation_run_id: str,
     decision_summary: str,
+    expected_champion: str | None = _UNCHECKED,
 ) -> AliasMove:
     """Point ``alias`` at ``version`` (a registered bundle), audit tags first. ``champion``
     records the replaced version for :func:`rollback_bundle`; other aliases record
-    ``<alias>_set_at`` and ``<alias>_evaluation_run_id``. Already there → nothing changes."""
+    ``<alias>_set_at`` and ``<alias>_evaluation_run_id``. Already there → nothing changes.
+
+    Moving ``champion`` is compare-and-set: ``expected_champion`` is the version the decision
+    was compared with (None = no champion then, the base model). When the alias holds another
+    version now, nothing moves and :class:`StaleDecisionError` says which and what to do.
+    Who may move the alias at the same time is kept to one by the ``evaluation`` Dagster pool
+    (``champion_model``); the check covers everything else (a stored decision re-materialised,
+    ``bundle approve`` days later, a run outside the pool).
+    """
     version = load_bundle(client, f"models:/{name}/{version}").version  # must be a bundle
+    if alias == CHAMPION and expected_champion is _UNCHECKED:
+        raise BundleError(
+            "moving @champion needs expected_champion: the version the decision compared with"
+        )
     previous = current_alias_version(client, name, alias)
     if previous == version:
         return AliasMove(previous, version, alias)
+    if alias == CHAMPION and previous != expected_champion:
+        raise StaleDecisionError(
+            f"{name} v{version} was compared with "
+            f"{_version_label(expected_champion)}, but @{CHAMPION} is now "
+            f"{_version_label(previous)}: nothing moved. Re-evaluate v{version} against "
+            "today's champion (the evaluate_candidate job) before promoting it."
+        )
     stamp, tag = _now(), functools.partial(client.set_model_version_tag, name)
     if alias == CHAMPION:
         tag(version, gate.TAG_PREVIOUS, previous or "")
@@ -278,6 +413,82 @@ def set_bundle_alias(
         tag(version, f"{alias}_evaluation_run_id", evaluation_run_id)
     client.set_registered_model_alias(name, alias, version)
     return AliasMove(previous, version, alias)
+
+
+def _version_label(version: str | None) -> str:
+    return f"v{version}" if version else "the base model (no champion)"
+
+
+def promote_decided(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    *,
+    outcome: str,
+    baseline_version: str | None,
+    evaluation_run_id: str,
+    decision_summary: str,
+) -> AliasMove:
+    """Apply an evaluation's decision to the registry: record the outcome and the baseline it
+    was compared with on the version, then move ``champion`` (compare-and-set against
+    ``baseline_version``) or ``challenger``. A stale decision is tagged ``stale`` and raises
+    :class:`StaleDecisionError`; the aliases stay as they were."""
+    version = str(version)
+    client.set_model_version_tag(name, version, TAG_BASELINE_VERSION, baseline_version or "")
+    client.set_model_version_tag(name, version, TAG_OUTCOME, outcome)
+    alias = CHAMPION if outcome == "champion" else CHALLENGER
+    try:
+        return set_bundle_alias(
+            client,
+            name,
+            version,
+            alias,
+            evaluation_run_id=evaluation_run_id,
+            decision_summary=decision_summary,
+            expected_champion=baseline_version,
+        )
+    except StaleDecisionError:
+        client.set_model_version_tag(name, version, TAG_OUTCOME, "stale")
+        raise
+
+
+def approve_bundle(
+    client: MlflowClient, name: str, version: str | int, *, approver: str
+) -> AliasMove:
+    """A person promotes a version whose decision awaits approval — only while the champion it
+    was compared with is still the champion (else :class:`StaleDecisionError`)."""
+    found = load_bundle(client, f"models:/{name}/{version}")
+    outcome = found.tags.get(TAG_OUTCOME)
+    if outcome != "awaiting_approval":
+        raise BundleError(
+            f"{found.uri} was decided {outcome!r}: only a candidate awaiting approval can be "
+            "approved"
+        )
+    if TAG_BASELINE_VERSION not in found.tags:
+        raise StaleDecisionError(
+            f"{found.uri} records no {TAG_BASELINE_VERSION}: it cannot be checked against "
+            "today's champion; re-evaluate it"
+        )
+    baseline = found.tags[TAG_BASELINE_VERSION] or None
+    current = current_alias_version(client, name, CHAMPION)
+    if current != baseline:
+        raise StaleDecisionError(
+            f"{found.uri} was compared with {_version_label(baseline)}, but @{CHAMPION} is now "
+            f"{_version_label(current)}: re-evaluate it against today's champion before "
+            "approving"
+        )
+    stamp = _now()
+    client.set_model_version_tag(name, found.version, "approved_by", approver)
+    client.set_model_version_tag(name, found.version, "approved_at", stamp)
+    return set_bundle_alias(
+        client,
+        name,
+        found.version,
+        CHAMPION,
+        evaluation_run_id=found.run_id or "",
+        decision_summary=f"approved by {approver}",
+        expected_champion=baseline,
+    )
 
 
 def rollback_bundle(client: MlflowClient, name: str = DEFAULT_BUNDLE_MODEL) -> AliasMove:

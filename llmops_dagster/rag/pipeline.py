@@ -32,12 +32,21 @@ from llmops_dagster.rag.prompts import PromptTemplate
 @dataclass(frozen=True)
 class RetrievalSettings:
     """How the context of an answer is found: search mode, the chunks put in the prompt (k),
-    and how deep the ranking kept for retrieval metrics goes (``metrics_depth`` ≥ 10, so
-    recall@5 / nDCG@10 / MRR@10 are computed at the depths their names say)."""
+    and how deep the ranking kept for retrieval metrics goes, in *documents*
+    (``metrics_depth``: at least the deepest retrieval metric — 10 for nDCG@10/MRR@10 — which
+    the evaluation checks against the metrics it runs, ``evaluate_pipeline``)."""
 
     mode: str = DEFAULT_MODE
     k: int = 3
     metrics_depth: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str) or not self.mode:
+            raise ValueError(f"retrieval mode must be a non-empty string, got {self.mode!r}")
+        for name in ("k", "metrics_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"retrieval {name} must be a positive integer, got {value!r}")
 
     def as_params(self) -> dict[str, str]:
         return {
@@ -56,6 +65,8 @@ class RagPipeline:
     prompt: PromptTemplate
     retrieval: RetrievalSettings = RetrievalSettings()
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    #: Decoding temperature (0 = greedy): a bundle pins it, like the answer length.
+    temperature: float = 0.0
     #: The registered bundle this pipeline serves (``models:/llmops-rag-bundle/3``), if any.
     bundle_uri: str | None = None
 
@@ -77,6 +88,9 @@ class RagPipeline:
         principal: Principal | None = None,
         gate: Gate | None = None,
     ) -> Answer:
+        """One answer (serving, ``ask``): the same first search and prompt chunks as
+        :meth:`answer_many`, without the deeper searches that fill the metrics' ranking
+        (nobody reads it here, and serving latency should not pay for it)."""
         return self.answer_many(
             [question],
             max_new_tokens=max_new_tokens,
@@ -84,6 +98,7 @@ class RagPipeline:
             observer=observer,
             principal=principal,
             gate=gate,
+            fill_depth=False,
         )[0]
 
     def answer_many(
@@ -95,9 +110,12 @@ class RagPipeline:
         observer: StageObserver = NO_OBSERVER,
         principal: Principal | None = None,
         gate: Gate | None = None,
+        fill_depth: bool = True,
     ) -> list[Answer]:
         """Answers in the generator's batches (see :func:`rag.answer.answer_many`);
-        ``principal`` = who asks (the retriever filters by audience; None = public only)."""
+        ``principal`` = who asks (the retriever filters by audience; None = public only).
+        ``Answer.ranked`` holds ``metrics_depth`` distinct documents when the index has them
+        (``fill_depth=False``: only the first search's chunks)."""
         return answer_many(
             questions,
             retriever=self.retriever,
@@ -106,20 +124,26 @@ class RagPipeline:
             k=self.retrieval.k,
             mode=self.retrieval.mode,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
+            temperature=self.temperature,
             depth=self.retrieval.metrics_depth,
             filters=filters,
             observer=observer,
             principal=principal,
             gate=gate,
+            fill_depth=fill_depth,
         )
 
     def context(self, question: str, principal: Principal | None = None) -> list[HitLike]:
         """The chunks this pipeline would put in the prompt for ``question`` asked by
-        ``principal`` (None = public documents only)."""
+        ``principal`` (None = public documents only).
+
+        The search asks for as many chunks as answering does (``max(k, metrics_depth)``) and
+        keeps the top k: for kNN-based modes the size of the search can change which chunks
+        come first, and the context must be exactly what an answer would get."""
         extra = {"principal": principal} if principal is not None else {}
-        return list(
-            self.retriever.search(question, mode=self.retrieval.mode, k=self.retrieval.k, **extra)
-        )
+        size = max(self.retrieval.k, self.retrieval.metrics_depth)
+        hits = self.retriever.search(question, mode=self.retrieval.mode, k=size, **extra)
+        return list(hits)[: self.retrieval.k]
 
     def context_fn(
         self, principal: Principal | None = None

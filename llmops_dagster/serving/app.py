@@ -172,6 +172,15 @@ def operator(request: Request, principal: Authenticated) -> Principal:
     return principal
 
 
+def is_operator(request: Request) -> bool:
+    """A valid key in the operator group (never an error: liveness probes send no key)."""
+    keys: KeyStore = request.app.state.keys
+    if not keys.enabled:
+        return False  # no authentication at all: nobody is known to be an operator
+    record = keys.authenticate(presented_key(request.headers))
+    return record is not None and OPERATOR_GROUP in record.groups
+
+
 def _page() -> str:
     return resources.files("llmops_dagster.serving").joinpath("static/index.html").read_text()
 
@@ -244,7 +253,7 @@ def create_app(
     @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
     def feedback(body: FeedbackRequest, principal: Caller) -> dict[str, Any]:
         """Thumbs up/down and an optional correction; idempotent per (trace, user). With API
-        keys the user is the key's name."""
+        keys the user is the key's name. An answer the caller may not read is unknown (404)."""
         user = principal.name if keys.enabled else (body.user or "anonymous")
         try:
             record, change = service.feedback(
@@ -253,15 +262,19 @@ def create_app(
                 user=user,
                 correction=body.correction,
                 comment=body.comment,
+                principal=principal,
             )
         except UnknownTrace as exc:
             raise HTTPException(404, unknown_trace_message(body.trace_id)) from exc
         return feedback_payload(record, change)
 
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> JSONResponse:
-        ok, report = service.health()
-        return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
+    def healthz(request: Request) -> JSONResponse:
+        """Up or down (200 / 503) for anyone, e.g. a load balancer's probe; the report per
+        dependency (no exception text) only for a key in the operator group."""
+        ok, report = service.health()  # cached for a moment: probes do not reach the stores
+        body = {"ok": ok, **report} if is_operator(request) else {"ok": ok}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], dependencies=[Depends(operator)])
     def prometheus() -> Response:

@@ -5,16 +5,19 @@ Keys are random (``llmk_`` + 32 bytes, URL-safe) and stored only as their SHA-25
 enough for high-entropy random secrets (slow password hashes guard guessable passwords). The
 key itself is printed once, by ``llmops-dagster keys add``, and never logged, traced or stored
 — the server records the key's *name*. The server re-reads the file when it changes, so a
-revoked key stops working without a restart. Without a key file, authentication is off and
-every caller is the public principal (public documents only).
+revoked key stops working without a restart. Once running with a key file, the server fails
+closed: a deleted, unreadable or malformed file rejects every key (logged) until a valid file is
+back — keeping the last good keys would keep a revoked key valid by breaking the file. Without
+a key file at start, authentication is off and every caller is the public principal (public
+documents only).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops_dagster.access import AccessError, Principal, check_group
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "llmk_"
 #: Members may read the operational endpoints (``GET /metrics``) when authentication is on.
@@ -119,8 +124,9 @@ class KeyStore:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: float | None = None
+        self._stamp: int | None = None
         self._by_digest: dict[str, ApiKey] = {}
+        self.failure: str | None = None  # why every key is rejected right now (None: fine)
         if path is not None:
             if not path.is_file():
                 raise KeyFileError(f"API key file {path} does not exist (LLMOPS_API_KEYS)")
@@ -138,14 +144,30 @@ class KeyStore:
             self._by_digest = {k.sha256: k for k in keys}
             self._stamp = stamp
 
+    def _refresh(self) -> None:
+        """Re-read a changed file; on any failure forget every key (fail closed)."""
+        try:
+            self._reload()
+        except (OSError, KeyFileError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self.failure:  # once per new failure, not once per request
+                log.error("API key file unusable, rejecting every key until it is fixed: %s",
+                          reason)  # fmt: skip
+            self._by_digest, self._stamp, self.failure = {}, None, reason
+            return
+        if self.failure is not None:
+            log.info("API key file %s is valid again: %d keys", self.path,
+                        len(self._by_digest))  # fmt: skip
+            self.failure = None
+
     def authenticate(self, presented: str | None) -> ApiKey | None:
         """The key record for a presented key, or None (missing or wrong)."""
         if not presented or self.path is None:
             return None
         with self._lock:
-            # Keep the last good keys: a half-written edit must not lock everyone out.
-            with contextlib.suppress(OSError, KeyFileError):
-                self._reload()
+            # Our own writes replace the file atomically (no half-written state to wait out);
+            # anything else that breaks it must not leave revoked keys valid.
+            self._refresh()
             digest = key_digest(presented)
             for known, record in self._by_digest.items():
                 if hmac.compare_digest(known, digest):

@@ -55,7 +55,8 @@ class BundleHolder:
         self._thread: threading.Thread | None = None
         self.swaps = 0
         self.load_errors = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # for the log; may hold URLs
+        self.last_error_kind: str | None = None  # the exception type: what /healthz shows
 
     @property
     def current(self) -> ServedBundle:
@@ -90,6 +91,7 @@ class BundleHolder:
             except Exception as exc:  # keep serving the loaded bundle whatever went wrong
                 self.load_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error_kind = type(exc).__name__
                 log.warning("champion refresh failed, still serving the loaded bundle: %s", exc)
 
     def start(self) -> None:

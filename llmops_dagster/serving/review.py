@@ -15,6 +15,18 @@ documents that answer it: by default those of the chunks the answer cited, else 
 
 Accepting is idempotent: an item id already in the target file is not appended again, so a
 crash between writing the file and recording the decision heals on the next ``accept``.
+
+Who may read an item. A candidate carries its answer's audience (:mod:`llmops_dagster.serving.
+disclosure`: the asker's groups and the retrieved passages'). An adapter is served to everyone
+who may use its bundle, so the training set takes only what the *training audience* may read
+(``LLMOPS_TRAIN_GROUPS``, default public): ``--to train`` on anything else is refused, saying
+why, and ``auto`` sends it to the golden set instead (evaluation asks it with the asker's
+groups). A training item from a restricted answer the training audience may read keeps its
+``groups``, so the dataset builder can check it again. Outside the serving store — the
+candidates JSONL and warehouse table, the asset's preview — a restricted candidate keeps its
+row but its question, answer, correction, comments and documents are withheld
+(:meth:`Candidate.published`); the review commands, which run on the server host beside the
+store, show the full text.
 """
 
 from __future__ import annotations
@@ -25,10 +37,17 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from llmops_dagster.access import PUBLIC, Principal
+from llmops_dagster.serving.disclosure import (
+    PUBLIC_AUDIENCE,
+    audience_from_row,
+    is_restricted,
+    withheld,
+)
 from llmops_dagster.serving.store import FeedbackRecord, ServingStore, now_iso
 
 Status = Literal["pending", "accepted", "rejected"]
@@ -72,6 +91,8 @@ class Candidate:
     cited_doc_ids: list[str]
     feedback_at: str  # the latest feedback update
     asker_groups: list[str] = field(default_factory=list)  # who asked (without "public")
+    #: Who may read the answer (serving.disclosure): ["public"] or every group it came through.
+    audience: list[str] = field(default_factory=lambda: list(PUBLIC_AUDIENCE))
     status: Status = "pending"
     reviewer: str | None = None
     decided_at: str | None = None
@@ -80,6 +101,26 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def restricted(self) -> bool:
+        return is_restricted(self.audience)
+
+    def published(self) -> Candidate:
+        """The candidate as it may leave the serving store: a restricted one keeps its ids,
+        counts and status, its texts replaced by a marker naming the audience and its
+        documents (their ids name confidential files) left out."""
+        if not self.restricted:
+            return self
+        mark = withheld(self.audience)
+        return replace(
+            self,
+            question=mark,
+            answer=mark,
+            correction=mark if self.correction else None,
+            comments=[mark for _ in self.comments],
+            cited_doc_ids=[],
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +134,7 @@ class AcceptResult:
     train_path: Path
     train_digest: str
     record: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # why ``auto`` chose the target, when it was not the hash's choice
 
 
 def item_id_for(trace_id: str) -> str:
@@ -135,10 +177,19 @@ def train_digest_of(path: Path) -> str:
 class FeedbackReview:
     """Candidates from the serving store, and the accept / reject decisions on them."""
 
-    def __init__(self, store_path: Path, golden_path: Path, train_path: Path) -> None:
+    def __init__(
+        self,
+        store_path: Path,
+        golden_path: Path,
+        train_path: Path,
+        *,
+        train_groups: Sequence[str] = (),
+    ) -> None:
         self.store = ServingStore(Path(store_path))
         self.golden_path = Path(golden_path)
         self.train_path = Path(train_path)
+        #: Who may read what the training set teaches (LLMOPS_TRAIN_GROUPS; empty: public).
+        self.train_audience = Principal("training", frozenset(train_groups))
         with self._connect() as conn:
             conn.executescript(REVIEWS_SCHEMA)
 
@@ -186,6 +237,7 @@ class FeedbackReview:
             thumbs_up=sum(f.rating == "up" for f in feedback),
             cited_chunk_ids=list(answer["cited_chunk_ids"]),
             asker_groups=list(answer.get("asker_groups") or []),
+            audience=audience_from_row(answer.get("audience"), answer.get("asker_groups") or []),
             cited_doc_ids=cited_doc_ids(answer),
             feedback_at=max(f.updated_at for f in feedback),
             status=review["decision"] if review else "pending",
@@ -236,12 +288,12 @@ class FeedbackReview:
         if candidate.status == "accepted":
             # Already decided: report where it went, write nothing.
             return self._result(candidate, item_id, candidate.target or "golden", False, {})
+        target, note = self._target(candidate, to)  # first: a refusal must not wait on --answer
         reference = (answer or "").strip() or candidate.correction
         if not reference:
             raise ReviewError(
                 f"{trace_id} has no correction: give the reference answer with --answer"
             )
-        target: Target = auto_target(trace_id) if to == "auto" else to
         relevant = [d for d in (doc_ids or candidate.cited_doc_ids) if d]
         if target == "golden" and not relevant:
             raise ReviewError(
@@ -260,6 +312,10 @@ class FeedbackReview:
         # groups, or it could never retrieve its own answer (and would score a false miss).
         if target == "golden" and candidate.asker_groups:
             record["groups"] = list(candidate.asker_groups)
+        # A training item the training audience may read, from a restricted answer: it keeps
+        # its audience, so the dataset builder checks it again against its own audience.
+        if target == "train" and candidate.restricted:
+            record["groups"] = [g for g in candidate.audience if g != PUBLIC]
         path = self.golden_path if target == "golden" else self.train_path
         appended = _append_item(path, record, target)
         with self._connect() as conn:
@@ -273,7 +329,29 @@ class FeedbackReview:
                 (trace_id, "accepted", reviewer, reference, json.dumps(relevant), target,
                  item_id, now_iso()),
             )  # fmt: skip
-        return self._result(self.candidate(trace_id), item_id, target, appended, record)
+        return self._result(self.candidate(trace_id), item_id, target, appended, record, note)
+
+    def _target(self, candidate: Candidate, to: Route) -> tuple[Target, str | None]:
+        """Where ``to`` puts the candidate; refuses training data its audience may not read."""
+        trainable = self.train_audience.can_read_all(candidate.audience)
+        audience = ",".join(candidate.audience)
+        training = ",".join(sorted(self.train_audience.groups)) or PUBLIC
+        if to == "train" and not trainable:
+            raise ReviewError(
+                f"{candidate.trace_id} is readable only by {audience} (who asked, and the "
+                f"documents it was answered from); the training audience ({training}, "
+                "LLMOPS_TRAIN_GROUPS) cannot read it, and the adapter trained on it is served "
+                "to that audience: accept it with --to golden (evaluated with the asker's groups)"
+            )
+        if to != "auto":
+            return to, None
+        target = auto_target(candidate.trace_id)
+        if target == "train" and not trainable:
+            return "golden", (
+                f"routed to the golden set: readable only by {audience}, which the training "
+                f"audience ({training}, LLMOPS_TRAIN_GROUPS) cannot read"
+            )
+        return target, None
 
     def reject(self, trace_id: str, *, reviewer: str | None = None) -> Candidate:
         """Record that the candidate is not used. An accepted one cannot be rejected: its item
@@ -300,6 +378,7 @@ class FeedbackReview:
         target: str,
         appended: bool,
         record: dict[str, Any],
+        note: str | None = None,
     ) -> AcceptResult:
         return AcceptResult(
             candidate=candidate,
@@ -311,6 +390,7 @@ class FeedbackReview:
             train_path=self.train_path,
             train_digest=train_digest_of(self.train_path),
             record=record,
+            note=note,
         )
 
 
@@ -386,6 +466,8 @@ CANDIDATE_COLUMNS = {
     "cited_chunk_ids": "VARCHAR[]",
     "cited_doc_ids": "VARCHAR[]",
     "asker_groups": "VARCHAR[]",
+    "audience": "VARCHAR[]",
+    "text_withheld": "BOOLEAN",
     "reviewer": "VARCHAR",
     "decided_at": "VARCHAR",
     "target": "VARCHAR",
@@ -393,12 +475,17 @@ CANDIDATE_COLUMNS = {
 }
 
 
+def published_row(candidate: Candidate) -> dict[str, Any]:
+    """A candidate as the JSONL and the warehouse table hold it (:meth:`Candidate.published`)."""
+    return {**candidate.published().to_dict(), "text_withheld": candidate.restricted}
+
+
 def write_candidates_jsonl(candidates: Sequence[Candidate], path: Path) -> Path:
     """All candidates, one JSON object per line, replaced atomically (a reader never sees half
-    a file)."""
+    a file); restricted ones with their text withheld."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    lines = [json.dumps(c.to_dict(), ensure_ascii=False, sort_keys=True) for c in candidates]
+    lines = [json.dumps(published_row(c), ensure_ascii=False, sort_keys=True) for c in candidates]
     partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     partial.replace(path)
     return path
@@ -409,5 +496,5 @@ def write_candidates_table(con: Any, candidates: Sequence[Candidate], table: str
     the old rows or the new ones); returns the row count. Portable SQL: DuckDB or PostgreSQL."""
     from llmops_dagster.warehouse import replace_table
 
-    rows = [[c.to_dict()[name] for name in CANDIDATE_COLUMNS] for c in candidates]
+    rows = [[published_row(c)[name] for name in CANDIDATE_COLUMNS] for c in candidates]
     return replace_table(con, table, CANDIDATE_COLUMNS, rows)

@@ -3,7 +3,9 @@ reusable (the benchmark calls the same pipeline directly to measure the server's
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +119,7 @@ class AnswerService:
         queue_timeout_s: float = 60.0,
         injection_policy: Literal["flag", "refuse"] = "flag",
         min_relevance: float = 0.62,
+        health_ttl_s: float = 2.0,
     ) -> None:
         self.holder = holder
         self.tracer = tracer
@@ -126,6 +129,12 @@ class AnswerService:
         self.assessments = assessments or AssessmentWriter()
         self.index_name = index_name
         self.health_checks = dict(health_checks or {})
+        # /healthz is open to anyone: a flood of probes must not become a flood of cluster and
+        # tracking-store calls, so one check's result answers every probe for health_ttl_s.
+        self.health_ttl_s = health_ttl_s
+        self._health_lock = threading.Lock()
+        self._health: tuple[float, bool, dict[str, Any]] | None = None
+        self.health_runs = 0
         self.max_question_chars = max_question_chars
         # Generation is the expensive, memory-hungry part: a burst waits here in line (or is
         # refused with Retry-After once the line is full).
@@ -151,6 +160,8 @@ class AnswerService:
                 lambda: self.assessments.failed)  # fmt: skip
         m.watch("llmops_busy_refusals", "Requests refused: generation line full",
                 lambda: self.line.refused)  # fmt: skip
+        m.watch("llmops_health_checks", "Health checks run (each answers probes for a while)",
+                lambda: self.health_runs)  # fmt: skip
 
     # --- answers ---------------------------------------------------------------------------
     def check_filters(self, filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -219,12 +230,15 @@ class AnswerService:
                 )
         except (ElasticsearchUnavailable, SearchError, TransportError, ApiError) as exc:
             self.metrics.answer_errors.labels("search").inc()
-            raise Unavailable(f"search is unavailable: {exc}") from exc
+            # The message (URLs, cluster details) goes to the log, the caller gets its kind.
+            log.warning("search failed: %s: %s", type(exc).__name__, exc)
+            raise Unavailable(f"search is unavailable ({type(exc).__name__})") from exc
         except Busy:
             raise
         except GeneratorError as exc:
             self.metrics.answer_errors.labels("generator").inc()
-            raise Unavailable(f"the generator is unavailable: {exc}") from exc
+            log.warning("generation failed: %s: %s", type(exc).__name__, exc)
+            raise Unavailable(f"the generator is unavailable ({type(exc).__name__})") from exc
         except Exception:
             self.metrics.answer_errors.labels("internal").inc()
             raise
@@ -247,6 +261,7 @@ class AnswerService:
                 completion_tokens=result.completion_tokens,
                 cost_usd=traced.cost_usd,
                 asker_groups=sorted(principal.groups),
+                audience=traced.audience,
             )
         )
         self.metrics.latency.observe(total_ms / 1000)
@@ -274,8 +289,15 @@ class AnswerService:
         user: str = "anonymous",
         correction: str | None = None,
         comment: str | None = None,
+        principal: Principal | None = None,
     ) -> tuple[FeedbackRecord, FeedbackChange]:
-        """Store (idempotently) and copy to MLflow; raises :class:`UnknownTrace`."""
+        """Store (idempotently) and copy to MLflow; raises :class:`UnknownTrace` for an answer
+        this server never gave — and for one ``principal`` (None: public) may not read, so that
+        a trace id cannot be used to learn that a confidential answer exists."""
+        principal = principal or Principal.public()
+        audience = self.store.audiences([trace_id]).get(trace_id)
+        if audience is not None and not principal.can_read_all(audience):
+            raise UnknownTrace(trace_id)
         record, change = self.store.record_feedback(
             trace_id, user, rating,  # type: ignore[arg-type]
             correction=(correction or "").strip() or None,
@@ -283,11 +305,26 @@ class AnswerService:
         )  # fmt: skip
         if change != "unchanged":
             self.metrics.feedback.labels(rating).inc()
-            self.assessments.submit(record)
+            self.assessments.submit(record, audience)
         return record, change
 
     # --- health ----------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, report): the last check's result while it is younger than ``health_ttl_s``,
+        else a new check (concurrent callers wait for that one instead of starting their own).
+
+        The report is for operators and still holds no exception text: a failed check says
+        its kind (the exception type), and the message goes to the server's log, because a
+        message may carry URLs with credentials or a cluster's internals."""
+        with self._health_lock:
+            cached = self._health
+            if cached is None or time.monotonic() - cached[0] >= self.health_ttl_s:
+                ok, report = self._check_health()
+                self.health_runs += 1
+                cached = self._health = (time.monotonic(), ok, report)
+        return cached[1], copy.deepcopy(cached[2])
+
+    def _check_health(self) -> tuple[bool, dict[str, Any]]:
         report: dict[str, Any] = {}
         ok = True
         for name, check in self.health_checks.items():
@@ -295,7 +332,8 @@ class AnswerService:
                 report[name] = {"ok": True, "detail": check()}
             except Exception as exc:
                 ok = False
-                report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+                log.warning("health check %s failed: %s: %s", name, type(exc).__name__, exc)
+                report[name] = {"ok": False, "error": type(exc).__name__}
         if self.holder.loaded:
             served = self.holder.current
             report["bundle"] = {
@@ -304,7 +342,8 @@ class AnswerService:
                 "version": served.number,
                 "loaded_at": served.loaded_at,
                 "swaps": self.holder.swaps,
-                "last_refresh_error": self.holder.last_error,
+                "refresh_errors": self.holder.load_errors,
+                "last_refresh_error": self.holder.last_error_kind,
             }
         else:
             ok = False

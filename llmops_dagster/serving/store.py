@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from llmops_dagster.serving.disclosure import audience_from_row
+
 Rating = Literal["up", "down"]
 FeedbackChange = Literal["created", "updated", "unchanged"]
 
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS answers (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL,
-    asker_groups TEXT NOT NULL DEFAULT '[]'
+    asker_groups TEXT NOT NULL DEFAULT '[]',
+    audience TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     trace_id TEXT NOT NULL REFERENCES answers(trace_id),
@@ -90,6 +93,9 @@ class AnswerRecord:
     cost_usd: float | None  # None: a remote model missing from the price table
     #: The asker's groups (not "public"): an accepted golden item is asked with the same ones.
     asker_groups: list[str] = field(default_factory=list)
+    #: Who may read it (:mod:`llmops_dagster.serving.disclosure`); None: derived from
+    #: ``asker_groups`` (rows of servers from before the audience was recorded).
+    audience: list[str] | None = None
     created_at: str = field(default_factory=now_iso)
 
     @property
@@ -122,6 +128,9 @@ class ServingStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            columns = {r["name"] for r in conn.execute("PRAGMA table_info(answers)")}
+            if "audience" not in columns:  # a store written before audiences were recorded
+                conn.execute("ALTER TABLE answers ADD COLUMN audience TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -139,8 +148,8 @@ class ServingStore:
             conn.execute(
                 "INSERT INTO answers (trace_id, created_at, bundle_uri, bundle_version, question,"
                 " answer, cited_chunk_ids, retrieved, top_score, no_hit, total_ms, prompt_tokens,"
-                " completion_tokens, cost_usd, asker_groups)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, asker_groups, audience)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.trace_id,
                     record.created_at,
@@ -157,6 +166,7 @@ class ServingStore:
                     record.completion_tokens,
                     record.cost_usd,
                     json.dumps(sorted(record.asker_groups)),
+                    None if record.audience is None else json.dumps(sorted(record.audience)),
                 ),
             )
 
@@ -169,8 +179,30 @@ class ServingStore:
         out["cited_chunk_ids"] = json.loads(out["cited_chunk_ids"])
         out["retrieved"] = json.loads(out["retrieved"])
         out["asker_groups"] = json.loads(out["asker_groups"])
+        out["audience"] = audience_from_row(
+            json.loads(out["audience"]) if out.get("audience") else None, out["asker_groups"]
+        )
         out["no_hit"] = bool(out["no_hit"])
         return out
+
+    def audiences(self, trace_ids: Sequence[str]) -> dict[str, list[str]]:
+        """trace id → who may read that answer (ids this store never answered are absent)."""
+        wanted = sorted(set(trace_ids))
+        found: dict[str, list[str]] = {}
+        with self._connect() as conn:
+            for start in range(0, len(wanted), 500):  # SQLite's bound-variable limit
+                part = wanted[start : start + 500]
+                rows = conn.execute(
+                    "SELECT trace_id, asker_groups, audience FROM answers WHERE trace_id IN"
+                    f" ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                for row in rows:
+                    stored = json.loads(row["audience"]) if row["audience"] else None
+                    found[row["trace_id"]] = audience_from_row(
+                        stored, json.loads(row["asker_groups"])
+                    )
+        return found
 
     def answers_since(self, created_after: str | None = None) -> list[dict[str, Any]]:
         with self._connect() as conn:

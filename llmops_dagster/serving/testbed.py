@@ -2,12 +2,14 @@
 an ``mlflow server`` process (SQLite backend, proxied artifacts), the sample corpus indexed by
 the real assets under a fresh alias, the prompt and two bundles registered (the local LLM and
 the extractive answerer, so a champion swap is visible in every response), and an
-``llmops-dagster serve`` process pointed at all of it.
+``llmops-dagster serve`` process pointed at all of it. The MLflow server can run MLflow's auth
+app (users and per-experiment permissions), with the serving process on its own account.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +23,8 @@ from pathlib import Path
 import httpx
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.evaluate.gate import current_alias_version
+from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.bundle import (
     DEFAULT_BUNDLE_MODEL,
     BundleVersion,
@@ -68,25 +72,74 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+@dataclass(frozen=True)
+class MlflowAccount:
+    """A user of an ``mlflow server --app-name basic-auth``; clients authenticate with
+    MLflow's standard variables (:meth:`env`)."""
+
+    username: str
+    password: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
+
+    @classmethod
+    def new(cls, username: str) -> MlflowAccount:
+        return cls(username, secrets.token_urlsafe(24))
+
+
+def _auth_config(folder: Path, admin: MlflowAccount) -> Path:
+    """The auth app's configuration: its user store beside the tracking store, ``admin``
+    created on the first start, and MLflow's default READ for every user on experiments
+    nobody granted anything on. Credential checks are cached (MLflow's opt-in): a
+    PBKDF2 check per request costs ~0.4 s on these machines, per trace export and poll."""
+    path = folder / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        f"admin_username = {admin.username}\n"
+        f"admin_password = {admin.password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 600\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
 def start_mlflow_server(
-    folder: Path, *, backend_store_uri: str | None = None
+    folder: Path,
+    *,
+    backend_store_uri: str | None = None,
+    admin: MlflowAccount | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """``mlflow server`` on a free loopback port; (process, tracking URI) once it answers.
 
     The backend store is SQLite in ``folder`` unless ``backend_store_uri`` names another
     database (e.g. ``postgresql://user@host:port/db``, what deploy/mlflow-server.sh runs);
     artifacts are always proxied by the server into ``folder/artifacts``, so clients need no
-    access to the artifact store themselves.
+    access to the artifact store themselves. With ``admin`` the server runs MLflow's auth app
+    (``--app-name basic-auth``): every request needs a user (:func:`add_mlflow_user`), and
+    experiments carry per-user permissions.
     """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "mlflow-server.log"
     backend = backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}"
+    env = dict(os.environ)
+    auth_args: list[str] = []
+    if admin is not None:
+        auth_args = ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(folder, admin))
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(16)  # CSRF of the signup page
     proc = subprocess.Popen(
         [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", backend,
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+         "--artifacts-destination", str(folder / "artifacts"), *auth_args],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -97,6 +150,36 @@ def start_mlflow_server(
     return proc, uri
 
 
+def add_mlflow_user(
+    tracking_uri: str,
+    admin: MlflowAccount,
+    username: str,
+    *,
+    experiments: dict[str, str] | None = None,
+) -> MlflowAccount:
+    """Create ``username`` on a basic-auth server (as ``admin``) with a random password, and
+    grant it ``experiments`` (experiment id → READ / EDIT / MANAGE / NO_PERMISSIONS)."""
+    auth = (admin.username, admin.password)
+    account = MlflowAccount.new(username)
+    created = httpx.post(
+        f"{tracking_uri}/api/2.0/mlflow/users/create",
+        json={"username": username, "password": account.password},
+        auth=auth,
+        timeout=30,
+    )
+    created.raise_for_status()
+    for experiment_id, permission in (experiments or {}).items():
+        granted = httpx.post(
+            f"{tracking_uri}/api/3.0/mlflow/users/permissions/grant",
+            json={"username": username, "resource_type": "experiment",
+                  "resource_id": experiment_id, "permission": permission},
+            auth=auth,
+            timeout=30,
+        )  # fmt: skip
+        granted.raise_for_status()
+    return account
+
+
 def register_test_bundles(
     settings: Settings, *, llm_tokens: int = 24, k: int = 2
 ) -> dict[str, BundleVersion]:
@@ -105,6 +188,7 @@ def register_test_bundles(
     import mlflow
     from mlflow import MlflowClient
 
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.resources import build_resources
@@ -120,7 +204,6 @@ def register_test_bundles(
     resources = build_resources(settings, with_dlt=False, resolve_secrets=True)
     es = resources["elasticsearch"]
     common = {
-        "base_model_id": resources["models"].base_model_id(),
         "prompt_uri": prompt.uri,
         "prompt_version": prompt.content_hash,
         "retrieval_mode": "hybrid_rrf",
@@ -130,8 +213,13 @@ def register_test_bundles(
         "index_alias": es.alias,
     }
     bundles: dict[str, BundleVersion] = {}
+    pins = {
+        "llm": resources["models"].generator_pin(),
+        "extractive": GeneratorPin("builtin", ExtractiveAnswerer().model_id),
+    }
     for kind, tokens in (("llm", llm_tokens), ("extractive", 64)):
-        bundle = RagBundle(generator=kind, adapter_uri=None, max_new_tokens=tokens, **common)  # type: ignore[arg-type]
+        generator = RagBundle.generator_fields(pins[kind])
+        bundle = RagBundle(**generator, adapter_uri=None, max_new_tokens=tokens, **common)
         with open_run(store, run_name="rag_evaluation", tags={}, ui_url="http://x") as run:
             bundles[kind] = register_bundle(client, bundle, run=run)
     promote(client, bundles["llm"], "testbed: first champion")
@@ -139,6 +227,7 @@ def register_test_bundles(
 
 
 def promote(client: object, version: BundleVersion, why: str) -> None:
+    """Test scaffolding: make ``version`` champion over whatever holds the alias now."""
     set_bundle_alias(
         client,  # type: ignore[arg-type]
         DEFAULT_BUNDLE_MODEL,
@@ -146,6 +235,7 @@ def promote(client: object, version: BundleVersion, why: str) -> None:
         "champion",
         evaluation_run_id=version.run_id or "",
         decision_summary=why,
+        expected_champion=current_alias_version(client, DEFAULT_BUNDLE_MODEL, "champion"),  # type: ignore[arg-type]
     )
 
 

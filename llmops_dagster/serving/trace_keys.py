@@ -25,11 +25,16 @@ TOP_SCORE = "llmops.top_score"  # "" when nothing was retrieved
 NO_HIT = "llmops.no_hit"  # "true" / "false"
 CITED_CHUNK_IDS = "llmops.cited_chunk_ids"  # JSON list
 RETRIEVED_CHUNK_IDS = "llmops.retrieved_chunk_ids"  # JSON list, rank order
-RETRIEVED_DOC_IDS = "llmops.retrieved_doc_ids"  # JSON list, rank order
+# JSON list, rank order; a JSON string "[withheld: audience …]" on restricted answers
+RETRIEVED_DOC_IDS = "llmops.retrieved_doc_ids"
 TOTAL_MS = "llmops.total_ms"
 QUEUE_MS = "llmops.queue_ms"
 USER = "llmops.user"  # the principal's name (an API key's name; never the key)
 GROUPS = "llmops.groups"  # JSON list: the audiences the caller could read
+# JSON list: who may read the answer (serving.disclosure): ["public"], or every group its text
+# came through (asker and retrieved passages); restricted answers keep no text in the trace.
+AUDIENCE = "llmops.audience"
+RESTRICTED = "llmops.restricted"  # "true" / "false": text withheld from this trace
 INJECTION_FLAGS = "llmops.injection_flags"  # JSON list of rules the question tripped
 CHUNK_INJECTION_FLAGS = "llmops.chunk_injection_flags"  # JSON {chunk id: [rules]}
 REFUSED = "llmops.refused"  # "", "prompt_injection" or "nothing_relevant"
@@ -38,6 +43,7 @@ REDACTED = "llmops.answer_redacted"  # JSON {PII kind: count} removed from the a
 # Trace tags (mutable, searchable in the UI): what a person filters traces by.
 TAG_BUNDLE_VERSION = "bundle_version"
 TAG_SOURCE = "source"  # "serve"
+TAG_AUDIENCE = "audience"  # "public" or the comma-separated groups of llmops.audience
 
 # Assessment names used for user feedback on a trace.
 FEEDBACK_RATING = "user_rating"  # bool: thumbs up

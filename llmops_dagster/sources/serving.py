@@ -10,6 +10,11 @@ Two resources:
 - ``serving_feedback``: the serving store's ``feedback`` table. Merged on ``(trace_id,
   user_id)``: a user's newer opinion replaces the old one, as it does in the store.
 
+The warehouse is read beyond any answer's audience, so neither table carries a restricted
+answer's text (:mod:`llmops_dagster.serving.disclosure`): the traces hold none already (the
+server withholds it before writing them) and feedback on a restricted answer is loaded with its
+correction and comment replaced by the ``[withheld: audience …]`` marker.
+
 Why the cursor of traces is the *end* time (request time + duration), not the request time:
 the server exports a trace when its answer is finished, so a slow answer that started first
 becomes visible after a quick one that started later; a request-time cursor would already have
@@ -32,6 +37,7 @@ import dlt
 from dlt.common.schema.typing import TTableSchemaColumns
 
 from llmops_dagster.serving import trace_keys as keys
+from llmops_dagster.serving.disclosure import PUBLIC_AUDIENCE, is_restricted, withheld
 
 TRACES_TABLE = "serving_traces"
 FEEDBACK_TABLE = "serving_feedback"
@@ -72,6 +78,8 @@ TRACE_COLUMNS: TTableSchemaColumns = {
     "total_ms": {"data_type": "double"},
     "queue_ms": {"data_type": "double"},
     "user": {"data_type": "text"},
+    "audience": {"data_type": "text"},  # JSON list: who may read the answer
+    "restricted": {"data_type": "bool"},  # its text was withheld from the trace
 }
 
 FEEDBACK_COLUMNS: TTableSchemaColumns = {
@@ -82,6 +90,8 @@ FEEDBACK_COLUMNS: TTableSchemaColumns = {
     "comment": {"data_type": "text"},
     "created_at": {"data_type": "text", "nullable": False},
     "updated_at": {"data_type": "text", "nullable": False},
+    "audience": {"data_type": "text"},  # JSON list: who may read the answer rated
+    "text_withheld": {"data_type": "bool"},
 }
 
 
@@ -125,6 +135,7 @@ def trace_row(
     cited = _ids(metadata, keys.CITED_CHUNK_IDS)
     retrieved = _ids(metadata, keys.RETRIEVED_CHUNK_IDS)
     no_hit = metadata.get(keys.NO_HIT)
+    restricted = metadata.get(keys.RESTRICTED)
     return {
         "trace_id": trace_id,
         "request_time": started,
@@ -158,6 +169,8 @@ def trace_row(
         "total_ms": _number(metadata, keys.TOTAL_MS, float),
         "queue_ms": _number(metadata, keys.QUEUE_MS, float),
         "user": _text(metadata, keys.USER),
+        "audience": _text(metadata, keys.AUDIENCE),
+        "restricted": None if restricted is None else restricted.lower() == "true",
     }
 
 
@@ -240,9 +253,24 @@ def serving_feedback(
     # The store's query is strict (`>`); stepping one character back keeps rows stamped exactly
     # at the cursor in the window, and dlt's incremental drops the ones it already loaded.
     since = last[:-1] if last else None
-    for record in ServingStore(path).feedback_since(since):
-        if record.updated_at < cutoff:
-            yield record.to_dict()
+    store = ServingStore(path)
+    records = [r for r in store.feedback_since(since) if r.updated_at < cutoff]
+    audiences = store.audiences([r.trace_id for r in records])
+    for record in records:
+        yield feedback_row(record.to_dict(), audiences.get(record.trace_id))
+
+
+def feedback_row(row: dict[str, Any], audience: list[str] | None) -> dict[str, Any]:
+    """A feedback row as the warehouse holds it: on a restricted answer the user's correction
+    and comment are withheld (the serving store keeps them)."""
+    shown = list(audience or PUBLIC_AUDIENCE)
+    hidden = is_restricted(shown)
+    out = {**row, "audience": json.dumps(shown), "text_withheld": hidden}
+    if hidden:
+        for name in ("correction", "comment"):
+            if out.get(name):
+                out[name] = withheld(shown)
+    return out
 
 
 @dlt.source(name="serving", max_table_nesting=0)

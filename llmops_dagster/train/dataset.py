@@ -13,6 +13,11 @@ configured on purpose); without an index,
 their passages that best overlap the question and reference answer ("oracle" context, also
 what the benchmark's held-out metric uses). With no ``context_fn`` the examples have no context.
 
+Who may read what the adapter learns: it is served to everyone who uses its bundle, so the
+builder takes an *audience* (a principal; default public) and keeps only the items it may read
+— an item's ``groups`` are the groups its text came through (a reviewed feedback answer keeps
+its asker's), readable only by someone in all of them — and reports how many it left out.
+
 Why plain lists and not HF ``datasets``: ``datasets`` is not a dependency of this project and
 a few thousand examples fit in memory; the trainer tokenises lists directly.
 
@@ -31,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmops_dagster.access import Principal
+from llmops_dagster.access import PUBLIC, AccessError, Principal, check_group
 from llmops_dagster.config import PROJECT_ROOT
 from llmops_dagster.rag.answer import HitLike, Retriever, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
@@ -57,6 +62,9 @@ class QAItem:
     reference_answer: str
     relevant_doc_ids: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The groups the item's text came through (sorted; empty = public): only a reader in
+    #: every one of them may read it (``Principal.can_read_all``).
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,9 @@ class SFTDataset:
     prompt_version: str
     seed: int
     val_fraction: float
+    #: The training audience the items were checked against, and how many it could not read.
+    audience: tuple[str, ...] = ("public",)
+    dropped: int = 0
 
     def canonical_jsonl(self) -> str:
         return canonical_jsonl(self.train, self.validation)
@@ -117,11 +128,14 @@ class SFTDataset:
             "prompt_version": self.prompt_version,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
+            "audience": ",".join(self.audience),
+            "n_dropped_audience": self.dropped,
         }
 
 
 def load_qa_jsonl(path: Path | str = DEFAULT_TRAIN_QA) -> list[QAItem]:
-    """Read a QA JSONL (``id``, ``question``, ``reference_answer``, ``relevant_doc_ids``)."""
+    """Read a QA JSONL (``id``, ``question``, ``reference_answer``, ``relevant_doc_ids``,
+    optionally ``groups``: the item's audience)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"QA file {path} does not exist")
@@ -141,7 +155,14 @@ def load_qa_jsonl(path: Path | str = DEFAULT_TRAIN_QA) -> list[QAItem]:
         if item_id in seen:
             raise DatasetError(f"{path}:{number}: duplicate id {item_id!r}")
         seen.add(item_id)
-        known = {"id", "question", "reference_answer", "relevant_doc_ids"}
+        groups = row.get("groups") or []
+        if not isinstance(groups, list):
+            raise DatasetError(f"{path}:{number}: groups must be a list of group names")
+        try:
+            checked = tuple(sorted({check_group(str(g)) for g in groups} - {PUBLIC}))
+        except AccessError as exc:
+            raise DatasetError(f"{path}:{number}: {exc}") from exc
+        known = {"id", "question", "reference_answer", "relevant_doc_ids", "groups"}
         items.append(
             QAItem(
                 id=item_id,
@@ -149,6 +170,7 @@ def load_qa_jsonl(path: Path | str = DEFAULT_TRAIN_QA) -> list[QAItem]:
                 reference_answer=str(row["reference_answer"]),
                 relevant_doc_ids=tuple(row.get("relevant_doc_ids") or ()),
                 extra={k: v for k, v in row.items() if k not in known},
+                groups=checked,
             )
         )
     if not items:
@@ -247,19 +269,26 @@ def corpus_context_fn(
     """Oracle context: the passages of each item's relevant documents that overlap most with
     its question (and reference answer, unless ``use_reference=False``).
 
-    This reads files, not the index, so it applies the audience itself: with ``audience`` (a
-    relative path → groups rule, ``FilesystemSourceConfig.audience_for``) documents that
-    ``principal`` (None: public) may not read are left out before anything is picked.
+    This reads files, not the index, so it applies the audience itself: ``audience`` (a
+    relative path → groups rule, ``FilesystemSourceConfig.audience_for``) is required, and
+    documents that ``principal`` (None: public) may not read are left out before anything is
+    picked. Without the rule nothing says which files are confidential, so there is no
+    "unfiltered" default: the call is refused.
     """
+    if audience is None:
+        raise AccessError(
+            f"corpus_context_fn({corpus_dir}) needs audience=, the rule that says who may read "
+            "each file (e.g. default_sources_config(folder).filesystem.audience_for): without "
+            "it confidential files would be handed out as training context"
+        )
     passages = load_corpus_passages(Path(corpus_dir), max_words=max_words)
-    if audience is not None:
-        who = principal or Principal.public()
-        prefix = len("fs:")
-        passages = {
-            doc_id: ps
-            for doc_id, ps in passages.items()
-            if who.can_read(audience(doc_id[prefix:].split("#", 1)[0]))
-        }
+    who = principal or Principal.public()
+    prefix = len("fs:")
+    passages = {
+        doc_id: ps
+        for doc_id, ps in passages.items()
+        if who.can_read(audience(doc_id[prefix:].split("#", 1)[0]))
+    }
 
     def context(item: QAItem) -> Sequence[HitLike]:
         query = set(content_tokens(item.question))
@@ -366,11 +395,15 @@ def build_sft_dataset(
     val_fraction: float = 0.2,
     seed: int = DEFAULT_SEED,
     cite: bool = True,
+    audience: Principal | None = None,
 ) -> SFTDataset:
     """Build the fine-tuning dataset from a QA JSONL (default ``data/train/qa.jsonl``).
 
-    Never point this at the golden evaluation set: training on it makes the gate meaningless.
+    Only the items ``audience`` (the training audience; None: public) may read are used
+    (``dropped`` counts the others). Never point this at the golden evaluation set: training
+    on it makes the gate meaningless.
     """
+    reader = audience or Principal.public()
     template = prompt or load_prompt()
     if isinstance(qa, (str, Path)):
         source = str(qa)
@@ -382,7 +415,13 @@ def build_sft_dataset(
         source_digest = hashlib.sha256(
             "\n".join(json.dumps(asdict(i), sort_keys=True, default=list) for i in items).encode()
         ).hexdigest()
-    train_items, val_items = split_items(items, val_fraction=val_fraction, seed=seed)
+    readable = [item for item in items if reader.can_read_all(item.groups)]
+    if len(readable) < 2 <= len(items):
+        raise DatasetError(
+            f"{source}: {len(readable)} of {len(items)} QA items are readable by the training "
+            f"audience {','.join(reader.visible_groups)}; a train/validation split needs 2"
+        )
+    train_items, val_items = split_items(readable, val_fraction=val_fraction, seed=seed)
 
     def build(item: QAItem) -> SFTExample:
         context = list(context_fn(item)) if context_fn else []
@@ -401,4 +440,6 @@ def build_sft_dataset(
         prompt_version=template.version,
         seed=seed,
         val_fraction=val_fraction,
+        audience=tuple(reader.visible_groups),
+        dropped=len(items) - len(readable),
     )

@@ -262,7 +262,8 @@ def test_evaluation_rows_hold_only_what_each_case_may_read(built: Built, es_clie
         retrieved = json.loads(row["retrieved_doc_ids"])
         who = item.principal
         if item.id.endswith(("-anon", "-other")):
-            assert len(retrieved) == 10 and not set(retrieved) & set(item.relevant_doc_ids)
+            # metrics_depth counts documents: the ranking is filled to 10 distinct ones.
+            assert len(set(retrieved)) == 10 and not set(retrieved) & set(item.relevant_doc_ids)
             unreadable = {d for d, (g, _) in CONFIDENTIAL.items() if g not in who.visible_groups}
             assert not set(retrieved) & unreadable, item.id
             for secret in _unreadable_strings(who):
@@ -310,6 +311,56 @@ def test_finetuning_context_is_public_unless_groups_are_configured(built: Built,
         allowed = build_sft_dataset(items, tokenizer=_ChatML(), context_fn=context_fn)
         examples = allowed.train + allowed.validation
         assert all(set(e.context_chunk_ids) & confidential_chunks for e in examples)
+
+
+def test_the_finetune_dataset_asset_takes_only_what_the_training_audience_may_read(
+    built: Built, tmp_path: Path
+) -> None:
+    """An accepted hr answer in the training QA file (it carries its ``groups``): the asset,
+    with the default training audience (public), leaves it out and says how many it dropped,
+    and refuses context groups beyond that audience before anything is built."""
+    from assets.model import finetune_dataset
+    from llmops_dagster.train.dataset import load_qa_jsonl
+
+    public = [
+        {"id": i.id, "question": i.question, "reference_answer": i.reference_answer,
+         "relevant_doc_ids": list(i.relevant_doc_ids)}
+        for i in load_qa_jsonl()[:4]
+    ]  # fmt: skip
+    hr_item = {
+        "id": "fb-hr",
+        "question": "What is the salary range of band P4?",
+        "reference_answer": "£68,500 to £84,000, set by the Remuneration Panel.",
+        "relevant_doc_ids": ["fs:confidential/hr/salary-bands.md"],
+        "groups": ["hr"],
+    }
+    qa = tmp_path / "train.jsonl"
+    qa.write_text("".join(json.dumps(row) + "\n" for row in [*public, hr_item]))
+    settings = built.settings.override(corpus={"train_qa_path": qa}, models={"torch_threads": 1})
+    resources = build_resources(settings)
+    result = dg.materialize([finetune_dataset], resources=resources,
+                            instance=dg.DagsterInstance.ephemeral())  # fmt: skip
+    assert result.success
+    meta = asset_metadata(result, "finetune_dataset")
+    assert (meta["n_dropped_audience"], meta["audience"]) == (1, "public")
+    assert meta["n_train"] + meta["n_validation"] == 4
+    # (The metadata's "path" is the IO manager's pickle: it overrides the asset's own.)
+    built_text = (settings.datasets_dir / f"sft-{meta['digest'][:12]}.jsonl").read_text()
+    assert "fb-hr" not in built_text
+    for secret in _unreadable_strings(None):
+        assert secret not in built_text, secret
+
+    refused = dg.materialize(
+        [finetune_dataset],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"finetune_dataset": {"config": {"context_groups": ["hr"]}}}},
+        raise_on_error=False,
+    )
+    assert not refused.success
+    (failure,) = [e for e in refused.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "context_groups ['hr'] are beyond the training audience" in message
 
 
 def test_an_index_from_before_access_control_is_rebuilt_not_patched(

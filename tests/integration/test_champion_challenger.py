@@ -4,7 +4,12 @@ Elasticsearch, the MLflow registry and prompt registry on SQLite, the packaged S
 The scenario runs in order (one module-scoped world): refusals → the extractive bundle beats
 the base model and becomes champion → a degraded adapter, found by the registry sensor, stays
 challenger → a non-inferior bundle with another retriever setting is promoted and rolled back
-with the CLI → `ask` serves exactly the champion bundle.
+with the CLI → a decision against a champion that has since been replaced is refused as stale
+→ two evaluations at once end with a champion compared with the one it replaced → `ask`
+serves exactly the champion bundle.
+
+The world's golden set is the first 30 questions of the project's (as many as ``min_cases``
+asks for): evaluations run exactly as the sensors request them, with no test-only overrides.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,10 @@ from tests.conftest import asset_metadata, drop_indices
 
 pytestmark = pytest.mark.integration
 
-FAST = {"limit": 30, "max_new_tokens": 8, "n_resamples": 1000}
+GOLDEN_CASES = 30
+#: LoRA scale of the "passes the floors, loses the comparison" adapter (random weights).
+MILD_ALPHA = 4
+FAST = {"max_new_tokens": 8, "n_resamples": 1000}
 
 
 @dataclass
@@ -42,12 +51,24 @@ class World:
     defs: dg.Definitions
     instance: dg.DagsterInstance
     client: MlflowClient
+    registry_cursor: str | None = None
 
     def evaluate(self, **config: object) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def("evaluate_candidate")
         return job.execute_in_process(
             run_config={"ops": {"rag_evaluation": {"config": config}}},
             instance=self.instance,
+            raise_on_error=False,
+        )
+
+    def materialize(self, asset: str, **config: object) -> dg.ExecuteInProcessResult:
+        """One asset of the evaluation job (its input from the stored upstream output)."""
+        job = self.defs.resolve_job_def("evaluate_candidate")
+        run_config = {"ops": {"rag_evaluation": {"config": config}}} if config else {}
+        return job.execute_in_process(
+            run_config=run_config,
+            instance=self.instance,
+            asset_selection=[dg.AssetKey(asset)],
             raise_on_error=False,
         )
 
@@ -64,11 +85,15 @@ def world(
 ):
     home = tmp_path_factory.mktemp("cc-home")
     alias = f"cc-{uuid.uuid4().hex[:8]}"
+    golden = home / "golden-30.jsonl"
+    lines = Settings().corpus.golden_path.read_text(encoding="utf-8").splitlines()
+    golden.write_text("\n".join(lines[:GOLDEN_CASES]) + "\n", encoding="utf-8")
     settings = Settings().override(
         home=home,
         warehouse={"duckdb_path": home / "warehouse.duckdb"},
         mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
+        corpus={"golden_path": golden},
         # One torch thread; the project's model cache (the GGUF is converted only once).
         models={"torch_threads": 1, "cache_dir": Settings().models_cache_dir},
     )
@@ -142,9 +167,10 @@ def test_extractive_bundle_beats_the_base_model_and_becomes_champion(world: Worl
     assert _check(result, "champion_comparison").passed is True
 
 
-def _degraded_adapter(world: World) -> str:
+def _degraded_adapter(world: World, *, lora_alpha: int, seed: int) -> str:
     """A LoRA adapter with random weights (what a broken fine-tune produces), registered like a
-    trained one — the registry sensor sees a new version and asks for its evaluation."""
+    trained one — the registry sensor sees a new version and asks for its evaluation.
+    ``lora_alpha`` scales the damage: 64 garbles every answer, a small one only blurs them."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -159,13 +185,13 @@ def _degraded_adapter(world: World) -> str:
 
     models = build_resources(world.settings, with_dlt=False)["models"]
     base = models.base_model(fresh=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LoraConfig(
-        r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        r=8, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
     peft_model = get_peft_model(base.model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base.source.model_id
-    folder = world.settings.home / "degraded-adapter"
+    folder = world.settings.home / f"degraded-adapter-{lora_alpha}-{seed}"
     peft_model.save_pretrained(str(folder), save_embedding_layers=False)
     store = ensure_mlflow(world.settings.mlflow_uri, world.settings.mlflow.experiment)
     with open_run(store, run_name="degraded", tags={}, ui_url="http://127.0.0.1:5000") as run:
@@ -183,17 +209,24 @@ def _degraded_adapter(world: World) -> str:
         )
 
 
-def test_degraded_adapter_found_by_the_sensor_stays_challenger(world: World) -> None:
-    champion_before = world.champion()
-    assert champion_before is not None
-    version = _degraded_adapter(world)
+def _registry_requests(world: World) -> list[dg.RunRequest]:
+    """One tick of the registry sensor, continuing from the world's last cursor."""
     resources = build_resources(world.settings, with_dlt=False)
     with dg.build_sensor_context(
         instance=world.instance,
+        cursor=world.registry_cursor,
         resources={"models": resources["models"], "mlflow": resources["mlflow"]},
     ) as context:
         requests = [r for r in mlflow_registry_sensor(context) if isinstance(r, dg.RunRequest)]
-    (request,) = requests
+        world.registry_cursor = context.cursor
+    return requests
+
+
+def test_a_broken_adapter_found_by_the_sensor_is_refused_by_the_floor(world: World) -> None:
+    champion_before = world.champion()
+    assert champion_before is not None
+    version = _degraded_adapter(world, lora_alpha=64, seed=0)
+    (request,) = _registry_requests(world)
     config = request.run_config["ops"]["rag_evaluation"]["config"]
     assert config == {"model_version": version}
     result = world.evaluate(**config, **FAST)
@@ -216,18 +249,57 @@ def test_degraded_adapter_found_by_the_sensor_stays_challenger(world: World) -> 
     assert run.data.metrics["compare.token_f1.ci_high"] < 0  # significantly worse
 
 
-def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def test_a_degraded_adapter_that_passes_the_floors_loses_and_stays_challenger(
+    world: World,
+) -> None:
+    """Exactly the run the registry sensor asks for — no test-only setting — of an adapter that
+    is worse than the champion but clears every floor: the comparison alone keeps it out."""
+    champion_before = world.champion()
+    version = _degraded_adapter(world, lora_alpha=MILD_ALPHA, seed=1)
+    (request,) = _registry_requests(world)
+    config = request.run_config["ops"]["rag_evaluation"]["config"]
+    assert config == {"model_version": version}
+    result = world.evaluate(**config)
+    assert result.success
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["decision"] == "challenger", evaluation["decision_summary"]
+    assert evaluation["cases"] == GOLDEN_CASES
+    assert _check(result, "quality_gate").passed is True  # every floor held
+    assert _check(result, "champion_comparison").passed is False
+    assert "regression vs champion" in evaluation["decision_summary"]
+    assert evaluation["baseline_version"] == champion_before
+    run = world.client.get_run(evaluation["mlflow_run_id"])
+    assert run.data.metrics["compare.token_f1.ci_high"] < 0  # significantly worse
+    moved = asset_metadata(result, "champion_model")
+    assert (moved["alias"], moved["promoted"], moved["compared_with"]) == (
+        "challenger",
+        False,
+        champion_before,
+    )
+    bundle_version = evaluation["bundle_uri"].rsplit("/", 1)[1]
+    assert current_alias_version(world.client, DEFAULT_BUNDLE_MODEL, "challenger") == bundle_version
+    assert world.champion() == champion_before
+
+
+def _env(world: World) -> dict[str, str]:
+    """The world's settings as the environment of a separate process (CLI, Dagster)."""
+    return {
         **os.environ,
         "LLMOPS_HOME": str(world.settings.home),
         "MLFLOW_TRACKING_URI": world.settings.mlflow_uri,
         "ELASTICSEARCH_URL": str(world.settings.elasticsearch.url),
         "LLMOPS_ES_INDEX_ALIAS": world.settings.elasticsearch.index_alias,
         "LLMOPS_DUCKDB_PATH": str(world.settings.duckdb_path),
+        "LLMOPS_GOLDEN": str(world.settings.corpus.golden_path),
+        "LLMOPS_TORCH_THREADS": "1",
+        "LLMOPS_MODELS_CACHE": str(world.settings.models_cache_dir),
     }
+
+
+def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmops_dagster.cli", *args],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=_env(world), capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
 
 
@@ -278,6 +350,128 @@ def test_manual_approval_waits_for_a_person_and_records_who(world: World) -> Non
     assert rolled.returncode == 0 and world.champion() == before
 
 
+NON_INFERIOR = {"require_improvement": False, "primary_margin": 0.1, **FAST}
+
+
+def test_a_stored_decision_against_a_replaced_champion_is_refused_as_stale(world: World) -> None:
+    """A decides against v1, but before its promotion runs a person approves C (also compared
+    with v1): A's stored decision, materialized later, must not replace C."""
+    from jobs.sensors import stale_decision_sensor
+    from llmops_dagster.evaluate.triggers import rerun_config
+
+    before = world.champion()
+    waiting = asset_metadata(
+        world.evaluate(generator="extractive", k=4, approval="manual", **NON_INFERIOR),
+        "rag_evaluation",
+    )
+    assert waiting["decision"] == "awaiting_approval", waiting["decision_summary"]
+    c_version = waiting["bundle_uri"].rsplit("/", 1)[1]
+    decided = world.materialize("rag_evaluation", generator="extractive", k=5, **NON_INFERIOR)
+    a_eval = asset_metadata(decided, "rag_evaluation")
+    assert (a_eval["decision"], a_eval["baseline_version"]) == ("champion", before)
+    a_version = a_eval["bundle_uri"].rsplit("/", 1)[1]
+
+    approved = _cli(world, "bundle", "approve", c_version, "--by", "alice")
+    assert approved.returncode == 0, approved.stderr
+    assert world.champion() == c_version
+
+    late = world.materialize("champion_model")
+    assert not late.success
+    (failure,) = [e for e in late.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message == (
+        f"{DEFAULT_BUNDLE_MODEL} v{a_version} was compared with v{before}, but @champion is now "
+        f"v{c_version}: nothing moved. Re-evaluate v{a_version} against today's champion (the "
+        "evaluate_candidate job) before promoting it."
+    )
+    assert world.champion() == c_version
+    tags = world.client.get_model_version(DEFAULT_BUNDLE_MODEL, a_version).tags
+    assert (tags["decision.outcome"], tags["decision.baseline_version"]) == ("stale", before)
+
+    # The stale decision asks for its own re-evaluation, once.
+    resources = build_resources(world.settings, with_dlt=False)
+    with dg.build_sensor_context(
+        instance=world.instance, resources={"mlflow": resources["mlflow"]}
+    ) as context:
+        (request,) = list(stale_decision_sensor(context))
+    a_bundle = load_bundle(world.client, a_eval["bundle_uri"]).bundle
+    assert request.run_key == f"stale-{DEFAULT_BUNDLE_MODEL}-{a_version}"
+    assert request.run_config == {"ops": {"rag_evaluation": {"config": rerun_config(a_bundle)}}}
+
+    rolled = _cli(world, "bundle", "rollback")  # back to the champion the next tests expect
+    assert rolled.returncode == 0 and world.champion() == before
+
+
+def test_two_evaluations_started_together_promote_only_against_the_champion_they_replace(
+    world: World, tmp_path: Path
+) -> None:
+    """Two evaluation runs as separate Dagster processes on one instance (the shipped local
+    dagster.yaml: the evaluation pool admits one step at a time). Whatever the interleaving,
+    every promotion was compared with the champion it replaced; a decision overtaken by the
+    other run's promotion fails as stale instead of installing an unchecked bundle."""
+    import shutil
+
+    from llmops_dagster.config import PROJECT_ROOT
+
+    before = world.champion()
+    dagster_home = tmp_path / "dagster-home"
+    dagster_home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
+    # Create the instance's storage once: two processes creating it at once race on its schema.
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert instance.event_log_storage.supports_global_concurrency_limits
+    env = {**_env(world), "DAGSTER_HOME": str(dagster_home)}
+    started_ms = int(time.time() * 1000)
+    procs = []
+    for k in (4, 5):
+        config = tmp_path / f"run-k{k}.json"
+        config.write_text(
+            json.dumps({"ops": {"rag_evaluation": {"config": {
+                "generator": "extractive", "k": k, **NON_INFERIOR}}}})
+        )  # fmt: skip
+        command = [
+            sys.executable, "-m", "dagster", "job", "execute", "-m",
+            "llmops_dagster.definitions", "-j", "evaluate_candidate", "-c", str(config),
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                command,
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    registered = sorted(
+        (v for v in world.client.search_model_versions(f"name = '{DEFAULT_BUNDLE_MODEL}'")
+         if v.tags.get("bundle.retrieval_k") in ("4", "5")
+         and v.creation_timestamp >= started_ms),
+        key=lambda v: int(v.version),
+    )  # fmt: skip
+    assert len(registered) == 2, outputs
+    outcomes = {str(v.version): v.tags.get("decision.outcome") for v in registered}
+    # Walk the champion chain back to where it started: each link compared with its parent.
+    version, promoted = world.champion(), []
+    while version != before:
+        tags = world.client.get_model_version(DEFAULT_BUNDLE_MODEL, version).tags
+        assert tags["decision.baseline_version"] == tags["previous_champion"], tags
+        promoted.append(version)
+        version = tags["previous_champion"]
+    assert promoted and set(promoted) <= set(outcomes)
+    for number, outcome in outcomes.items():
+        if number in promoted:
+            assert outcome == "champion"
+        else:  # overtaken: refused as stale, its run failed saying so
+            assert outcome == "stale", (outcomes, [o[-3000:] for o in outputs])
+            (proc_output,) = [o for o in outputs if f"v{number} was compared with" in o]
+            assert "Re-evaluate" in proc_output
+    assert [p.returncode == 0 for p in procs].count(True) == len(promoted)
+    # Scaffolding for the next test (not a promotion): the champion it expects.
+    world.client.set_registered_model_alias(DEFAULT_BUNDLE_MODEL, "champion", before)
+
+
 def test_ask_serves_exactly_the_champion_bundle(world: World) -> None:
     champion = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}@champion")
     answered = _cli(
@@ -304,7 +498,7 @@ def test_a_damaging_reindex_is_caught_by_the_inputs_sensor_and_the_champion_chec
     from llmops_dagster.search.aliases import current_index
 
     resources = build_resources(world.settings, with_dlt=False)
-    sensor_resources = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow")}
+    sensor_resources = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow", "models")}
 
     def tick(cursor: str | None) -> tuple[list, str | None]:
         with dg.build_sensor_context(
@@ -314,7 +508,7 @@ def test_a_damaging_reindex_is_caught_by_the_inputs_sensor_and_the_champion_chec
 
     first, cursor = tick(None)
     assert [type(e) for e in first] == [dg.SkipReason]
-    assert tick(cursor)[0][0].skip_message == "prompt, golden set and index unchanged"
+    assert tick(cursor)[0][0].skip_message == "prompt, golden set, index and generator unchanged"
 
     # A rebuild moves the alias; then the new index loses the documents behind the first
     # ten golden questions (what a broken source or chunker would do to a reindex).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlflow
 import pytest
@@ -15,11 +15,14 @@ from mlflow import MlflowClient
 from llmops_dagster.access import Principal
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
+from llmops_dagster.evaluate.compare import compare_runs
 from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
 from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet, load_golden
+from llmops_dagster.evaluate.judge import SchemaJudge
 from llmops_dagster.evaluate.metrics import default_metrics
 from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
+from llmops_dagster.evaluate.triggers import read_table_artifact
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.tracking.store import ensure_mlflow
 
@@ -75,7 +78,8 @@ def _metrics():
 
 def test_deepeval_evaluate_with_retrieval_and_deterministic_metrics() -> None:
     result = evaluate_rag(CASES, metrics=_metrics(), engine="deepeval")
-    assert result.engine == "deepeval" and result.errors == {} and result.judge is None
+    assert result.engine == "deepeval" and result.judge is None and result.judge_stats is None
+    assert result.errors == dict.fromkeys(result.metric_keys, 0)
     rows = {r["case_id"]: r for r in result.rows}
     assert rows["q02"]["recall_at_5"] == 1.0 and rows["q02"]["mrr_at_10"] == 1.0
     assert rows["q03"]["mrr_at_10"] == 0.5 and rows["q01"]["recall_at_5"] == 0.0
@@ -136,7 +140,10 @@ def test_judge_metrics_run_through_deepeval_and_gate_only_when_capable() -> None
     rows = {r["case_id"]: r for r in result.rows}
     assert rows["q02"]["faithfulness"] == 1.0 and rows["q02"]["answer_relevancy"] == 1.0
     assert rows["q02"]["geval_correctness"] == pytest.approx(0.8)
-    assert rows["q01"]["faithfulness"] is None  # outside the judged sample
+    assert rows["q01"]["faithfulness"] is None  # outside the judged sample: not measured
+    assert rows["q01"]["faithfulness_error"] is None and rows["q02"]["faithfulness_error"] is None
+    assert result.errors["faithfulness"] == 0
+    assert result.judge_stats is None  # a plain DeepEvalBaseLLM keeps no count
     assert any("not capable" in note for note in result.notes)
 
     config = GateConfig(minimums={"recall_at_5": 0.5, "faithfulness": 1.1})
@@ -236,3 +243,72 @@ def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) 
     )
     gate_json = json.loads(Path(gate_file).read_text())
     assert gate_json["passed"] is False
+
+
+class ScriptedTextJudge(SchemaJudge):
+    """A stub for a judge model (no model runs): fixed raw JSON text per schema, parsed and
+    counted by the project's own judge code. Case q03's answer yields an empty claim list."""
+
+    TEXT: ClassVar[dict[str, str]] = {
+        "Statements": '{"statements": ["Claims are due in 30 days."]}',
+        "Verdicts": '{"verdicts": [{"verdict": "yes", "reason": "supported"}]}',
+        "Truths": '{"truths": ["Claims are due in 30 days."]}',
+        "Claims": '{"claims": ["Claims are due in 30 days."]}',
+        "ReasonScore": '{"reason": "consistent", "score": 7',  # cut off: repaired
+    }
+
+    def __init__(self) -> None:
+        super().__init__(model="scripted")
+
+    def load_model(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def _complete(self, prompt: str, schema: Any) -> str:
+        if schema.__name__ == "Claims" and "Your line manager." in prompt:
+            return '{"claims": []}'
+        return self.TEXT[schema.__name__]
+
+
+def test_judge_counts_and_errors_reach_mlflow_and_read_back(tmp_settings: Settings) -> None:
+    """The per-case table MLflow keeps is what ``champion_regression`` compares with later: read
+    back, a case outside the judge sample is NaN (not measured, left out) and an errored case
+    is 0.0 with its error text (kept, counted)."""
+    judge = ScriptedTextJudge()
+    result = evaluate_rag(
+        CASES,
+        metrics=_metrics(),
+        judge=judge,
+        judge_max_cases=2,
+        judge_capable=True,
+        engine="direct",
+    )
+    rows = {r["case_id"]: r for r in result.rows}
+    assert rows["q03"]["faithfulness"] == 0.0
+    assert "empty 'claims' list" in rows["q03"]["faithfulness_error"]
+    assert rows["q02"]["faithfulness"] == 1.0 and rows["q01"]["faithfulness"] is None
+    assert result.errors["faithfulness"] == 1 and result.errors["answer_relevancy"] == 0
+    # q02: relevancy 2 + faithfulness 3 + G-Eval 1; q03: 2 + 2 + 1. Every G-Eval reply repaired.
+    assert result.judge_stats == {"calls": 11, "repaired": 2, "failed": 1}
+
+    golden = GoldenSet.from_items(
+        [
+            GoldenItem(c.case_id, c.question, tuple(c.relevant_doc_ids), c.expected_output)
+            for c in CASES
+        ],
+        name="handmade",
+    )
+    store = ensure_mlflow(tmp_settings.mlflow_uri, "evaluations")
+    with open_run(store, run_name="evaluate", tags={}, ui_url="http://127.0.0.1:5000") as run:
+        run_id = log_evaluation(run, result, golden)
+    metrics = MlflowClient(tracking_uri=tmp_settings.mlflow_uri).get_run(run_id).data.metrics
+    assert metrics["judge.calls"] == 11.0 and metrics["judge.repaired_calls"] == 2.0
+    assert metrics["judge.failed_calls"] == 1.0
+    assert metrics["faithfulness_errors"] == 1.0 and metrics["recall_at_5_errors"] == 0.0
+
+    table = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=TABLE_ARTIFACT, tracking_uri=tmp_settings.mlflow_uri
+    )
+    recorded = read_table_artifact(Path(table))
+    faith, recall = compare_runs(result.rows, recorded, ["faithfulness", "recall_at_5"])
+    assert (faith.n, faith.candidate_errors, faith.baseline_errors) == (2, 1, 1)
+    assert faith.diff == 0.0 and (recall.n, recall.baseline_errors) == (3, 0)

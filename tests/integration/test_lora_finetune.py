@@ -31,6 +31,7 @@ from llmops_dagster.models.registry import (
     load_registered_generator,
 )
 from llmops_dagster.models.spec import GeneratorSpec, LocalModelSpec
+from llmops_dagster.sources.source_config import default_sources_config
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
@@ -42,6 +43,9 @@ from llmops_dagster.train.dataset import (
 from llmops_dagster.train.lora import LoraResult, train_lora
 
 pytestmark = pytest.mark.integration
+
+SAMPLE = PROJECT_ROOT / "data" / "sample"
+SAMPLE_AUDIENCE = default_sources_config(SAMPLE).filesystem.audience_for  # type: ignore[union-attr]
 
 MODEL_NAME = "test-generator-lora"
 PROBE = "<|im_start|>user\nWhen was Northwind founded?<|im_end|>\n<|im_start|>assistant\n"
@@ -80,7 +84,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     dataset = build_sft_dataset(
         load_qa_jsonl()[:16],
         tokenizer=base.tokenizer,
-        context_fn=corpus_context_fn(PROJECT_ROOT / "data" / "sample", k=1),
+        context_fn=corpus_context_fn(SAMPLE, k=1, audience=SAMPLE_AUDIENCE),
         val_fraction=0.25,
     )
     with open_run(

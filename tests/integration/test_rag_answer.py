@@ -1,14 +1,18 @@
-"""``answer`` on the real packaged SmolLM2 (a fake in-memory retriever stands in for ES), and
-the clear errors for a bad model path or an unreachable OpenAI-compatible endpoint."""
+"""``answer`` on the real packaged SmolLM2 (a fake in-memory retriever stands in for ES), the
+clear errors for a bad model path or an unreachable OpenAI-compatible endpoint, and — on the
+real Elasticsearch node — the metrics' ranking filled to ``depth`` documents."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
+from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
+from llmops_dagster.embed.model import Embedder, load_embedder
 from llmops_dagster.models.base import EndpointUnavailable, GeneratorConfigError
 from llmops_dagster.models.local import LocalTransformersGenerator, load_local_generator
 from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
@@ -128,3 +132,91 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     )
     with pytest.raises(EndpointUnavailable, match=rf"127\.0\.0\.1:{port}/v1 is unreachable"):
         gen.generate(["hello"], max_new_tokens=4)
+
+
+# --- depth in documents, on a real index -----------------------------------------------------
+DEPTH_QUERY = "drone delivery battery range"
+
+
+def _depth_corpus(embedder: Embedder) -> list[dict]:
+    """4 documents of 6 chunks each about drone deliveries (they fill any top 10), then 8
+    one-chunk documents that mention a delivery once (so every mode can reach them)."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    rows: list[tuple[str, int, str]] = []
+    for d in range(4):
+        for j in range(6):
+            rows.append(
+                (
+                    f"fs:routes/route-{d}.md",
+                    j,
+                    f"Route {d} part {j}: the delivery drone battery gives {20 + j} km of range "
+                    f"on drone delivery route {d}.",
+                )
+            )
+    others = ["bakery flour", "office chairs", "garden seeds", "library books"]
+    others += ["coffee beans", "printer paper", "bicycle tyres", "winter coats"]
+    for i, topic in enumerate(others):
+        rows.append((f"fs:misc/{i}.md", 0, f"The {topic} delivery arrives on Monday {i}."))
+    vectors = embedder.encode([text for _, _, text in rows])
+    docs = []
+    for (doc_id, position, text), vector in zip(rows, vectors, strict=True):
+        chunk_id = hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
+        docs.append(
+            {
+                "chunk_id": chunk_id,
+                "doc_id": doc_id,
+                "source": "fs",
+                "title": doc_id,
+                "uri": doc_id,
+                "position": position,
+                "section": "",
+                "text": text,
+                "content_hash": hashlib.sha256(text.encode()).hexdigest(),
+                "model_id": embedder.model_id,
+                "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+                "embedding": vector,
+            }
+        )
+    return docs
+
+
+@pytest.fixture(scope="module")
+def depth_index(es_settings: Settings, es_client: Elasticsearch) -> Iterator[tuple[str, Embedder]]:
+    import uuid
+
+    from llmops_dagster.search.aliases import alias_indices, list_versions, rebuild
+    from llmops_dagster.search.mapping import IndexSpec, build_index_body
+
+    embedder = load_embedder(es_settings.models.embedding_model)
+    docs = _depth_corpus(embedder)
+    spec = IndexSpec(dims=embedder.dims, model_id=embedder.model_id)
+    body = build_index_body(spec, client=es_client)
+    alias = f"test-depth-{uuid.uuid4().hex[:10]}"
+    rebuild(es_client, alias, docs, len(docs), body, smoke_query_vector=docs[0]["embedding"])
+    yield alias, embedder
+    for name in sorted(set(list_versions(es_client, alias)) | set(alias_indices(es_client, alias))):
+        es_client.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.mark.parametrize("mode", ["bm25", "knn", "hybrid_rrf"])
+def test_ranking_holds_depth_documents_and_the_prompt_chunks_of_the_first_search(
+    mode: str, depth_index: tuple[str, Embedder], es_client: Elasticsearch
+) -> None:
+    """On a real index the top 10 chunks come from the 4 route documents; the ranking kept for
+    metrics is filled to 10 documents while the prompt's 3 chunks stay those of the first
+    search (the search of max(k, depth) = 10 chunks that serving makes too)."""
+    from llmops_dagster.rag.extractive import ExtractiveAnswerer
+    from llmops_dagster.search.retriever import HybridRetriever
+
+    alias, embedder = depth_index
+    retriever = HybridRetriever(es_client, alias, embedder)
+    first = retriever.search(DEPTH_QUERY, mode=mode, k=10)
+    assert {h.doc_id for h in first} <= {f"fs:routes/route-{d}.md" for d in range(4)}
+    (result,) = answer_many(
+        [DEPTH_QUERY], retriever=retriever, generator=ExtractiveAnswerer(), k=3, mode=mode, depth=10
+    )
+    assert len(dict.fromkeys(result.ranked_doc_ids)) == 10
+    assert [c.chunk_id for c in result.ranked[:10]] == [h.chunk_id for h in first]
+    assert result.retrieved_ids == [h.chunk_id for h in first[:3]]

@@ -15,14 +15,20 @@ import pytest
 from mlflow import MlflowClient
 
 from llmops_dagster.evaluate.gate import RollbackError
+from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.bundle import (
+    TAG_BASELINE_VERSION,
     TAG_BUNDLE_KEY,
+    TAG_OUTCOME,
     AliasMove,
     BundleError,
     BundleVersion,
     RagBundle,
+    StaleDecisionError,
+    approve_bundle,
     current_champion,
     load_bundle,
+    promote_decided,
     register_bundle,
     rollback_bundle,
     set_bundle_alias,
@@ -42,6 +48,8 @@ from llmops_dagster.tracking.store import MlflowStore, ensure_mlflow
 pytestmark = pytest.mark.integration
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DIGEST = "sha256:" + "0" * 64
+EXTRACTIVE = RagBundle.generator_fields(GeneratorPin("builtin", "extractive:v1"))
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +82,8 @@ def register(client: MlflowClient, store: MlflowStore) -> Callable[..., BundleVe
 
 def make_bundle(prompt: RegisteredPrompt, **changes: object) -> RagBundle:
     bundle = RagBundle(
-        generator="llm",
+        **RagBundle.generator_fields(GeneratorPin("local", BASE, DIGEST, 0.0, 1.1)),
         adapter_uri=None,
-        base_model_id=BASE,
         prompt_uri=prompt.uri,
         prompt_version=prompt.content_hash,
         retrieval_mode="hybrid",
@@ -147,7 +154,7 @@ def test_register_and_load_bundles(
     name = "bundles-register"
     prompt = sync_prompt(client, load_prompt(), name="p-register")
     b1 = make_bundle(prompt)
-    b2 = make_bundle(prompt, generator="extractive", base_model_id="", retrieval_k=5)
+    b2 = make_bundle(prompt, **EXTRACTIVE, retrieval_k=5)
     v1 = register_bundle(client, b1, run=run, name=name)
     assert register_bundle(client, b1, run=run, name=name).version == "2"  # same bundle: allowed
     with pytest.raises(BundleError, match="already registered bundle"):
@@ -183,8 +190,9 @@ def test_champion_promotion_audit_trail_and_rollback(
     v2 = register(make_bundle(prompt, retrieval_k=5), name).version
 
     first = set_bundle_alias(
-        client, name, v1, "champion", evaluation_run_id="eval-1", decision_summary="gate passed"
-    )
+        client, name, v1, "champion", evaluation_run_id="eval-1", decision_summary="gate passed",
+        expected_champion=None,
+    )  # fmt: skip
     assert first == AliasMove(previous_version=None, new_version="1", alias="champion")
     tags = version_tags(client, name, v1)
     assert tags["previous_champion"] == "" and tags["champion_evaluation_run_id"] == "eval-1"
@@ -193,8 +201,9 @@ def test_champion_promotion_audit_trail_and_rollback(
 
     long_summary = "x" * 6000
     second = set_bundle_alias(
-        client, name, v2, "champion", evaluation_run_id="eval-2", decision_summary=long_summary
-    )
+        client, name, v2, "champion", evaluation_run_id="eval-2", decision_summary=long_summary,
+        expected_champion="1",
+    )  # fmt: skip
     assert second == AliasMove("1", "2", "champion") and second.moved
     tags = version_tags(client, name, v2)
     assert tags["previous_champion"] == "1" and tags["champion_evaluation_run_id"] == "eval-2"
@@ -203,8 +212,9 @@ def test_champion_promotion_audit_trail_and_rollback(
     assert current_champion(client, name).bundle.retrieval_k == 5
 
     again = set_bundle_alias(
-        client, name, v2, "champion", evaluation_run_id="x", decision_summary=""
-    )
+        client, name, v2, "champion", evaluation_run_id="x", decision_summary="",
+        expected_champion="2",
+    )  # fmt: skip
     assert not again.moved and version_tags(client, name, v2)["previous_champion"] == "1"
 
     back = rollback_bundle(client, name)
@@ -222,7 +232,8 @@ def test_rollback_without_previous_champion_errors(client: MlflowClient, run: Ru
         rollback_bundle(client, name)
     prompt = sync_prompt(client, load_prompt(), name="p-no-previous")
     v1 = register_bundle(client, make_bundle(prompt), run=run, name=name).version
-    set_bundle_alias(client, name, v1, "champion", evaluation_run_id="e", decision_summary="ok")
+    set_bundle_alias(client, name, v1, "champion", evaluation_run_id="e", decision_summary="ok",
+                     expected_champion=None)  # fmt: skip
     with pytest.raises(RollbackError, match="records no previous_champion"):
         rollback_bundle(client, name)
     assert current_champion(client, name).version == v1
@@ -235,7 +246,7 @@ def test_challenger_moves_without_touching_champion(
     prompt = sync_prompt(client, load_prompt(), name="p-challenger")
     versions = [register(make_bundle(prompt, retrieval_k=k), name).version for k in (1, 2, 3)]
     set_bundle_alias(client, name, versions[0], "champion", evaluation_run_id="e0",
-                     decision_summary="first")  # fmt: skip
+                     decision_summary="first", expected_champion=None)  # fmt: skip
     champion_tags = version_tags(client, name, versions[0])
 
     moved = set_bundle_alias(client, name, versions[1], "challenger", evaluation_run_id="e1",
@@ -286,7 +297,8 @@ def test_load_bundle_errors(client: MlflowClient, store: MlflowStore, run: RunHa
     with pytest.raises(BundleError, match="is not models:/"):
         load_bundle(client, f"{name}/1")
     with pytest.raises(BundleError, match="9"):
-        set_bundle_alias(client, name, 9, "champion", evaluation_run_id="e", decision_summary="")
+        set_bundle_alias(client, name, 9, "champion", evaluation_run_id="e", decision_summary="",
+                         expected_champion=None)  # fmt: skip
 
     client.create_model_version(name, source=f"{run.artifact_uri}/other", run_id=run.run_id)
     with pytest.raises(BundleError, match="not a RAG bundle"):
@@ -297,3 +309,116 @@ def test_load_bundle_errors(client: MlflowClient, store: MlflowStore, run: RunHa
     client.set_model_version_tag(name, version, "bundle.surprise", "x")
     with pytest.raises(BundleError, match="unknown \\['surprise'\\]"):
         load_bundle(client, f"models:/{name}/{version}")
+
+
+def test_champion_moves_only_from_the_champion_the_decision_compared_with(
+    client: MlflowClient, register: Callable[..., BundleVersion]
+) -> None:
+    """Compare-and-set: two candidates decided against v1; the second promotion finds v2 there
+    and is refused as stale — nothing moves, the version says why."""
+    name = "bundles-cas"
+    prompt = sync_prompt(client, load_prompt(), name="p-cas")
+    v1, v2, v3 = (register(make_bundle(prompt, retrieval_k=k), name).version for k in (1, 2, 3))
+    with pytest.raises(BundleError, match="needs expected_champion"):
+        set_bundle_alias(client, name, v1, "champion", evaluation_run_id="e", decision_summary="")
+    first = promote_decided(
+        client,
+        name,
+        v1,
+        outcome="champion",
+        baseline_version=None,
+        evaluation_run_id="e1",
+        decision_summary="beat the base model",
+    )
+    assert first == AliasMove(None, "1", "champion")
+
+    # v2 and v3 were both compared with v1; v2 is promoted first.
+    assert promote_decided(
+        client,
+        name,
+        v2,
+        outcome="champion",
+        baseline_version="1",
+        evaluation_run_id="e2",
+        decision_summary="beat v1",
+    ).moved
+    with pytest.raises(StaleDecisionError) as stale:
+        promote_decided(
+            client,
+            name,
+            v3,
+            outcome="champion",
+            baseline_version="1",
+            evaluation_run_id="e3",
+            decision_summary="beat v1",
+        )
+    assert str(stale.value) == (
+        f"{name} v3 was compared with v1, but @champion is now v2: nothing moved. Re-evaluate v3 "
+        "against today's champion (the evaluate_candidate job) before promoting it."
+    )
+    assert current_champion(client, name).version == "2"
+    tags = version_tags(client, name, v3)
+    assert (tags[TAG_OUTCOME], tags[TAG_BASELINE_VERSION]) == ("stale", "1")
+    assert "previous_champion" not in tags
+    assert version_tags(client, name, v2)["previous_champion"] == "1"
+
+    # A decision made when there was no champion is stale once there is one.
+    with pytest.raises(StaleDecisionError, match="compared with the base model"):
+        promote_decided(
+            client,
+            name,
+            v3,
+            outcome="champion",
+            baseline_version=None,
+            evaluation_run_id="e3",
+            decision_summary="beat the base model",
+        )
+    # A challenger never needs the check: it replaces nothing.
+    moved = promote_decided(
+        client,
+        name,
+        v3,
+        outcome="challenger",
+        baseline_version="1",
+        evaluation_run_id="e3",
+        decision_summary="lost to v1",
+    )
+    assert moved == AliasMove(None, "3", "challenger")
+    assert current_champion(client, name).version == "2"
+
+
+def test_approval_rechecks_the_champion_it_was_compared_with(
+    client: MlflowClient, register: Callable[..., BundleVersion]
+) -> None:
+    name = "bundles-approve"
+    prompt = sync_prompt(client, load_prompt(), name="p-approve")
+    v1, v2, v3 = (register(make_bundle(prompt, retrieval_k=k), name).version for k in (1, 2, 3))
+    promote_decided(
+        client,
+        name,
+        v1,
+        outcome="champion",
+        baseline_version=None,
+        evaluation_run_id="e1",
+        decision_summary="first",
+    )
+    for version in (v2, v3):  # both wait for a person, both compared with v1
+        promote_decided(
+            client,
+            name,
+            version,
+            outcome="awaiting_approval",
+            baseline_version="1",
+            evaluation_run_id=f"e{version}",
+            decision_summary="passed",
+        )
+    with pytest.raises(BundleError, match="was decided 'champion'"):
+        approve_bundle(client, name, v1, approver="alice")
+
+    assert approve_bundle(client, name, v2, approver="alice") == AliasMove("1", "2", "champion")
+    assert version_tags(client, name, v2)["approved_by"] == "alice"
+    # Days later, v3's approval would replace v2 — a bundle it was never compared with.
+    with pytest.raises(StaleDecisionError, match="compared with v1, but @champion is now v2"):
+        approve_bundle(client, name, v3, approver="bob")
+    assert current_champion(client, name).version == "2"
+    assert "approved_by" not in version_tags(client, name, v3)

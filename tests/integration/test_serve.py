@@ -1,14 +1,18 @@
 """``llmops-dagster serve`` as a real process: real Elasticsearch (the sample corpus indexed by
-the real assets), a real ``mlflow server`` as the tracking store, the packaged SmolLM2 model.
+the real assets), a real ``mlflow server`` with MLflow's auth app as the tracking store (the
+server traces with its own account; this module sets up as the admin), the packaged SmolLM2
+model.
 
 One server per module (models load once); tests run in file order because they share it:
 answers and traces → feedback → bad input → operations → the champion swap under load → the
-web page in headless Chromium → the tracking store going down (last: it stops MLflow).
+web page in headless Chromium → confidential answers (in no trace, by no route) → the tracking
+store going down (last: it stops MLflow).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,11 @@ from llmops_dagster.config import Settings
 from llmops_dagster.rag.bundle import BundleVersion
 from llmops_dagster.serving import trace_keys as keys
 from llmops_dagster.serving.auth import add_key
+from llmops_dagster.serving.service import unknown_trace_message
 from llmops_dagster.serving.store import ServingStore
 from llmops_dagster.serving.testbed import (
+    MlflowAccount,
+    add_mlflow_user,
     index_sample_corpus,
     promote,
     register_test_bundles,
@@ -39,6 +47,7 @@ from llmops_dagster.serving.testbed import (
     start_mlflow_server,
     stop_process,
 )
+from llmops_dagster.text.pii import redact_pii
 from tests.conftest import drop_indices
 
 pytestmark = pytest.mark.integration
@@ -69,6 +78,9 @@ class Served:
     store: ServingStore
     keys: dict[str, str]  # key name → the key itself
     folder: Path
+    admin: MlflowAccount  # MLflow's admin: what this module's MLflow calls run as
+    analyst: MlflowAccount  # READ on the serving experiment, and no business with hr
+    experiment_id: str  # the serving experiment (created by the server's own account)
 
     def auth(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
@@ -97,9 +109,13 @@ def served(
     tmp = tmp_path_factory.mktemp("serve")
     home = tmp / "home"
     home.mkdir()
-    # A real MLflow tracking server: "the tracking store is down" is a real stop.
-    mlflow_proc, tracking_uri = start_mlflow_server(tmp / "mlflow")
+    # A real MLflow tracking server, with users and per-experiment permissions (its auth app):
+    # "the tracking store is down" is a real stop, "who can read a trace" a real login.
+    admin = MlflowAccount.new("admin")
+    mlflow_proc, tracking_uri = start_mlflow_server(tmp / "mlflow", admin=admin)
     alias = f"serve-{uuid.uuid4().hex[:8]}"
+    saved = {name: os.environ.get(name) for name in admin.env()}
+    os.environ.update(admin.env())  # this process's MLflow clients: the admin
     try:
         settings = Settings().override(
             home=home,
@@ -122,7 +138,16 @@ def served(
             "LLMOPS_RATE_LIMIT_BURST": "20",
             "LLMOPS_MAX_WAITING": "64",
         }
-        with serve_process(settings, tmp / "serve.log", **guard_env) as server:
+        # The server's own account: it creates the trace experiment (and so may write to it).
+        server_account = add_mlflow_user(tracking_uri, admin, "llmops-serve")
+        with serve_process(
+            settings, tmp / "serve.log", **guard_env, **server_account.env()
+        ) as server:
+            experiment = client.get_experiment_by_name(settings.serving.trace_experiment)
+            assert experiment is not None, "the server creates its trace experiment at start"
+            analyst = add_mlflow_user(
+                tracking_uri, admin, "analyst", experiments={experiment.experiment_id: "READ"}
+            )
             yield Served(
                 url=server.url,
                 settings=settings,
@@ -133,10 +158,18 @@ def served(
                 store=ServingStore(settings.serving_store_path),
                 keys=keys,
                 folder=tmp,
+                admin=admin,
+                analyst=analyst,
+                experiment_id=experiment.experiment_id,
             )
     finally:
         stop_process(mlflow_proc)
         drop_indices(es_client, alias)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _trace(served: Served, trace_id: str, timeout_s: float = 60, spans: int | None = 4) -> Any:
@@ -209,6 +242,12 @@ def test_answer_is_traced_with_its_spans(served: Served) -> None:
     assert trace.info.tags[keys.TAG_BUNDLE_VERSION] == served.llm.version
     experiment = served.client.get_experiment(trace.info.experiment_id)
     assert experiment.name == "llmops-serving"
+    # A public answer keeps its (PII-redacted) question and answer in the trace, and says so.
+    assert spans["answer"].inputs["question"] == redact_pii(QUESTION).text == QUESTION
+    assert spans["answer"].outputs["answer"] == body["answer"]
+    assert spans["retrieve"].inputs["query"] == QUESTION
+    assert (meta[keys.AUDIENCE], meta[keys.RESTRICTED]) == ('["public"]', "false")
+    assert json.loads(meta[keys.GROUPS]) == ["public"]
 
     row = served.store.answer(body["trace_id"])
     assert row is not None and row["bundle_version"] == served.llm.version
@@ -334,12 +373,27 @@ def test_bad_feedback_is_422(served: Served, payload: dict, message: str) -> Non
 
 
 def test_health_metrics_and_openapi(served: Served) -> None:
-    health = served.get("/healthz")
+    health = served.get("/healthz")  # an operator's key: the report
     assert health.status_code == 200
     report = health.json()
     assert report["ok"] is True
     assert report["elasticsearch"]["ok"] and report["tracking_store"]["ok"]
     assert report["bundle"]["version"] == served.llm.version
+    assert report["bundle"]["last_refresh_error"] is None
+    for key in (None, "ana"):  # anyone else: up or down
+        assert served.get("/healthz", key=key).json() == {"ok": True}
+    # A flood of probes reaches Elasticsearch and MLflow once per 2 s (the cache), not per probe.
+    from concurrent.futures import ThreadPoolExecutor
+
+    time.sleep(2.1)  # the last check is older than the cache's 2 s now
+    before = served.metric("llmops_health_checks")
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda _: served.get("/healthz", key=None).status_code, range(40)))
+    elapsed = time.monotonic() - started
+    assert codes == [200] * 40
+    ran = served.metric("llmops_health_checks") - before
+    assert 1 <= ran <= 1 + int(elapsed // 2.0), (ran, elapsed)  # 1 when the flood took < 2 s
 
     answered = served.metric('llmops_requests_total{route="/v1/answer",status="200"}')
     assert answered >= 2
@@ -458,7 +512,151 @@ def test_confidential_documents_reach_only_their_audience(served: Served, questi
     assert insider["retrieved"][0]["doc_id"] == SALARY_DOC
     assert insider["principal"] == "hr-reader"
     row = served.store.answer(insider["trace_id"])
-    assert row is not None and row["asker_groups"] == ["hr"]
+    assert row is not None and row["asker_groups"] == ["hr"] and row["audience"] == ["hr"]
+
+
+HR_TEXT = ("68,500", "76,250", "84,000", "Curlew", "Remuneration Panel")
+
+
+@contextmanager
+def _as(account: MlflowAccount) -> Iterator[None]:
+    """This process's MLflow clients authenticate as ``account`` for a while."""
+    saved = {name: os.environ.get(name) for name in account.env()}
+    os.environ.update(account.env())
+    try:
+        yield
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def _everything_readable(served: Served, account: MlflowAccount) -> str:
+    """Every trace of the serving experiment, as ``account`` reads it: the client's search and
+    get (spans, assessments, tags, metadata, previews) and the REST routes behind them and
+    the UI (v3 search and get, the v2 search, the trace artifact, the experiment's tags)."""
+    client = MlflowClient(served.settings.mlflow_uri)
+    seen: list[Any] = []
+    with _as(account):
+        traces = client.search_traces(
+            locations=[served.experiment_id], include_spans=True, max_results=500
+        )
+        seen.extend(t.to_dict() for t in traces)
+        for trace in traces:
+            seen.append(client.get_trace(trace.info.trace_id).to_dict())
+    base, auth = served.settings.mlflow_uri, (account.username, account.password)
+    location = {
+        "type": "MLFLOW_EXPERIMENT",
+        "mlflow_experiment": {"experiment_id": served.experiment_id},
+    }
+    found = httpx.post(
+        f"{base}/api/3.0/mlflow/traces/search",
+        json={"locations": [location], "max_results": 500},
+        auth=auth,
+        timeout=60,
+    )
+    assert found.status_code == 200, found.text
+    seen.append(found.text)
+    listed = httpx.get(
+        f"{base}/api/2.0/mlflow/traces",
+        params={"experiment_ids": served.experiment_id, "max_results": 500},
+        auth=auth,
+        timeout=60,
+    )
+    assert listed.status_code == 200, listed.text
+    seen.append(listed.text)
+    ids = [t["trace_id"] for t in found.json()["traces"]]
+    assert ids and set(ids) == {t.info.trace_id for t in traces}
+    for trace_id in ids:
+        for path, params in (
+            ("/api/3.0/mlflow/traces/get", {"trace_id": trace_id}),
+            (f"/api/3.0/mlflow/traces/{trace_id}", {}),
+            ("/ajax-api/2.0/mlflow/get-trace-artifact", {"request_id": trace_id}),
+        ):
+            response = httpx.get(f"{base}{path}", params=params, auth=auth, timeout=60)
+            assert response.status_code == 200, (path, response.text)
+            seen.append(response.text)
+    experiment = httpx.get(
+        f"{base}/api/2.0/mlflow/experiments/get",
+        params={"experiment_id": served.experiment_id},
+        auth=auth,
+        timeout=60,
+    )
+    seen.append(experiment.text)
+    return json.dumps(seen, default=str)
+
+
+def test_an_hr_answer_is_readable_by_no_route_without_hr(served: Served) -> None:
+    """The hr member gets the full answer over HTTP; in MLflow — read as an analyst with READ on
+    the serving experiment, and even as the admin — its trace holds ids, numbers, the bundle and
+    the audience, and no text: not the question, the answer, the passages, the correction or
+    the comment; on disk neither. Someone outside hr cannot even learn it exists by rating it."""
+    tag = uuid.uuid4().hex[:10]
+    question = f"What is the salary range of band P4? (ticket {tag})"
+    response = served.post("/v1/answer", json={"question": question}, key="hr-reader")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    trace_id = body["trace_id"]
+    assert body["retrieved"][0]["doc_id"] == SALARY_DOC
+    # The asker gets it all: an answer from the salary bands, with their passages.
+    assert "salary bands" in body["answer"]
+    assert any(c["doc_id"] == SALARY_DOC and "Salary Bands 2026" in c["text"]
+               for c in body["citations"])  # fmt: skip
+    correction = f"P4 is 68,500 to 84,000 (Curlew {tag}-fix)"
+    comment = f"ask the Remuneration Panel ({tag}-note)"
+    feedback = {"trace_id": trace_id, "rating": "down", "correction": correction,
+                "comment": comment}  # fmt: skip
+    assert served.post("/v1/feedback", json=feedback, key="hr-reader").status_code == 200
+    # Outside hr, the answer does not exist: the same 404 as an id never served.
+    outsider = served.post("/v1/feedback", json=feedback, key="calm")
+    assert outsider.status_code == 404
+    assert outsider.json()["detail"] == unknown_trace_message(trace_id)
+    assert [f.user_id for f in served.store.feedback_for(trace_id)] == ["hr-reader"]
+    row = served.store.answer(trace_id)
+    assert row is not None and (row["question"], row["audience"]) == (question, ["hr"])
+
+    # Wait for the trace and both assessments (the rating and the correction's expectation).
+    _trace(served, trace_id)
+    deadline = time.monotonic() + 60
+    while len(served.client.get_trace(trace_id).info.assessments) < 2:
+        assert time.monotonic() < deadline, "the feedback never reached the trace"
+        time.sleep(0.5)
+
+    mark = "[withheld: audience hr]"
+    secrets = [question, tag, body["answer"], correction, comment, *HR_TEXT]
+    secrets += [c["text"] for c in body["citations"]]
+    for account in (served.analyst, served.admin):
+        text = _everything_readable(served, account)
+        assert trace_id in text  # readable: the trace is there …
+        leaked = [s for s in secrets if s and s in text]
+        assert leaked == [], (account.username, leaked)  # … its text is not
+    trace = served.client.get_trace(trace_id)
+    meta = trace.info.trace_metadata
+    assert (json.loads(meta[keys.AUDIENCE]), meta[keys.RESTRICTED]) == (["hr"], "true")
+    assert json.loads(meta[keys.GROUPS]) == ["hr", "public"]
+    assert json.loads(meta[keys.RETRIEVED_CHUNK_IDS]) == [c["chunk_id"] for c in body["retrieved"]]
+    assert meta[keys.BUNDLE_VERSION] == body["bundle"]["version"]
+    assert trace.info.tags[keys.TAG_AUDIENCE] == "hr"
+    spans = {span.name: span for span in trace.data.spans}
+    assert spans["answer"].inputs["question"] == spans["answer"].outputs["answer"] == mark
+    assessments = {a.name: a for a in trace.info.assessments}
+    assert assessments["user_rating"].feedback.value is False
+    assert assessments["user_rating"].rationale is None
+    assert assessments["expected_answer"].expectation.value == mark
+    # Nor anywhere in MLflow's storage: its database and artifacts hold no trace of the text.
+    for path in (served.folder / "mlflow").rglob("*"):
+        if path.is_file():
+            stored = path.read_bytes().decode("latin-1")
+            assert tag not in stored and correction not in stored, path
+
+    # The lineage walk still finds the chunks (by id) and shows the text as withheld.
+    from click.testing import CliRunner
+
+    from llmops_dagster.cli import main
+    from llmops_dagster.serving.testbed import serve_env
+
+    walked = CliRunner(env=serve_env(served.settings)).invoke(main, ["lineage", trace_id, "--json"])
+    found = json.loads(walked.output)
+    assert (found["question"], found["answer"]) == (mark, mark)
+    assert [c["chunk_id"] for c in found["chunks"]] == [c["chunk_id"] for c in body["retrieved"]]
 
 
 HOSTILE_QUESTIONS = [

@@ -87,8 +87,12 @@ def _champion(settings: Settings) -> str:
     client = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
     bundle = RagBundle(
         generator="extractive",
+        generator_backend="builtin",
         adapter_uri=None,
-        base_model_id="",
+        base_model_id="extractive:v1",
+        weights_digest="",
+        temperature=0.0,
+        repetition_penalty=1.0,
         prompt_uri="prompts:/rag_answer/1",
         prompt_version="0123456789ab",
         retrieval_mode="hybrid_rrf",
@@ -102,7 +106,8 @@ def _champion(settings: Settings) -> str:
         run.log(metrics={TOP_SCORE_MEAN: 0.5})
         registered = register_bundle(client, bundle, run=run, verify=False)
     set_bundle_alias(client, DEFAULT_BUNDLE_MODEL, registered.version, CHAMPION,
-                     evaluation_run_id=run.run_id, decision_summary="test champion")  # fmt: skip
+                     evaluation_run_id=run.run_id, decision_summary="test champion",
+                     expected_champion=None)  # fmt: skip
     return registered.version
 
 
@@ -385,7 +390,7 @@ def _env(settings: Settings) -> dict[str, str]:
 def _tick_evaluation(resources: dict, cursor: str | None, *, expect_skip: str | None = None):
     from jobs.sensors import evaluation_inputs_sensor
 
-    needed = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow")}
+    needed = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow", "models")}
     with dg.build_sensor_context(cursor=cursor, resources=needed) as context:
         events = list(evaluation_inputs_sensor(context))
         if expect_skip is not None:
@@ -406,3 +411,75 @@ def _tick_training(resources: dict, cursor: str | None, *, expect_skip: str | No
             assert isinstance(skip, dg.SkipReason) and expect_skip in str(skip.skip_message)
             return context.cursor
     return [e for e in events if isinstance(e, dg.RunRequest)]
+
+
+def test_a_restricted_answer_reaches_the_warehouse_without_its_text(world: World) -> None:
+    """An hr answer and the hr member's correction: the warehouse tables, the candidates file and
+    the asset's preview (all readable beyond hr) keep the rows with the text withheld; the
+    review command on the server host still reads it."""
+    secret, mark = "Band P4 is 68,500 (Curlew)", "[withheld: audience hr]"
+    uri = world.settings.mlflow_uri
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(world.settings.serving.trace_experiment)
+    try:  # the trace as the server writes it for a restricted answer: no text, its audience
+        with mlflow.start_span("answer") as span:
+            span.set_inputs({"question": mark})
+            mlflow.update_current_trace(
+                metadata={keys.BUNDLE_VERSION: "1", keys.TOTAL_MS: "10",
+                          keys.AUDIENCE: '["hr"]', keys.RESTRICTED: "true"},
+                tags={keys.TAG_SOURCE: "serve"},
+            )  # fmt: skip
+            span.set_outputs({"answer": mark})
+        mlflow.flush_trace_async_logging()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    trace_id = span.trace_id
+    world.store.record_answer(
+        AnswerRecord(
+            trace_id=trace_id,
+            question="What is band P4?",
+            answer=secret,
+            cited_chunk_ids=["c-hr"],
+            retrieved=[ServedChunk("c-hr", "fs:confidential/hr/salary-bands.md", "Bands", 0.8)],
+            bundle_uri=None,
+            bundle_version="1",
+            total_ms=10.0,
+            prompt_tokens=100,
+            completion_tokens=20,
+            cost_usd=0.0,
+            asker_groups=["hr"],
+            audience=["hr"],
+        )
+    )
+    world.store.record_feedback(trace_id, "hr-ann", "down", correction=secret, comment=secret)
+
+    result = _materialize(world, dg.DagsterInstance.ephemeral())
+    settings = world.settings
+    assert _warehouse_rows(
+        settings,
+        "SELECT trace_id, correction, comment, audience, text_withheld FROM raw.serving_feedback"
+        f" WHERE trace_id IN ('{trace_id}', '{world.trace_ids[0]}') ORDER BY updated_at",
+    ) == [
+        (world.trace_ids[0], "Within 30 days, in Ledgerly.", None, '["public"]', False),
+        (trace_id, mark, mark, '["hr"]', True),
+    ]
+    assert _warehouse_rows(
+        settings,
+        f"SELECT audience, restricted FROM raw.serving_traces WHERE trace_id = '{trace_id}'",
+    ) == [('["hr"]', True)]
+    assert _warehouse_rows(
+        settings,
+        "SELECT question, answer, correction, cited_doc_ids, text_withheld"
+        f" FROM llmops.feedback_candidates WHERE trace_id = '{trace_id}'",
+    ) == [(mark, mark, mark, [], True)]
+    candidates = asset_metadata(result, "feedback_candidates")
+    assert candidates["text_withheld"] == 1
+    assert secret not in Path(candidates["path"]).read_text()
+    assert mark in str(candidates["pending_preview"]) and "68,500" not in str(
+        candidates["pending_preview"]
+    )
+    listed = CliRunner().invoke(_cli(), ["feedback", "list", "--json"], env=_env(settings))
+    assert listed.exit_code == 0, listed.output
+    (row,) = [c for c in json.loads(listed.output) if c["trace_id"] == trace_id]
+    assert (row["answer"], row["correction"], row["audience"]) == (secret, secret, ["hr"])

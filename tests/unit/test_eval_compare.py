@@ -1,6 +1,9 @@
-"""Paired comparison: alignment, None handling, bootstrap interval, orientation."""
+"""Paired comparison: alignment, per-metric pairing (None = not measured, errors = 0 and
+counted), bootstrap interval, orientation."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -77,18 +80,65 @@ def test_interval_shrinks_as_cases_grow() -> None:
     assert width(400) < width(40) / 2
 
 
-def test_none_counts_as_zero() -> None:
-    cand = rows({"a": None, "b": 0.8})
-    base = rows({"a": 0.6, "b": 0.8})
+def test_a_case_not_scored_on_either_side_is_left_out_of_that_metric() -> None:
+    """None/NaN = not measured (e.g. not in the judge sample): the case is not paired. The old
+    rule scored it 0 on that side, so 3 judged cases were compared with n = all cases."""
+    cand = rows({"a": None, "b": 0.8, "c": 0.5, "d": float("nan")})
+    base = rows({"a": 0.6, "b": 0.4, "c": None, "d": 0.2})
     c, b = paired_scores(cand, base, "token_f1")
-    assert c.tolist() == [0.0, 0.8] and b.tolist() == [0.6, 0.8]
+    assert c.tolist() == [0.8] and b.tolist() == [0.4]
     (comp,) = compare_runs(cand, base, ["token_f1"])
-    assert comp.diff == pytest.approx(-0.3)
+    assert comp.n == 1 and comp.diff == pytest.approx(0.4)
 
 
-def test_missing_key_counts_as_zero() -> None:
+def test_a_missing_column_is_not_measured() -> None:
     c, b = paired_scores([{"case_id": "a"}], rows({"a": 0.4}), "token_f1")
-    assert c.tolist() == [0.0] and b.tolist() == [0.4]
+    assert c.tolist() == [] and b.tolist() == []
+
+
+def test_judge_metric_on_3_of_30_cases_is_compared_with_n_3() -> None:
+    judged = {f"c{i:02d}": (0.9 if i < 3 else None) for i in range(30)}
+    base_judged = {f"c{i:02d}": (0.6 if i < 3 else None) for i in range(30)}
+    cand = [{**r, "token_f1": 0.5} for r in rows(judged, "faithfulness")]
+    base = [{**r, "token_f1": 0.5} for r in rows(base_judged, "faithfulness")]
+    faith, f1 = compare_runs(cand, base, ["faithfulness", "token_f1"])
+    assert (faith.n, f1.n) == (3, 30)
+    # The old code compared 30 cases with 27 zeros on both sides: diff 0.03 instead of 0.3.
+    assert faith.diff == pytest.approx(0.3) and faith.candidate_mean == pytest.approx(0.9)
+
+
+def test_errors_stay_in_as_zero_and_are_counted_per_side() -> None:
+    """An error is a 0.0 score with the text in ``<metric>_error``: never dropped (it must not
+    help a candidate), and counted on its side among the paired cases."""
+    cand = rows({"a": 0.0, "b": 0.8, "c": 0.7})
+    cand[0]["token_f1_error"] = "JudgeOutputError: empty 'verdicts' list"
+    base = rows({"a": 0.6, "b": 0.0, "c": 0.0})
+    base[1]["token_f1_error"] = "TimeoutError"
+    base[2]["token_f1_error"] = "TimeoutError"
+    (comp,) = compare_runs(cand, base, ["token_f1"])
+    assert comp.n == 3 and (comp.candidate_errors, comp.baseline_errors) == (1, 2)
+    assert comp.diff == pytest.approx((-0.6 + 0.8 + 0.7) / 3)
+    assert comp.error_rate("baseline") == pytest.approx(2 / 3)
+    assert comp.as_row()["baseline_errors"] == 2
+
+
+def test_rows_read_back_from_mlflow_with_nan_mean_not_measured_and_no_error() -> None:
+    nan = float("nan")
+    recorded = [
+        {"case_id": "a", "faithfulness": 1.0, "faithfulness_error": nan},
+        {"case_id": "b", "faithfulness": nan, "faithfulness_error": nan},
+        {"case_id": "c", "faithfulness": 0.0, "faithfulness_error": "JudgeError: down"},
+    ]
+    now = [{"case_id": i, "faithfulness": 0.5} for i in "abc"]
+    (comp,) = compare_runs(now, recorded, ["faithfulness"])
+    assert comp.n == 2 and comp.baseline_errors == 1 and comp.candidate_errors == 0
+
+
+def test_a_metric_no_case_scored_on_both_sides_has_n_0_and_nan_statistics() -> None:
+    (comp,) = compare_runs(rows({"a": None}), rows({"a": 0.5}), ["token_f1"])
+    assert comp.n == 0 and math.isnan(comp.diff) and math.isnan(comp.ci_low)
+    assert comp.as_row()["diff"] is None  # valid JSON
+    assert comp.describe() == "token_f1: not compared (n=0: no case scored on both sides)"
 
 
 def test_aligned_by_case_id_not_order() -> None:
@@ -115,15 +165,14 @@ def test_no_cases_raises() -> None:
         compare_runs([], [], ["token_f1"])
 
 
-def test_latency_is_lower_is_better_and_none_is_worst() -> None:
+def test_latency_is_lower_is_better() -> None:
     cand = rows({"a": 100.0, "b": None, "c": 80.0}, "latency_ms")
     base = rows({"a": 200.0, "b": 150.0, "c": 120.0}, "latency_ms")
-    c, b = paired_scores(cand, base, "latency_ms", higher_is_better=False)
-    assert c.tolist() == [100.0, 200.0, 80.0]  # a failed case never looks fast
-    assert b.tolist() == [200.0, 150.0, 120.0]
+    c, b = paired_scores(cand, base, "latency_ms")
+    assert c.tolist() == [100.0, 80.0] and b.tolist() == [200.0, 120.0]
     (comp,) = compare_runs(cand, base, ["latency_ms"])
-    assert not comp.higher_is_better
-    assert comp.diff == pytest.approx((-100 + 50 - 40) / 3)
+    assert not comp.higher_is_better and comp.n == 2
+    assert comp.diff == pytest.approx((-100 - 40) / 2)
     gain, low, high = comp.improvement()
     assert gain == pytest.approx(-comp.diff) and low == -comp.ci_high and high == -comp.ci_low
 
@@ -147,6 +196,8 @@ def test_as_row_and_describe() -> None:
         "ci_low": -0.0041,
         "ci_high": 0.0662,
         "higher_is_better": True,
+        "candidate_errors": 0,
+        "baseline_errors": 0,
     }
     assert comp.describe() == "token_f1: +0.031 [−0.004, +0.066] (n=150)"
     slow = MetricComparison("latency_ms", 3, 90.0, 100.0, -10.0, -20.0, -1.0, False)

@@ -8,16 +8,18 @@ import json
 import httpx2  # the HTTP library the openai package is built on
 import pytest
 from deepeval.metrics.answer_relevancy.schema import Statements
-from deepeval.metrics.faithfulness.schema import Verdicts
+from deepeval.metrics.faithfulness.schema import Claims, Truths, Verdicts
 from deepeval.metrics.g_eval.schema import ReasonScore
 
 from llmops_dagster.evaluate.judge import (
     JudgeError,
+    JudgeOutputError,
     OpenAICompatibleJudge,
     bounded_json_schema,
     build_judge,
     coerce_to_schema,
     extract_json_object,
+    judge_stats,
     parse_score_range,
 )
 from llmops_dagster.evaluate.judge_schema import json_object_complete
@@ -56,19 +58,57 @@ def test_extract_json_object_repairs_truncation(text: str, expected: dict, repai
     assert extract_json_object(text) == (expected, repaired)
 
 
-def test_coerce_clamps_scores_and_fills_missing_fields() -> None:
+def test_coerce_clamps_scores_into_the_prompts_range() -> None:
     instance, repaired = coerce_to_schema(
         '{"reason": "ok", "score": 15}', ReasonScore, score_range=(0, 10)
     )
     assert isinstance(instance, ReasonScore) and instance.score == 10 and not repaired
     low, _ = coerce_to_schema('{"reason": "ok", "score": -3}', ReasonScore, score_range=(0, 10))
     assert low.score == 0
-    missing, repaired = coerce_to_schema('{"reason": "cut', ReasonScore, score_range=(0, 10))
-    assert isinstance(missing, ReasonScore) and missing.score == 0 and repaired
-    bad_verdicts, repaired = coerce_to_schema('{"verdicts": "nope"}', Verdicts)
-    assert isinstance(bad_verdicts, Verdicts) and bad_verdicts.verdicts == [] and repaired
-    statements, _ = coerce_to_schema("garbage", Statements)
-    assert isinstance(statements, Statements) and statements.statements == []
+    # A number sent as a string is only a number after validation: clamped all the same.
+    text, _ = coerce_to_schema('{"reason": "ok", "score": "15"}', ReasonScore, score_range=(0, 10))
+    assert text.score == 10
+
+
+def test_coerce_counts_a_repaired_truncation_with_complete_fields() -> None:
+    instance, repaired = coerce_to_schema('{"statements": ["a", "b"], "extra', Statements)
+    assert instance.statements == ["a", "b"] and repaired
+
+
+@pytest.mark.parametrize(
+    ("text", "schema", "problem"),
+    [
+        ("garbage", Statements, "no JSON object"),
+        ('{"reason": "cut', ReasonScore, r"repaired JSON does not fit: score: Field required"),
+        ('{"verdicts": "nope"}', Verdicts, r"JSON does not fit: verdicts: Input should be"),
+        ('{"verdicts": [{"verdict": "maybe"}]}', Verdicts, r"verdicts\.0\.verdict: Input should"),
+        ('{"verdicts": []}', Verdicts, "empty 'verdicts' list"),
+        ('{"statements": []}', Statements, "empty 'statements' list"),
+        ('{"claims": []}', Claims, "empty 'claims' list"),
+        ('{"verdicts": [{"verdict": "yes"}]}', ReasonScore, "reason: Field required"),
+    ],
+)
+def test_output_that_does_not_fit_is_an_error_never_a_placeholder(
+    text: str, schema: type, problem: str
+) -> None:
+    """The old placeholders scored as passes: [] verdicts → 1.0, an unknown verdict →
+    "borderline" (passing). Now each raises, naming the schema and what was wrong."""
+    with pytest.raises(JudgeOutputError, match=problem) as info:
+        coerce_to_schema(text, schema, score_range=(0, 10))
+    assert str(info.value).startswith(f"judge output for {schema.__name__}: ")
+    assert isinstance(info.value, JudgeError)
+
+
+def test_truths_may_be_empty() -> None:
+    # An empty retrieval context has no truths; truths are not what gets scored.
+    instance, _ = coerce_to_schema('{"truths": []}', Truths)
+    assert instance.truths == []
+
+
+def test_decoder_schema_forces_a_verdict_but_not_a_claim() -> None:
+    assert bounded_json_schema(Verdicts)["properties"]["verdicts"]["minItems"] == 1
+    assert "minItems" not in bounded_json_schema(Claims)["properties"]["claims"]
+    assert "minItems" not in bounded_json_schema(Statements)["properties"]["statements"]
 
 
 @pytest.mark.parametrize(
@@ -130,6 +170,28 @@ def test_openai_compatible_judge_sync_and_async() -> None:
     assert isinstance(result, ReasonScore) and result.score == 10
     result = asyncio.run(judge.a_generate(GEVAL_PROMPT, schema=ReasonScore))
     assert isinstance(result, ReasonScore) and result.score == 10
+    assert judge.stats.snapshot() == {"calls": 2, "repaired": 0, "failed": 0}
+
+
+def test_openai_compatible_judge_counts_repaired_and_unfit_replies() -> None:
+    replies = iter(['{"statements": ["a"], "cut', '{"statements": []}', "no json"])
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        message = {"role": "assistant", "content": next(replies)}
+        return httpx2.Response(200, json={"choices": [{"index": 0, "message": message}]})
+
+    spec = OpenAIEndpointSpec(base_url="http://judge.local/v1", model="m", max_retries=0)
+    judge = OpenAICompatibleJudge(
+        spec, async_http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    )
+    assert asyncio.run(judge.a_generate("x", schema=Statements)).statements == ["a"]
+    with pytest.raises(JudgeOutputError, match="empty 'statements' list"):
+        asyncio.run(judge.a_generate("x", schema=Statements))
+    with pytest.raises(JudgeOutputError, match="no JSON object"):
+        asyncio.run(judge.a_generate("x", schema=Statements))
+    assert judge.stats.snapshot() == {"calls": 3, "repaired": 1, "failed": 2}
+    assert judge_stats(judge) == {"calls": 3, "repaired": 1, "failed": 2}
+    assert judge_stats(object()) is None  # a judge that keeps no count
 
 
 def test_openai_compatible_judge_json_object_mode_and_plain_text() -> None:
@@ -159,5 +221,6 @@ def test_openai_compatible_judge_errors_are_judge_errors() -> None:
     )
     with pytest.raises(JudgeError, match=r"failed.*HTTP 503.*down"):
         judge.generate("x", schema=ReasonScore)
+    assert (judge.calls, judge.failed_calls) == (1, 1)
     with pytest.raises(JudgeError, match="http"):
         OpenAICompatibleJudge(OpenAIEndpointSpec(base_url="judge.local", model="m"))

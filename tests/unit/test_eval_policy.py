@@ -258,3 +258,147 @@ def test_end_to_end_shifted_candidate_promotes() -> None:
     decision = run(n_cases=30, comparisons=comps)
     assert decision.outcome == "champion"
     assert decision.reasons[0] == "primary token_f1: +0.125 [+0.125, +0.125] (n=30) vs champion v3"
+
+
+# --------------------------------------------------------------------------------------------
+# Per-metric case counts, error rates, the baseline version
+# --------------------------------------------------------------------------------------------
+
+
+def _judged_rows(
+    score: float, judged: int, total: int = 30, *, errors: int = 0
+) -> list[dict[str, object]]:
+    """``total`` cases with deterministic metrics on all, faithfulness on the first ``judged``
+    (None after: not in the judge sample); the first ``errors`` judged cases errored (0.0)."""
+    out: list[dict[str, object]] = []
+    for i in range(total):
+        row: dict[str, object] = {
+            "case_id": f"c{i:02d}",
+            "token_f1": 0.25 + (i % 5) / 20 + score,
+            "recall_at_5": 1.0,
+            "ndcg_at_10": 0.9,
+            "mrr_at_10": 1.0,
+            "faithfulness": (0.0 if i < errors else score) if i < judged else None,
+            "faithfulness_error": "JudgeOutputError: empty 'claims' list" if i < errors else None,
+        }
+        out.append(row)
+    return out
+
+
+def _eval_result(rows: list[dict[str, object]], judged: int) -> object:
+    from llmops_dagster.evaluate.run import EvalResult
+
+    return EvalResult(
+        rows=rows,
+        aggregates={**GOOD, "faithfulness": 0.9},
+        metric_keys=["token_f1", "recall_at_5", "ndcg_at_10", "mrr_at_10"],
+        judge_metric_keys=["faithfulness"],
+        judge="capable-judge",
+        judge_gates=True,
+        judge_cases=judged,
+        errors={},
+        seconds=1.0,
+        engine="deepeval",
+    )
+
+
+def _compare_and_decide(policy: PromotionPolicy, cand: list, base: list, judged: int = 3):
+    """Through ``bundle_eval.compare_and_decide`` (compared_metrics included); the bundles
+    are not read on this path."""
+    from llmops_dagster.evaluate.bundle_eval import BundleEvaluation, compare_and_decide
+
+    candidate = BundleEvaluation("candidate", None, _eval_result(cand, judged))  # type: ignore[arg-type]
+    baseline = BundleEvaluation(BASE, None, _eval_result(base, judged))  # type: ignore[arg-type]
+    return compare_and_decide(candidate, baseline, policy, n_resamples=200, baseline_version="3")
+
+
+def test_a_judge_metric_on_3_of_30_cases_is_compared_and_refused_on_its_own_count() -> None:
+    policy = PromotionPolicy(guards={**DEFAULT_GUARDS, "faithfulness": 0.05}, judge_capable=True)
+    comparisons, decision = _compare_and_decide(
+        policy, _judged_rows(0.125, judged=3), _judged_rows(0.0, judged=3)
+    )
+    by_metric = {c.metric: c for c in comparisons}
+    assert by_metric["faithfulness"].n == 3 and by_metric["token_f1"].n == 30
+    assert decision.outcome == "refused"
+    assert decision.reasons == (
+        "too few cases for faithfulness compared on 3 < 30 paired cases (min_cases)",
+    )
+    allowed = PromotionPolicy(guards=dict(policy.guards), judge_capable=True, allow_few_cases=True)
+    _, decision = _compare_and_decide(
+        allowed, _judged_rows(0.125, judged=3), _judged_rows(0.0, judged=3)
+    )
+    assert decision.outcome == "champion"
+    assert decision.overrides == ("allow_few_cases: faithfulness compared on 3 < 30 paired cases",)
+    assert decision.baseline_version == "3"
+
+
+def test_a_judge_metric_the_policy_does_not_read_does_not_refuse() -> None:
+    policy = PromotionPolicy(judge_capable=True)  # faithfulness compared, but not read
+    _, decision = _compare_and_decide(
+        policy, _judged_rows(0.125, judged=3), _judged_rows(0.0, judged=3)
+    )
+    assert decision.outcome == "champion", decision.reasons
+
+
+def test_a_read_metric_compared_on_no_case_refuses_even_with_allow_few_cases() -> None:
+    policy = PromotionPolicy(primary="faithfulness", allow_few_cases=True, judge_capable=True)
+    never = comp("faithfulness", 0.0, 0.0, 0.0, n=0)
+    decision = run(policy, comparisons=[never, *held_guards()])
+    assert decision.outcome == "refused"
+    assert decision.reasons == (
+        "faithfulness was not compared: no case scored on both sides (n=0)",
+    )
+
+
+def test_a_baseline_that_errors_too_often_refuses_the_decision() -> None:
+    """4 of 30 baseline cases errored (scored 0): the candidate would win on them."""
+    policy = PromotionPolicy(guards={**DEFAULT_GUARDS, "faithfulness": 0.05}, judge_capable=True)
+    comparisons, decision = _compare_and_decide(
+        policy, _judged_rows(0.5, judged=30), _judged_rows(0.5, judged=30, errors=4), judged=30
+    )
+    (faith,) = [c for c in comparisons if c.metric == "faithfulness"]
+    assert (faith.n, faith.candidate_errors, faith.baseline_errors) == (30, 0, 4)
+    assert faith.as_row()["baseline_errors"] == 4
+    assert decision.outcome == "refused"
+    assert decision.reasons == (
+        "baseline (champion v3) errored on faithfulness: 4/30 cases = 13.3% > max_error_rate 5.0%",
+    )
+
+
+def test_a_candidate_that_errors_too_often_refuses_the_decision() -> None:
+    policy = PromotionPolicy(judge_capable=True)  # any compared metric counts, read or not
+    _, decision = _compare_and_decide(
+        policy, _judged_rows(0.6, judged=30, errors=2), _judged_rows(0.5, judged=30), judged=30
+    )
+    assert decision.outcome == "refused"
+    assert decision.reasons == (
+        "candidate errored on faithfulness: 2/30 cases = 6.7% > max_error_rate 5.0%",
+    )
+    lenient = PromotionPolicy(judge_capable=True, max_error_rate=0.1)
+    _, decision = _compare_and_decide(
+        lenient, _judged_rows(0.6, judged=30, errors=2), _judged_rows(0.5, judged=30), judged=30
+    )
+    assert decision.outcome == "champion", decision.reasons
+
+
+def test_error_rate_at_the_limit_passes() -> None:
+    exactly = MetricComparison("token_f1", 40, 0.55, 0.5, 0.05, 0.01, 0.09, True, 2, 2)
+    decision = run(comparisons=[exactly, *held_guards()])  # 2/40 = 5 % is not above 5 %
+    assert decision.outcome == "champion"
+
+
+def test_max_error_rate_config() -> None:
+    assert PromotionPolicy().max_error_rate == 0.05
+    assert PromotionPolicy.from_mapping({"max_error_rate": "0.1"}).max_error_rate == 0.1
+    assert PromotionPolicy().as_params()["policy.max_error_rate"] == "0.05"
+    with pytest.raises(ValueError, match=r"max_error_rate is a fraction of cases in \[0, 1\]"):
+        PromotionPolicy(max_error_rate=1.5)
+
+
+def test_decision_records_the_baseline_version() -> None:
+    decision = run(baseline_version="7")
+    assert decision.baseline_version == "7" and decision.to_dict()["baseline_version"] == "7"
+    assert decision.summary().startswith("champion (vs champion v3, baseline version 7): ")
+    base_model = run()
+    assert base_model.baseline_version is None
+    assert base_model.to_dict()["baseline_version"] is None

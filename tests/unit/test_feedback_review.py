@@ -1,6 +1,7 @@
 """The review step: candidates from the serving store, accept / reject into temp golden and
 training files (idempotent, never both), clear errors that leave the files untouched, and the
-`llmops-dagster feedback` commands."""
+`llmops-dagster feedback` commands; an answer asked as `hr` never becomes training data its
+training audience may not read, nor leaves the store with its text."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from llmops_dagster.serving.review import (
     ReviewError,
     auto_target,
     item_id_for,
+    write_candidates_jsonl,
 )
 from llmops_dagster.serving.store import AnswerRecord, ServedChunk, ServingStore
 from llmops_dagster.train.dataset import file_digest, load_qa_jsonl
@@ -26,6 +28,9 @@ DOWN = "tr-" + "a" * 32  # thumbs-down with a correction
 BARE = "tr-" + "b" * 32  # thumbs-down, no correction
 LIKED = "tr-" + "c" * 32  # thumbs-up only: not a candidate
 NOCITE = "tr-" + "d" * 32  # correction, but the answer cited nothing
+# Asked by an hr member, about the salary bands: restricted. Its hash sends `auto` to training.
+HRQ = "tr-" + "e" * 31 + "1"
+HR_TEXT = ("salary band P4", "68,500", "Curlew")  # in its question, answer, correction, comment
 
 
 @pytest.fixture
@@ -59,13 +64,15 @@ def files(tmp_path: Path) -> dict[str, Path]:
         BARE: ["c-leave"],
         LIKED: ["c-exp-1"],
         NOCITE: [],
+        HRQ: ["c-exp-1"],
     }
     for trace_id, cited in cited_by_trace.items():
+        hr = trace_id == HRQ
         store.record_answer(
             AnswerRecord(
                 trace_id=trace_id,
-                question=f"question of {trace_id[3:6]}?",
-                answer="a wrong answer",
+                question="What is salary band P4?" if hr else f"question of {trace_id[3:6]}?",
+                answer="68,500 (see Curlew)" if hr else "a wrong answer",
                 cited_chunk_ids=cited,
                 retrieved=retrieved,
                 bundle_uri="models:/llmops-rag-bundle/2",
@@ -74,7 +81,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
                 prompt_tokens=10,
                 completion_tokens=3,
                 cost_usd=0.0,
-                asker_groups=["hr"] if trace_id == BARE else [],
+                asker_groups=["hr"] if hr else [],
+                audience=["hr"] if hr else ["public"],
             )
         )
     store.record_feedback(DOWN, "ann", "down", correction="Within 30 days.", comment="too vague")
@@ -82,11 +90,16 @@ def files(tmp_path: Path) -> dict[str, Path]:
     store.record_feedback(BARE, "ann", "down")
     store.record_feedback(LIKED, "ann", "up")
     store.record_feedback(NOCITE, "bob", "up", correction="Tuesday and Thursday.")
+    store.record_feedback(
+        HRQ, "hr-ann", "down", correction="Band P4 is 68,500.", comment="Curlew has it"
+    )
     return {"golden": golden, "train": train, "store": tmp_path / "serving.db"}
 
 
-def _review(files: dict[str, Path]) -> FeedbackReview:
-    return FeedbackReview(files["store"], files["golden"], files["train"])
+def _review(files: dict[str, Path], train_groups: tuple[str, ...] = ()) -> FeedbackReview:
+    return FeedbackReview(
+        files["store"], files["golden"], files["train"], train_groups=train_groups
+    )
 
 
 def _snapshot(files: dict[str, Path]) -> tuple[bytes, bytes]:
@@ -95,7 +108,8 @@ def _snapshot(files: dict[str, Path]) -> tuple[bytes, bytes]:
 
 def test_candidates_are_thumbs_down_or_corrected_answers(files: dict[str, Path]) -> None:
     candidates = _review(files).candidates()
-    assert [c.trace_id for c in candidates] == [DOWN, BARE, NOCITE]
+    assert [c.trace_id for c in candidates] == [DOWN, BARE, NOCITE, HRQ]
+    assert [c.audience for c in candidates] == [["public"]] * 3 + [["hr"]]
     down = candidates[0]
     assert (down.thumbs_down, down.thumbs_up, down.correction) == (1, 1, "Within 30 days.")
     assert down.comments == ["too vague"]
@@ -148,10 +162,10 @@ def test_accept_into_train_with_an_answer_and_documents(files: dict[str, Path]) 
 
 def test_a_golden_item_keeps_the_askers_groups(files: dict[str, Path]) -> None:
     review = _review(files)
-    assert review.candidate(BARE).asker_groups == ["hr"]
-    review.accept(BARE, answer="Ask HR.", to="golden")
+    assert review.candidate(HRQ).asker_groups == ["hr"]
+    review.accept(HRQ, answer="Ask HR.", to="golden")
     item = load_golden(files["golden"]).items[-1]
-    assert item.question == "question of bbb?" and item.groups == ("hr",)
+    assert item.question == "What is salary band P4?" and item.groups == ("hr",)
     review.accept(DOWN, to="golden")  # asked publicly: no groups written
     assert "groups" not in json.loads(files["golden"].read_text().splitlines()[-1])
 
@@ -200,6 +214,64 @@ def test_a_malformed_target_file_is_refused(files: dict[str, Path]) -> None:
     assert _snapshot(files) == snapshot
 
 
+def test_training_refuses_what_its_audience_may_not_read_and_says_why(
+    files: dict[str, Path],
+) -> None:
+    review = _review(files)
+    snapshot = _snapshot(files)
+    with pytest.raises(ReviewError) as refused:
+        review.accept(HRQ, to="train")
+    message = str(refused.value)
+    assert "readable only by hr" in message and "training audience (public" in message
+    assert "LLMOPS_TRAIN_GROUPS" in message and "--to golden" in message
+    assert _snapshot(files) == snapshot and review.candidate(HRQ).status == "pending"
+
+
+def test_auto_sends_a_restricted_candidate_to_golden_and_says_so(files: dict[str, Path]) -> None:
+    assert auto_target(HRQ) == "train"  # what the hash alone would do
+    result = _review(files).accept(HRQ)
+    assert result.target == "golden" and result.appended
+    assert result.note == (
+        "routed to the golden set: readable only by hr, which the training audience "
+        "(public, LLMOPS_TRAIN_GROUPS) cannot read"
+    )
+    assert [i.id for i in load_qa_jsonl(files["train"])] == ["t01"]
+    assert load_golden(files["golden"]).items[-1].groups == ("hr",)
+
+
+def test_a_training_audience_that_may_read_it_takes_it_with_its_groups(
+    files: dict[str, Path],
+) -> None:
+    result = _review(files, train_groups=("hr",)).accept(HRQ, to="auto")
+    assert (result.target, result.note) == ("train", None)
+    item = load_qa_jsonl(files["train"])[-1]
+    assert (item.id, item.groups) == (item_id_for(HRQ), ("hr",))
+    assert item.reference_answer == "Band P4 is 68,500."
+
+
+def test_restricted_candidates_leave_the_store_without_their_text(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    candidates = _review(files).candidates()
+    path = write_candidates_jsonl(candidates, tmp_path / "candidates.jsonl")
+    rows = {row["trace_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    assert set(rows) == {DOWN, BARE, NOCITE, HRQ}
+    mark = "[withheld: audience hr]"
+    hr = rows[HRQ]
+    assert (hr["question"], hr["answer"], hr["correction"], hr["comments"]) == (
+        mark, mark, mark, [mark]
+    )  # fmt: skip
+    assert (hr["cited_doc_ids"], hr["audience"], hr["text_withheld"]) == ([], ["hr"], True)
+    assert (hr["thumbs_down"], hr["cited_chunk_ids"]) == (1, ["c-exp-1"])
+    assert not [text for text in HR_TEXT if text in path.read_text()]
+    public = rows[DOWN]  # a public answer's row keeps its text
+    assert (public["correction"], public["comments"], public["text_withheld"]) == (
+        "Within 30 days.", ["too vague"], False
+    )  # fmt: skip
+    # The reviewer on the server host still reads it all.
+    assert _review(files).candidate(HRQ).correction == "Band P4 is 68,500."
+
+
 def _env(files: dict[str, Path], tmp_path: Path) -> dict[str, str]:
     return {
         "LLMOPS_HOME": str(tmp_path / "home"),
@@ -207,6 +279,7 @@ def _env(files: dict[str, Path], tmp_path: Path) -> dict[str, str]:
         "LLMOPS_GOLDEN": str(files["golden"]),
         "LLMOPS_TRAIN_QA": str(files["train"]),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "COLUMNS": "300",  # the list's table unwrapped, as on a wide terminal
     }
 
 
@@ -216,7 +289,7 @@ def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
     runner, env = CliRunner(), _env(files, tmp_path)
     listed = runner.invoke(main, ["feedback", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
-    assert [c["trace_id"] for c in json.loads(listed.output)] == [DOWN, BARE, NOCITE]
+    assert [c["trace_id"] for c in json.loads(listed.output)] == [DOWN, BARE, NOCITE, HRQ]
     table = runner.invoke(main, ["feedback", "list"], env=env)
     assert table.exit_code == 0 and "tr-aaaa" in table.output
 
@@ -240,10 +313,16 @@ def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
     assert again.exit_code == 0 and "already accepted: unchanged" in again.output
     assert load_golden(files["golden"]).version == digest
 
+    refused = runner.invoke(main, ["feedback", "accept", HRQ, "--to", "train"], env=env)
+    assert refused.exit_code == 1 and "cannot read it" in refused.output
+    assert "--to golden" in refused.output
+    listed = runner.invoke(main, ["feedback", "list"], env=env)
+    assert "68,500" in listed.output  # the review command reads the store on the server host
+
     rejected = runner.invoke(main, ["feedback", "reject", BARE], env=env)
     assert rejected.exit_code == 0 and f"{BARE}: rejected" in rejected.output
     pending = runner.invoke(main, ["feedback", "list", "--json"], env=env)
-    assert [c["trace_id"] for c in json.loads(pending.output)] == [NOCITE]
+    assert [c["trace_id"] for c in json.loads(pending.output)] == [NOCITE, HRQ]
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
@@ -280,7 +359,19 @@ def test_the_candidates_table_is_replaced_on_either_warehouse(
 
     candidates = _review(files).candidates()
     table = "llmops.feedback_candidates"
-    assert write_candidates_table(warehouse, candidates, table) == 3
+    assert write_candidates_table(warehouse, candidates, table) == 4
+    # The warehouse is read beyond hr: the row is there, its text is not.
+    (hr_row,) = warehouse.fetchall(
+        f"SELECT question, answer, correction, comments, cited_doc_ids, audience, text_withheld"
+        f" FROM {table} WHERE trace_id = '{HRQ}'"
+    )
+    mark = "[withheld: audience hr]"
+    assert (hr_row[0], hr_row[1], hr_row[2], list(hr_row[3]), list(hr_row[4])) == (
+        mark, mark, mark, [mark], []
+    )  # fmt: skip
+    assert (list(hr_row[5]), hr_row[6]) == (["hr"], True)
+    dumped = json.dumps(warehouse.fetchall(f"SELECT * FROM {table}"), default=str)
+    assert not [text for text in HR_TEXT if text in dumped]
     assert write_candidates_table(warehouse, candidates[:1], table) == 1  # replaced, not added
     rows = warehouse.fetchall(f"SELECT trace_id, comments, cited_doc_ids, thumbs_up FROM {table}")
     assert [(r[0], list(r[1]), list(r[2]), r[3]) for r in rows] == [
@@ -305,3 +396,26 @@ def test_the_serving_metrics_table_is_replaced_on_either_warehouse(warehouse) ->
         f"FROM {METRICS_TABLE}"
     )
     assert rows == [("2026-12-01", "3", 1, 100.0, 0.0, 0.25)]
+
+
+def test_cli_says_auto_sent_a_restricted_candidate_to_golden(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from llmops_dagster.cli import main
+
+    routed = CliRunner().invoke(main, ["feedback", "accept", HRQ], env=_env(files, tmp_path))
+    assert routed.exit_code == 0, routed.output
+    assert f"{HRQ}: routed to the golden set: readable only by hr" in routed.output
+    assert "appended to the golden set" in routed.output
+
+
+def test_cli_takes_the_training_audience_from_its_setting(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from llmops_dagster.cli import main
+
+    env = {**_env(files, tmp_path), "LLMOPS_TRAIN_GROUPS": "hr"}
+    allowed = CliRunner().invoke(main, ["feedback", "accept", HRQ, "--to", "train"], env=env)
+    assert allowed.exit_code == 0, allowed.output
+    assert "appended to the train set" in allowed.output
+    assert load_qa_jsonl(files["train"])[-1].groups == ("hr",)

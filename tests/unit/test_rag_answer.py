@@ -175,3 +175,148 @@ def test_the_extractive_answerer_answers_without_a_prompt_or_tokens() -> None:
     assert result.cited_chunk_ids == [A] and result.citations_inferred is False
     assert (result.prompt_tokens, result.completion_tokens, result.prompt_ms) == (0, 0, 0.0)
     assert result.model_id.startswith("extractive:v1")
+
+
+class ChunkedIndex:
+    """A fake retriever over 40 chunks of 12 documents: the top 10 chunks come from 4
+    documents (3 + 3 + 2 + 2 chunks), the documents after that have 1 chunk each, then more.
+
+    ``reorder_deeper``: a search deeper than 10 returns the top in another order, as an
+    approximate kNN search with more candidates may."""
+
+    def __init__(self, *, reorder_deeper: bool = False, size: int = 40) -> None:
+        docs = ["d0"] * 3 + ["d1"] * 3 + ["d2"] * 2 + ["d3"] * 2
+        docs += [f"d{i}" for i in range(4, 12)] + ["d0"] * (size - 18)
+        self.hits = [
+            Hit(f"c{i:02d}", doc, f"text {i} of {doc}", doc, 1.0 - i / 100)
+            for i, doc in enumerate(docs[:size])
+        ]
+        self.reorder_deeper = reorder_deeper
+        self.calls: list[int] = []
+
+    def search(
+        self, query: str, *, mode: str = "hybrid_rrf", k: int = 5, **access: object
+    ) -> list[Hit]:
+        self.calls.append(k)
+        hits = self.hits[:k]
+        if self.reorder_deeper and k > 10:
+            hits = [hits[1], hits[0], *hits[2:]]
+        return hits
+
+
+def _answer(retriever: ChunkedIndex, **kwargs: object):
+    generator = FakeGenerator(["It was 2020."])
+    result = answer("q?", retriever=retriever, generator=generator, **kwargs)  # type: ignore[arg-type]
+    return result, generator
+
+
+def test_depth_counts_documents_the_ranking_is_fetched_deeper_until_10_documents() -> None:
+    """The first 10 chunks hold 4 documents: the old single search kept them, so nDCG@10 was
+    computed over 4 documents. Now a deeper search (20 chunks) fills the ranking up to the
+    chunk that brings the 10th document, and the prompt's k chunks stay those of the first."""
+    retriever = ChunkedIndex(reorder_deeper=True)
+    result, generator = _answer(retriever, k=3, depth=10)
+    assert retriever.calls == [10, 20]
+    ranked = [c.chunk_id for c in result.ranked]
+    # The first ranking unchanged (c00, c01, … even though the deeper search swapped c00/c01),
+    # then the first chunk of each new document up to the 10th distinct document.
+    assert ranked == [f"c{i:02d}" for i in range(16)]
+    assert len(dict.fromkeys(result.ranked_doc_ids)) == 10
+    assert result.retrieved_ids == ["c00", "c01", "c02"]
+    (prompt,) = generator.seen
+    assert "c00" in prompt[1]["content"] and "c03" not in prompt[1]["content"]  # type: ignore[index]
+
+
+def test_fill_stops_when_the_index_runs_out() -> None:
+    retriever = ChunkedIndex(size=14)  # 14 chunks of 8 documents in all
+    result, _ = _answer(retriever, k=3, depth=10)
+    assert retriever.calls == [10, 20]  # 14 < 20 asked: nothing more to fetch
+    assert [c.chunk_id for c in result.ranked] == [f"c{i:02d}" for i in range(14)]
+    short = ChunkedIndex(size=6)
+    result, _ = _answer(short, k=3, depth=10)
+    assert short.calls == [10]  # the first search was not full: the index has no more
+
+
+def test_no_deeper_search_when_the_first_holds_enough_documents() -> None:
+    retriever = ChunkedIndex()
+    _answer(retriever, k=10, depth=4)  # 10 chunks, 4 documents
+    assert retriever.calls == [10]
+    retriever = FakeRetriever()  # 2 chunks of 2 documents, depth 2
+    answer("q?", retriever=retriever, generator=FakeGenerator(["x"]), k=1, depth=2)
+    assert retriever.calls == [("q?", "hybrid_rrf", 2)]
+
+
+def test_deepening_doubles_up_to_the_cap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import llmops_dagster.rag.answer as answer_module
+
+    monkeypatch.setattr(answer_module, "MAX_RANKING_CHUNKS", 30)
+    retriever = ChunkedIndex(size=40)
+    docs = ["same"] * 40
+    retriever.hits = [Hit(f"c{i:02d}", d, "t", d, 1.0) for i, d in enumerate(docs)]
+    result, _ = _answer(retriever, k=3, depth=10)
+    assert retriever.calls == [10, 20, 30]
+    assert len(result.ranked) == 10  # one document: nothing new to append
+    assert "holds 1 of 10 documents after 30 chunks" in caplog.text
+
+
+def test_serving_answers_skip_the_deeper_fetch_with_the_same_prompt_chunks() -> None:
+    from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
+
+    prompt = PromptTemplate.from_text("t", "[system]\nS\n[user]\n{{context}}\n{{question}}")
+    retriever = ChunkedIndex(reorder_deeper=True)
+    pipeline = RagPipeline(
+        retriever=retriever,
+        generator=FakeGenerator(["a", "b"]),
+        prompt=prompt,
+        retrieval=RetrievalSettings(mode="knn", k=3, metrics_depth=10),
+    )
+    served = pipeline.answer("q?")
+    assert retriever.calls == [10]
+    evaluated = pipeline.answer_many(["q?"])[0]
+    assert retriever.calls == [10, 10, 20]
+    assert served.retrieved_ids == evaluated.retrieved_ids == ["c00", "c01", "c02"]
+    assert [h.chunk_id for h in pipeline.context("q?")] == ["c00", "c01", "c02"]
+    assert retriever.calls[-1] == 10  # the context searches as deep as answering does
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"k": 0}, "retrieval k must be a positive integer, got 0"),
+        ({"metrics_depth": 0}, "retrieval metrics_depth must be a positive integer, got 0"),
+        ({"metrics_depth": "10"}, "retrieval metrics_depth must be a positive integer"),
+        ({"mode": ""}, "retrieval mode must be a non-empty string"),
+    ],
+)
+def test_retrieval_settings_reject_bad_values(settings: dict, message: str) -> None:
+    from llmops_dagster.rag.pipeline import RetrievalSettings
+
+    with pytest.raises(ValueError, match=message):
+        RetrievalSettings(**settings)
+
+
+def test_evaluation_refuses_a_ranking_shallower_than_its_deepest_metric() -> None:
+    from llmops_dagster.evaluate.bundle_eval import evaluate_pipeline
+    from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
+    from llmops_dagster.evaluate.metrics import MRR, NDCGAtK, RecallAtK
+    from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
+
+    retriever = ChunkedIndex()
+    pipeline = RagPipeline(
+        retriever=retriever,
+        generator=FakeGenerator(["a"]),
+        prompt=PromptTemplate.from_text("t", "[system]\nS\n[user]\n{{context}}\n{{question}}"),
+        retrieval=RetrievalSettings(k=3, metrics_depth=5),
+    )
+    golden = GoldenSet.from_items([GoldenItem("q1", "q?", ("d0",), "a")], name="g")
+    with pytest.raises(
+        ValueError,
+        match=r"metrics_depth 5 is shallower than the deepest retrieval metric "
+        r"\(mrr_at_10, ndcg_at_10: 10 documents\): set metrics_depth >= 10",
+    ):
+        evaluate_pipeline(pipeline, golden, metrics=[RecallAtK(5), MRR(10), NDCGAtK(10)])
+    assert retriever.calls == []  # refused before answering anything
+    result = evaluate_pipeline(pipeline, golden, metrics=[RecallAtK(5)])  # 5 is deep enough
+    assert result.rows[0]["recall_at_5"] == 1.0

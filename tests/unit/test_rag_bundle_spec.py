@@ -8,15 +8,21 @@ from typing import Any
 
 import pytest
 
+from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.bundle import BundleError, RagBundle
 from llmops_dagster.rag.prompt_registry import PromptRegistryError, parse_prompt_uri, prompt_uri
 
 pytestmark = pytest.mark.unit
 
+DIGEST = "sha256:" + "ab" * 32
 DATA: dict[str, Any] = {
     "generator": "llm",
+    "generator_backend": "local",
     "adapter_uri": "models:/llmops-generator-lora/3",
     "base_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "weights_digest": DIGEST,
+    "temperature": 0.0,
+    "repetition_penalty": 1.1,
     "prompt_uri": "prompts:/rag_answer/2",
     "prompt_version": "0123456789ab",
     "retrieval_mode": "hybrid",
@@ -38,13 +44,22 @@ def test_dict_and_tags_round_trip() -> None:
         isinstance(v, str) for v in tags.values()
     )
     assert tags["bundle.retrieval_k"] == "3"
+    assert tags["bundle.repetition_penalty"] == "1.1"
     assert RagBundle.from_tags(tags | {"llmops.kind": "rag_bundle", "decision": "x"}) == bundle
 
     base_only = replace(bundle, adapter_uri=None)
     assert base_only.as_tags()["bundle.adapter_uri"] == ""
     assert RagBundle.from_tags(base_only.as_tags()) == base_only
-    extractive = replace(base_only, generator="extractive", base_model_id="")
+    extractive = replace(
+        base_only,
+        **RagBundle.generator_fields(GeneratorPin("builtin", "extractive:v1")),
+    )
     assert RagBundle.from_tags(extractive.as_tags()) == extractive
+    endpoint = replace(
+        base_only, **RagBundle.generator_fields(GeneratorPin("openai", "qwen2.5-7b", "", 0.2))
+    )
+    assert RagBundle.from_tags(endpoint.as_tags()) == endpoint
+    assert endpoint.generator_pin == GeneratorPin("openai", "qwen2.5-7b", "", 0.2, 1.0)
 
 
 def test_key_is_stable_and_content_addressed() -> None:
@@ -54,20 +69,58 @@ def test_key_is_stable_and_content_addressed() -> None:
     assert replace(a, metrics_depth=20).key() != a.key()
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"weights_digest": "sha256:" + "cd" * 32},
+        {"temperature": 0.7},
+        {"repetition_penalty": 1.0},
+        {"base_model_id": "HuggingFaceTB/SmolLM2-360M-Instruct"},
+        {"generator_backend": "openai", "weights_digest": "", "repetition_penalty": 1.0,
+         "adapter_uri": None},
+    ],
+)  # fmt: skip
+def test_every_generator_setting_is_part_of_the_key(changes: dict[str, Any]) -> None:
+    """A different model, weights file, endpoint or decoding setting is a different bundle,
+    so it is evaluated before it can answer as the champion."""
+    base = RagBundle.from_dict(DATA)
+    assert replace(base, **changes).key() != base.key()
+
+
 def test_describe_is_one_line() -> None:
     text = RagBundle.from_dict(DATA).describe()
     assert "\n" not in text
     for part in ("models:/llmops-generator-lora/3", "prompts:/rag_answer/2", "llmops-chunks-v7"):
         assert part in text
-    extractive = RagBundle.from_dict(DATA | {"generator": "extractive", "adapter_uri": None})
-    assert extractive.describe().startswith("extractive")
+    assert "local:HuggingFaceTB/SmolLM2-135M-Instruct weights sha256:abababab" in text
+    assert "(t=0 rp=1.1)" in text
+    extractive = RagBundle.from_dict(
+        DATA
+        | RagBundle.generator_fields(GeneratorPin("builtin", "extractive:v1"))
+        | {"adapter_uri": None}
+    )
+    assert extractive.describe().startswith("extractive:v1 (≤128 tokens)")
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"generator": "extractive"}, "extractive bundle has no adapter_uri"),
+        ({"generator": "extractive"}, "cannot run on backend 'local'"),
         ({"generator": "gpt"}, "generator"),
+        ({"generator_backend": "openai"}, "weights_digest is for local weights only"),
+        (
+            {"generator_backend": "openai", "weights_digest": "", "repetition_penalty": 1.0},
+            "a LoRA adapter is loaded on the local base model",
+        ),
+        (
+            {"generator_backend": "openai", "weights_digest": "", "adapter_uri": None},
+            "the OpenAI API has no repetition penalty",
+        ),
+        ({"weights_digest": ""}, "a local generator needs weights_digest"),
+        ({"weights_digest": "abc"}, "a local generator needs weights_digest"),
+        ({"temperature": -0.1}, "temperature must be a number >= 0"),
+        ({"temperature": "0"}, "temperature must be a number >= 0"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
         ({"adapter_uri": "models:/llmops-generator-lora@champion"}, "adapter_uri"),
         ({"adapter_uri": "runs:/abc/adapter"}, "adapter_uri"),
         ({"prompt_uri": "prompts:/rag_answer@production"}, "prompt_uri"),
@@ -92,8 +145,11 @@ def test_from_dict_is_strict() -> None:
     without_depth = {k: v for k, v in DATA.items() if k != "metrics_depth"}
     with pytest.raises(BundleError, match="metrics_depth"):
         RagBundle.from_dict(without_depth)
-    with pytest.raises(BundleError, match=r"unknown \['temperature'\]"):
-        RagBundle.from_dict(DATA | {"temperature": 0.2})
+    with pytest.raises(BundleError, match=r"unknown \['top_p'\]"):
+        RagBundle.from_dict(DATA | {"top_p": 0.9})
+    legacy = {k: v for k, v in DATA.items() if k not in ("generator_backend", "weights_digest")}
+    with pytest.raises(BundleError, match="registered before bundles pinned their whole"):
+        RagBundle.from_dict(legacy)
     with pytest.raises(BundleError, match="retrieval_k"):
         RagBundle.from_tags(RagBundle.from_dict(DATA).as_tags() | {"bundle.retrieval_k": "-1"})
 

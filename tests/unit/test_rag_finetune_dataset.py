@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmops_dagster.access import Principal
+from llmops_dagster.access import AccessError, Principal
 from llmops_dagster.models.local import LoadedModel
 from llmops_dagster.models.source import ModelSource
 from llmops_dagster.rag.prompts import load_prompt
@@ -94,8 +94,12 @@ def test_examples_use_the_chat_template_and_cite_relevant_chunks() -> None:
     assert example.completion.startswith(example.reference_answer)
 
 
+def _audience(sample_dir: Path):
+    return default_sources_config(sample_dir).filesystem.audience_for  # type: ignore[union-attr]
+
+
 def test_corpus_context_comes_from_the_relevant_documents(sample_dir: Path) -> None:
-    context = corpus_context_fn(sample_dir, k=2)
+    context = corpus_context_fn(sample_dir, k=2, audience=_audience(sample_dir))
     item = load_qa_jsonl()[0]
     passages = context(item)
     assert passages and all(p.doc_id in item.relevant_doc_ids for p in passages)
@@ -118,6 +122,79 @@ def test_corpus_context_keeps_out_what_the_principal_may_not_read(sample_dir: Pa
     passages = corpus_context_fn(sample_dir, k=2, audience=audience, principal=hr)(item)
     assert [p.doc_id for p in passages] == ["fs:confidential/hr/salary-bands.md"] * 2
     assert "£68,500" in " ".join(p.text for p in passages)
+
+
+def test_corpus_context_without_an_audience_rule_is_refused(sample_dir: Path) -> None:
+    """Without the rule nothing says which files are confidential: no unfiltered default (it
+    used to hand the salary bands to anyone)."""
+    with pytest.raises(AccessError, match="needs audience="):
+        corpus_context_fn(sample_dir, k=2)
+    with pytest.raises(AccessError, match="needs audience="):
+        corpus_context_fn(sample_dir, k=2, principal=Principal("hr-reader", frozenset({"hr"})))
+
+
+def _grouped_qa(tmp_path: Path) -> Path:
+    rows = [
+        {"id": f"p{n}", "question": f"public question {n}?", "reference_answer": "yes"}
+        for n in range(4)
+    ]
+    rows.append(
+        {"id": "h1", "question": "Salary band P4?", "reference_answer": "68,500", "groups": ["hr"]}
+    )
+    rows.append(
+        {"id": "hs", "question": "Both?", "reference_answer": "x", "groups": ["security", "hr"]}
+    )
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _ids(dataset: Any) -> set[str]:
+    return {e.id for e in dataset.train + dataset.validation}
+
+
+def test_training_keeps_only_what_its_audience_may_read(tmp_path: Path) -> None:
+    path = _grouped_qa(tmp_path)
+    items = load_qa_jsonl(path)
+    assert [i.groups for i in items][-2:] == [("hr",), ("hr", "security")]
+    assert "groups" not in items[-1].extra
+    tok = ChatMLTokenizer()
+    public = build_sft_dataset(path, tokenizer=tok)  # default: the public audience
+    assert _ids(public) == {"p0", "p1", "p2", "p3"}
+    assert (public.dropped, public.audience) == (2, ("public",))
+    assert public.summary()["n_dropped_audience"] == 2 and public.summary()["audience"] == "public"
+    assert "68,500" not in public.canonical_jsonl()
+    hr = build_sft_dataset(path, tokenizer=tok, audience=Principal("t", frozenset({"hr"})))
+    assert _ids(hr) == {"p0", "p1", "p2", "p3", "h1"} and hr.dropped == 1
+    both = Principal("t", frozenset({"hr", "security"}))
+    assert build_sft_dataset(path, tokenizer=tok, audience=both).dropped == 0
+
+
+def test_an_audience_that_can_read_too_little_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"h{n}", "question": "q", "reference_answer": "a", "groups": ["hr"]})
+            + "\n"
+            for n in range(3)
+        )
+    )
+    with pytest.raises(DatasetError, match="0 of 3 QA items are readable by the training audience"):
+        build_sft_dataset(path, tokenizer=ChatMLTokenizer())
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [('"hr"', "groups must be a list"), ('["Human Resources"]', "invalid group name")],
+)
+def test_bad_item_groups_name_the_file_and_line(tmp_path: Path, groups: str, match: str) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "q", "reference_answer": "r"}\n'
+        f'{{"id": "b", "question": "q", "reference_answer": "r", "groups": {groups}}}\n'
+    )
+    with pytest.raises(DatasetError, match=rf"qa\.jsonl:2: .*{match}"):
+        load_qa_jsonl(path)
 
 
 def test_retriever_context_passes_the_principal_only_when_given() -> None:

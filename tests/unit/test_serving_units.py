@@ -130,7 +130,9 @@ def test_duplicate_trace_id_is_refused(tmp_path: Path) -> None:
 # --- the bundle swap ----------------------------------------------------------------------------
 def _version(number: str) -> BundleVersion:
     bundle = RagBundle(
-        generator="extractive", adapter_uri=None, base_model_id="m", prompt_uri="prompts:/p/1",
+        generator="extractive", generator_backend="builtin", adapter_uri=None,
+        base_model_id="m", weights_digest="", temperature=0.0, repetition_penalty=1.0,
+        prompt_uri="prompts:/p/1",
         prompt_version="h", retrieval_mode="bm25", retrieval_k=3, max_new_tokens=8,
         embedding_model_id="e", index_name="i-1", index_alias="i",
     )  # fmt: skip
