@@ -16,18 +16,24 @@ is scored on:
 
 Usage::
 
-    .venv/bin/python benchmarks/chunkers.py ../shared/bench/scifact/corpus.jsonl \
-        [--limit 2000] [--group 1] [--chunk-size 200] [--overlap 32]
+    .venv/bin/python benchmarks/chunkers.py [CORPUS[:GROUP] ...] \
+        [--limit 2000] [--chunk-size 200] [--overlap 32]
 
-The corpus is a JSONL file (``text`` field, ``title`` optional) or a folder of ``.md``/``.txt``
-files. ``--group N`` concatenates N records into one Markdown document with ``## title``
-headings, to exercise long, structured inputs. Results go to ``benchmarks/results/chunkers.json``.
+Each ``CORPUS`` is a JSONL file (``text`` field, ``title`` optional) or a folder of
+``.md``/``.txt`` files; ``:GROUP`` (default ``--group``, 1) concatenates GROUP records into one
+Markdown document with ``## title`` headings, to exercise long, structured inputs. Without
+arguments one run measures the three inputs the choice was made on: SciFact abstracts one by one
+(``../shared/bench/scifact/corpus.jsonl:1``), ten to a document (``…:10``) and the sample corpus
+(``data/sample:1``). Every input of a run goes into ``benchmarks/results/chunkers.json`` through
+``results_file.write_results`` (git sha, the last three runs' headline under ``history``); a
+run replaces the whole file, so it never mixes inputs measured on different code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -36,10 +42,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from results_file import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
+SCIFACT = ROOT.parent / "shared" / "bench" / "scifact" / "corpus.jsonl"
+DEFAULT_INPUTS = (f"{SCIFACT}:1", f"{SCIFACT}:10", f"{ROOT / 'data' / 'sample'}:1")
+#: The project's chunker and the library it is compared with in the headline (the best of the
+#: libraries on quality, see llmops_dagster/text/chunking.py).
+PROJECT_CHUNKER = "llmops_dagster chunk_document"
+REFERENCE_CHUNKER = "semantic-text-splitter (Text)"
 
 
 def load_corpus(path: Path, limit: int, group: int) -> list[str]:
@@ -64,7 +78,9 @@ def load_corpus(path: Path, limit: int, group: int) -> list[str]:
     return docs
 
 
-def make_candidates(tokenizer: Any, chunk_size: int, overlap: int) -> dict[str, Callable]:
+def make_candidates(
+    tokenizer: Any, chunk_size: int, overlap: int
+) -> tuple[dict[str, Callable], Callable[[str], int]]:
     import semantic_text_splitter as sts
     import semchunk
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -152,70 +168,123 @@ def measure(
     }
 
 
+def parse_input(spec: str, default_group: int) -> tuple[Path, int]:
+    """``CORPUS[:GROUP]`` -> (path, group); a spec without a numeric ``:GROUP`` suffix takes
+    ``default_group``."""
+    path, sep, group = spec.rpartition(":")
+    if not (sep and path and group.isdigit()):
+        path, group = spec, str(default_group)
+    if int(group) < 1:
+        raise SystemExit(f"input {spec!r}: GROUP must be >= 1, got {group}")
+    return Path(path), int(group)
+
+
+def input_label(path: Path, limit: int, group: int) -> str:
+    return f"{path.name}:limit={limit}:group={group}"
+
+
+def headline_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The project's chunker on one input: the budget kept (``over_limit`` must be 0), where its
+    chunks end, how full they are, and its speed relative to the reference library measured on
+    the same documents in the same run (seconds ÷ seconds, so the docs count cancels)."""
+    by_name = {row["chunker"]: row for row in rows}
+    ours, reference = by_name[PROJECT_CHUNKER], by_name[REFERENCE_CHUNKER]
+    return {
+        "over_limit": ours["over_limit"],
+        "sentence_end_frac": ours["sentence_end_frac"],
+        "fill_non_last": ours["fill_non_last"],
+        "speed_vs_reference": round(reference["seconds"] / ours["seconds"], 3)
+        if ours["seconds"]
+        else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", type=Path)
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="CORPUS[:GROUP]",
+        default=list(DEFAULT_INPUTS),
+        help="JSONL file or folder, optionally :GROUP records per document "
+        "(default: SciFact :1 and :10, data/sample :1)",
+    )
     parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--group", type=int, default=1)
+    parser.add_argument("--group", type=int, default=1, help="GROUP of inputs that name none")
     parser.add_argument("--chunk-size", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/chunkers.json")
     args = parser.parse_args()
+    inputs = [parse_input(spec, args.group) for spec in args.inputs]
+    labels = [input_label(path, args.limit, group) for path, group in inputs]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"inputs measured twice: {labels}")
+    for path, _ in inputs:
+        if not path.exists():
+            raise SystemExit(f"corpus not found: {path}")
 
     from llmops_dagster.config import Settings, apply_offline_env_defaults
 
     apply_offline_env_defaults()  # before transformers reads HF_HUB_OFFLINE
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(Settings().models.embedding_model)
-    docs = load_corpus(args.corpus, args.limit, args.group)
-    candidates, count = make_candidates(tokenizer, args.chunk_size, args.overlap)
-
     from llmops_dagster.text.chunking import chunk_document
 
-    fmt = "md" if args.group > 1 or args.corpus.is_dir() else "txt"
-    candidates["llmops_dagster chunk_document"] = lambda text: [
-        chunk.text
-        for chunk in chunk_document(
-            "bench",
-            text,
-            tokenizer=tokenizer,
-            chunk_size=args.chunk_size,
-            overlap=args.overlap,
-            fmt=fmt,
-        )
-    ]
+    model = Settings().models.embedding_model
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    libraries, count = make_candidates(tokenizer, args.chunk_size, args.overlap)
+    configs: dict[str, dict[str, Any]] = {}
+    for (corpus, group), label in zip(inputs, labels, strict=True):
+        docs = load_corpus(corpus, args.limit, group)
+        if not docs:
+            raise SystemExit(f"corpus {corpus}: no documents with text")
+        fmt = "md" if group > 1 or corpus.is_dir() else "txt"
+        candidates = dict(libraries)
+        candidates[PROJECT_CHUNKER] = lambda text, fmt=fmt: [
+            chunk.text
+            for chunk in chunk_document(
+                "bench",
+                text,
+                tokenizer=tokenizer,
+                chunk_size=args.chunk_size,
+                overlap=args.overlap,
+                fmt=fmt,
+            )
+        ]
 
-    doc_tokens = [count(doc) for doc in docs]
-    print(
-        f"corpus={args.corpus} docs={len(docs)} group={args.group} "
-        f"tokens/doc mean={statistics.fmean(doc_tokens):.0f} max={max(doc_tokens)} "
-        f"chunk_size={args.chunk_size} overlap={args.overlap}"
-    )
-    rows = [measure(name, fn, docs, count, args.chunk_size) for name, fn in candidates.items()]
-    header = f"{'chunker':38} {'docs/s':>8} {'chunks':>7} {'max_tok':>7} {'over':>5} "
-    header += f"{'sent_end':>8} {'fill':>6}"
-    print(header)
-    for row in rows:
+        doc_tokens = [count(doc) for doc in docs]
         print(
-            f"{row['chunker']:38} {row['docs_per_s']:>8} {row['chunks']:>7} "
-            f"{row['max_tokens']:>7} {row['over_limit']:>5} {row['sentence_end_frac']:>8} "
-            f"{row['fill_non_last']:>6}"
+            f"corpus={corpus} docs={len(docs)} group={group} "
+            f"tokens/doc mean={statistics.fmean(doc_tokens):.0f} max={max(doc_tokens)} "
+            f"chunk_size={args.chunk_size} overlap={args.overlap}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    existing: dict[str, Any] = {}
-    if args.out.is_file():
-        existing = json.loads(args.out.read_text())
-    key = f"{args.corpus.name}:limit={args.limit}:group={args.group}"
-    existing[key] = {
-        "corpus": str(args.corpus),
-        "docs": len(docs),
-        "mean_doc_tokens": round(statistics.fmean(doc_tokens), 1),
-        "chunk_size": args.chunk_size,
-        "overlap": args.overlap,
-        "results": rows,
+        rows = [measure(name, fn, docs, count, args.chunk_size) for name, fn in candidates.items()]
+        header = f"{'chunker':38} {'docs/s':>8} {'chunks':>7} {'max_tok':>7} {'over':>5} "
+        header += f"{'sent_end':>8} {'fill':>6}"
+        print(header)
+        for row in rows:
+            print(
+                f"{row['chunker']:38} {row['docs_per_s']:>8} {row['chunks']:>7} "
+                f"{row['max_tokens']:>7} {row['over_limit']:>5} {row['sentence_end_frac']:>8} "
+                f"{row['fill_non_last']:>6}"
+            )
+        configs[label] = {
+            # relative to the checkout: a results file names no machine path
+            "corpus": os.path.relpath(corpus.resolve(), ROOT),
+            "docs": len(docs),
+            "mean_doc_tokens": round(statistics.fmean(doc_tokens), 1),
+            "chunk_size": args.chunk_size,
+            "overlap": args.overlap,
+            "results": rows,
+        }
+    data = {
+        "tokenizer": model,
+        "project_chunker": PROJECT_CHUNKER,
+        "reference_chunker": REFERENCE_CHUNKER,
+        "configs": configs,
     }
-    args.out.write_text(json.dumps(existing, indent=2) + "\n")
+    headline = {label: headline_of(config["results"]) for label, config in configs.items()}
+    write_results(args.out, data, headline, root=ROOT)
     print(f"wrote {args.out}")
 
 

@@ -36,14 +36,15 @@ questions by more than the bootstrap interval? Plus the project-vs-plain trainin
    passages of their labelled documents ranked by the question only. Metric: ``token_f1``
    (citations stripped) against the reference answer.
 
-Writes ``benchmarks/results/finetune.json`` atomically (the git sha, ``-dirty`` when the
-checkout has changes, and the date included) and prints a table. The MLflow store and the
-adapters live in a temp folder that is removed at the end; the base model comes from the shared
-converted-model cache (LLMOPS_HOME/models). Budget: the defaults were sized from a smoke run
-to take roughly 25–40 minutes on 2 shared CPU cores with ``--threads 1`` (faster than 2 on a
-machine other jobs share); generation of the 2 × 200 PubMedQA answers is about half of it.
-A quick check (~6 minutes): ``--pubmed-train 16 --pubmed-heldout 8 --steps 2 --sample-steps 2
---sample-heldout 8 --out /tmp/finetune-smoke.json``.
+Writes ``benchmarks/results/finetune.json`` through ``results_file.write_results`` (atomically;
+the git sha, ``-dirty`` when the checkout has changes; under ``history`` the last three runs'
+adapter-minus-base differences with their intervals and the throughput ratio) and prints a
+table. The MLflow store and the adapters live in a temp folder that is removed at the end; the
+base model comes from the shared converted-model cache (LLMOPS_HOME/models). Budget: the
+defaults were sized from a smoke run to take roughly 25–40 minutes on 2 shared CPU cores with
+``--threads 1`` (faster than 2 on a machine other jobs share); generation of the 2 × 200
+PubMedQA answers is about half of it. A quick check (~6 minutes): ``--pubmed-train 16
+--pubmed-heldout 8 --steps 2 --sample-steps 2 --sample-heldout 8 --out /tmp/finetune-smoke.json``.
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from llmops_dagster.config import apply_offline_env_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import git_revision, write_json_atomic
+# git_revision and write_json_atomic stay importable from here for the helpers' unit tests
+from results_file import git_revision, write_json_atomic, write_results  # noqa: F401
 
 apply_offline_env_defaults()  # this script is where the process starts
 import numpy as np
@@ -352,6 +353,18 @@ def result_section(
     if len(set(names)) != len(names):
         raise ValueError(f"metric names repeat: {names}")
     return {**primary, "metrics": {c["metric"]: dict(c) for c in comparisons}, **extra}
+
+
+def headline_of(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What a person follows over runs: the throughput ratio and, for every comparison of
+    ``heldout`` and ``sample``, adapter − base with its interval and whether it beats the base
+    (flat keys ``<section>_<metric>_<figure>``)."""
+    headline: dict[str, Any] = {"tokens_per_s_ratio": report["tokens_per_s_ratio"]}
+    for section in ("heldout", "sample"):
+        for name, comparison in report[section]["metrics"].items():
+            for figure in ("diff", "ci95", "beats_base"):
+                headline[f"{section}_{name}_{figure}"] = comparison[figure]
+    return headline
 
 
 # --------------------------------------------------------------------------------------------
@@ -790,11 +803,9 @@ def main() -> None:
                 "model": sample_result.base_model_id,
             },
         },
-        "git_sha": git_revision(PROJECT_ROOT),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(args.out, report)
-    print(json.dumps(report, indent=2))
+    written = write_results(args.out, report, headline_of(report), root=PROJECT_ROOT)
+    print(json.dumps(written, indent=2))
     print_table(report)
     print(f"wrote {args.out}")
 

@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/load_search.py --clients 4 --seconds 10
 
 Uses the alias of the demo (`llmops-dagster demo` first) and the golden questions as queries;
-prints a table per mode and writes benchmarks/results/load_search.json.
+prints a table per mode and writes benchmarks/results/load_search.json through
+`results_file.write_results` (git sha, the last three runs' errors / qps / p95 per mode under
+`history`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from llmops_dagster.config import apply_offline_env_defaults
 
 apply_offline_env_defaults()  # this script is where the process starts
+from results_file import write_results
+
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search.client import check_cluster, make_client
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     settings = Settings()
@@ -59,8 +64,21 @@ def main() -> None:
             f"{mode:<14}{summary['requests']:>7}{summary['errors']:>8}{summary['qps']:>8}"
             f"{summary['p50_ms']:>9}{summary['p95_ms']:>9}{summary['p99_ms']:>9}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"clients": args.clients, "modes": results}, indent=2))
+    data = {
+        "clients": args.clients,
+        "seconds_per_mode": args.seconds,
+        "max_requests": args.max_requests,
+        "queries": len(queries),
+        "modes": results,
+    }
+    # What a person follows over time: every mode's errors (must stay 0), throughput and tail.
+    headline = {
+        f"{mode}_{key}": summary[key]
+        for mode, summary in results.items()
+        for key in ("errors", "qps", "p95_ms")
+    }
+    write_results(args.out, data, headline)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
