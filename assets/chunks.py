@@ -8,8 +8,8 @@ import pyarrow as pa
 
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
-from llmops_dagster.chunks.store import sync_chunks
-from llmops_dagster.documents.store import read_documents
+from llmops_dagster.chunks.chunk_table import sync_chunks
+from llmops_dagster.documents.document_table import read_documents
 from llmops_dagster.resources import (
     CorpusResource,
     MlflowResource,

@@ -7,10 +7,10 @@ import dagster as dg
 from assets._metadata import md
 from assets.ingest import DUCKDB_POOL
 from llmops_dagster.documents.build import build_documents
-from llmops_dagster.documents.store import get_watermarks, read_documents, read_rejected
+from llmops_dagster.documents.document_table import get_watermarks, read_documents, read_rejected
 from llmops_dagster.resources import CorpusResource, MlflowResource, WarehouseResource
 from llmops_dagster.sources.source_config import SourcesConfig
-from llmops_dagster.text.pipeline import make_text_transform
+from llmops_dagster.text.transform import make_text_transform
 from llmops_dagster.tracking.digests import documents_digest
 from llmops_dagster.tracking.runs import DatasetRef
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.ingest import DUCKDB_POOL
-from llmops_dagster.chunks.store import active_chunks
+from llmops_dagster.chunks.chunk_table import active_chunks
 from llmops_dagster.embed.cache import embed_missing
 from llmops_dagster.resources import MlflowResource, ModelsResource, WarehouseResource
 

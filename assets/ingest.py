@@ -13,7 +13,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from llmops_dagster.resources import MlflowResource, WarehouseResource
-from llmops_dagster.sources.pipeline import WarehouseTarget, loaded_row_counts, make_pipeline
+from llmops_dagster.sources.dlt_pipelines import WarehouseTarget, loaded_row_counts, make_pipeline
 from llmops_dagster.sources.source_config import SourcesConfig
 
 DUCKDB_POOL = "duckdb"  # one writer per DuckDB file: every asset that writes it shares this pool

@@ -28,8 +28,8 @@ from llmops_dagster.resources import (
     ServingResource,
     WarehouseResource,
 )
-from llmops_dagster.serving.metrics_report import ServingMetrics, ServingReport
-from llmops_dagster.sources.pipeline import WarehouseTarget, loaded_row_counts, make_pipeline
+from llmops_dagster.serving.daily_report import ServingMetrics, ServingReport
+from llmops_dagster.sources.dlt_pipelines import WarehouseTarget, loaded_row_counts, make_pipeline
 from llmops_dagster.warehouse import replace_table
 
 GROUP = "serve"
@@ -204,8 +204,8 @@ def serving_metrics(
 ) -> dg.Output[ServingReport]:
     """Requests, p50/p95 latency, tokens, cost, no-hit, citation and thumbs-down rates per day
     and bundle version (`llmops.serving_metrics`); the latest day over all bundles as numbers
-    the UI plots across materializations. Definitions: `llmops_dagster.serving.metrics_report`."""
-    from llmops_dagster.serving.metrics_report import read_serving_rows, serving_report
+    the UI plots across materializations. Definitions: `llmops_dagster.serving.daily_report`."""
+    from llmops_dagster.serving.daily_report import read_serving_rows, serving_report
 
     with warehouse.get_connection() as con:
         traces, feedback = read_serving_rows(con, warehouse.dlt_dataset)
@@ -324,7 +324,7 @@ def retrieval_score_drift(
     evaluation run logged (`retrieval.top_score_mean`): the index or the questions changed."""
     from llmops_dagster.evaluate.bundle_eval import TOP_SCORE_MEAN
     from llmops_dagster.rag.bundle import current_champion
-    from llmops_dagster.serving.metrics_report import score_drift
+    from llmops_dagster.serving.daily_report import score_drift
 
     client = mlflow.client()
     champion = current_champion(client)

@@ -82,8 +82,8 @@ from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import answer_many, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
 from llmops_dagster.sources.source_config import default_sources_config
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
-from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
     ContextPassage,
     QAItem,

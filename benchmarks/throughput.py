@@ -55,11 +55,11 @@ from llmops_dagster.config import apply_offline_env_defaults
 apply_offline_env_defaults()  # this script is where the process starts
 from results_file import write_results
 
-from llmops_dagster.chunks.store import active_chunks, sync_chunks
+from llmops_dagster.chunks.chunk_table import active_chunks, sync_chunks
 from llmops_dagster.config import Settings
-from llmops_dagster.documents.models import Document, content_hash
+from llmops_dagster.documents.document_table import read_documents, sync_documents
 from llmops_dagster.documents.normalize import NormalizedBatch
-from llmops_dagster.documents.store import read_documents, sync_documents
+from llmops_dagster.documents.rows import Document, content_hash
 from llmops_dagster.embed.cache import embed_missing
 from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
 from llmops_dagster.search.aliases import alias_indices, list_versions

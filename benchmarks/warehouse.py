@@ -41,10 +41,10 @@ from llmops_dagster.config import apply_offline_env_defaults
 apply_offline_env_defaults()  # this script is where the process starts
 from results_file import write_results
 
-from llmops_dagster.chunks.store import active_chunks, sync_chunks
+from llmops_dagster.chunks.chunk_table import active_chunks, sync_chunks
 from llmops_dagster.config import Settings
+from llmops_dagster.documents.document_table import read_documents, sync_documents
 from llmops_dagster.documents.normalize import NormalizedBatch
-from llmops_dagster.documents.store import read_documents, sync_documents
 from llmops_dagster.embed.cache import CACHE_TABLE, embed_missing, ensure_cache_table
 from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
 from llmops_dagster.search.client import ClusterSpec, make_client

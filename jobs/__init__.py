@@ -18,27 +18,27 @@ reindex_job = dg.define_asset_job(
     "upsert/delete exactly those chunks in the live index.",
 )
 
-full_rebuild_job = dg.define_asset_job(
+reindex_full_rebuild_job = dg.define_asset_job(
     name="reindex_full_rebuild",
     selection=REINDEX_SELECTION,
     config={"ops": {"search_index": {"config": {"full_rebuild": True}}}},
     description="Like reindex, but writes a new versioned index and swaps the alias atomically.",
 )
 
-evaluate_job = dg.define_asset_job(
+evaluate_candidate_job = dg.define_asset_job(
     name="evaluate_candidate",
     selection=EVALUATION_SELECTION,
     description="Evaluate one adapter version on the golden set; promote it if the gate passes.",
 )
 
-finetune_job = dg.define_asset_job(
+finetune_and_evaluate_job = dg.define_asset_job(
     name="finetune_and_evaluate",
     selection=FINETUNE_SELECTION,
     description="Rebuild the SFT dataset, train a LoRA adapter and evaluate it against the "
     "champion (requested when the training QA set changes, e.g. after accepted feedback).",
 )
 
-serving_job = dg.define_asset_job(
+serving_watch_job = dg.define_asset_job(
     name="serving_watch",
     selection=SERVING_SELECTION,
     description="Load new traces and feedback, recompute the serving metrics and their checks, "
@@ -60,7 +60,7 @@ def build_schedules(
         ),
         dg.ScheduleDefinition(
             name="reindex_weekly_full_rebuild",
-            job=full_rebuild_job,
+            job=reindex_full_rebuild_job,
             cron_schedule=full_rebuild_cron,
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description="Periodic zero-downtime rebuild (compacts deletes, applies mapping "
@@ -68,7 +68,7 @@ def build_schedules(
         ),
         dg.ScheduleDefinition(
             name="serving_watch_hourly",
-            job=serving_job,
+            job=serving_watch_job,
             cron_schedule=SERVING_WATCH_CRON,
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description="Serving metrics and feedback candidates; cheap when nothing was served.",
@@ -87,7 +87,13 @@ def build_jobs(
     )
 
     return (
-        [reindex_job, full_rebuild_job, evaluate_job, finetune_job, serving_job],
+        [
+            reindex_job,
+            reindex_full_rebuild_job,
+            evaluate_candidate_job,
+            finetune_and_evaluate_job,
+            serving_watch_job,
+        ],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
         [
             mlflow_registry_sensor,

@@ -6,7 +6,7 @@ import hashlib
 
 import dagster as dg
 
-from jobs import evaluate_job, finetune_job
+from jobs import evaluate_candidate_job, finetune_and_evaluate_job
 from llmops_dagster.resources import (
     CorpusResource,
     ElasticsearchResource,
@@ -16,7 +16,7 @@ from llmops_dagster.resources import (
 
 
 @dg.sensor(
-    job=evaluate_job,
+    job=evaluate_candidate_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Polls the MLflow registry; the cursor holds the versions and aliases seen.",
@@ -47,7 +47,7 @@ def mlflow_registry_sensor(
 
 
 @dg.sensor(
-    job=evaluate_job,
+    job=evaluate_candidate_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Re-evaluates the champion's configuration when the prompt template, the golden "
@@ -101,7 +101,7 @@ def evaluation_inputs_sensor(
 
 
 @dg.sensor(
-    job=evaluate_job,
+    job=evaluate_candidate_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Re-evaluates a bundle whose promotion was refused as stale (the champion moved "
@@ -129,7 +129,7 @@ def stale_decision_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowRes
 
 
 @dg.sensor(
-    job=finetune_job,
+    job=finetune_and_evaluate_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Fine-tunes a new adapter and evaluates it when the training QA set changes "

@@ -79,7 +79,7 @@ def services_up(nodes: int) -> None:
     from llmops_dagster.search.client import ElasticsearchUnavailable
     from llmops_dagster.services.elasticsearch_local import ElasticsearchSetupError
     from llmops_dagster.services.local import elasticsearch_up
-    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable, ensure_mlflow
 
     settings = get_settings()
     try:
@@ -256,7 +256,7 @@ def ask(
     from llmops_dagster.rag.prompts import PromptError
     from llmops_dagster.resources import build_bundle_pipeline, build_rag_pipeline
     from llmops_dagster.search.client import ElasticsearchUnavailable
-    from llmops_dagster.tracking.store import MlflowUnavailable
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable
 
     resources = _resources(get_settings())
     models, mlflow, es = resources["models"], resources["mlflow"], resources["elasticsearch"]
@@ -344,7 +344,7 @@ def serve(host: str | None, port: int | None) -> None:
     from llmops_dagster.serving.pricing import PriceTableError
     from llmops_dagster.serving.tracing import fail_fast_tracking_defaults
     from llmops_dagster.serving.wiring import build_app
-    from llmops_dagster.tracking.store import MlflowUnavailable
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable
 
     fail_fast_tracking_defaults()
     settings = get_settings()
@@ -431,7 +431,7 @@ def bundle() -> None:
 
 
 def _bundle_client():
-    from llmops_dagster.tracking.store import MlflowUnavailable
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable
 
     try:
         return _resources(get_settings())["mlflow"].client()
@@ -500,7 +500,7 @@ def lineage(ref: str, as_json: bool) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable, ensure_mlflow
     from llmops_dagster.tracking.trace import LineageError, trace
 
     settings = get_settings()

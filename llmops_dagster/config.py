@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from llmops_dagster.search.client import ClusterSpec
-    from llmops_dagster.sources.pipeline import WarehouseTarget
+    from llmops_dagster.sources.dlt_pipelines import WarehouseTarget
 
 # Environment defaults that keep every entry point offline-safe. They are *defaults*: a user who
 # exports another value keeps it. Applied where a process starts (the CLI, the code location,
@@ -598,7 +598,7 @@ class Settings(BaseModel):
 
     def warehouse_target(self) -> WarehouseTarget:
         """Where dlt loads raw data (the CLI's and the tests' view of the warehouse)."""
-        from llmops_dagster.sources.pipeline import WarehouseTarget
+        from llmops_dagster.sources.dlt_pipelines import WarehouseTarget
 
         return WarehouseTarget(
             duckdb_path=self.duckdb_path,

@@ -54,7 +54,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
 
     from llmops_dagster.definitions import build_definitions
     from llmops_dagster.services.local import dagster_home, elasticsearch_down, elasticsearch_up
-    from llmops_dagster.tracking.store import ensure_mlflow
+    from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
     console = Console()
     began = time.perf_counter()

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
     from llmops_dagster.rag.prompts import PromptTemplate
-    from llmops_dagster.tracking.store import MlflowStore
+    from llmops_dagster.tracking.mlflow_store import MlflowStore
     from llmops_dagster.warehouse import Warehouse
 
 
@@ -94,7 +94,7 @@ class WarehouseResource(DuckDBResource):
             yield con
 
     def dlt_target(self) -> Any:
-        from llmops_dagster.sources.pipeline import WarehouseTarget
+        from llmops_dagster.sources.dlt_pipelines import WarehouseTarget
 
         return WarehouseTarget(
             duckdb_path=self.path,
@@ -186,7 +186,7 @@ class MlflowResource(dg.ConfigurableResource):
     def store(self) -> MlflowStore:
         """The store and experiment, created if needed; fails fast naming the tracking URI."""
         if self._store is None:
-            from llmops_dagster.tracking.store import ensure_mlflow
+            from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
             self._store = ensure_mlflow(self.tracking_uri, self.experiment)
         return self._store

@@ -5,13 +5,13 @@ Dagster-free; the documents asset calls ``build_documents`` and hands ``delta.to
 """
 
 from llmops_dagster.documents.build import build_documents
-from llmops_dagster.documents.models import Document, Rejected, RejectReason, make_doc_id
+from llmops_dagster.documents.document_table import DocumentsDelta, sync_documents
 from llmops_dagster.documents.normalize import (
     NormalizedBatch,
     normalize_file_rows,
     normalize_record_rows,
 )
-from llmops_dagster.documents.store import DocumentsDelta, sync_documents
+from llmops_dagster.documents.rows import Document, Rejected, RejectReason, make_doc_id
 
 __all__ = [
     "Document",

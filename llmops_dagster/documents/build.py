@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from llmops_dagster.documents.document_table import DocumentsDelta, get_watermarks, sync_documents
 from llmops_dagster.documents.normalize import (
     NormalizedBatch,
     TextTransform,
     normalize_file_rows,
     normalize_record_rows,
 )
-from llmops_dagster.documents.store import DocumentsDelta, get_watermarks, sync_documents
 from llmops_dagster.sources.filesystem import list_current_files
 from llmops_dagster.sources.rest_api import load_rest_api_config
 from llmops_dagster.sources.source_config import RecordMapping, SourcesConfig

@@ -22,7 +22,7 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from llmops_dagster.documents.models import RejectReason
+from llmops_dagster.documents.rows import RejectReason
 from llmops_dagster.sources.source_config import RecordMapping
 
 FORMAT_BY_SUFFIX: dict[str, str] = {

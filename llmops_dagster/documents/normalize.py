@@ -22,7 +22,7 @@ from llmops_dagster.documents.extract import (
     record_id,
     record_to_extracted,
 )
-from llmops_dagster.documents.models import (
+from llmops_dagster.documents.rows import (
     Document,
     Rejected,
     RejectReason,

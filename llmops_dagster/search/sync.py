@@ -21,7 +21,7 @@ from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import scan
 
 from llmops_dagster.access import AUDIENCE_FIELD, AccessError, normalize_audience
-from llmops_dagster.chunks.store import CHUNKS_TABLE
+from llmops_dagster.chunks.chunk_table import CHUNKS_TABLE
 from llmops_dagster.embed.cache import CACHE_TABLE
 from llmops_dagster.search.aliases import current_index, rebuild
 from llmops_dagster.search.mapping import (

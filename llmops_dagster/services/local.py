@@ -236,7 +236,7 @@ def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
 
 
 def _mlflow_status(settings: Settings) -> dict[str, Any]:
-    from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+    from llmops_dagster.tracking.mlflow_store import MlflowUnavailable, ensure_mlflow
 
     try:
         store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmops_dagster.rag.bundle import BundleVersion
-from llmops_dagster.serving.store import now_iso
+from llmops_dagster.serving.answer_log import now_iso
 from llmops_dagster.serving.tracing import TraceContext
 
 log = logging.getLogger(__name__)

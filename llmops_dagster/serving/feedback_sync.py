@@ -1,6 +1,6 @@
 """User feedback → MLflow assessments on the answer's trace, off the request path.
 
-The feedback is already stored (:mod:`llmops_dagster.serving.store`) when this runs; copying it
+The feedback is already stored (:mod:`llmops_dagster.serving.answer_log`) when this runs; copying it
 to MLflow (``user_rating`` feedback, ``expected_answer`` expectation for a correction) may fail
 while the trace is still in the exporter's queue or the store is down, so it retries a few times
 in a background thread and counts what it finally could not write.
@@ -19,8 +19,8 @@ import threading
 import time
 
 from llmops_dagster.serving import trace_keys as keys
+from llmops_dagster.serving.answer_log import FeedbackRecord
 from llmops_dagster.serving.disclosure import PUBLIC_AUDIENCE, is_restricted, withheld
-from llmops_dagster.serving.store import FeedbackRecord
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A *candidate* is a served answer that got at least one thumbs-down or a correcti
 user writes reaches evaluation or fine-tuning on its own: a reviewer accepts a candidate (with
 the correction, or a better reference answer of their own) or rejects it, and the decision is
 recorded in a ``reviews`` table kept in the serving store's SQLite file (beside the answers it
-refers to; this module owns that table, :mod:`llmops_dagster.serving.store` the others).
+refers to; this module owns that table, :mod:`llmops_dagster.serving.answer_log` the others).
 
 Where an accepted item goes. One item is written to the golden set *or* the training set, never
 both: a question the adapter was trained on would then be scored by the evaluation that decides
@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmops_dagster.access import PUBLIC, Principal
+from llmops_dagster.serving.answer_log import FeedbackRecord, ServingStore, now_iso
 from llmops_dagster.serving.disclosure import (
     PUBLIC_AUDIENCE,
     audience_from_row,
     is_restricted,
     withheld,
 )
-from llmops_dagster.serving.store import FeedbackRecord, ServingStore, now_iso
 
 Status = Literal["pending", "accepted", "rejected"]
 Target = Literal["golden", "train"]

@@ -14,12 +14,7 @@ from typing import Any, Literal
 from llmops_dagster.access import Principal
 from llmops_dagster.rag.answer import Answer
 from llmops_dagster.search.mapping import KEYWORD_FIELDS
-from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
-from llmops_dagster.serving.feedback_sync import AssessmentWriter
-from llmops_dagster.serving.guards import AnswerGuard, Busy, GenerationLine
-from llmops_dagster.serving.metrics import ServerMetrics
-from llmops_dagster.serving.pricing import PriceTable
-from llmops_dagster.serving.store import (
+from llmops_dagster.serving.answer_log import (
     AnswerRecord,
     FeedbackChange,
     FeedbackRecord,
@@ -27,6 +22,11 @@ from llmops_dagster.serving.store import (
     UnknownTrace,
     served_chunks,
 )
+from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
+from llmops_dagster.serving.feedback_sync import AssessmentWriter
+from llmops_dagster.serving.guards import AnswerGuard, Busy, GenerationLine
+from llmops_dagster.serving.pricing import PriceTable
+from llmops_dagster.serving.prometheus import ServerMetrics
 from llmops_dagster.serving.tracing import AnswerTracer
 
 log = logging.getLogger(__name__)

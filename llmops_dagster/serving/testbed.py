@@ -193,8 +193,8 @@ def register_test_bundles(
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.resources import build_resources
     from llmops_dagster.search.aliases import current_index
+    from llmops_dagster.tracking.mlflow_store import ensure_mlflow
     from llmops_dagster.tracking.runs import open_run
-    from llmops_dagster.tracking.store import ensure_mlflow
 
     uri = settings.mlflow_uri
     store = ensure_mlflow(uri, settings.mlflow.experiment)

@@ -8,7 +8,7 @@ trace after its (shortened, see :func:`fail_fast_tracking_defaults`) retries, an
 is full it discards new traces; both are logged by MLflow at WARNING level and counted here
 (:class:`TraceExportWatch`), so ``/metrics`` shows ``llmops_traces_dropped_total`` rising while
 answers keep succeeding. We chose *drop with a counter* over our own disk buffer: the answer log
-(:mod:`llmops_dagster.serving.store`) keeps every answer anyway, so a lost trace loses span
+(:mod:`llmops_dagster.serving.answer_log`) keeps every answer anyway, so a lost trace loses span
 detail, not the record of what was answered.
 
 What a trace may hold: every reader of the trace experiment reads every trace, whatever their

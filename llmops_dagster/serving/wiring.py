@@ -8,10 +8,10 @@ from typing import Any
 
 from llmops_dagster.config import Settings
 from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, BundleVersion, current_champion
+from llmops_dagster.serving.answer_log import ServingStore
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.pricing import PriceTable
 from llmops_dagster.serving.service import AnswerService
-from llmops_dagster.serving.store import ServingStore
 from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEncoder
 
 log = logging.getLogger(__name__)

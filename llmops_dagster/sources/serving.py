@@ -243,7 +243,7 @@ def serving_feedback(
 ) -> Iterator[dict[str, Any]]:
     """Feedback rows updated since the cursor (ISO UTC strings sort like instants) and at least
     ``settle_s`` ago; a re-submitted opinion has a new ``updated_at`` and replaces its row."""
-    from llmops_dagster.serving.store import ServingStore
+    from llmops_dagster.serving.answer_log import ServingStore
 
     path = Path(store_path)
     if not path.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from llmops_dagster.chunks.store import CHUNKS_TABLE
+from llmops_dagster.chunks.chunk_table import CHUNKS_TABLE
 from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.tracking.store import MlflowStore
+from llmops_dagster.tracking.mlflow_store import MlflowStore
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

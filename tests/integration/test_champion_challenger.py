@@ -180,8 +180,8 @@ def _degraded_adapter(world: World, *, lora_alpha: int, seed: int) -> str:
         TAG_BASE_MODEL_ID,
         register_adapter_version,
     )
+    from llmops_dagster.tracking.mlflow_store import ensure_mlflow
     from llmops_dagster.tracking.runs import open_run
-    from llmops_dagster.tracking.store import ensure_mlflow
 
     models = build_resources(world.settings, with_dlt=False)["models"]
     base = models.base_model(fresh=True)

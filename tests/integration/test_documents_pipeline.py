@@ -15,9 +15,9 @@ import yaml
 
 from llmops_dagster.config import Settings
 from llmops_dagster.documents import build_documents
-from llmops_dagster.documents.store import read_documents, read_rejected
+from llmops_dagster.documents.document_table import read_documents, read_rejected
+from llmops_dagster.sources.dlt_pipelines import make_pipeline, run_pipeline
 from llmops_dagster.sources.filesystem import make_filesystem_source
-from llmops_dagster.sources.pipeline import make_pipeline, run_pipeline
 from llmops_dagster.sources.source_config import (
     FilesystemSourceConfig,
     RestApiSourceConfig,

@@ -23,8 +23,8 @@ from llmops_dagster.evaluate.metrics import default_metrics
 from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
 from llmops_dagster.evaluate.triggers import read_table_artifact
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
-from llmops_dagster.tracking.store import ensure_mlflow
 
 pytestmark = pytest.mark.integration
 

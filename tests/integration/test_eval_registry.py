@@ -11,7 +11,7 @@ from llmops_dagster.evaluate.gate import (
     GateConfig,
 )
 from llmops_dagster.evaluate.registry_watch import diff_snapshots, registry_snapshot
-from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
 pytestmark = pytest.mark.integration
 

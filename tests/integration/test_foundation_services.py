@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch, helpers
 
 from llmops_dagster.config import ElasticsearchSettings, MlflowSettings, Settings
 from llmops_dagster.search.client import ElasticsearchUnavailable, check_cluster, make_client
-from llmops_dagster.tracking.store import MlflowUnavailable, ensure_mlflow
+from llmops_dagster.tracking.mlflow_store import MlflowUnavailable, ensure_mlflow
 
 pytestmark = pytest.mark.integration
 

@@ -32,8 +32,8 @@ from llmops_dagster.models.registry import (
 )
 from llmops_dagster.models.spec import GeneratorSpec, LocalModelSpec
 from llmops_dagster.sources.source_config import default_sources_config
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
-from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import (
     SFTDataset,
     build_sft_dataset,

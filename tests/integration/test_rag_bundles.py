@@ -42,8 +42,8 @@ from llmops_dagster.rag.prompt_registry import (
     sync_prompt,
 )
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
+from llmops_dagster.tracking.mlflow_store import MlflowStore, ensure_mlflow
 from llmops_dagster.tracking.runs import RunHandle, open_run
-from llmops_dagster.tracking.store import MlflowStore, ensure_mlflow
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from jobs.sensors import mlflow_registry_sensor
 from llmops_dagster.config import Settings
 from llmops_dagster.resources import build_resources
-from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,9 @@ from mlflow.entities import TraceState
 from llmops_dagster.config import Settings
 from llmops_dagster.rag.bundle import BundleVersion
 from llmops_dagster.serving import trace_keys as keys
+from llmops_dagster.serving.answer_log import ServingStore
 from llmops_dagster.serving.auth import add_key
 from llmops_dagster.serving.service import unknown_trace_message
-from llmops_dagster.serving.store import ServingStore
 from llmops_dagster.serving.testbed import (
     MlflowAccount,
     add_mlflow_user,

@@ -34,9 +34,9 @@ from llmops_dagster.rag.bundle import (
 )
 from llmops_dagster.resources import ServingResource, build_resources
 from llmops_dagster.serving import trace_keys as keys
-from llmops_dagster.serving.store import AnswerRecord, ServedChunk, ServingStore
+from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
-from llmops_dagster.tracking.store import ensure_mlflow
 from llmops_dagster.train.dataset import file_digest
 from tests.conftest import asset_metadata
 

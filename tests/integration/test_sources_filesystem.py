@@ -10,8 +10,8 @@ import duckdb
 import pytest
 
 from llmops_dagster.config import Settings
+from llmops_dagster.sources.dlt_pipelines import make_pipeline, run_pipeline
 from llmops_dagster.sources.filesystem import FS_TABLE, list_current_files, make_filesystem_source
-from llmops_dagster.sources.pipeline import make_pipeline, run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from llmops_dagster.config import Settings
-from llmops_dagster.sources.pipeline import make_pipeline, run_pipeline
+from llmops_dagster.sources.dlt_pipelines import make_pipeline, run_pipeline
 from llmops_dagster.sources.rest_api import make_rest_api_source
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from llmops_dagster.config import Settings
-from llmops_dagster.sources.pipeline import make_pipeline, run_pipeline
+from llmops_dagster.sources.dlt_pipelines import make_pipeline, run_pipeline
 from llmops_dagster.sources.source_config import SqlTableConfig
 from llmops_dagster.sources.sql import make_sql_source
 

@@ -27,7 +27,7 @@ from llmops_dagster.search.retriever import Hit
 from llmops_dagster.serving import trace_keys as keys
 from llmops_dagster.serving.guards import AnswerGuard
 from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEncoder
-from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +207,8 @@ def test_a_failed_answer_records_the_kind_of_failure_not_its_message(
 def test_restricted_feedback_reaches_mlflow_as_a_rating_only(
     tracer: AnswerTracer, tmp_path: Path
 ) -> None:
+    from llmops_dagster.serving.answer_log import FeedbackRecord
     from llmops_dagster.serving.feedback_sync import AssessmentWriter
-    from llmops_dagster.serving.store import FeedbackRecord
 
     hr = Principal("hr-reader", frozenset({"hr"}))
     restricted = _answer(tracer, "What is band P4?", [HR_HIT], hr, text="68,500.")

@@ -28,7 +28,7 @@ from llmops_dagster.embed.cache import CACHE_TABLE, ensure_cache_table
 from llmops_dagster.search.sync import active_chunk_sync_keys, live_chunk_sync_keys
 from llmops_dagster.services.postgres_local import create_database, free_port
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
-from llmops_dagster.tracking.store import ensure_mlflow
+from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.warehouse import connect_warehouse
 from tests.conftest import asset_metadata, drop_indices
 

@@ -8,9 +8,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from llmops_dagster.chunks.store import active_chunks, sync_chunks
+from llmops_dagster.chunks.chunk_table import active_chunks, sync_chunks
 from llmops_dagster.config import Settings
-from llmops_dagster.documents.models import content_hash
+from llmops_dagster.documents.rows import content_hash
 from llmops_dagster.embed.model import load_tokenizer
 from llmops_dagster.text.chunking import chunk_document
 

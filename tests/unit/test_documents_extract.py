@@ -13,7 +13,7 @@ from llmops_dagster.documents.extract import (
     html_to_text,
     sniff_binary,
 )
-from llmops_dagster.documents.models import RejectReason
+from llmops_dagster.documents.rows import RejectReason
 from llmops_dagster.sources.source_config import RecordMapping
 from tests.unit.doc_fixtures import BROKEN_PDF, make_pdf
 

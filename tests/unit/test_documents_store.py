@@ -11,13 +11,13 @@ from typing import Any
 import duckdb
 import pytest
 
-from llmops_dagster.documents.normalize import NormalizedBatch, normalize_file_rows
-from llmops_dagster.documents.store import (
+from llmops_dagster.documents.document_table import (
     get_watermarks,
     read_documents,
     read_rejected,
     sync_documents,
 )
+from llmops_dagster.documents.normalize import NormalizedBatch, normalize_file_rows
 
 pytestmark = pytest.mark.unit
 

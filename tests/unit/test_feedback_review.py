@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore
 from llmops_dagster.serving.review import (
     FeedbackReview,
     ReviewError,
@@ -19,7 +20,6 @@ from llmops_dagster.serving.review import (
     item_id_for,
     write_candidates_jsonl,
 )
-from llmops_dagster.serving.store import AnswerRecord, ServedChunk, ServingStore
 from llmops_dagster.train.dataset import file_digest, load_qa_jsonl
 
 pytestmark = pytest.mark.unit
@@ -383,7 +383,7 @@ def test_the_candidates_table_is_replaced_on_either_warehouse(
 
 def test_the_serving_metrics_table_is_replaced_on_either_warehouse(warehouse) -> None:
     from assets.serving import METRICS_TABLE, _write_metrics_table
-    from llmops_dagster.serving.metrics_report import ServedTrace, serving_report
+    from llmops_dagster.serving.daily_report import ServedTrace, serving_report
 
     traces = [
         ServedTrace("t1", "2026-12-01", "3", 100.0, 10, 5, 0.25, False, 1, 0.5),

@@ -15,13 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmops_dagster.access import Principal
+from llmops_dagster.serving.answer_log import AnswerRecord, ServingStore, UnknownTrace
 from llmops_dagster.serving.app import create_app
 from llmops_dagster.serving.auth import KeyStore, add_key
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.disclosure import answer_audience, is_restricted, withheld
 from llmops_dagster.serving.pricing import PriceTable
 from llmops_dagster.serving.service import AnswerService
-from llmops_dagster.serving.store import AnswerRecord, ServingStore, UnknownTrace
 from llmops_dagster.serving.tracing import TraceContext
 
 pytestmark = pytest.mark.unit

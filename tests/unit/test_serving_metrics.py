@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from llmops_dagster.serving import trace_keys as keys
-from llmops_dagster.serving.metrics_report import (
+from llmops_dagster.serving.daily_report import (
     ServedTrace,
     percentile,
     score_drift,

@@ -13,10 +13,10 @@ import mlflow
 import pytest
 
 from llmops_dagster.rag.bundle import BundleVersion, RagBundle
+from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore, UnknownTrace
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.pricing import PriceTable, PriceTableError
 from llmops_dagster.serving.service import AnswerService, BadRequest
-from llmops_dagster.serving.store import AnswerRecord, ServedChunk, ServingStore, UnknownTrace
 from llmops_dagster.serving.tracing import (
     _DROP_MESSAGES,
     _EXPORT_LOGGERS,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from llmops_dagster.config import Settings
+from llmops_dagster.sources.dlt_pipelines import make_destination
 from llmops_dagster.sources.filesystem import list_current_files
-from llmops_dagster.sources.pipeline import make_destination
 from llmops_dagster.sources.rest_api import load_rest_api_config, parse_rest_api_config
 from llmops_dagster.sources.source_config import (
     DEFAULT_MAX_BYTES,

@@ -150,7 +150,7 @@ def test_the_duckdb_adapter_upserts_arrow_and_rolls_back(tmp_path: Path) -> None
 
 
 def test_sources_destination_must_be_the_warehouse(tmp_path: Path) -> None:
-    from llmops_dagster.sources.pipeline import WarehouseTarget, check_destination
+    from llmops_dagster.sources.dlt_pipelines import WarehouseTarget, check_destination
     from llmops_dagster.sources.source_config import DestinationConfig
     from llmops_dagster.warehouse import WarehouseConfigError
 
@@ -172,7 +172,7 @@ def test_sources_destination_must_be_the_warehouse(tmp_path: Path) -> None:
 
 def test_the_pool_of_the_dlt_assets_follows_the_warehouse(tmp_path: Path) -> None:
     from assets.ingest import DUCKDB_POOL, build_ingest_assets, ingest_pool
-    from llmops_dagster.sources.pipeline import WarehouseTarget
+    from llmops_dagster.sources.dlt_pipelines import WarehouseTarget
     from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 
     duck = WarehouseTarget(duckdb_path=tmp_path / "w.duckdb", pipelines_dir=tmp_path / "dlt")

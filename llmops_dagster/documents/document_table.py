@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from llmops_dagster.access import PUBLIC, normalize_audience
-from llmops_dagster.documents.models import DOCUMENT_FIELDS, REJECTED_FIELDS, Document, Rejected
 from llmops_dagster.documents.normalize import AudienceResolver, NormalizedBatch
+from llmops_dagster.documents.rows import DOCUMENT_FIELDS, REJECTED_FIELDS, Document, Rejected
 from llmops_dagster.warehouse import Warehouse, as_warehouse
 
 SCHEMA = "llmops"
