@@ -7,13 +7,13 @@ import dagster as dg
 import pyarrow as pa
 
 from assets._metadata import md
-from assets.ingest import DUCKDB_POOL
+from assets.ingest import WAREHOUSE_WRITERS_POOL
 from llmops_dagster.chunks.chunk_table import sync_chunks
 from llmops_dagster.documents.document_table import read_documents
 from llmops_dagster.resources import (
-    CorpusResource,
     MlflowResource,
     ModelsResource,
+    TextResource,
     WarehouseResource,
 )
 from llmops_dagster.text.chunking import chunk_document
@@ -23,9 +23,9 @@ from llmops_dagster.tracking.runs import DatasetRef
 
 class ChunksConfig(dg.Config):
     chunk_size: int | None = None
-    """Max tokens per chunk (embedding model tokenizer); default: the corpus resource's."""
+    """Max tokens per chunk (embedding model tokenizer); default: the text resource's."""
     overlap: int | None = None
-    """Tokens shared by consecutive chunks of a section; default: the corpus resource's."""
+    """Tokens shared by consecutive chunks of a section; default: the text resource's."""
 
 
 @dg.asset(
@@ -33,12 +33,12 @@ class ChunksConfig(dg.Config):
     group_name="prepare",
     kinds={"duckdb", "python"},
     owners=["team:data-platform"],
-    pool=DUCKDB_POOL,
+    pool=WAREHOUSE_WRITERS_POOL,
 )
 def chunks(
     context: dg.AssetExecutionContext,
     config: ChunksConfig,
-    corpus: CorpusResource,
+    text: TextResource,
     models: ModelsResource,
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
@@ -48,8 +48,8 @@ def chunks(
     Only documents whose text or chunker settings changed are re-chunked; chunks of changed or
     deleted documents are marked `removed` so the index can delete them.
     """
-    size = config.chunk_size or corpus.chunk_size_tokens
-    overlap = corpus.chunk_overlap_tokens if config.overlap is None else config.overlap
+    size = config.chunk_size or text.chunk_size_tokens
+    overlap = text.chunk_overlap_tokens if config.overlap is None else config.overlap
     tokenizer = models.tokenizer()
     # The fingerprint makes a settings change re-chunk everything, and nothing else does.
     fingerprint = hashlib.sha256(f"{models.embedding_model}|{size}|{overlap}".encode()).hexdigest()[

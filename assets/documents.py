@@ -5,10 +5,10 @@ import time
 import dagster as dg
 
 from assets._metadata import md
-from assets.ingest import DUCKDB_POOL
+from assets.ingest import WAREHOUSE_WRITERS_POOL
 from llmops_dagster.documents.build import build_documents
 from llmops_dagster.documents.document_table import get_watermarks, read_documents, read_rejected
-from llmops_dagster.resources import CorpusResource, MlflowResource, WarehouseResource
+from llmops_dagster.resources import MlflowResource, TextResource, WarehouseResource
 from llmops_dagster.sources.source_config import SourcesConfig
 from llmops_dagster.text.transform import make_text_transform
 from llmops_dagster.tracking.digests import documents_digest
@@ -19,7 +19,7 @@ class DocumentsConfig(dg.Config):
     full_refresh: bool = False
     """Re-read every raw row (e.g. after changing cleaning or PII settings)."""
     redact_pii: bool | None = None
-    """Override the corpus resource's redact_pii (LLMOPS_REDACT_PII) for this run."""
+    """Override the text resource's redact_pii (LLMOPS_REDACT_PII) for this run."""
 
 
 def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
@@ -29,7 +29,7 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
         group_name="prepare",
         kinds={"duckdb", "python"},
         owners=["team:data-platform"],
-        pool=DUCKDB_POOL,
+        pool=WAREHOUSE_WRITERS_POOL,
         description=(
             "One table across sources (`llmops.documents`): stable doc ids, extracted and "
             "cleaned text, content hashes. Bad inputs land in `llmops.rejected_documents` "
@@ -39,11 +39,11 @@ def build_documents_asset(sources: SourcesConfig, deps: list[dg.AssetKey]) -> dg
     def documents(
         context: dg.AssetExecutionContext,
         config: DocumentsConfig,
-        corpus: CorpusResource,
+        text: TextResource,
         warehouse: WarehouseResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        redact = corpus.redact_pii if config.redact_pii is None else config.redact_pii
+        redact = text.redact_pii if config.redact_pii is None else config.redact_pii
         started = time.perf_counter()
         with warehouse.get_connection() as con:
             delta = build_documents(

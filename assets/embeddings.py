@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.ingest import DUCKDB_POOL
+from assets.ingest import WAREHOUSE_WRITERS_POOL
 from llmops_dagster.chunks.chunk_table import active_chunks
 from llmops_dagster.embed.cache import embed_missing
 from llmops_dagster.resources import MlflowResource, ModelsResource, WarehouseResource
@@ -13,7 +13,7 @@ from llmops_dagster.resources import MlflowResource, ModelsResource, WarehouseRe
     group_name="prepare",
     kinds={"pytorch", "duckdb"},
     owners=["team:ml-platform"],
-    pool=DUCKDB_POOL,
+    pool=WAREHOUSE_WRITERS_POOL,
 )
 def embeddings(
     context: dg.AssetExecutionContext,

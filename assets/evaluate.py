@@ -9,21 +9,25 @@ decides under the promotion policy. The blocking check `quality_gate` stops a re
 `champion_model` moves the `champion` or `challenger` alias of the bundle model as decided.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
-from llmops_dagster.evaluate.gate import GateConfig
-from llmops_dagster.evaluate.policy import DEFAULT_GUARDS, DEFAULT_MAX_ERROR_RATE
+from llmops_dagster.evaluate.policy import PromotionPolicy
+from llmops_dagster.rag.defaults import DEFAULT_K, DEFAULT_MODE, EVALUATION_MAX_NEW_TOKENS
 from llmops_dagster.resources import (
-    CorpusResource,
+    DatasetsResource,
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
     build_bundle_pipeline,
 )
+
+if TYPE_CHECKING:
+    from llmops_dagster.evaluate.candidate import CandidateEvaluation
+    from llmops_dagster.rag.bundle import BundleVersion
 
 #: Every step that reads or moves the champion alias runs in this pool (limit 1 in the
 #: shipped instance configs): two evaluations never decide against the same champion at once.
@@ -42,76 +46,79 @@ COMPARISON_COLUMNS = [
 ]
 
 
+#: The promotion policy's defaults: the policy fields of `EvaluationConfig` default to them.
+_POLICY = PromotionPolicy()
+
+
 class EvaluationConfig(dg.Config):
+    """Run config of `rag_evaluation`, flat (the keys sensors, the demo and users send): the
+    candidate (`evaluate.candidate.CandidateRequest`), how the run scores it, and the promotion
+    policy — every field named like a `PromotionPolicy` field is the policy's
+    (`PromotionPolicy.from_run_config` maps them by name and validates them), with its default;
+    `tests/unit/test_eval_candidate.py` fails when the two drift apart."""
+
+    # --- the candidate ---------------------------------------------------------------------
     generator: str = "llm"
     """llm (an adapter version or the base model) | extractive (no model)."""
     model_version: str | None = None
     """Adapter version of the llm candidate; "base" = the base model; default: newest."""
-    golden_path: str | None = None
-    """QA JSONL or BEIR folder; default: the corpus resource's golden_path."""
-    limit: int | None = None
-    """Evaluate only the first N golden items (below min_cases this needs allow_few_cases)."""
-    k: int = 3
-    """Chunks put into the prompt."""
-    mode: str = "hybrid_rrf"
+    k: int = DEFAULT_K
+    """Chunks put into the prompt (the base bundle's, `rag/defaults.py`)."""
+    mode: str = DEFAULT_MODE
+    """One of the retriever's search modes (bm25, knn, hybrid_rrf, hybrid_linear, server_rrf)."""
     metrics_depth: int = 10
     """Depth of the ranking retrieval metrics read (recall@5, nDCG@10, MRR@10)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = EVALUATION_MAX_NEW_TOKENS
+    """Answer budget of both sides (shorter than the base bundle's: see `rag/defaults.py`)."""
+    # --- the run ---------------------------------------------------------------------------
+    golden_path: str | None = None
+    """QA JSONL or BEIR folder; default: the datasets resource's golden_path."""
+    limit: int | None = None
+    """Evaluate only the first N golden items (below min_cases this needs allow_few_cases)."""
     batch_size: int = 8
     judge: str | None = None
     """none | local | openai; default: the models resource's judge (LLMOPS_JUDGE)."""
     judge_max_cases: int = 3
     judge_capable: bool | None = None
     """Only a judge declared capable may gate (LLMOPS_JUDGE_CAPABLE); a 135M local one is not."""
-    primary: str = "token_f1"
+    n_resamples: int = 2000
+    # --- the promotion policy (evaluate.policy.PromotionPolicy: same names, same defaults) -
+    primary: str = _POLICY.primary
     """The metric a candidate must improve (paired bootstrap interval above -primary_margin)."""
-    primary_margin: float = 0.0
-    require_improvement: bool = True
-    guards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDS))
+    primary_margin: float = _POLICY.primary_margin
+    require_improvement: bool = _POLICY.require_improvement
+    guards: dict[str, float] = Field(default_factory=lambda: dict(_POLICY.guards))
     """Metrics that may not regress by more than their margin (interval low end)."""
-    minimums: dict[str, float] = Field(default_factory=lambda: dict(GateConfig().minimums))
-    maximums: dict[str, float] = Field(default_factory=dict)
-    min_cases: int = 30
-    approval: str = "auto"
+    minimums: dict[str, float] = Field(default_factory=lambda: dict(_POLICY.minimums))
+    maximums: dict[str, float] = Field(default_factory=lambda: dict(_POLICY.maximums))
+    min_cases: int = _POLICY.min_cases
+    approval: str = _POLICY.approval
     """auto | manual (a passing candidate becomes challenger until `bundle approve`)."""
-    allow_few_cases: bool = False
+    allow_few_cases: bool = _POLICY.allow_few_cases
     """Override: gate on fewer than min_cases cases (recorded on the run and the decision)."""
-    allow_no_thresholds: bool = False
+    allow_no_thresholds: bool = _POLICY.allow_no_thresholds
     """Override: gate with no floors at all (recorded)."""
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    max_error_rate: float = _POLICY.max_error_rate
     """Refuse when either side errored on more than this share of a compared metric's paired
     cases (an errored case scores 0: a failing baseline flatters any candidate)."""
-    n_resamples: int = 2000
-
-
-def _newest_adapter(client: Any, name: str) -> str:
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise dg.Failure(f"no registered version of {name}: materialize lora_adapter first")
-    return str(max(int(v.version) for v in versions))
-
-
-def _policy(config: EvaluationConfig, judge_capable: bool) -> Any:
-    from llmops_dagster.evaluate.policy import PromotionPolicy
-
-    return PromotionPolicy(
-        primary=config.primary,
-        primary_margin=config.primary_margin,
-        require_improvement=config.require_improvement,
-        guards=dict(config.guards),
-        minimums=dict(config.minimums),
-        maximums=dict(config.maximums),
-        min_cases=config.min_cases,
-        approval=config.approval,  # type: ignore[arg-type]
-        allow_few_cases=config.allow_few_cases,
-        allow_no_thresholds=config.allow_no_thresholds,
-        judge_capable=judge_capable,
-        max_error_rate=config.max_error_rate,
-    )
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:
     return md(rows, COMPARISON_COLUMNS)
+
+
+def comparison_numbers(rows: list[dict[str, Any]]) -> dict[str, float | int]:
+    """The paired comparison as numbers the UI plots over runs: per metric ``diff/<metric>``,
+    ``ci_low/<metric>``, ``ci_high/<metric>`` (floats) and ``n/<metric>`` (paired cases). A
+    metric compared on no case (n = 0) has no difference or interval, so no float keys."""
+    numbers: dict[str, float | int] = {}
+    for row in rows:
+        metric = row["metric"]
+        numbers[f"n/{metric}"] = int(row["n"])
+        for column in ("diff", "ci_low", "ci_high"):
+            if row[column] is not None:
+                numbers[f"{column}/{metric}"] = float(row[column])
+    return numbers
 
 
 @dg.asset(
@@ -125,7 +132,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:
 def rag_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    corpus: CorpusResource,
+    datasets: DatasetsResource,
     models: ModelsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
@@ -134,191 +141,110 @@ def rag_evaluation(
     golden questions on the live alias; DeepEval scores retrieval at depth (recall@5, MRR@10,
     nDCG@10) and answers (token F1, exact match, ROUGE-L, embedding similarity); the paired
     comparison and the promotion policy decide champion, challenger or refused."""
-    import json
-    from dataclasses import replace
-
-    from llmops_dagster.evaluate.bundle_eval import (
-        BundleEvaluation,
-        compare_and_decide,
-        comparison_rows,
-        evaluate_pipeline,
-        log_comparison,
+    from llmops_dagster.evaluate.candidate import (
+        CandidateRequest,
+        evaluate_candidate,
+        judge_spec_for_run,
+        record_evaluation,
+        recorded_cases,
+        resolve_sides,
     )
     from llmops_dagster.evaluate.golden import load_golden
     from llmops_dagster.evaluate.judge import build_judge
     from llmops_dagster.evaluate.metrics import default_metrics
-    from llmops_dagster.evaluate.tracking import log_evaluation
-    from llmops_dagster.models.spec import GeneratorPin
-    from llmops_dagster.rag.bundle import (
-        TAG_BASELINE_VERSION,
-        TAG_GENERATOR_LOCATION,
-        RagBundle,
-        current_champion,
-        register_bundle,
-    )
-    from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
 
     client = mlflow.client()
     prompt = sync_prompt(client, load_prompt())
-    index_name = current_index(elasticsearch.get_client(), elasticsearch.alias)
-    if index_name is None:
-        raise dg.Failure(f"alias {elasticsearch.alias} has no index: materialize search_index")
-    golden = load_golden(config.golden_path or corpus.golden_path)
+    embedder = models.embedder()
+    golden = load_golden(config.golden_path or datasets.golden_path)
     if config.limit:
         golden = golden.subset(config.limit)
-    embedder = models.embedder()
-    adapter_uri: str | None = None
-    if config.generator == "llm" and config.model_version != "base":
-        name = models.adapter_model_name
-        version = config.model_version or _newest_adapter(client, name)
-        adapter_uri = f"models:/{name}/{client.get_model_version(name, version).version}"
-    # The generator as the settings make it today, pinned by value (backend, model, weights
-    # digest, decoding): a changed setting is a new bundle key, evaluated before it serves.
-    llm_pin = models.generator_pin()
-    extractive_pin = GeneratorPin("builtin", ExtractiveAnswerer().model_id)
-    base_bundle = RagBundle(
-        **RagBundle.generator_fields(llm_pin),
-        adapter_uri=None,
-        prompt_uri=prompt.uri,
-        prompt_version=prompt.content_hash,
-        retrieval_mode=config.mode,
-        retrieval_k=config.k,
-        metrics_depth=config.metrics_depth,
-        max_new_tokens=config.max_new_tokens,
-        embedding_model_id=embedder.model_id,
-        index_name=str(index_name),
-        index_alias=elasticsearch.alias,
-    )
-    candidate_bundle = replace(
-        base_bundle,
-        **RagBundle.generator_fields(
-            extractive_pin if config.generator == "extractive" else llm_pin
-        ),
-        adapter_uri=adapter_uri,
-    )
-    # Read once: the decision records the champion it was compared with, and promotion moves
-    # the alias only if that is still the champion (compare-and-set).
-    champion = current_champion(client)
-    baseline_tags: dict[str, str] = {}
-    if champion is not None:
-        # The champion answers with its own pinned settings, on today's index and golden set.
-        baseline_bundle = replace(champion.bundle, index_name=str(index_name))
-        baseline_label = f"champion {champion.uri}"
-        baseline_tags = champion.tags
-    else:
-        baseline_bundle, baseline_label = base_bundle, "base model (no champion yet)"
-    baseline_version = champion.version if champion is not None else None
-
-    judge_spec = models.judge_spec()
-    if config.judge is not None:
-        judge_spec = replace(judge_spec, kind=config.judge)  # type: ignore[arg-type]
-    if config.judge_capable is not None:
-        judge_spec = replace(judge_spec, capable=config.judge_capable)
-
+    run_config = config.model_dump()
+    try:
+        sides = resolve_sides(
+            client,
+            CandidateRequest.from_config(run_config),
+            llm_pin=models.generator_pin(),
+            prompt_uri=prompt.uri,
+            prompt_version=prompt.content_hash,
+            embedding_model_id=embedder.model_id,
+            index_name=current_index(elasticsearch.get_client(), elasticsearch.alias),
+            index_alias=elasticsearch.alias,
+            adapter_model_name=models.adapter_model_name,
+        )
+        judge_spec = judge_spec_for_run(
+            models.judge_spec(), kind=config.judge, capable=config.judge_capable
+        )
+        policy = PromotionPolicy.from_run_config(run_config, judge_capable=judge_spec.capable)
+    except ValueError as exc:  # CandidateError, BundleError, a policy value: names the setting
+        raise dg.Failure(str(exc)) from exc
     # One judge for both sides (the local one over the configured base model, never a side's
     # own adapter): scores from two different judges would not be comparable.
-    judge = None
-    if judge_spec.kind != "none":
-        judge = build_judge(
-            judge_spec, generator=models.generator() if judge_spec.kind == "local" else None
-        )
-
-    def run_bundle(
-        label: str, bundle: RagBundle, recorded_tags: dict[str, str] | None = None
-    ) -> BundleEvaluation:
-        pipeline = build_bundle_pipeline(
-            elasticsearch, models, mlflow, bundle, recorded_tags=recorded_tags
-        )
-
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"{label}: answered {done}/{total}")
-
-        result = evaluate_pipeline(
-            pipeline,
-            golden,
-            metrics=default_metrics(encoder=embedder),
-            batch_size=config.batch_size,
-            judge=judge,
-            judge_capable=judge_spec.capable,
-            judge_max_cases=config.judge_max_cases,
-            progress=progress,
-        )
-        return BundleEvaluation(label, bundle, result)
-
-    model_uri = candidate_bundle.adapter_uri or candidate_bundle.generator_pin.describe()
-    context.log.info(
-        f"candidate {candidate_bundle.describe()} vs {baseline_label} on "
-        f"{len(golden.items)} golden items ({index_name})"
-    )
-    candidate = run_bundle("candidate", candidate_bundle)
-    baseline = run_bundle(baseline_label, baseline_bundle, baseline_tags)
-    policy = _policy(config, judge_spec.capable)
-    comparisons, decision = compare_and_decide(
-        candidate,
-        baseline,
-        policy,
+    local = models.generator() if judge_spec.kind == "local" else None
+    evaluation = evaluate_candidate(
+        sides,
+        golden,
+        pipeline_for=lambda bundle, tags: build_bundle_pipeline(
+            elasticsearch, models, mlflow, bundle, recorded_tags=tags
+        ),
+        metrics=default_metrics(encoder=embedder),
+        policy=policy,
+        judge=build_judge(judge_spec, generator=local),
+        judge_capable=judge_spec.capable,
+        judge_max_cases=config.judge_max_cases,
+        batch_size=config.batch_size,
         n_resamples=config.n_resamples,
-        baseline_version=baseline_version,
+        recorded=lambda run_id: recorded_cases(client, run_id),
+        log=context.log.info,
     )
-    regression = None
-    if champion is not None and champion.run_id:
-        regression = _champion_regression(mlflow, champion.run_id, baseline, policy, config)
-        context.log.info(f"champion since promotion: {regression['summary']}")
     with mlflow.asset_run(context) as run:
-        log_evaluation(
+        registered = record_evaluation(
             run,
-            candidate.result,
-            golden,
-            gate_config=policy.gate_config(),
-            gate_result=decision.gate,
-            context={"bundle": candidate_bundle.describe(), "index": index_name},
-            tags={
-                "golden.name": golden.name,
-                "golden.digest": golden.version,
-                "model.uri": model_uri,
-                "generator.pin": candidate_bundle.generator_pin.describe(),
-                TAG_BASELINE_VERSION: baseline_version or "",
-                "prompt.version": prompt.uri,
-                "index.name": str(index_name),
-                "index.alias": elasticsearch.alias,
-                **{f"decision.override.{i}": o for i, o in enumerate(decision.overrides)},
-            },
+            client,
+            evaluation,
+            prompt_uri=prompt.uri,
+            generator_location=models.generator_location(),
         )
-        log_comparison(run, baseline, comparisons, decision, policy)
-        location = {}
-        if candidate_bundle.generator == "llm":
-            location = {TAG_GENERATOR_LOCATION: json.dumps(models.generator_location())}
-        registered = register_bundle(client, candidate_bundle, run=run, extra_tags=location)
-    context.log.info(decision.summary())
-    rows = comparison_rows(comparisons)
-    aggregates = {k: round(float(v), 4) for k, v in candidate.result.aggregates.items()}
+    return _evaluation_output(evaluation, registered, run_metadata=mlflow.run_metadata(run))
+
+
+def _evaluation_output(
+    evaluation: "CandidateEvaluation", registered: "BundleVersion", *, run_metadata: dict[str, Any]
+) -> dg.Output[dict[str, Any]]:
+    """``rag_evaluation``'s value (what the checks and ``champion_model`` read) and metadata
+    (numbers as numbers: aggregates, paired differences and intervals, error counts)."""
+    candidate, baseline = evaluation.candidate.result, evaluation.baseline.result
+    decision, sides = evaluation.decision, evaluation.sides
+    rows = evaluation.comparison_rows()
+    aggregates = evaluation.aggregates()
+    regression = evaluation.regression
     value = {
         "bundle_name": registered.name,
         "bundle_version": registered.version,
         "bundle_uri": registered.uri,
-        "evaluation_run_id": run.run_id,
+        "evaluation_run_id": registered.run_id,
         "decision": decision,
-        "baseline": baseline_label,
+        "baseline": sides.baseline_label,
         "aggregates": aggregates,
         "comparison": rows,
-        "champion_regression": regression,
+        "champion_regression": regression.to_dict() if regression is not None else None,
     }
     return dg.Output(
         value,
         metadata={
-            **mlflow.run_metadata(run),
+            **run_metadata,
             "bundle_uri": registered.uri,
-            "bundle": candidate_bundle.describe(),
-            "model_uri": model_uri,
-            "baseline_version": baseline_version or "",
-            "baseline": baseline_label,
-            "golden_set": f"{golden.name}@{golden.version[:12]}",
-            "cases": candidate.result.n_cases,
-            "metric_errors": dg.MetadataValue.json(candidate.result.errors),
-            "judge": str(candidate.result.judge or "none"),
+            "bundle": sides.candidate.describe(),
+            "model_uri": sides.model_uri,
+            "baseline_version": sides.baseline_version or "",
+            "baseline": sides.baseline_label,
+            "golden_set": f"{evaluation.golden.name}@{evaluation.golden.version[:12]}",
+            "cases": candidate.n_cases,
+            "metric_errors": dg.MetadataValue.json(candidate.errors),
+            "judge": str(candidate.judge or "none"),
             "decision": decision.outcome,
             "decision_summary": decision.summary(),
             "overrides": dg.MetadataValue.json(list(decision.overrides)),
@@ -328,46 +254,13 @@ def rag_evaluation(
                 ["metric", "value"],
             ),
             **{f"metric/{k}": v for k, v in aggregates.items()},
-            # None: a metric no case was scored on by both sides (n/<metric> = 0).
-            **{f"diff/{r['metric']}": r["diff"] for r in rows if r["diff"] is not None},
-            **{f"n/{r['metric']}": r["n"] for r in rows},
-            **{f"errors/{k}": v for k, v in candidate.result.errors.items()},
-            **{f"baseline_errors/{k}": v for k, v in baseline.result.errors.items()},
-            **{f"judge/{k}": v for k, v in candidate.result.judge_call_counts().items()},
-            **{f"baseline_judge/{k}": v for k, v in baseline.result.judge_call_counts().items()},
+            **comparison_numbers(rows),
+            **{f"errors/{k}": v for k, v in candidate.errors.items()},
+            **{f"baseline_errors/{k}": v for k, v in baseline.errors.items()},
+            **{f"judge/{k}": v for k, v in candidate.judge_call_counts().items()},
+            **{f"baseline_judge/{k}": v for k, v in baseline.judge_call_counts().items()},
         },
     )
-
-
-def _champion_regression(
-    mlflow: MlflowResource, run_id: str, baseline: Any, policy: Any, config: EvaluationConfig
-) -> dict[str, Any]:
-    """The champion today vs its per-case scores recorded when it was promoted."""
-    from pathlib import Path
-
-    import mlflow as mlflow_lib
-
-    from llmops_dagster.evaluate.bundle_eval import compared_metrics, comparison_rows
-    from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT
-    from llmops_dagster.evaluate.triggers import champion_regression, read_table_artifact
-
-    table = mlflow_lib.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=TABLE_ARTIFACT, tracking_uri=mlflow.store().tracking_uri
-    )
-    regressed, comparisons, reasons = champion_regression(
-        baseline.result.rows,
-        read_table_artifact(Path(table)),
-        policy,
-        metrics=compared_metrics(baseline.result, baseline.result),
-        n_resamples=config.n_resamples,
-    )
-    return {
-        "regressed": regressed,
-        "reasons": reasons,
-        "comparison": comparison_rows(comparisons),
-        "recorded_run_id": run_id,
-        "summary": "; ".join(reasons) or "holds up (no significant regression)",
-    }
 
 
 @dg.asset_check(asset=rag_evaluation, blocking=True, description="floors, cases, thresholds")
@@ -414,6 +307,7 @@ def champion_comparison(rag_evaluation: dict) -> dg.AssetCheckResult:
             "decision": decision.outcome,
             "reasons": md([{"reason": r} for r in decision.reasons], ["reason"]),
             "comparison": comparison_table(rag_evaluation["comparison"]),
+            **comparison_numbers(rag_evaluation["comparison"]),
         },
     )
 
@@ -495,6 +389,7 @@ def champion_holds_up(rag_evaluation: dict) -> dg.AssetCheckResult:
             "summary": regression["summary"],
             "recorded_run_id": regression["recorded_run_id"],
             "comparison": comparison_table(regression["comparison"]),
+            **comparison_numbers(regression["comparison"]),
         },
     )
 

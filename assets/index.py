@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.ingest import DUCKDB_POOL
+from assets.ingest import WAREHOUSE_WRITERS_POOL
 from llmops_dagster.resources import (
     ElasticsearchResource,
     MlflowResource,
@@ -24,7 +24,7 @@ class SearchIndexConfig(dg.Config):
     group_name="index",
     kinds={"elasticsearch"},
     owners=["team:search"],
-    pool=DUCKDB_POOL,
+    pool=WAREHOUSE_WRITERS_POOL,
     tags={"llmops/writes": "search-alias"},
     # Transient cluster trouble (a restart, a 503 burst) is retried; the sync diffs the live
     # index against the warehouse, so a retry after a half-written bulk converges exactly.

@@ -16,16 +16,21 @@ from llmops_dagster.resources import MlflowResource, WarehouseResource
 from llmops_dagster.sources.dlt_pipelines import WarehouseTarget, loaded_row_counts, make_pipeline
 from llmops_dagster.sources.source_config import SourcesConfig
 
-DUCKDB_POOL = "duckdb"  # one writer per DuckDB file: every asset that writes it shares this pool
+#: The steps that rewrite the pipeline's warehouse tables and move the index alias (documents,
+#: chunks, embeddings, search_index, the serving tables) share this pool (limit 1 in the shipped
+#: instance configs): on DuckDB one writer per file, and on any engine two reindex runs never
+#: race for the alias.
+WAREHOUSE_WRITERS_POOL = "warehouse"
 
 
-def ingest_pool(target: WarehouseTarget) -> str | None:
-    """The pool of the dlt assets, chosen at definition time by the warehouse kind.
+def ingest_pool(warehouse: WarehouseTarget | WarehouseResource) -> str | None:
+    """The pool of the dlt assets, chosen at definition time by the kind of the warehouse the
+    assets load into (its resource, or the target built from it).
 
-    DuckDB: the ``duckdb`` pool (one writer per file). PostgreSQL takes concurrent writers, and
+    DuckDB: the writers' pool (one writer per file). PostgreSQL takes concurrent writers, and
     each source loads its own tables, so no pool: the sources of one run load in parallel.
     """
-    return DUCKDB_POOL if target.kind == "duckdb" else None
+    return WAREHOUSE_WRITERS_POOL if warehouse.kind == "duckdb" else None
 
 
 class SourcePrefixedTranslator(DagsterDltTranslator):

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from assets._metadata import md
 from llmops_dagster.resources import (
-    CorpusResource,
+    DatasetsResource,
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
@@ -46,7 +46,7 @@ class LoraTrainingConfig(dg.Config):
 def finetune_dataset(
     context: dg.AssetExecutionContext,
     config: FinetuneDatasetConfig,
-    corpus: CorpusResource,
+    datasets: DatasetsResource,
     models: ModelsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
@@ -63,10 +63,10 @@ def finetune_dataset(
     from llmops_dagster.train.dataset import build_sft_dataset
 
     try:
-        training = Principal("training", frozenset(corpus.train_groups))
+        training = Principal("training", frozenset(datasets.train_groups))
     except AccessError as exc:
-        raise dg.Failure(f"corpus resource train_groups (LLMOPS_TRAIN_GROUPS): {exc}") from exc
-    wanted = corpus.train_groups if config.context_groups is None else config.context_groups
+        raise dg.Failure(f"datasets resource train_groups (LLMOPS_TRAIN_GROUPS): {exc}") from exc
+    wanted = datasets.train_groups if config.context_groups is None else config.context_groups
     try:
         principal = Principal("finetune", frozenset(wanted))
     except AccessError as exc:
@@ -82,7 +82,7 @@ def finetune_dataset(
         elasticsearch, models, mlflow, retrieval=RetrievalSettings(k=config.context_k)
     )
     dataset = build_sft_dataset(
-        Path(corpus.train_qa_path),
+        Path(datasets.train_qa_path),
         tokenizer=models.base_model().tokenizer,
         prompt=pipeline.prompt,
         context_fn=pipeline.context_fn(principal),
@@ -95,7 +95,7 @@ def finetune_dataset(
             f"{dataset.dropped} QA items left out: the training audience "
             f"{','.join(training.visible_groups)} may not read them"
         )
-    path = Path(corpus.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
+    path = Path(datasets.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
     dataset.write_jsonl(path)
     summary = dataset.summary()
     context_groups = ",".join(principal.visible_groups)

@@ -21,9 +21,9 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from assets._metadata import md
-from assets.ingest import DUCKDB_POOL
+from assets.ingest import WAREHOUSE_WRITERS_POOL
 from llmops_dagster.resources import (
-    CorpusResource,
+    DatasetsResource,
     MlflowResource,
     ServingResource,
     WarehouseResource,
@@ -102,7 +102,7 @@ def build_serving_load_assets(target: WarehouseTarget) -> dg.AssetsDefinition:
         dlt_pipeline=make_pipeline(target, PIPELINE_NAME),
         name="serving_load",
         dagster_dlt_translator=ServingTranslator(),
-        pool=DUCKDB_POOL,
+        pool=WAREHOUSE_WRITERS_POOL,
     )
     def serving_load(
         context: dg.AssetExecutionContext,
@@ -197,7 +197,7 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
     group_name=GROUP,
     kinds={"duckdb", "python"},
     owners=["team:ml-platform"],
-    pool=DUCKDB_POOL,
+    pool=WAREHOUSE_WRITERS_POOL,
 )
 def serving_metrics(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -375,12 +375,12 @@ SERVING_CHECKS = [
     group_name=GROUP,
     kinds={"duckdb", "python"},
     owners=["team:ml-platform"],
-    pool=DUCKDB_POOL,
+    pool=WAREHOUSE_WRITERS_POOL,
 )
 def feedback_candidates(
     context: dg.AssetExecutionContext,
     serving: ServingResource,
-    corpus: CorpusResource,
+    datasets: DatasetsResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Answers with a thumbs-down or a correction, with question, answer, correction, cited
@@ -400,9 +400,9 @@ def feedback_candidates(
 
     review = FeedbackReview(
         Path(serving.store_path),
-        Path(corpus.golden_path),
-        Path(corpus.train_qa_path),
-        train_groups=corpus.train_groups,
+        Path(datasets.golden_path),
+        Path(datasets.train_qa_path),
+        train_groups=datasets.train_groups,
     )
     candidates = review.candidates()
     path = write_candidates_jsonl(candidates, Path(serving.candidates_path))

@@ -26,7 +26,7 @@ questions by more than the bootstrap interval? Plus the project-vs-plain trainin
    answer, after an optional ``Answer:``, must be the reference ``final_decision``; anything
    else is wrong) and ``token_f1`` (``evaluate.metrics.token_f1``, SQuAD-normalised, against
    the long answer). Base and adapter answer the same items with the same prompt and greedy
-   decoding; ``diff`` = adapter − base, ``ci95`` = ``evaluate.compare.paired_bootstrap``;
+   decoding; ``diff`` = adapter − base, ``ci95`` = ``stats.paired_bootstrap``;
    ``beats_base`` = the whole interval is above zero. ``majority_baseline`` is the accuracy of
    always answering the held-out part's most frequent decision.
 3. ``sample``: the sample corpus. The adapter of part 1 (trained on ``data/train/qa.jsonl``
@@ -67,29 +67,27 @@ from typing import Any
 from llmops_dagster.config import apply_offline_env_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# git_revision and write_json_atomic stay importable from here for the helpers' unit tests
-from results_file import git_revision, write_json_atomic, write_results  # noqa: F401
+from results_file import write_results
 
 apply_offline_env_defaults()  # this script is where the process starts
 import numpy as np
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
-from llmops_dagster.evaluate.compare import paired_bootstrap
 from llmops_dagster.evaluate.metrics import token_f1
 from llmops_dagster.models.local import load_base_model, load_local_generator
 from llmops_dagster.models.registry import load_adapter_generator
 from llmops_dagster.models.spec import LocalModelSpec
+from llmops_dagster.qa import QAItem, load_qa_jsonl
 from llmops_dagster.rag.answer import answer_many, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
 from llmops_dagster.sources.source_config import default_sources_config
+from llmops_dagster.stats import paired_bootstrap
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.train.dataset import (
     ContextPassage,
-    QAItem,
     build_sft_dataset,
     corpus_context_fn,
-    load_qa_jsonl,
     retriever_context_fn,
 )
 from llmops_dagster.train.lora import (
@@ -595,7 +593,7 @@ def main() -> None:
                 id=item.id,
                 question=item.question,
                 reference_answer=decision_target(
-                    item.extra["final_decision"], item.reference_answer
+                    item.extra["final_decision"], item.reference_answer or ""
                 ),
                 relevant_doc_ids=item.relevant_doc_ids,
             )
@@ -666,7 +664,7 @@ def main() -> None:
         # ---- evaluation -------------------------------------------------------------------------
         questions = [item.question for item in heldout_items]
         gold = [str(item.extra["final_decision"]) for item in heldout_items]
-        longs = [item.reference_answer for item in heldout_items]
+        longs = [item.reference_answer or "" for item in heldout_items]
 
         prompt_tokens: dict[str, float] = {}
 
@@ -709,7 +707,7 @@ def main() -> None:
         )
         print(json.dumps([decision, pubmed_f1]), flush=True)
 
-        golden = load_qa_jsonl(GOLDEN)[: args.sample_heldout]
+        golden = load_qa_jsonl(GOLDEN, require_reference_answer=True)[: args.sample_heldout]
         golden_context = corpus_context_fn(sample_dir, k=2, use_reference=False, audience=audience)
         sample_retriever = FixedContextRetriever({g.question: golden_context(g) for g in golden})
         sample_questions = [g.question for g in golden]

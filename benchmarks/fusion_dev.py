@@ -34,15 +34,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from llmops_dagster.config import Settings, apply_offline_env_defaults
 
 apply_offline_env_defaults()  # this script is where the process starts
+from ir_eval import doc_level_run, evaluate
 from results_file import write_results
-from retrieval_scifact import (
-    CachedQueryEncoder,
-    doc_level_run,
-    embed_cached,
-    evaluate,
-    read_jsonl,
-    run_mode,
-)
+from retrieval_scifact import CachedQueryEncoder, embed_cached, read_jsonl, run_mode
 
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search.aliases import alias_indices, list_versions, rebuild
@@ -69,7 +63,8 @@ class _DocHit:
 
 def pubmedqa_chunks(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One chunk per abstract, in the retrieval_scifact chunk shape (doc id ``pubmedqa:<pmid>``)."""
-    from retrieval_scifact import chunk_id_for
+    from llmops_dagster.hashing import content_hash
+    from llmops_dagster.text.chunking import make_chunk_id
 
     chunks = []
     for item in items:
@@ -77,7 +72,7 @@ def pubmedqa_chunks(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         text = " ".join(item["contexts"])
         chunks.append(
             {
-                "chunk_id": chunk_id_for(doc_id, 0, text),
+                "chunk_id": make_chunk_id(doc_id, 0, text),
                 "doc_id": doc_id,
                 "source": "pubmedqa",
                 "title": "",
@@ -85,7 +80,7 @@ def pubmedqa_chunks(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "position": 0,
                 "section": "",
                 "text": text,
-                "content_hash": chunk_id_for(doc_id, 0, text),
+                "content_hash": content_hash(text),
             }
         )
     return chunks

@@ -3,8 +3,9 @@
 Indexes the corpus with the project's mapping, bulk writer and versioned-alias rebuild, runs the
 300 test claims in each mode of :class:`~llmops_dagster.search.retriever.SearchMode`, and scores
 the runs at DOCUMENT level (a document's rank is that of its best chunk) with ``ir-measures``
-(trec_eval underneath): nDCG@10, Recall@100, MRR@10. Latency is one ``search`` call per query at
-k=10, as a RAG request would make it: query embedding + the msearch round trip(s) + fusion.
+(trec_eval underneath; ``ir_eval.py``): nDCG@10, Recall@100, MRR@10. Latency is one ``search``
+call per query at k=10, as a RAG request would make it: query embedding + the msearch round
+trip(s) + fusion.
 
 BM25 stemming rows: the same claims by BM25 over (a) the plain fields (no stemming: the node's
 core analyzer), (b) the Python-stemmed shadow fields, (c) both, and (d) the node's ``english``
@@ -50,9 +51,11 @@ sys.path.insert(0, str(REPO_ROOT))
 from llmops_dagster.config import Settings, apply_offline_env_defaults
 
 apply_offline_env_defaults()  # this script is where the process starts
+from ir_eval import doc_level_run, evaluate
 from results_file import write_results
 
 from llmops_dagster.embed.model import Embedder, load_embedder
+from llmops_dagster.hashing import content_hash
 from llmops_dagster.search.aliases import (
     alias_indices,
     list_versions,
@@ -71,6 +74,8 @@ from llmops_dagster.search.retriever import (
     RetrieverConfig,
     SearchMode,
 )
+from llmops_dagster.stats import percentile
+from llmops_dagster.text.chunking import make_chunk_id
 
 log = logging.getLogger("retrieval_scifact")
 
@@ -94,11 +99,6 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             qid, doc_id, score = line.rstrip("\n").split("\t")
             qrels.setdefault(qid, {})[doc_id] = int(score)
     return qrels
-
-
-def chunk_id_for(doc_id: str, position: int, text: str) -> str:
-    """docs/CONTRACTS.md: sha256 hex (first 32) of ``doc_id \\x1f position \\x1f text``."""
-    return hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
 
 
 def embed_cached(embedder: Embedder, texts: list[str], name: str) -> np.ndarray:
@@ -162,7 +162,7 @@ def corpus_chunks(corpus: list[dict[str, Any]], max_words: int) -> list[dict[str
         for position, text in enumerate(split_text(row["text"], max_words)):
             chunks.append(
                 {
-                    "chunk_id": chunk_id_for(doc_id, position, text),
+                    "chunk_id": make_chunk_id(doc_id, position, text),
                     "doc_id": doc_id,
                     "source": "scifact",
                     "title": row.get("title", ""),
@@ -170,7 +170,7 @@ def corpus_chunks(corpus: list[dict[str, Any]], max_words: int) -> list[dict[str
                     "position": position,
                     "section": "",
                     "text": text,
-                    "content_hash": hashlib.sha256(text.encode()).hexdigest(),
+                    "content_hash": content_hash(text),
                 }
             )
     return chunks
@@ -184,44 +184,6 @@ def with_vectors(
 
 
 # --- evaluation ----------------------------------------------------------------------------------
-def doc_level_run(hits_per_query: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
-    """Chunk hits → document run: a document keeps its best chunk's rank.
-
-    Scores are rank-derived and strictly decreasing: trec_eval re-sorts by score and breaks
-    ties by document id, which would silently reorder fused lists with equal scores.
-    """
-    run: dict[str, dict[str, float]] = {}
-    for qid, hits in hits_per_query.items():
-        docs: dict[str, float] = {}
-        for hit in hits:
-            beir_id = hit.doc_id.split(":", 1)[1]
-            if beir_id not in docs:
-                docs[beir_id] = float(100_000 - len(docs))
-            if len(docs) == 100:  # Recall@100 counts the first 100 documents
-                break
-        run[qid] = docs
-    return run
-
-
-def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict:
-    import ir_measures
-    from ir_measures import RR, R, nDCG
-
-    measures = [nDCG @ 10, R @ 100, RR @ 10]
-    # Queries with no hits at all must still count (as 0), not vanish from the average.
-    run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
-    agg = ir_measures.calc_aggregate(measures, qrels, run)
-    return {
-        "ndcg@10": round(agg[nDCG @ 10], 4),
-        "recall@100": round(agg[R @ 100], 4),
-        "mrr@10": round(agg[RR @ 10], 4),
-    }
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def run_mode(
     retriever: HybridRetriever,
     mode: str,

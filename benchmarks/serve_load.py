@@ -8,7 +8,8 @@ real assets under a fresh alias on ``ELASTICSEARCH_URL`` (unset: the local node 
 1. ``overhead_ratio``: the golden questions one at a time, each asked twice in a row — directly
    through the same bundle's :class:`~llmops_dagster.rag.pipeline.RagPipeline` in this process
    and through ``POST /v1/answer`` — in alternating order (ABBA) so drift hits both alike.
-   Ratio = server p50 (client-observed, HTTP + tracing + answer log included) ÷ direct p50.
+   Ratio = server p50 (client-observed, HTTP + tracing + answer log included) ÷ direct p50
+   (nearest-rank percentiles, ``llmops_dagster.stats.percentile``, like every p50/p95 here).
    Both run one torch thread.
 2. Load: ``--clients`` concurrent clients send the questions round-robin until each has sent
    ``--requests-per-client`` or ``--max-seconds`` pass. Half way through (by request count),
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -48,16 +48,12 @@ from results_file import write_results
 from rich.console import Console
 from rich.table import Table
 
+from llmops_dagster.stats import percentile
+from llmops_dagster.tracking.mlflow_store import mlflow_client
+
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serve.json"
 TARGETS = {"errors": 0, "overhead_ratio_max": 1.10}
 console = Console()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: a reported p95 is a measured latency)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def golden_questions(limit: int) -> list[str]:
@@ -90,11 +86,14 @@ def overhead(settings: Settings, url: str, bundle: Any, questions: list[str]) ->
                     http.post(f"{url}/v1/answer", json={"question": question}).raise_for_status()
                     served.append((time.perf_counter() - started) * 1000)
             console.log(f"overhead {i + 1}/{len(questions)}")
+    direct_p50, server_p50 = percentile(direct, 50), percentile(served, 50)
+    if direct_p50 is None or server_p50 is None:
+        raise ValueError("overhead: no question was timed")
     return {
         "questions": len(questions),
-        "direct_p50_ms": round(statistics.median(direct), 1),
-        "server_p50_ms": round(statistics.median(served), 1),
-        "overhead_ratio": round(statistics.median(served) / statistics.median(direct), 4),
+        "direct_p50_ms": round(direct_p50, 1),
+        "server_p50_ms": round(server_p50, 1),
+        "overhead_ratio": round(server_p50 / direct_p50, 4),
     }
 
 
@@ -158,13 +157,14 @@ def load(
         extractive = body["bundle"]["model_id"].startswith("extractive")
         if (generator_of.get(version) == "extractive") != extractive:
             mixed += 1
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     return {
         "clients": clients,
         "requests": len(responses) + len(errors),
         "errors": len(errors),
         "error_samples": errors[:5],
-        "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-        "p95_ms": round(percentile(latencies, 95), 1) if latencies else None,
+        "p50_ms": None if p50 is None else round(p50, 1),
+        "p95_ms": None if p95 is None else round(p95, 1),
         "wall_s": round(wall, 1),
         "responses_per_bundle_version": dict(sorted(per_bundle.items())),
         "responses_mixing_bundles": mixed,
@@ -173,9 +173,7 @@ def load(
 
 
 def count_traces(tracking_uri: str, experiment: str, expected: int, wait_s: float) -> int:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     deadline = time.monotonic() + wait_s
     count = 0
@@ -243,9 +241,7 @@ def main() -> None:
                 over = overhead(
                     settings, server.url, bundles["llm"], questions[: args.overhead_questions]
                 )
-                from mlflow import MlflowClient
-
-                registry = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                registry = mlflow_client(tracking_uri)
                 loaded = load(
                     server.url,
                     questions,

@@ -59,13 +59,15 @@ from llmops_dagster.chunks.chunk_table import active_chunks, sync_chunks
 from llmops_dagster.config import Settings
 from llmops_dagster.documents.document_table import read_documents, sync_documents
 from llmops_dagster.documents.normalize import NormalizedBatch
-from llmops_dagster.documents.rows import Document, content_hash
+from llmops_dagster.documents.rows import Document
 from llmops_dagster.embed.cache import embed_missing
 from llmops_dagster.embed.model import Embedder, load_embedder, load_tokenizer
+from llmops_dagster.hashing import content_hash
 from llmops_dagster.search.aliases import alias_indices, list_versions
 from llmops_dagster.search.client import check_cluster, make_client
 from llmops_dagster.search.retriever import HybridRetriever, SearchMode
 from llmops_dagster.search.sync import sync_index
+from llmops_dagster.stats import percentile
 from llmops_dagster.text.chunking import chunk_document
 from llmops_dagster.warehouse import connect
 
@@ -259,8 +261,8 @@ def query_latency(
             times[mode.value].append((time.perf_counter() - started) * 1000)
     out: dict[str, float] = {}
     for mode, values in times.items():
-        out[f"{mode}_p50_ms"] = round(float(np.percentile(values, 50)), 2)
-        out[f"{mode}_p95_ms"] = round(float(np.percentile(values, 95)), 2)
+        out[f"{mode}_p50_ms"] = round(percentile(values, 50), 2)
+        out[f"{mode}_p95_ms"] = round(percentile(values, 95), 2)
     return out
 
 
@@ -323,8 +325,8 @@ def cosine_distribution(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     return {
         "vectors": int(cosine.size),
         "min": round(float(cosine.min()), 4),
-        "p1": round(float(np.percentile(cosine, 1)), 4),
-        "p5": round(float(np.percentile(cosine, 5)), 4),
+        "p1": round(percentile(cosine.tolist(), 1), 4),
+        "p5": round(percentile(cosine.tolist(), 5), 4),
         "mean": round(float(cosine.mean()), 5),
         "below_0_99": int((cosine < 0.99).sum()),
     }

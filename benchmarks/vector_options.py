@@ -45,7 +45,6 @@ from retrieval_scifact import (
     CachedQueryEncoder,
     corpus_chunks,
     embed_cached,
-    percentile,
     read_jsonl,
     read_qrels,
     run_mode,
@@ -57,6 +56,7 @@ from llmops_dagster.search.aliases import alias_indices, list_versions, rebuild
 from llmops_dagster.search.client import check_cluster, make_client
 from llmops_dagster.search.mapping import IndexSpec, VectorIndexOptions, build_index_body
 from llmops_dagster.search.retriever import HybridRetriever, RetrieverConfig
+from llmops_dagster.stats import percentile
 
 log = logging.getLogger("vector_options")
 

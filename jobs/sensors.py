@@ -8,7 +8,7 @@ import dagster as dg
 
 from jobs import evaluate_candidate_job, finetune_and_evaluate_job
 from llmops_dagster.resources import (
-    CorpusResource,
+    DatasetsResource,
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
@@ -56,7 +56,7 @@ def mlflow_registry_sensor(
 )
 def evaluation_inputs_sensor(
     context: dg.SensorEvaluationContext,
-    corpus: CorpusResource,
+    datasets: DatasetsResource,
     elasticsearch: ElasticsearchResource,
     mlflow: MlflowResource,
     models: ModelsResource,
@@ -69,7 +69,7 @@ def evaluation_inputs_sensor(
 
     inputs = EvaluationInputs(
         prompt_version=load_prompt().version,
-        golden_digest=load_golden(corpus.golden_path).version,
+        golden_digest=load_golden(datasets.golden_path).version,
         index_name=current_index(elasticsearch.get_client(), elasticsearch.alias),
     )
     previous = EvaluationInputs.from_cursor(context.cursor)
@@ -136,19 +136,19 @@ def stale_decision_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowRes
     "(e.g. a reviewer accepted feedback into it); the cursor holds the file's digest.",
 )
 def training_inputs_sensor(
-    context: dg.SensorEvaluationContext, corpus: CorpusResource, mlflow: MlflowResource
+    context: dg.SensorEvaluationContext, datasets: DatasetsResource, mlflow: MlflowResource
 ):
     from pathlib import Path
 
     from llmops_dagster.evaluate.triggers import rerun_config
+    from llmops_dagster.qa import qa_file_digest
     from llmops_dagster.rag.bundle import current_champion
-    from llmops_dagster.train.dataset import file_digest
 
-    path = Path(corpus.train_qa_path)
+    path = Path(datasets.train_qa_path)
     if not path.is_file():
         yield dg.SkipReason(f"no training QA set at {path} (LLMOPS_TRAIN_QA)")
         return
-    digest = file_digest(path)
+    digest = qa_file_digest(path)  # the training set's source_digest (qa.qa_digest)
     previous = context.cursor
     context.update_cursor(digest)
     if not previous:

@@ -14,7 +14,7 @@ apply_offline_env_defaults()
 
 import dagster as dg  # noqa: E402
 
-from llmops_dagster.resources import build_resources  # noqa: E402
+from llmops_dagster.resources import WarehouseResource, build_resources  # noqa: E402
 from llmops_dagster.sources.source_config import (  # noqa: E402
     SourcesConfig,
     default_sources_config,
@@ -28,7 +28,14 @@ def load_sources(settings: Settings) -> SourcesConfig:
     return default_sources_config(settings.corpus.sample_data_dir)
 
 
-def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDefinition]:
+def build_assets(
+    settings: Settings, sources: SourcesConfig, warehouse: WarehouseResource | None = None
+) -> list[dg.AssetsDefinition]:
+    """Every asset. Definition-time choices (the dlt pipelines that describe the loaders, their
+    pool and kinds) come from ``warehouse``, the warehouse resource the assets run with. When
+    it is not given, or holds its URL only as an ``EnvVar`` (a password in it), the same
+    resource is built from ``settings`` with the URL resolved: describing a PostgreSQL
+    destination needs the URL itself."""
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
     from assets.embeddings import embeddings
@@ -38,9 +45,10 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
     from assets.model import finetune_dataset, lora_adapter
     from assets.serving import build_serving_load_assets, feedback_candidates, serving_metrics
 
-    ingest = build_ingest_assets(
-        sources, settings.warehouse_target(), sources_file=str(settings.corpus.sources_config)
-    )
+    if warehouse is None or isinstance(warehouse.url, dg.EnvVar):
+        warehouse = WarehouseResource.from_settings(settings, resolve_secrets=True)
+    target = warehouse.dlt_target()
+    ingest = build_ingest_assets(sources, target, sources_file=str(settings.corpus.sources_config))
     ingest_keys = [key for assets_def in ingest for key in assets_def.keys]
     return [
         *ingest,
@@ -52,7 +60,7 @@ def build_assets(settings: Settings, sources: SourcesConfig) -> list[dg.AssetsDe
         lora_adapter,
         rag_evaluation,
         champion_model,
-        build_serving_load_assets(settings.warehouse_target()),
+        build_serving_load_assets(target),
         serving_metrics,
         feedback_candidates,
     ]
@@ -73,7 +81,8 @@ def build_definitions(
 
     settings = settings or Settings()
     sources = sources or load_sources(settings)
-    assets = build_assets(settings, sources)
+    resources = build_resources(settings)
+    assets = build_assets(settings, sources, resources["warehouse"])
     jobs, schedules, sensors = build_jobs(
         reindex_cron=settings.schedules.reindex_cron,
         full_rebuild_cron=settings.schedules.full_rebuild_cron,
@@ -84,7 +93,7 @@ def build_definitions(
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
-        resources=build_resources(settings),
+        resources=resources,
     )
 
 

@@ -7,7 +7,6 @@ the summary (``llmops_dagster.console``); the full log goes to a file whose path
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from llmops_dagster.config import Settings
-from llmops_dagster.console import demo_log_path, run_job_with_console, shorten
+from llmops_dagster.console import demo_log_path, run_job_with_console, shorten, summary_table
 
 # The metadata worth a line in the summary, per asset (everything else is in the UI).
 SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -46,14 +45,12 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
 DEMO_CASES = 60
 DEMO_EVALUATION = {"limit": DEMO_CASES, "max_new_tokens": 32}
 
-# The key of the demo's logger in the job's logger definitions and in the run config.
-
 
 def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], None]) -> int:
     import dagster as dg
 
     from llmops_dagster.definitions import build_definitions
-    from llmops_dagster.services.local import dagster_home, elasticsearch_down, elasticsearch_up
+    from llmops_dagster.services.local import elasticsearch_down, elasticsearch_up
     from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 
     console = Console()
@@ -62,15 +59,16 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
     es = elasticsearch_up(settings, log=log)
     store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
 
-    home = dagster_home()
-    os.environ["DAGSTER_HOME"] = str(home)
+    # The project's instance (DAGSTER_HOME, else dagster_home/), opened by its folder: the runs
+    # execute in this process, so nothing else needs DAGSTER_HOME.
+    home = settings.dagster_home
     run_id = str(uuid.uuid4())
     log_path = demo_log_path(home, run_id)
     log("2/3 materializing the asset graph on the sample corpus")
     log(f"full Dagster log (DEBUG) and library output: {log_path}")
     defs = build_definitions(settings.override(elasticsearch={"url": es["url"]}))
     evaluations = []
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         result, _ = run_job_with_console(
             defs,
             instance=instance,
@@ -97,23 +95,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
             evaluations.append(("extractive answerer", extractive))
     log("3/3 summary")
 
-    table = Table("asset", "result", title="llmops-dagster demo")
-    for event in result.get_asset_materialization_events():
-        key = event.asset_key.to_user_string()
-        metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-        wanted = SUMMARY_KEYS.get(key)
-        shown = (
-            {k: metadata[k] for k in wanted if k in metadata}
-            if wanted
-            else {k: v for k, v in metadata.items() if k.startswith("dagster/row_count")}
-        )
-        table.add_row(key, ", ".join(f"{k}={shorten(v)}" for k, v in shown.items()) or "ok")
-    for check in result.get_asset_check_evaluations():
-        table.add_row(
-            f"check {check.asset_key.to_user_string()}:{check.check_name}",
-            "[green]passed[/green]" if check.passed else "[red]failed[/red]",
-        )
-    console.print(table)
+    console.print(summary_table(result, SUMMARY_KEYS))
     console.print(
         f"Run {result.run_id} {'succeeded' if result.success else '[red]failed[/red]'} in "
         f"{time.perf_counter() - began:.0f}s.\n"
@@ -155,13 +137,13 @@ def print_decision(console: Console, label: str, result: Any) -> None:
 def _print_champion_lineage(console: Console, settings: Settings, tracking_uri: str) -> None:
     """The champion's chain: the evaluation that promoted it back to data and code."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from llmops_dagster.evaluate.gate import TAG_EVAL_RUN
     from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL
+    from llmops_dagster.tracking.mlflow_store import mlflow_client
     from llmops_dagster.tracking.trace import trace
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         champion = client.get_model_version_by_alias(DEFAULT_BUNDLE_MODEL, "champion")
     except MlflowException:

@@ -1,8 +1,10 @@
 """Shared fixtures: one real Elasticsearch node per test session, temp MLflow and DuckDB stores.
 
-PostgreSQL: one throw-away cluster per session as well (the ``postgres`` fixture).
-Integration tests never skip for a missing service: if the node cannot start, they fail with the
-reason. Set ELASTICSEARCH_URL to run them against an existing cluster instead.
+PostgreSQL: one throw-away cluster per session as well (the ``postgres`` fixture), and the
+``warehouse`` fixture runs a test on both warehouse engines. Integration tests never skip for a
+missing service: if the node cannot start, they fail with the reason. Set ELASTICSEARCH_URL to
+run them against an existing cluster instead. Unit tests start no service (tests/support/tiers.py
+enforces it); helpers that are not fixtures live in tests/support/.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmops_dagster.config import Settings, apply_offline_env_defaults
+from tests.support.tiers import apply_tiers, refuse_service_in_unit_test, running
 
 # The test session is where this process starts: offline defaults before any heavy import.
 apply_offline_env_defaults()
@@ -22,14 +25,27 @@ apply_offline_env_defaults()
 TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it reads the marks this settles
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    apply_tiers(items)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    running(item)
+
+
 @pytest.fixture(scope="session")
 def es_settings() -> Iterator[Settings]:
     """Settings pointing at a healthy cluster: ELASTICSEARCH_URL, or a node started for tests."""
+    refuse_service_in_unit_test("Elasticsearch")
     base = Settings()
     if base.uses_external_es:
+        from llmops_dagster.resources import ElasticsearchResource
         from llmops_dagster.search.client import check_cluster, make_client
 
-        check_cluster(make_client(base.cluster_spec()), base.cluster_spec())
+        spec = ElasticsearchResource.from_settings(base, resolve_secrets=True).cluster_spec()
+        check_cluster(make_client(spec), spec)
         yield base
         return
 
@@ -62,25 +78,22 @@ def es_settings() -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def es_client(es_settings: Settings):
+    from llmops_dagster.resources import ElasticsearchResource
     from llmops_dagster.search.client import make_client
 
-    client = make_client(es_settings.cluster_spec())
+    resource = ElasticsearchResource.from_settings(es_settings, resolve_secrets=True)
+    client = make_client(resource.cluster_spec())
     yield client
     client.close()
 
 
 @pytest.fixture
 def tmp_settings(tmp_path: Path) -> Settings:
-    """Settings whose stores (DuckDB, MLflow, dlt state, caches) all live in a temp folder."""
-    home = tmp_path / "llmops-home"
-    home.mkdir()
-    return Settings().override(
-        home=home,
-        warehouse={"duckdb_path": home / "warehouse.duckdb"},
-        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
-        # The project's model cache: the GGUF → safetensors conversion (~40 s) happens once.
-        models={"cache_dir": Settings().models_cache_dir},
-    )
+    """Settings whose stores (DuckDB, MLflow, dlt state, caches) all live in a temp folder; the
+    project's model cache stays (the GGUF → safetensors conversion, ~40 s, happens once)."""
+    from tests.support.settings import isolated_settings
+
+    return isolated_settings(tmp_path / "llmops-home")
 
 
 @pytest.fixture(scope="session")
@@ -90,12 +103,28 @@ def sample_dir() -> Path:
     return path
 
 
-def drop_indices(client, alias: str) -> None:
-    """Delete every versioned index of ``alias`` by name: clusters refuse wildcard deletes by
-    default (``action.destructive_requires_name``)."""
-    from llmops_dagster.search.aliases import list_versions
+@pytest.fixture(scope="session")
+def sample_embeddings(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """A DuckDB warehouse holding the sample corpus's embedding cache, built once per session
+    (ingest + prepare of the demo's sources). A test that indexes the whole sample corpus, and
+    asserts nothing about embedding it, copies it into its fresh warehouse first
+    (``tests.support.warehouse.copy_embedding_cache``): the same 219 chunks are embedded once
+    per session instead of once per module."""
+    from llmops_dagster.sources.source_config import default_sources_config
+    from tests.support.dagster import PREPARE_GROUPS, materialize_groups
+    from tests.support.settings import isolated_settings
 
-    for name in list_versions(client, alias):
+    settings = isolated_settings(tmp_path_factory.mktemp("sample-embeddings"))
+    materialize_groups(settings, default_sources_config(sample_dir), PREPARE_GROUPS)
+    return settings.duckdb_path
+
+
+def drop_indices(client, alias: str) -> None:
+    """Delete every versioned index of ``alias``, and whatever it points at, by name: clusters
+    refuse wildcard deletes by default (``action.destructive_requires_name``)."""
+    from llmops_dagster.search.aliases import alias_indices, list_versions
+
+    for name in sorted(set(list_versions(client, alias)) | set(alias_indices(client, alias))):
         client.indices.delete(index=name, ignore_unavailable=True)
 
 
@@ -113,6 +142,7 @@ def asset_metadata(result, asset: str) -> dict:
 def postgres() -> Iterator:
     """One throw-away PostgreSQL cluster per test session (Debian's binaries, initdb + pg_ctl
     on a free loopback port). Tests create their own databases with ``create_database``."""
+    refuse_service_in_unit_test("PostgreSQL")
     from llmops_dagster.services.postgres_local import (
         PostgresSetupError,
         start_postgres,
@@ -123,7 +153,7 @@ def postgres() -> Iterator:
     data_dir = base.home / "postgres" / f"test-cluster-{os.getpid()}"
     shutil.rmtree(data_dir, ignore_errors=True)
     try:
-        pg = start_postgres(data_dir)
+        pg = start_postgres(data_dir, bin_dir=base.local_postgres.bin_dir)
     except PostgresSetupError as exc:
         pytest.fail(f"could not start the test PostgreSQL cluster: {exc}", pytrace=False)
     try:
@@ -131,3 +161,30 @@ def postgres() -> Iterator:
     finally:
         stop_postgres(pg)
         shutil.rmtree(pg.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.integration)])
+def warehouse(request: pytest.FixtureRequest) -> Iterator:
+    """The same test on both warehouse engines, through the warehouse adapter: an in-memory
+    DuckDB (a unit test) and a fresh database on the session's throw-away PostgreSQL cluster
+    (an integration test: ``-m unit`` leaves that variant out and starts no PostgreSQL)."""
+    if request.param == "duckdb":
+        import duckdb
+
+        from llmops_dagster.warehouse import as_warehouse
+
+        found = as_warehouse(duckdb.connect(":memory:"))
+    else:
+        import uuid
+
+        from llmops_dagster.services.postgres_local import create_database
+        from llmops_dagster.warehouse.postgres import open_postgres
+
+        pg = request.getfixturevalue("postgres")
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        create_database(pg, name)
+        found = open_postgres(pg.url(name))
+    try:
+        yield found
+    finally:
+        found.close()

@@ -26,10 +26,10 @@ from llmops_dagster.documents.rows import (
     Document,
     Rejected,
     RejectReason,
-    content_hash,
     make_doc_id,
     utc,
 )
+from llmops_dagster.hashing import content_hash
 from llmops_dagster.sources.source_config import RecordMapping
 
 TextTransform = Callable[[str], str]

@@ -6,7 +6,6 @@ that every stage agrees on them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,10 +30,6 @@ class RejectReason(StrEnum):
 def make_doc_id(source: str, natural_key: str) -> str:
     """``source:natural_key``: stable across runs, readable in logs and the search index."""
     return f"{source}:{natural_key}"
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def utc(value: datetime | None) -> datetime:

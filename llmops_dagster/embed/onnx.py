@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from llmops_dagster.local_files import publish_dir
+from llmops_dagster.files import publish_dir
 
 #: Bump when the export/quantization recipe changes: the cache folder name and the embedder's
 #: model id (``<id>+onnx-int8-r<N>``) include it, so a changed recipe converts again and its

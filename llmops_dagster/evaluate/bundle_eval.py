@@ -22,6 +22,7 @@ from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.metrics import require_metrics_depth, retrieval_depths
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
 from llmops_dagster.evaluate.run import EvalResult, build_cases, evaluate_rag
+from llmops_dagster.rag.bundle import TAG_OUTCOME
 
 if TYPE_CHECKING:
     from deepeval.metrics import BaseMetric
@@ -174,7 +175,7 @@ def log_comparison(
         params={**policy.as_params(), "baseline.label": baseline.label},
         metrics=metrics,
         tags={
-            "decision.outcome": decision.outcome,
+            TAG_OUTCOME: decision.outcome,
             "baseline.label": baseline.label,
             "baseline.bundle_key": baseline.bundle.key(),
         },

@@ -11,7 +11,7 @@ measured" (a judge metric outside the judged sample, a table read back from MLfl
 is left out of that metric's comparison, so ``n`` is per metric. An error is not a gap: the
 evaluation scores it 0.0 (``<metric>_error`` says why), so it stays in, and each side's errors
 among the paired cases are counted (``candidate_errors``/``baseline_errors``) for the policy's
-error-rate limit.
+error-rate limit. The interval is :func:`llmops_dagster.stats.paired_bootstrap`.
 
 Pure numpy: no MLflow, Dagster or DeepEval import, so it is cheap to test and to call anywhere.
 """
@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from llmops_dagster.stats import paired_bootstrap
+
 #: Per-case metric keys where a smaller value is better (``EvalResult.rows`` carry latency_ms).
 LOWER_IS_BETTER: frozenset[str] = frozenset({"latency_ms"})
-
-#: Upper bound on resample-index elements held at once (memory of the vectorised bootstrap).
-_CHUNK_ELEMENTS = 2_000_000
 
 
 def _signed(value: float) -> str:
@@ -196,51 +195,6 @@ def paired_scores(
     """Per-case scores of both runs on the cases both scored (see :func:`pair_metric`)."""
     paired = pair_metric(candidate_rows, baseline_rows, metric)
     return paired.candidate, paired.baseline
-
-
-def paired_bootstrap(
-    candidate: np.ndarray | Sequence[float],
-    baseline: np.ndarray | Sequence[float],
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 13,
-) -> tuple[float, float, float]:
-    """(mean diff, ci_low, ci_high) of the mean paired difference candidate − baseline.
-
-    Percentile bootstrap over case indices: each resample draws n cases with replacement and
-    takes the mean of their differences (vectorised, in chunks to bound memory). Deterministic
-    for a given seed. All-equal differences have no sampling spread: the interval collapses to
-    [d, d]. The interval is widened to contain the point estimate if it does not (floating
-    point, extreme skew): widening can only make a decision more cautious.
-    """
-    c = np.asarray(candidate, dtype=float)
-    b = np.asarray(baseline, dtype=float)
-    if c.shape != b.shape or c.ndim != 1:
-        raise ValueError(f"need two 1-d arrays of equal length, got {c.shape} and {b.shape}")
-    n = c.size
-    if n == 0:
-        raise ValueError("cannot compare runs with no cases (n=0)")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    d = c - b
-    if not np.all(np.isfinite(d)):
-        raise ValueError("scores must be finite (map missing scores first: paired_scores)")
-    mean = float(d.mean())
-    if float(np.ptp(d)) <= 1e-12 * max(1.0, abs(mean)):
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=float)
-    step = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, step):
-        size = min(step, n_resamples - start)
-        idx = rng.integers(0, n, size=(size, n))
-        means[start : start + size] = d[idx].mean(axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
-    return mean, min(float(low), mean), max(float(high), mean)
 
 
 def compare_runs(

@@ -1,96 +1,45 @@
 """Golden sets: questions with relevant document ids (and reference answers), versioned by digest.
 
 Why a content digest as the version: an evaluation is only comparable with another on the same
-golden set. ``version`` is the sha256 of a *canonical* JSONL rendering (sorted keys, fixed
-separators, items in id order), so re-formatting or re-ordering the file does not change it,
-while any edit to a question, answer or label does. The digest is logged with every evaluation
-(MLflow dataset input) so two scores can be checked for comparability.
+golden set. ``version`` is :func:`llmops_dagster.qa.qa_digest` (a canonical rendering, so
+re-formatting or re-ordering the file does not change it, while any edit to a question, answer
+or label does). The digest is logged with every evaluation (MLflow dataset input) so two scores
+can be checked for comparability.
 
-Formats: the project's QA JSONL (``data/golden/qa.jsonl``: id, question, reference_answer,
-relevant_doc_ids, type, and optionally ``groups``: the asker's groups, so the case is answered
-as that principal and can only retrieve what it may read) and BEIR folders (corpus.jsonl,
-queries.jsonl, qrels/<split>.tsv): retrieval-only items with graded relevance and no reference
-answers.
+Formats: the project's QA JSONL (``data/golden/qa.jsonl``, read by
+:func:`llmops_dagster.qa.load_qa_jsonl`: id, question, reference_answer, relevant_doc_ids, type,
+and optionally ``groups``: the asker's groups, so the case is answered as that principal and can
+only retrieve what it may read) and BEIR folders (corpus.jsonl, queries.jsonl,
+qrels/<split>.tsv): retrieval-only items with graded relevance and no reference answers.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.access import AccessError, Principal, check_group
 from llmops_dagster.config import PROJECT_ROOT
+from llmops_dagster.qa import QAFileError, QAItem, load_qa_jsonl, qa_digest
 
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_GOLDEN_PATH = PROJECT_ROOT / "data" / "golden" / "qa.jsonl"
-#: The principal name golden questions are asked under (their groups vary per item).
-GOLDEN_PRINCIPAL = "golden"
 
 
-class GoldenSetError(ValueError):
-    """A golden set file is missing or malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class GoldenItem:
-    """One labelled question. ``relevance_grades`` is empty for binary labels."""
-
-    id: str
-    question: str
-    relevant_doc_ids: tuple[str, ...]
-    reference_answer: str | None = None
-    type: str = ""
-    relevance_grades: Mapping[str, int] = field(default_factory=dict)
-    #: The asker's groups (sorted; empty = an anonymous asker, public documents only).
-    groups: tuple[str, ...] = ()
-
-    @property
-    def principal(self) -> Principal:
-        """Who asks this question: retrieval for the case is filtered by these groups."""
-        return Principal(GOLDEN_PRINCIPAL, frozenset(self.groups))
-
-    def to_record(self) -> dict[str, Any]:
-        """The canonical, JSON-ready form (what the digest is computed over)."""
-        record: dict[str, Any] = {
-            "id": self.id,
-            "question": self.question,
-            "reference_answer": self.reference_answer,
-            "relevant_doc_ids": list(self.relevant_doc_ids),
-            "type": self.type,
-        }
-        if self.relevance_grades:
-            record["relevance_grades"] = dict(sorted(self.relevance_grades.items()))
-        if self.groups:  # absent when public, so older sets keep their digest
-            record["groups"] = list(self.groups)
-        return record
-
-
-def canonical_jsonl(items: Iterable[GoldenItem]) -> str:
-    """One canonical JSON line per item, in id order."""
-    lines = [
-        json.dumps(item.to_record(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        for item in sorted(items, key=lambda i: i.id)
-    ]
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def golden_digest(items: Iterable[GoldenItem]) -> str:
-    """sha256 hex of :func:`canonical_jsonl`: the golden set's version."""
-    return hashlib.sha256(canonical_jsonl(items).encode("utf-8")).hexdigest()
+class GoldenSetError(QAFileError):
+    """A golden set is missing or malformed; the message names the file (and line)."""
 
 
 @dataclass(frozen=True)
 class GoldenSet:
     """Items + identity. ``version`` is the content digest; ``path`` where it was read from."""
 
-    items: tuple[GoldenItem, ...]
+    items: tuple[QAItem, ...]
     name: str
     version: str
     path: Path | None = None
@@ -99,7 +48,7 @@ class GoldenSet:
     @classmethod
     def from_items(
         cls,
-        items: Iterable[GoldenItem],
+        items: Iterable[QAItem],
         *,
         name: str,
         path: Path | None = None,
@@ -110,7 +59,7 @@ class GoldenSet:
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise GoldenSetError(f"golden set {name}: duplicate ids {duplicates[:5]}")
-        return cls(items, name, golden_digest(items), path, format)
+        return cls(items, name, qa_digest(items), path, format)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -142,39 +91,16 @@ class GoldenSet:
         return pd.DataFrame(rows, columns=columns)
 
 
-def _groups(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
-        raise TypeError(f"groups must be a list of group names, got {value!r}")
-    return tuple(sorted({check_group(g) for g in value}))
-
-
-def load_qa_jsonl(path: Path | str = DEFAULT_GOLDEN_PATH, *, name: str | None = None) -> GoldenSet:
-    """The project's QA format: one JSON object per line with id, question, reference_answer,
-    relevant_doc_ids (doc ids such as ``fs:handbook/expenses.md``), an optional type and
-    optional ``groups`` (the asker's groups; absent = public documents only)."""
+def load_golden_jsonl(
+    path: Path | str = DEFAULT_GOLDEN_PATH, *, name: str | None = None
+) -> GoldenSet:
+    """A QA JSONL golden set (:func:`llmops_dagster.qa.load_qa_jsonl`: errors name file:line);
+    reference answers are optional (retrieval-only items)."""
     path = Path(path)
-    if not path.is_file():
-        raise GoldenSetError(f"golden set file not found: {path}")
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            items.append(
-                GoldenItem(
-                    id=str(row["id"]),
-                    question=str(row["question"]),
-                    relevant_doc_ids=tuple(str(d) for d in row.get("relevant_doc_ids") or ()),
-                    reference_answer=row.get("reference_answer"),
-                    type=str(row.get("type") or ""),
-                    groups=_groups(row.get("groups")),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, AccessError) as exc:
-            raise GoldenSetError(f"{path}:{number}: {type(exc).__name__}: {exc}") from exc
+    try:
+        items = load_qa_jsonl(path)
+    except QAFileError as exc:
+        raise GoldenSetError(str(exc)) from exc
     return GoldenSet.from_items(items, name=name or path.stem, path=path, format="qa_jsonl")
 
 
@@ -215,7 +141,7 @@ def load_beir(
             except (json.JSONDecodeError, KeyError) as exc:
                 raise GoldenSetError(f"{queries_path}:{number}: {exc}") from exc
     items = [
-        GoldenItem(
+        QAItem(
             id=query_id,
             question=questions[query_id],
             relevant_doc_ids=tuple(sorted(doc_grades)),
@@ -241,5 +167,5 @@ def load_golden(
     if kind == "beir":
         return load_beir(path, **kwargs)
     if kind == "qa_jsonl":
-        return load_qa_jsonl(path, **kwargs)
+        return load_golden_jsonl(path, **kwargs)
     raise GoldenSetError(f"unknown golden set format {format!r} (expected qa_jsonl or beir)")

@@ -113,6 +113,21 @@ class PromotionPolicy:
             kwargs["approval"] = str(data["approval"])
         return cls(**kwargs)
 
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The policy's settings, by name (what a run config may set besides its own keys)."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any], *, judge_capable: bool) -> PromotionPolicy:
+        """The policy out of a flat run config (``rag_evaluation``'s): its keys named like the
+        policy's fields, validated by :meth:`from_mapping`; the run's other keys are not the
+        policy's. ``judge_capable`` is the judge the run actually uses, not a run-config key:
+        the config's own ``judge_capable`` is an override of the judge spec, None = unset."""
+        names = set(cls.field_names()) - {"judge_capable"}
+        chosen = {key: value for key, value in config.items() if key in names}
+        return cls.from_mapping({**chosen, "judge_capable": judge_capable})
+
     def gate_config(self) -> GateConfig:
         return GateConfig(
             minimums=dict(self.minimums),

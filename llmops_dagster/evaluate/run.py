@@ -16,6 +16,10 @@ Not judged is not failed: in the rows, a judge metric of a case outside the judg
 answered outside the schema, a deterministic metric that raised, a case DeepEval returned no
 result for — scores 0.0 with the error text in ``<metric>_error`` and is counted in ``errors``.
 An error is a 0, never a gap: dropping it would let a run that fails on hard cases look better.
+
+Size (~470 lines, kept whole on purpose): one job, scoring cases into one :class:`EvalResult`;
+the case type, the two engines (DeepEval, direct) and the result's rows, aggregates and error
+counts share one row format, which the rules above define.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import llmops_dagster.evaluate  # noqa: F401  - DeepEval cache folder default before deepeval
 from llmops_dagster.access import Principal
-from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
+from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.metrics import (
     GRADES_KEY,
     RELEVANT_KEY,
@@ -43,6 +47,8 @@ from llmops_dagster.evaluate.metrics import (
     judge_metrics,
     metric_key,
 )
+from llmops_dagster.qa import QAItem
+from llmops_dagster.stats import percentile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,7 +129,7 @@ class AnswerLike(Protocol):
 AnswerFn = Callable[[Sequence[str], Principal], Sequence[AnswerLike]]
 
 
-def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
+def case_from_answer(item: QAItem, answer: AnswerLike) -> EvalCase:
     chunks = list(answer.retrieved)
     return EvalCase(
         case_id=item.id,
@@ -143,7 +149,7 @@ def case_from_answer(item: GoldenItem, answer: AnswerLike) -> EvalCase:
 
 
 def build_cases(
-    golden: GoldenSet | Sequence[GoldenItem], answer_fn: AnswerFn, *, batch_size: int = 8
+    golden: GoldenSet | Sequence[QAItem], answer_fn: AnswerFn, *, batch_size: int = 8
 ) -> list[EvalCase]:
     """Answer every golden question as its own principal (``item.principal``), in batches of
     ``batch_size`` questions of the same principal; cases come back in golden-set order.
@@ -185,7 +191,8 @@ class EvalResult:
     score; 0.0 when it errored; ``None`` when the case was not judged), ``<metric>_reason`` and
     ``<metric>_error`` (the error text, ``None`` when it did not error)).
     ``aggregates``: ``<metric>`` = mean over the cases it scored (errors as 0.0), plus
-    ``latency_ms_mean``, ``latency_ms_p95`` and ``n_cases``.
+    ``latency_ms_mean``, ``latency_ms_p95`` (nearest-rank, :func:`llmops_dagster.stats.percentile`)
+    and ``n_cases``.
     ``errors``: every metric → cases it errored on (0 included). ``judge_stats``: the judge's
     ``{"calls", "repaired", "failed"}`` during this evaluation (None: no judge, or one that
     keeps no count).
@@ -434,12 +441,10 @@ def evaluate_rag(
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         if values:
             aggregates[key] = statistics.fmean(values)
-    latencies = sorted(float(c.latency_ms) for c in cases if c.latency_ms is not None)
+    latencies = [float(c.latency_ms) for c in cases if c.latency_ms is not None]
     if latencies:
         aggregates["latency_ms_mean"] = statistics.fmean(latencies)
-        aggregates["latency_ms_p95"] = latencies[
-            min(len(latencies) - 1, int(0.95 * len(latencies)))
-        ]
+        aggregates["latency_ms_p95"] = percentile(latencies, 95)
     return EvalResult(
         rows=rows,
         aggregates=aggregates,

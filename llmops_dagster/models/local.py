@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.local_files import publish_dir
+from llmops_dagster.files import publish_dir
 from llmops_dagster.memo import ProcessCache
 from llmops_dagster.models.base import (
     Generation,

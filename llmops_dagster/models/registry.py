@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmops_dagster.local_files import publish_dir
+from llmops_dagster.files import publish_dir
 from llmops_dagster.models.base import AdapterMismatchError, GeneratorConfigError
 from llmops_dagster.models.local import (
     MODELS,
@@ -117,11 +117,12 @@ def resolve_registered_adapter(
 ) -> ResolvedAdapter:
     """Find a model version by number or alias and download its adapter folder (once)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+
+    from llmops_dagster.tracking.mlflow_store import mlflow_client
 
     if (version is None) == (alias is None):
         raise GeneratorConfigError("give exactly one of version= or alias= for a LoRA adapter")
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         if alias is not None:
             mv = client.get_model_version_by_alias(name, alias)

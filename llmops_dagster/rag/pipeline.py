@@ -15,8 +15,6 @@ from typing import Any
 from llmops_dagster.access import Principal
 from llmops_dagster.models.base import Generator
 from llmops_dagster.rag.answer import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MODE,
     NO_OBSERVER,
     Answer,
     Gate,
@@ -25,6 +23,7 @@ from llmops_dagster.rag.answer import (
     StageObserver,
     answer_many,
 )
+from llmops_dagster.rag.defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODE
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.prompts import PromptTemplate
 
@@ -37,7 +36,7 @@ class RetrievalSettings:
     the evaluation checks against the metrics it runs, ``evaluate_pipeline``)."""
 
     mode: str = DEFAULT_MODE
-    k: int = 3
+    k: int = DEFAULT_K
     metrics_depth: int = 10
 
     def __post_init__(self) -> None:

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from llmops_dagster.search.retriever import HybridRetriever
+from llmops_dagster.stats import percentile
 
 
 @dataclass
@@ -27,7 +26,9 @@ class LoadReport:
     latencies_ms: list[float] = field(default_factory=list)
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
+        """Nearest-rank (:func:`llmops_dagster.stats.percentile`); 0.0 before any request."""
+        found = percentile(self.latencies_ms, q)
+        return 0.0 if found is None else found
 
     def summary(self) -> dict[str, float]:
         return {

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from llmops_dagster.config import PROJECT_ROOT
+from llmops_dagster.config import PROJECT_ROOT, child_env
 
 
 def _restore_default_signals() -> None:
@@ -26,7 +26,7 @@ def _restore_default_signals() -> None:
 
 def dagster_env(dagster_home: Path) -> dict[str, str]:
     dagster_home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    return child_env(DAGSTER_HOME=str(dagster_home))
 
 
 def run_dagster_dev(

@@ -10,6 +10,10 @@ share state.
 
 Elasticsearch refuses to run as root. When we are root (CI, containers) the node runs as a
 dedicated system user, created on first use.
+
+Size (~450 lines, kept whole on purpose): one job, a local node's life — fetch and unpack the
+distribution, lay out the node directory, start it as the right user, check health, stop it by
+pid — every step working on one :class:`LocalNode` and its folder.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ import pwd
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from llmops_dagster.config import child_env
+from llmops_dagster.files import publish_dir
 from llmops_dagster.services.java import find_java_home
 
 ES_GROUP_ID = "org.elasticsearch.distribution.integ-test-zip"
@@ -91,20 +96,27 @@ def fetch_distribution(dist_dir: Path, version: str, *, log: Log = _quiet) -> Pa
                 "Check LLMOPS_ES_VERSION and that Maven Central is reachable.\n" + "\n".join(tail)
             )
     log(f"Unpacking {zip_path.name} ...")
-    staging = dist_dir / f".unpack-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    with zipfile.ZipFile(zip_path) as archive:
-        for info in archive.infolist():
-            target = archive.extract(info, staging)
-            # zipfile drops Unix permissions; the launch scripts and the JNA/native libs need +x.
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                os.chmod(target, mode)
-    unpacked = staging / f"elasticsearch-{version}"
-    if not (unpacked / "bin" / "elasticsearch").is_file():
-        raise ElasticsearchSetupError(f"{zip_path} does not contain elasticsearch-{version}/bin")
-    unpacked.rename(home)  # atomic: a half-unpacked tree is never mistaken for a good one
-    shutil.rmtree(staging, ignore_errors=True)
+
+    def unpack(folder: Path) -> None:
+        with zipfile.ZipFile(zip_path) as archive:
+            for info in archive.infolist():
+                target = archive.extract(info, folder)
+                # zipfile drops Unix permissions; the launch scripts and JNA/native libs need +x.
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:
+                    os.chmod(target, mode)
+        unpacked = folder / f"elasticsearch-{version}"
+        if not (unpacked / "bin" / "elasticsearch").is_file():
+            raise ElasticsearchSetupError(
+                f"{zip_path} does not contain elasticsearch-{version}/bin"
+            )
+        for child in unpacked.iterdir():  # the zip's top folder becomes the home itself
+            child.rename(folder / child.name)
+        unpacked.rmdir()
+
+    # A half-unpacked tree is never mistaken for a good one, and a second process unpacking at
+    # the same time keeps the first one's copy.
+    publish_dir(home, unpack, complete_marker="bin/elasticsearch")
     return home
 
 
@@ -126,6 +138,8 @@ class LocalNode:
     extra_settings: tuple[tuple[str, Any], ...] = ()
     #: ES_JAVA_HOME (settings); None → the newest JDK ≥ 21 found on the machine.
     java_home: Path | None = None
+    #: JAVA_HOME (settings): one more candidate for that search.
+    fallback_java_home: Path | None = None
     #: Appended to ES_JAVA_OPTS (LLMOPS_ES_EXTRA_JAVA_OPTS).
     extra_java_opts: str = ""
     node_name: str = "llmops-node-1"
@@ -265,15 +279,17 @@ def cluster_health(url: str, *, timeout: float = 3.0) -> dict | None:
     """``_cluster/health`` without credentials; ``{"status": "secured"}`` when a secured node
     answers 401; None when nothing answers. A liveness probe of our own loopback node, so TLS
     is not verified here (the clients the pipeline uses do verify)."""
-    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(
-            f"{url}/_cluster/health", timeout=timeout, context=context
-        ) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return {"status": "secured"} if exc.code == 401 else None
-    except (urllib.error.URLError, OSError, ValueError):
+        response = httpx.get(f"{url}/_cluster/health", timeout=timeout, verify=False)
+    except httpx.HTTPError:
+        return None
+    if response.status_code == 401:
+        return {"status": "secured"}
+    if not response.is_success:
+        return None
+    try:
+        return response.json()
+    except ValueError:
         return None
 
 
@@ -330,14 +346,13 @@ def _node_process(
     node: LocalNode, java_home: Path, user: pwd.struct_passwd | None
 ) -> tuple[dict[str, str], list[str]]:
     """Environment and command prefix for the node and its CLI tools (same user, same conf)."""
-    env = {
-        **os.environ,
-        "ES_JAVA_HOME": str(java_home),
-        "ES_PATH_CONF": str(node.node_dir / "config"),
-        "ES_TMPDIR": str(node.node_dir / "tmp"),
-        "ES_JAVA_OPTS": f"-Xms{node.heap} -Xmx{node.heap} {node.extra_java_opts}".strip(),
-    }
-    env.pop("JAVA_TOOL_OPTIONS", None)  # its banner on stderr confuses the launcher's checks
+    env = child_env(
+        drop=("JAVA_TOOL_OPTIONS",),  # its banner on stderr confuses the launcher's checks
+        ES_JAVA_HOME=str(java_home),
+        ES_PATH_CONF=str(node.node_dir / "config"),
+        ES_TMPDIR=str(node.node_dir / "tmp"),
+        ES_JAVA_OPTS=f"-Xms{node.heap} -Xmx{node.heap} {node.extra_java_opts}".strip(),
+    )
     if user is None:
         return env, []
     setpriv = shutil.which("setpriv")
@@ -350,7 +365,7 @@ def _node_process(
 def run_node_tool(node: LocalNode, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run one of the distribution's CLI tools (``elasticsearch-users`` ...) against the node's
     config folder, as the node's user: e.g. to add a file-realm user to a secured test node."""
-    java_home, _ = find_java_home(node.java_home)
+    java_home, _ = find_java_home(node.java_home, fallback=node.fallback_java_home)
     user = _prepare_node_dir(node)
     env, prefix = _node_process(node, java_home, user)
     return subprocess.run(
@@ -379,7 +394,7 @@ def start_node(
             "with LLMOPS_ES_PORT (or use it via ELASTICSEARCH_URL)."
         )
     check_ports_free(node)
-    java_home, java_major = find_java_home(node.java_home)
+    java_home, java_major = find_java_home(node.java_home, fallback=node.fallback_java_home)
     # GET / and English analysis (es_plugin.py); cheap when the distribution has it already.
     from llmops_dagster.services.es_plugin import ensure_plugin
 

@@ -70,6 +70,7 @@ def cluster_nodes(
     heap: str = "512m",
     cluster_name: str = CLUSTER_NAME,
     java_home: Path | None = None,
+    fallback_java_home: Path | None = None,
     extra_java_opts: str = "",
     extra_settings: tuple[tuple[str, Any], ...] = (),
 ) -> LocalCluster:
@@ -94,6 +95,7 @@ def cluster_nodes(
                 cluster_name=cluster_name,
                 extra_settings=extra_settings,
                 java_home=java_home,
+                fallback_java_home=fallback_java_home,
                 extra_java_opts=extra_java_opts,
                 node_name=names[i],
                 seed_hosts=seeds,

@@ -17,19 +17,20 @@ either no plugin or the whole one, never a half-installed folder.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmops_dagster.config import child_env
+from llmops_dagster.files import atomic_write_bytes, file_lock
 from llmops_dagster.services.elasticsearch_local import ElasticsearchSetupError
 from llmops_dagster.services.java import JavaNotFound, find_java_home
 
@@ -163,11 +164,14 @@ def _render_descriptor(source_dir: Path, es_version: str, version: str) -> str:
     )
 
 
-def _zip_folder(folder: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+def _zip_folder(folder: Path) -> bytes:
+    """The files under ``folder`` as a zip (a few hundred KB for the plugin: held in memory)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
 
 
 def build_plugin(
@@ -175,13 +179,15 @@ def build_plugin(
     cache_dir: Path,
     *,
     java_home: Path | None = None,
+    fallback_java_home: Path | None = None,
     source_dir: Path = SOURCE_DIR,
     log: Log = _quiet,
 ) -> PluginBuild:
     """The plugin zip for this distribution: from the cache when sources and version match,
     else compiled against the distribution's own ``lib/*.jar``.
 
-    ``java_home``: ES_JAVA_HOME (None → the newest JDK 21+ on the machine)."""
+    ``java_home``: ES_JAVA_HOME (None → the newest JDK 21+ on the machine, JAVA_HOME's
+    ``fallback_java_home`` among them)."""
     es_version = distribution_version(dist_home)
     digest = source_hash(source_dir)
     version = plugin_version(es_version, digest)
@@ -189,7 +195,7 @@ def build_plugin(
     if target.is_file():
         return PluginBuild(target, version, built=False)
     try:
-        home, _ = find_java_home(java_home)
+        home, _ = find_java_home(java_home, fallback=fallback_java_home)
     except JavaNotFound as exc:
         raise PluginBuildError(str(exc)) from exc
     javac = find_javac(home)
@@ -219,11 +225,9 @@ def build_plugin(
             )
         (classes / "META-INF").mkdir(exist_ok=True)
         (classes / "META-INF" / "MANIFEST.MF").write_text("Manifest-Version: 1.0\n\n")
-        _zip_folder(classes, content / f"{PLUGIN_NAME}-{version}.jar")
+        (content / f"{PLUGIN_NAME}-{version}.jar").write_bytes(_zip_folder(classes))
         (content / DESCRIPTOR).write_text(_render_descriptor(source_dir, es_version, version))
-        partial = staging / target.name
-        _zip_folder(content, partial)
-        partial.replace(target)  # atomic: a cached zip is always a whole one
+        atomic_write_bytes(target, _zip_folder(content))  # a cached zip is always a whole one
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = time.monotonic() - started
@@ -234,18 +238,6 @@ def build_plugin(
 # --------------------------------------------------------------------------------------------
 # Install
 # --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _install_lock(dist_home: Path) -> Iterator[None]:
-    """One installer per distribution at a time (test sessions start nodes concurrently)."""
-    lock_path = dist_home.parent / f".{dist_home.name}.plugin.lock"
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _staging_copy(dist_home: Path, staging: Path) -> Path:
@@ -275,12 +267,17 @@ def _staging_copy(dist_home: Path, staging: Path) -> Path:
 
 
 def install_plugin(
-    dist_home: Path, zip_path: Path, *, java_home: Path | None = None, log: Log = _quiet
+    dist_home: Path,
+    zip_path: Path,
+    *,
+    java_home: Path | None = None,
+    fallback_java_home: Path | None = None,
+    log: Log = _quiet,
 ) -> float:
     """Install ``zip_path`` with the distribution's ``elasticsearch-plugin``, replacing an older
     copy of our plugin; returns the seconds it took."""
     try:
-        home, _ = find_java_home(java_home)
+        home, _ = find_java_home(java_home, fallback=fallback_java_home)
     except JavaNotFound as exc:
         raise PluginBuildError(str(exc)) from exc
     started = time.monotonic()
@@ -289,12 +286,11 @@ def install_plugin(
     staging.mkdir()
     try:
         copy = _staging_copy(dist_home, staging)
-        env = {
-            **os.environ,
-            "ES_JAVA_HOME": str(home),
-            "ES_PATH_CONF": str(copy / "config"),
-        }
-        env.pop("JAVA_TOOL_OPTIONS", None)  # its banner on stderr confuses the launcher
+        env = child_env(
+            drop=("JAVA_TOOL_OPTIONS",),  # its banner on stderr confuses the launcher
+            ES_JAVA_HOME=str(home),
+            ES_PATH_CONF=str(copy / "config"),
+        )
         proc = subprocess.run(
             [str(copy / "bin" / "elasticsearch-plugin"), "install", "--batch",
              zip_path.resolve().as_uri()],
@@ -333,6 +329,7 @@ def ensure_plugin(
     dist_home: Path,
     *,
     java_home: Path | None = None,
+    fallback_java_home: Path | None = None,
     cache_dir: Path | None = None,
     log: Log = _quiet,
 ) -> PluginStatus:
@@ -344,11 +341,22 @@ def ensure_plugin(
     version = plugin_version(es_version, digest)
     if is_current(dist_home, es_version, digest):
         return PluginStatus(dist_home, version, "current")
-    with _install_lock(dist_home):
+    # One installer per distribution at a time (test sessions start nodes concurrently).
+    with file_lock(dist_home.parent / f".{dist_home.name}.plugin.lock"):
         if is_current(dist_home, es_version, digest):  # another process just did it
             return PluginStatus(dist_home, version, "current")
         build = build_plugin(
-            dist_home, cache_dir or default_cache_dir(dist_home), java_home=java_home, log=log
+            dist_home,
+            cache_dir or default_cache_dir(dist_home),
+            java_home=java_home,
+            fallback_java_home=fallback_java_home,
+            log=log,
         )
-        seconds = install_plugin(dist_home, build.zip_path, java_home=java_home, log=log)
+        seconds = install_plugin(
+            dist_home,
+            build.zip_path,
+            java_home=java_home,
+            fallback_java_home=fallback_java_home,
+            log=log,
+        )
     return PluginStatus(dist_home, version, "installed", build=build, install_seconds=seconds)

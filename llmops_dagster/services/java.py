@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -39,9 +38,11 @@ def java_major(java_home: Path) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def find_java_home(preferred: Path | None = None) -> tuple[Path, int]:
-    """``preferred`` (the ES_JAVA_HOME setting) if given, else the newest JDK >= 21 found in
-    JAVA_HOME or the usual JVM folders."""
+def find_java_home(
+    preferred: Path | None = None, *, fallback: Path | None = None
+) -> tuple[Path, int]:
+    """``preferred`` (the ES_JAVA_HOME setting) if given, else the newest JDK >= 21 among
+    ``fallback`` (the JAVA_HOME setting) and the usual JVM folders."""
     explicit = preferred
     if explicit is not None:
         major = java_major(explicit)
@@ -55,8 +56,8 @@ def find_java_home(preferred: Path | None = None) -> tuple[Path, int]:
         return explicit, major
 
     candidates: list[Path] = []
-    if os.environ.get("JAVA_HOME"):
-        candidates.append(Path(os.environ["JAVA_HOME"]))
+    if fallback is not None:
+        candidates.append(fallback)
     for root in JVM_ROOTS:
         if root.is_dir():
             candidates.extend(

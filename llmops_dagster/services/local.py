@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import stat
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.config import PROJECT_ROOT, Settings
+import httpx
+
+from llmops_dagster.config import Settings
+from llmops_dagster.files import atomic_write_json, publish_dir
 from llmops_dagster.services.elasticsearch_local import (
     ElasticsearchSetupError,
     LocalNode,
@@ -36,6 +37,9 @@ from llmops_dagster.services.es_cluster import (
     start_cluster,
     stop_cluster,
 )
+
+if TYPE_CHECKING:
+    from llmops_dagster.search.client import ClusterSpec
 
 
 def _world_traversable(path: Path) -> bool:
@@ -57,10 +61,14 @@ def _relocated_for_es_user(node: LocalNode) -> LocalNode:
     key = hashlib.sha256(str(node.node_dir).encode()).hexdigest()[:12]
     root = Path("/var/tmp/llmops-elasticsearch")
     dist = root / "dist" / node.dist_home.name
-    if not (dist / "bin" / "elasticsearch").is_file() and node.dist_home.is_dir():
-        staging = dist.with_name(f".{dist.name}-{os.getpid()}")
-        shutil.copytree(node.dist_home, staging, symlinks=True, dirs_exist_ok=True)
-        staging.rename(dist)
+    if node.dist_home.is_dir():
+        publish_dir(
+            dist,
+            lambda folder: shutil.copytree(
+                node.dist_home, folder, symlinks=True, dirs_exist_ok=True
+            ),
+            complete_marker="bin/elasticsearch",
+        )
     return replace(node, dist_home=dist, node_dir=root / "nodes" / key)
 
 
@@ -75,6 +83,7 @@ def local_node(
         port=port or settings.local_node.port,
         heap=settings.local_node.heap,
         java_home=settings.local_node.java_home,
+        fallback_java_home=settings.local_node.default_java_home,
         extra_java_opts=settings.local_node.extra_java_opts,
     )
     return _relocated_for_es_user(node)
@@ -98,6 +107,7 @@ def local_cluster(
         port=port or settings.local_node.port,
         heap=settings.local_node.heap,
         java_home=settings.local_node.java_home,
+        fallback_java_home=settings.local_node.default_java_home,
         extra_java_opts=settings.local_node.extra_java_opts,
     )
     return map_nodes(cluster, _relocated_for_es_user)
@@ -117,18 +127,15 @@ def recorded_cluster(settings: Settings) -> LocalCluster | None:
 
 
 def _record_cluster(settings: Settings, cluster: LocalCluster) -> None:
-    path = _manifest(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"nodes": cluster.size, "port": cluster.nodes[0].port}) + "\n")
+    record = {"nodes": cluster.size, "port": cluster.nodes[0].port}
+    atomic_write_json(_manifest(settings), record, indent=None)
 
 
-def dagster_home() -> Path:
-    """``DAGSTER_HOME`` if set, else the project's ``dagster_home/`` (telemetry and nux off)."""
-    return (
-        Path(os.environ["DAGSTER_HOME"])
-        if os.environ.get("DAGSTER_HOME")
-        else PROJECT_ROOT / "dagster_home"
-    )
+def _cluster_spec(settings: Settings) -> ClusterSpec:
+    """The external cluster, as the elasticsearch resource reaches it (secrets resolved)."""
+    from llmops_dagster.resources.elasticsearch import ElasticsearchResource
+
+    return ElasticsearchResource.from_settings(settings, resolve_secrets=True).cluster_spec()
 
 
 def elasticsearch_up(settings: Settings, *, log: Log, nodes: int = 1) -> dict[str, Any]:
@@ -144,7 +151,8 @@ def elasticsearch_up(settings: Settings, *, log: Log, nodes: int = 1) -> dict[st
             )
         from llmops_dagster.search.client import check_cluster, make_client
 
-        health = check_cluster(make_client(settings.cluster_spec()), settings.cluster_spec())
+        spec = _cluster_spec(settings)
+        health = check_cluster(make_client(spec), spec)
         log(f"Using the cluster at ELASTICSEARCH_URL={settings.elasticsearch.url}: {health.status}")
         return {"url": health.url, "external": True, "status": health.status}
     recorded = recorded_cluster(settings)
@@ -198,7 +206,8 @@ def _elasticsearch_status(settings: Settings) -> dict[str, Any]:
         )
 
         try:
-            health = check_cluster(make_client(settings.cluster_spec()), settings.cluster_spec())
+            spec = _cluster_spec(settings)
+            health = check_cluster(make_client(spec), spec)
         except ElasticsearchUnavailable as exc:
             return {
                 "url": settings.es_url,
@@ -245,19 +254,20 @@ def _mlflow_status(settings: Settings) -> dict[str, Any]:
     return {"uri": store.tracking_uri, "healthy": True, "experiment": store.experiment_name}
 
 
-def _dagster_status(port: int = 3000) -> dict[str, Any]:
+def _dagster_status(dagster_home: Path, port: int = 3000) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
-        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-            info = json.loads(response.read())
+        response = httpx.get(f"{url}/server_info", timeout=2)
+        response.raise_for_status()
+        info = response.json()
         return {"url": url, "running": True, "version": info.get("dagster_version")}
-    except (urllib.error.URLError, OSError, ValueError):
-        return {"url": url, "running": False, "dagster_home": str(dagster_home())}
+    except (httpx.HTTPError, ValueError):
+        return {"url": url, "running": False, "dagster_home": str(dagster_home)}
 
 
 def services_status(settings: Settings, *, dagster_port: int = 3000) -> dict[str, Any]:
     return {
         "elasticsearch": _elasticsearch_status(settings),
         "mlflow": _mlflow_status(settings),
-        "dagster": _dagster_status(dagster_port),
+        "dagster": _dagster_status(settings.dagster_home, dagster_port),
     }

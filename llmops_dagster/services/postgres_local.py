@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmops_dagster.config import child_env
+
 PG_SUPERUSER = "llmops"
 _FALLBACK_SYSTEM_USER = "llmops-pg"
 
@@ -28,10 +30,9 @@ class PostgresSetupError(RuntimeError):
     """PostgreSQL is missing, or the cluster could not be created or started."""
 
 
-def find_pg_bin() -> Path:
+def find_pg_bin(override: Path | None = None) -> Path:
     """The folder with ``initdb``/``pg_ctl``: Debian keeps them in /usr/lib/postgresql/<v>/bin
-    (not on PATH); the newest version wins. ``LLMOPS_PG_BIN`` overrides."""
-    override = os.environ.get("LLMOPS_PG_BIN")
+    (not on PATH); the newest version wins. ``override`` (the LLMOPS_PG_BIN setting) first."""
     candidates = [Path(override)] if override else []
     candidates += sorted(
         (Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")),
@@ -119,7 +120,7 @@ def _run_as(
     prefix: list[str] = []
     if user is not None:
         prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    env = child_env(LC_ALL="C.UTF-8", LANG="C.UTF-8")
     if user is not None:
         env["HOME"] = "/tmp"
     return subprocess.run(
@@ -133,9 +134,11 @@ def start_postgres(
     port: int | None = None,
     databases: tuple[str, ...] = (),
     timeout: float = 60.0,
+    bin_dir: Path | None = None,
 ) -> LocalPostgres:
-    """Create (once) and start a cluster in ``data_dir``; create ``databases`` if missing."""
-    bin_dir = find_pg_bin()
+    """Create (once) and start a cluster in ``data_dir``; create ``databases`` if missing.
+    ``bin_dir``: the LLMOPS_PG_BIN setting (else Debian's newest server binaries)."""
+    bin_dir = find_pg_bin(bin_dir)
     user = _system_user()
     data_dir = data_dir.resolve()
     if user is not None:

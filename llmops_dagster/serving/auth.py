@@ -18,9 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops_dagster.access import AccessError, Principal, check_group
+from llmops_dagster.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +76,8 @@ def _parse(path: Path) -> list[ApiKey]:
 
 
 def _write(path: Path, keys: list[ApiKey]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"keys": [k.__dict__ | {"groups": list(k.groups)} for k in keys]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, payload, mode=0o600)  # private from the first byte
 
 
 def read_keys(path: Path) -> list[ApiKey]:

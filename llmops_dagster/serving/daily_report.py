@@ -4,9 +4,10 @@ Computed from the warehouse tables the ``serving`` dlt source loads (``serving_t
 ``serving_feedback``). Definitions (each chosen so a threshold on it means one thing):
 
 - ``requests``: traces (finished answers, errors included) in the group.
-- ``p50_latency_ms`` / ``p95_latency_ms``: nearest-rank percentiles (the smallest latency with
-  at least p % of the requests at or below it, always an observed value) of the server's
-  ``total_ms``; a trace without it falls back to the trace's own duration.
+- ``p50_latency_ms`` / ``p95_latency_ms``: nearest-rank percentiles
+  (:func:`llmops_dagster.stats.percentile`: the smallest latency with at least p % of the
+  requests at or below it, always an observed value) of the server's ``total_ms``; a trace
+  without it falls back to the trace's own duration.
 - ``no_hit_rate``: share of requests for which retrieval found nothing.
 - ``no_answer_rate``: share of requests the user got no answer to from the documents: no hit,
   or hits of which none was relevant enough (the server's relevance refusal,
@@ -26,12 +27,13 @@ Feedback counts towards the day and bundle of the answer it rates, not the day i
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from llmops_dagster.stats import percentile
 
 if TYPE_CHECKING:
     import duckdb
@@ -92,17 +94,6 @@ class ServingReport:
     @property
     def requests(self) -> int:
         return sum(row.requests for row in self.rows)
-
-
-def percentile(values: Iterable[float], p: float) -> float | None:
-    """Nearest-rank percentile: the ⌈p/100 · n⌉-th smallest value; ``None`` for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    if not 0 < p <= 100:
-        raise ValueError(f"percentile must be in (0, 100], not {p}")
-    rank = math.ceil(p / 100 * len(ordered))
-    return ordered[max(rank, 1) - 1]
 
 
 def _share(count: int, total: int) -> float:

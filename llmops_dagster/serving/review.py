@@ -27,6 +27,10 @@ candidates JSONL and warehouse table, the asset's preview — a restricted candi
 row but its question, answer, correction, comments and documents are withheld
 (:meth:`Candidate.published`); the review commands, which run on the server host beside the
 store, show the full text.
+
+Size (~490 lines, kept whole on purpose): one job, the review step between served feedback and
+the two QA sets — candidates, accept/reject with the routing and audience rules above, the
+appends, and writing the (withheld) candidates the asset publishes — all over one candidate type.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmops_dagster.access import PUBLIC, Principal
+from llmops_dagster.files import atomic_write_text
+from llmops_dagster.qa import QAFileError, QAItem, load_qa_jsonl, qa_file_digest
 from llmops_dagster.serving.answer_log import FeedbackRecord, ServingStore, now_iso
 from llmops_dagster.serving.disclosure import (
     PUBLIC_AUDIENCE,
@@ -168,10 +174,9 @@ def golden_digest_of(path: Path) -> str:
 
 
 def train_digest_of(path: Path) -> str:
-    """The training QA file's digest (the SFT dataset's ``source_digest``); "" when missing."""
-    from llmops_dagster.train.dataset import file_digest
-
-    return file_digest(path) if path.is_file() else ""
+    """The training QA file's digest (the SFT dataset's ``source_digest``, the training-set
+    sensor's cursor: :func:`llmops_dagster.qa.qa_file_digest`); "" when missing."""
+    return qa_file_digest(path) if path.is_file() else ""
 
 
 class FeedbackReview:
@@ -300,24 +305,27 @@ class FeedbackReview:
                 f"{trace_id} cited no document: a golden item needs the documents that answer "
                 "it (--doc DOC_ID, repeatable)"
             )
-        record = {
-            "id": item_id,
-            "question": candidate.question,
-            "reference_answer": reference,
-            "relevant_doc_ids": relevant,
-            "type": ITEM_TYPE,
-            "source_trace_id": trace_id,
-        }
+        groups: tuple[str, ...] = ()
         # Asked by a member of restricted groups: the golden case is asked with the same
         # groups, or it could never retrieve its own answer (and would score a false miss).
         if target == "golden" and candidate.asker_groups:
-            record["groups"] = list(candidate.asker_groups)
+            groups = tuple(candidate.asker_groups)
         # A training item the training audience may read, from a restricted answer: it keeps
         # its audience, so the dataset builder checks it again against its own audience.
         if target == "train" and candidate.restricted:
-            record["groups"] = [g for g in candidate.audience if g != PUBLIC]
+            groups = tuple(g for g in candidate.audience if g != PUBLIC)
+        item = QAItem(
+            id=item_id,
+            question=candidate.question,
+            reference_answer=reference,
+            relevant_doc_ids=tuple(relevant),
+            type=ITEM_TYPE,
+            groups=tuple(sorted(set(groups) - {PUBLIC})),
+            extra={"source_trace_id": trace_id},
+        )
+        record = json.loads(item.to_line())
         path = self.golden_path if target == "golden" else self.train_path
-        appended = _append_item(path, record, target)
+        appended = _append_item(path, item, target)
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO reviews (trace_id, decision, reviewer, reference_answer,"
@@ -395,34 +403,26 @@ class FeedbackReview:
 
 
 def _existing_ids(path: Path, target: Target) -> set[str]:
-    """Ids in ``path``, read with the loader that will read the file (a malformed file is
-    refused before anything is appended to it)."""
-    if target == "golden":
-        from llmops_dagster.evaluate.golden import GoldenSetError, load_qa_jsonl
-
-        if path.is_dir():
-            raise ReviewError(
-                f"the golden set {path} is a BEIR folder: feedback items need a QA JSONL "
-                "golden set (LLMOPS_GOLDEN)"
-            )
-        try:
-            return {item.id for item in load_qa_jsonl(path).items}
-        except GoldenSetError as exc:
-            raise ReviewError(str(exc)) from exc
-    from llmops_dagster.train.dataset import DatasetError
-    from llmops_dagster.train.dataset import load_qa_jsonl as load_train
-
-    if not path.exists():
+    """Ids in ``path``, read with the loader that reads the set (a malformed file is refused
+    before anything is appended to it)."""
+    if target == "golden" and path.is_dir():
+        raise ReviewError(
+            f"the golden set {path} is a BEIR folder: feedback items need a QA JSONL "
+            "golden set (LLMOPS_GOLDEN)"
+        )
+    if target == "train" and not path.exists():
         return set()
     try:
-        return {item.id for item in load_train(path)}
-    except DatasetError as exc:
+        # Training needs every item's answer; a golden item may be retrieval-only.
+        items = load_qa_jsonl(path, require_reference_answer=target == "train")
+    except QAFileError as exc:
         raise ReviewError(str(exc)) from exc
+    return {item.id for item in items}
 
 
-def _append_item(path: Path, record: dict[str, Any], target: Target) -> bool:
-    """Append ``record`` as one JSON line unless its id is there; ``True`` when appended."""
-    if record["id"] in _existing_ids(path, target):
+def _append_item(path: Path, item: QAItem, target: Target) -> bool:
+    """Append ``item`` as one JSON line unless its id is there; ``True`` when appended."""
+    if item.id in _existing_ids(path, target):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     size = path.stat().st_size if path.exists() else 0
@@ -430,7 +430,7 @@ def _append_item(path: Path, record: dict[str, Any], target: Target) -> bool:
         # Appending (not rewriting) leaves the existing lines intact whatever happens.
         if size and _last_byte(path) != b"\n":
             handle.write(b"\n")
-        handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        handle.write((item.to_line() + "\n").encode("utf-8"))
     try:
         _existing_ids(path, target)  # the file still loads with the new line
     except ReviewError:
@@ -483,12 +483,8 @@ def published_row(candidate: Candidate) -> dict[str, Any]:
 def write_candidates_jsonl(candidates: Sequence[Candidate], path: Path) -> Path:
     """All candidates, one JSON object per line, replaced atomically (a reader never sees half
     a file); restricted ones with their text withheld."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     lines = [json.dumps(published_row(c), ensure_ascii=False, sort_keys=True) for c in candidates]
-    partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    partial.replace(path)
-    return path
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_candidates_table(con: Any, candidates: Sequence[Candidate], table: str) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from llmops_dagster.config import PROJECT_ROOT, Settings
+from llmops_dagster.config import PROJECT_ROOT, Settings, child_env
 from llmops_dagster.evaluate.gate import current_alias_version
 from llmops_dagster.models.spec import GeneratorPin
 from llmops_dagster.rag.bundle import (
@@ -129,7 +129,7 @@ def start_mlflow_server(
     port = free_port()
     log = folder / "mlflow-server.log"
     backend = backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}"
-    env = dict(os.environ)
+    env = child_env()
     auth_args: list[str] = []
     if admin is not None:
         auth_args = ["--app-name", "basic-auth"]
@@ -186,19 +186,18 @@ def register_test_bundles(
     """The repo prompt and two bundles (``llm``, ``extractive``) on ``settings``' alias;
     ``llm`` becomes the champion."""
     import mlflow
-    from mlflow import MlflowClient
 
     from llmops_dagster.rag.extractive import ExtractiveAnswerer
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.resources import build_resources
     from llmops_dagster.search.aliases import current_index
-    from llmops_dagster.tracking.mlflow_store import ensure_mlflow
+    from llmops_dagster.tracking.mlflow_store import ensure_mlflow, mlflow_client
     from llmops_dagster.tracking.runs import open_run
 
     uri = settings.mlflow_uri
     store = ensure_mlflow(uri, settings.mlflow.experiment)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = mlflow_client(uri)
     mlflow.set_tracking_uri(uri)  # the prompt registry uses MLflow's fluent state
     prompt = sync_prompt(client, load_prompt())
     resources = build_resources(settings, with_dlt=False, resolve_secrets=True)
@@ -241,8 +240,7 @@ def promote(client: object, version: BundleVersion, why: str) -> None:
 
 def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes ``llmops-dagster serve`` read ``settings``."""
-    env = {
-        **os.environ,
+    values = {
         "LLMOPS_HOME": str(settings.home),
         "LLMOPS_ES_INDEX_ALIAS": settings.elasticsearch.index_alias,
         "MLFLOW_TRACKING_URI": settings.mlflow_uri,
@@ -254,8 +252,8 @@ def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
         **extra,
     }
     if settings.elasticsearch.url:
-        env["ELASTICSEARCH_URL"] = settings.elasticsearch.url
-    return env
+        values["ELASTICSEARCH_URL"] = settings.elasticsearch.url
+    return child_env(**values)
 
 
 @dataclass

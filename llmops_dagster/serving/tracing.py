@@ -4,7 +4,7 @@
 Never blocking the user: spans are built in memory on the request thread and MLflow's own
 asynchronous exporter (``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING``, on by default) writes them from a
 bounded queue in the background. When the tracking store is down the exporter gives up on the
-trace after its (shortened, see :func:`fail_fast_tracking_defaults`) retries, and when the queue
+trace after its (shortened: ``config.apply_server_env_defaults``) retries, and when the queue
 is full it discards new traces; both are logged by MLflow at WARNING level and counted here
 (:class:`TraceExportWatch`), so ``/metrics`` shows ``llmops_traces_dropped_total`` rising while
 answers keep succeeding. We chose *drop with a counter* over our own disk buffer: the answer log
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,14 +53,6 @@ _DROP_MESSAGES = ("Failed to send trace", "Trace export queue is full")
 
 # Wall time of the query embedding in the current request (read back for the response timings).
 _EMBED_MS: ContextVar[float | None] = ContextVar("embed_ms", default=None)
-
-
-def fail_fast_tracking_defaults() -> None:
-    """A server must not wait minutes on a dead tracking server: MLflow's HTTP client retries 7
-    times with backoff by default. Defaults only; an exported value wins."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class TraceExportWatch(logging.Handler):

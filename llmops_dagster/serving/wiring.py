@@ -16,13 +16,10 @@ from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEnc
 
 log = logging.getLogger(__name__)
 
-#: What the base model answers with before any champion exists (``ask --bundle base``'s).
-BASE_K = 3
-BASE_MAX_NEW_TOKENS = 96
-
 
 def bundle_loader(resources: dict[str, Any]) -> Any:
     from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
+    from llmops_dagster.rag.defaults import DEFAULT_K, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODE
     from llmops_dagster.rag.pipeline import RetrievalSettings
     from llmops_dagster.resources import build_bundle_pipeline, build_rag_pipeline
 
@@ -30,12 +27,13 @@ def bundle_loader(resources: dict[str, Any]) -> Any:
 
     def load(version: BundleVersion | None) -> ServedBundle:
         if version is None:
+            # The base bundle (rag/defaults.py): what `ask --bundle base` answers with too.
             pipeline = build_rag_pipeline(
                 es,
                 models,
                 mlflow,
-                retrieval=RetrievalSettings(k=BASE_K),
-                max_new_tokens=BASE_MAX_NEW_TOKENS,
+                retrieval=RetrievalSettings(mode=DEFAULT_MODE, k=DEFAULT_K),
+                max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
             )
             context = TraceContext("", "", "", "", es.alias, "", models.embedding_model)
         else:

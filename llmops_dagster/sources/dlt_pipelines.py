@@ -9,7 +9,6 @@ so dlt must load into that very database: ``LLMOPS_WAREHOUSE_URL`` decides both,
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import dlt
 from dlt.common.destination import Destination
 from dlt.common.pipeline import LoadInfo
 
+from llmops_dagster.sources.secrets import read_secret
 from llmops_dagster.sources.source_config import DestinationConfig
 from llmops_dagster.warehouse import URL_SETTING, WarehouseConfigError, warehouse_kind
 from llmops_dagster.warehouse.postgres import libpq_url, redact_url
@@ -88,7 +88,7 @@ def check_destination(target: WarehouseTarget, destination: DestinationConfig | 
             + " or drop destination from sources.yaml"
         )
     if destination.credentials_env:
-        value = os.environ.get(destination.credentials_env)
+        value = read_secret(destination.credentials_env)
         expected = libpq_url(target.url) if target.url else None
         if not value or libpq_url(value) != expected:
             raise WarehouseConfigError(

@@ -3,8 +3,11 @@
 The YAML is dlt's own ``RESTAPIConfig`` (client, resource_defaults, resources) so dlt's docs
 apply unchanged, with two additions:
 
-- secrets are never in the file: any auth key ending in ``_env`` names an environment variable
-  (``token_env: MY_API_TOKEN`` → ``token``); a literal secret in YAML is refused;
+- secrets are never in the file: any auth key ending in ``_env`` names a secret that dlt's config
+  providers resolve when a run builds the source (``token_env: MY_API_TOKEN`` → ``token`` from
+  the variable MY_API_TOKEN or ``.dlt/secrets.toml``; a dotted key such as
+  ``sources.kb_api.token`` reads SOURCES__KB_API__TOKEN; see :mod:`.secrets`); a literal secret
+  in YAML is refused;
 - a resource may carry ``records:`` (a ``RecordMapping``) telling the documents step which
   fields are the id, title and text. It is removed before dlt sees the config.
 """
@@ -12,7 +15,6 @@ apply unchanged, with two additions:
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import yaml
 from dlt.sources import DltSource
 from dlt.sources.rest_api import rest_api_source
 
+from llmops_dagster.sources.secrets import missing_secret, read_secret
 from llmops_dagster.sources.source_config import RecordMapping
 from llmops_dagster.sources.tables import API_TABLE_PREFIX
 
@@ -47,9 +50,9 @@ def _resolve_env_secrets(auth: dict[str, Any], where: str, resolve: bool) -> dic
         if key.endswith("_env") and not resolve:
             resolved[key] = value
         elif key.endswith("_env"):
-            secret = os.environ.get(str(value))
+            secret = read_secret(str(value))
             if not secret:
-                raise ValueError(f"{where}: environment variable {value} ({key}) is not set")
+                raise ValueError(missing_secret(str(value), f"{where} {key}"))
             resolved[key[: -len("_env")]] = secret
         else:
             resolved[key] = value

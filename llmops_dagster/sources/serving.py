@@ -194,9 +194,9 @@ def serving_traces(
 ) -> Iterator[dict[str, Any]]:
     """Finished traces of ``trace_experiment`` that ended at or after the cursor and at least
     ``settle_s`` ago (in-progress traces have no end time and wait for the next run)."""
-    from mlflow import MlflowClient
+    from llmops_dagster.tracking.mlflow_store import mlflow_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment = client.get_experiment_by_name(trace_experiment)
     if experiment is None:
         return  # nothing served yet: the server creates the experiment with its first trace

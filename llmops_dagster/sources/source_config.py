@@ -1,7 +1,8 @@
 """Source settings: which folders, APIs and SQL tables feed the pipeline (``sources.yaml``).
 
 Kept apart from ``Settings`` (environment) because a source list is structured data that teams
-review in a file, while secrets stay in the environment: YAML names env vars, never holds values.
+review in a file, while secrets stay out of it: YAML names secrets that dlt's config providers
+resolve at run time (:mod:`llmops_dagster.sources.secrets`), never holds values.
 
 Shape::
 
@@ -21,7 +22,6 @@ Shape::
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,9 @@ class SqlTableConfig(BaseModel):
 
 
 class SqlSourceConfig(BaseModel):
-    """A SQLAlchemy URL, given directly or (for anything with a password) via ``url_env``."""
+    """A SQLAlchemy URL, given directly or (for anything with a password) via ``url_env``: the
+    name of a secret dlt resolves (a variable name, or a dotted key such as
+    ``sources.sql_database.credentials``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -187,11 +189,11 @@ class SqlSourceConfig(BaseModel):
 
     def resolved_url(self) -> str:
         if self.url_env:
-            value = os.environ.get(self.url_env)
+            from llmops_dagster.sources.secrets import missing_secret, read_secret
+
+            value = read_secret(self.url_env)
             if not value:
-                raise ValueError(
-                    f"sql source: environment variable {self.url_env} (sql.url_env) is not set"
-                )
+                raise ValueError(missing_secret(self.url_env, "sql source (sql.url_env)"))
             return value
         assert self.url is not None
         return self.url
@@ -210,7 +212,7 @@ class DestinationConfig(BaseModel):
     name: str = "duckdb"
     credentials_env: str | None = Field(
         default=None,
-        description="Env var with the connection string; must equal LLMOPS_WAREHOUSE_URL.",
+        description="dlt secret with the connection string; must equal LLMOPS_WAREHOUSE_URL.",
     )
 
 

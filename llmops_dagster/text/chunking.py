@@ -24,6 +24,10 @@ Why this design (measured in ``benchmarks/chunkers.py``; numbers in the project 
 
 The library is dependency-light on purpose: it needs only a Hugging Face *fast* tokenizer
 (``transformers`` tokenizer or a ``tokenizers.Tokenizer``), no torch and no Dagster.
+
+Size (~450 lines, kept whole on purpose): one algorithm — sections, cut points chosen over one
+tokenisation's offsets, overlap, hard splits, re-counting — whose steps share those offsets and
+gap levels; split across modules they would only pass the same arrays back and forth.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llmops_dagster.hashing import content_hash
 from llmops_dagster.memo import ProcessCache
 
 DEFAULT_CHUNK_SIZE = 200
@@ -86,10 +91,6 @@ class ChunkSpan:
 def make_chunk_id(doc_id: str, position: int, text: str) -> str:
     """First 32 hex chars of sha256(doc_id \\x1f position \\x1f text): stable across runs."""
     return hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --- tokenizer -------------------------------------------------------------------------------

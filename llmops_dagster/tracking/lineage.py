@@ -5,43 +5,22 @@ index, embeddings, chunks and documents it was computed from, to the code versio
 dlt loads:
 
 - ``dagster.run_id``, ``dagster.asset_key``, ``dagster.partition``
-- ``code.version`` (git sha of the checkout, ``-dirty`` when it has uncommitted changes)
+- ``code.version`` (:func:`llmops_dagster.provenance.code_version`: the git sha of the
+  checkout, ``-dirty`` when it has uncommitted changes)
 - ``upstream.<asset_key>`` = the MLflow run id of that upstream asset's latest materialization
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
 
-from llmops_dagster.config import PROJECT_ROOT
+from llmops_dagster.provenance import code_version
 
 TAG_DAGSTER_RUN = "dagster.run_id"
 TAG_ASSET_KEY = "dagster.asset_key"
 TAG_PARTITION = "dagster.partition"
 TAG_CODE_VERSION = "code.version"
 UPSTREAM_TAG_PREFIX = "upstream."
-
-
-@lru_cache(maxsize=4)
-def code_version(root: Path = PROJECT_ROOT) -> str:
-    """The git sha of the checkout (``-dirty`` if modified), else the package version."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
-            check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        return f"{sha}-dirty" if dirty else sha
-    except (OSError, subprocess.SubprocessError):
-        from llmops_dagster import __version__
-
-        return f"package-{__version__}"
 
 
 def lineage_tags(

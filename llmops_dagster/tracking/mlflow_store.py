@@ -1,13 +1,24 @@
-"""The MLflow tracking store: SQLite + local artifacts by default, or any tracking URI."""
+"""The MLflow tracking store: SQLite + local artifacts by default, or any tracking URI.
+
+:func:`mlflow_client` is the one place an ``MlflowClient`` is built: every caller gets the same
+tracking *and* registry URI. (A client built with only a tracking URI takes its registry URI
+from the environment or MLflow's default, so a process with another ``MLFLOW_REGISTRY_URI``
+would register bundles in one store and read runs from another.)
+"""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from llmops_dagster.files import file_lock
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 class MlflowUnavailable(RuntimeError):
@@ -22,35 +33,31 @@ class MlflowStore:
     experiment_name: str
 
 
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """A client of the store at ``tracking_uri``, whose model registry lives in the same store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def _check_http(uri: str) -> None:
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
         raise MlflowUnavailable(
             f"MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({exc}). "
             "Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use the local SQLite store."
         ) from exc
 
 
-@contextmanager
-def _first_use_lock(uri: str) -> Iterator[None]:
+def _first_use_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     """Serialise the first use of a SQLite store across processes: MLflow creates its tables on
     first use, and two parallel steps doing that at once fail ("table ... already exists").
     Server and other database stores handle concurrency themselves."""
     if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock_path = Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return contextlib.nullcontext()
+    return file_lock(Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock"))
 
 
 def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
@@ -59,8 +66,6 @@ def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
     For SQLite stores the experiment's artifact location is pinned to ``artifacts/`` beside the
     database file (LLMOPS_HOME/mlflow by default).
     """
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri
     artifact_location: str | None = None
     if uri.startswith("sqlite:///"):
@@ -71,7 +76,7 @@ def ensure_mlflow(tracking_uri: str, experiment: str) -> MlflowStore:
         artifact_location = artifact_root.as_uri()
     elif uri.startswith(("http://", "https://")):
         _check_http(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     try:
         with _first_use_lock(uri):
             found = client.get_experiment_by_name(experiment)

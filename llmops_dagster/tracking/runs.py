@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.tracking.mlflow_store import MlflowStore
+from llmops_dagster.tracking.mlflow_store import MlflowStore, mlflow_client
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -139,9 +139,7 @@ def open_run(
     store: MlflowStore, *, run_name: str, tags: Mapping[str, str], ui_url: str
 ) -> Iterator[RunHandle]:
     """Create a run, yield its handle, and end it FINISHED (or FAILED if the body raised)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=store.tracking_uri)
+    client = mlflow_client(store.tracking_uri)
     run = client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
     handle = RunHandle(
         client=client,

@@ -21,8 +21,11 @@ its asker's), readable only by someone in all of them — and reports how many i
 Why plain lists and not HF ``datasets``: ``datasets`` is not a dependency of this project and
 a few thousand examples fit in memory; the trainer tokenises lists directly.
 
-The digest is the SHA-256 of the canonical JSONL of the built examples (split included), so it
-changes when the QA file, the context, the prompt or the chat template changes.
+The QA items are read by :func:`llmops_dagster.qa.load_qa_jsonl` (the golden set's format and
+loader; training needs every item's ``reference_answer``). ``digest`` is the SHA-256 of the
+canonical JSONL of the built examples (split included), so it changes when the QA file, the
+context, the prompt or the chat template changes; ``source_digest`` is the QA items' own
+:func:`llmops_dagster.qa.qa_digest`, the same rule as the golden set's version.
 """
 
 from __future__ import annotations
@@ -31,40 +34,31 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmops_dagster.access import PUBLIC, AccessError, Principal, check_group
+from llmops_dagster.access import AccessError, Principal
 from llmops_dagster.config import PROJECT_ROOT
+from llmops_dagster.files import atomic_write_text
+from llmops_dagster.qa import QAItem, load_qa_jsonl, qa_digest
 from llmops_dagster.rag.answer import HitLike, Retriever, content_tokens
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
+from llmops_dagster.text.chunking import make_chunk_id
 
 DEFAULT_TRAIN_QA = PROJECT_ROOT / "data" / "train" / "qa.jsonl"
 DEFAULT_SEED = 13
 
 
 class DatasetError(ValueError):
-    """The QA source is missing or malformed; the message names the file and line."""
+    """The QA items cannot make a dataset (too few, none the audience may read, no answer)."""
 
 
 class ChatTokenizer(Protocol):
     """The one tokenizer method used here (every HF tokenizer with a chat template has it)."""
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class QAItem:
-    id: str
-    question: str
-    reference_answer: str
-    relevant_doc_ids: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    #: The groups the item's text came through (sorted; empty = public): only a reader in
-    #: every one of them may read it (``Principal.can_read_all``).
-    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,9 +107,9 @@ class SFTDataset:
         return canonical_jsonl(self.train, self.validation)
 
     def write_jsonl(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.canonical_jsonl(), encoding="utf-8")
-        return path
+        """The canonical JSONL at ``path``, written atomically (a reader — the training step,
+        a second run with the same digest — never sees half a file)."""
+        return atomic_write_text(path, self.canonical_jsonl())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -131,55 +125,6 @@ class SFTDataset:
             "audience": ",".join(self.audience),
             "n_dropped_audience": self.dropped,
         }
-
-
-def load_qa_jsonl(path: Path | str = DEFAULT_TRAIN_QA) -> list[QAItem]:
-    """Read a QA JSONL (``id``, ``question``, ``reference_answer``, ``relevant_doc_ids``,
-    optionally ``groups``: the item's audience)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"QA file {path} does not exist")
-    items: list[QAItem] = []
-    seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DatasetError(f"{path}:{number}: not JSON ({exc})") from exc
-        missing = [k for k in ("id", "question", "reference_answer") if not row.get(k)]
-        if missing:
-            raise DatasetError(f"{path}:{number}: missing {', '.join(missing)}")
-        item_id = str(row["id"])
-        if item_id in seen:
-            raise DatasetError(f"{path}:{number}: duplicate id {item_id!r}")
-        seen.add(item_id)
-        groups = row.get("groups") or []
-        if not isinstance(groups, list):
-            raise DatasetError(f"{path}:{number}: groups must be a list of group names")
-        try:
-            checked = tuple(sorted({check_group(str(g)) for g in groups} - {PUBLIC}))
-        except AccessError as exc:
-            raise DatasetError(f"{path}:{number}: {exc}") from exc
-        known = {"id", "question", "reference_answer", "relevant_doc_ids", "groups"}
-        items.append(
-            QAItem(
-                id=item_id,
-                question=str(row["question"]),
-                reference_answer=str(row["reference_answer"]),
-                relevant_doc_ids=tuple(row.get("relevant_doc_ids") or ()),
-                extra={k: v for k, v in row.items() if k not in known},
-                groups=checked,
-            )
-        )
-    if not items:
-        raise DatasetError(f"QA file {path} has no items")
-    return items
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def retriever_context_fn(
@@ -199,11 +144,6 @@ def retriever_context_fn(
         return list(retriever.search(item.question, mode=mode, k=k, **extra))
 
     return context
-
-
-def _chunk_id(doc_id: str, position: int, text: str) -> str:
-    # Same recipe as the chunk contract (docs/CONTRACTS.md), for ids of the same shape.
-    return hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
 
 
 def split_passages(text: str, *, max_words: int = 120) -> list[str]:
@@ -251,7 +191,8 @@ def load_corpus_passages(
         for doc in extracted:
             doc_id = f"{source}:{relative}{doc.key_suffix}"
             by_doc[doc_id] = [
-                ContextPassage(_chunk_id(doc_id, i, text), doc_id, text, doc.title)
+                # The chunk contract's id recipe (docs/CONTRACTS.md), for ids of the same shape.
+                ContextPassage(make_chunk_id(doc_id, i, text), doc_id, text, doc.title)
                 for i, text in enumerate(split_passages(doc.text, max_words=max_words))
             ]
     return by_doc
@@ -293,7 +234,7 @@ def corpus_context_fn(
     def context(item: QAItem) -> Sequence[HitLike]:
         query = set(content_tokens(item.question))
         if use_reference:
-            query |= set(content_tokens(item.reference_answer))
+            query |= set(content_tokens(item.reference_answer or ""))
         candidates: list[ContextPassage] = []
         for doc_id in item.relevant_doc_ids:
             candidates.extend(passages.get(doc_id, ()))
@@ -347,7 +288,7 @@ def build_example(
         for c in context
         if cite and (c.doc_id in relevant or c.doc_id.split("#")[0] in relevant)
     )[:2]
-    answer = item.reference_answer.strip()
+    answer = (item.reference_answer or "").strip()
     if cited:
         answer = f"{answer} " + " ".join(f"[chunk:{cid}]" for cid in cited)
     return SFTExample(
@@ -355,7 +296,7 @@ def build_example(
         question=item.question,
         prompt=rendered,
         completion=_completion_suffix(tokenizer, messages, rendered, answer),
-        reference_answer=item.reference_answer,
+        reference_answer=item.reference_answer or "",
         context_chunk_ids=tuple(c.chunk_id for c in context),
         cited_chunk_ids=cited,
     )
@@ -407,14 +348,15 @@ def build_sft_dataset(
     template = prompt or load_prompt()
     if isinstance(qa, (str, Path)):
         source = str(qa)
-        items = load_qa_jsonl(qa)
-        source_digest = file_digest(Path(qa))
+        items = load_qa_jsonl(qa, require_reference_answer=True)
     else:
         items = list(qa)
         source = "<in-memory>"
-        source_digest = hashlib.sha256(
-            "\n".join(json.dumps(asdict(i), sort_keys=True, default=list) for i in items).encode()
-        ).hexdigest()
+    if not items:
+        raise DatasetError(f"{source}: no QA items")
+    unanswered = [item.id for item in items if not item.reference_answer]
+    if unanswered:
+        raise DatasetError(f"{source}: items without a reference_answer: {unanswered[:5]}")
     readable = [item for item in items if reader.can_read_all(item.groups)]
     if len(readable) < 2 <= len(items):
         raise DatasetError(
@@ -435,7 +377,7 @@ def build_sft_dataset(
         validation=validation,
         digest=digest,
         source=source,
-        source_digest=source_digest,
+        source_digest=qa_digest(items),
         prompt_name=template.name,
         prompt_version=template.version,
         seed=seed,

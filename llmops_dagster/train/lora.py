@@ -1,10 +1,11 @@
 """LoRA fine-tuning of a loaded base model, logged into a caller's MLflow run and registered.
 
 Why transformers ``Trainer`` and not TRL's ``SFTTrainer``: the one thing SFTTrainer would add
-here is completion-only loss, which is a ~20-line collator (:func:`tokenize_example` masks the
-prompt tokens with -100). TRL is another fast-moving dependency whose argument names change
-between minor releases; plain ``Trainer`` already gives CPU/GPU placement, bf16 on GPUs,
-gradient accumulation, evaluation and callbacks, and is what TRL builds on anyway.
+here is completion-only loss, which is a ~20-line collator
+(:func:`llmops_dagster.train.sft_tokens.tokenize_example` masks the prompt tokens with -100).
+TRL is another fast-moving dependency whose argument names change between minor releases;
+plain ``Trainer`` already gives CPU/GPU placement, bf16 on GPUs, gradient accumulation,
+evaluation and callbacks, and is what TRL builds on anyway.
 
 What a run records (so the evaluation gate and lineage can trust it):
 params (LoRA and optimisation settings, base model, dataset digest, index version); per-step
@@ -19,6 +20,11 @@ The caller opens and closes the run (:func:`llmops_dagster.tracking.runs.open_ru
 lineage tags) and passes a private copy of the base (``load_base_model(spec, fresh=True)``);
 this module only writes into that run. It never touches the ``champion`` alias: promoting a
 version is the evaluation gate's job.
+
+Size (~440 lines): one job, one LoRA run from a loaded base and a dataset to a registered
+adapter version. Its steps (parameters, Trainer set-up, loss before/after, MLflow logging,
+registration) run in sequence over one run's state; the tokenisation, which is reusable on its
+own (the fine-tuning benchmark), is :mod:`llmops_dagster.train.sft_tokens`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,17 +52,25 @@ from llmops_dagster.models.registry import (
     TAG_PROMPT_VERSION,
     register_adapter_version,
 )
-from llmops_dagster.train.dataset import SFTDataset, SFTExample
+from llmops_dagster.train.dataset import SFTDataset
+from llmops_dagster.train.sft_tokens import CompletionCollator, tokenize_example, tokenize_split
+
+# The tokenisation (completion-only loss) lives in ``train.sft_tokens``; importable from here.
+__all__ = [
+    "CompletionCollator",
+    "LoraParams",
+    "LoraResult",
+    "TrainingError",
+    "lora_config",
+    "tokenize_example",
+    "tokenize_split",
+    "train_lora",
+]
 
 if TYPE_CHECKING:
-    import torch
-
     from llmops_dagster.tracking.runs import DatasetRef, RunHandle
 
 log = logging.getLogger(__name__)
-
-#: Prompt tokens kept from the start (the system text) when a prompt must be cut to fit.
-_HEAD_TOKENS = 64
 
 
 class TrainingError(RuntimeError):
@@ -138,68 +152,6 @@ class LoraResult:
         data["tokens_per_s"] = round(self.tokens_per_s, 2)
         data["model_uri"] = self.model_uri
         return data
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenisation with a completion-only loss
-# --------------------------------------------------------------------------------------------
-
-
-def tokenize_example(tokenizer: Any, example: SFTExample, max_seq_len: int) -> dict[str, list[int]]:
-    """``input_ids`` = prompt + completion; ``labels`` mask the prompt with -100.
-
-    When too long, the completion keeps at most half the window and the prompt loses its
-    middle (the start of the context), keeping the system text's head and the question at the
-    end — the parts that matter for what to answer.
-    """
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-    completion_ids = completion_ids[: max(1, max_seq_len // 2)]
-    room = max_seq_len - len(completion_ids)
-    if len(prompt_ids) > room:
-        head = min(_HEAD_TOKENS, room // 4)
-        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head) :]
-    return {
-        "input_ids": prompt_ids + completion_ids,
-        "labels": [-100] * len(prompt_ids) + completion_ids,
-    }
-
-
-class CompletionCollator:
-    """Right-pads a batch; padding is masked in ``attention_mask`` and ``labels``.
-
-    Counts the real (non-pad) tokens it hands out while ``counting`` is on, which is how
-    throughput is measured identically here and in the benchmark's plain loop.
-    """
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-        self.counting = False
-        self.tokens = 0
-
-    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids, labels, attention = [], [], []
-        for f in features:
-            pad = width - len(f["input_ids"])
-            input_ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [-100] * pad)
-            attention.append([1] * len(f["input_ids"]) + [0] * pad)
-        if self.counting:
-            self.tokens += sum(len(f["input_ids"]) for f in features)
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "attention_mask": torch.tensor(attention, dtype=torch.long),
-        }
-
-
-def tokenize_split(
-    tokenizer: Any, examples: Sequence[SFTExample], max_seq_len: int
-) -> list[dict[str, list[int]]]:
-    return [tokenize_example(tokenizer, ex, max_seq_len) for ex in examples]
 
 
 def lora_config(params: LoraParams) -> Any:

@@ -15,7 +15,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from elasticsearch import Elasticsearch
 
 from llmops_dagster.access import Principal
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+from llmops_dagster.definitions import build_resources
 from llmops_dagster.evaluate.bundle_eval import evaluate_pipeline
-from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet, load_golden
+from llmops_dagster.evaluate.golden import GoldenSet, load_golden
+from llmops_dagster.qa import QAItem, load_qa_jsonl
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
 from llmops_dagster.rag.prompts import load_prompt
@@ -42,8 +43,11 @@ from llmops_dagster.sources.source_config import (
     SourcesConfig,
     default_sources_config,
 )
-from llmops_dagster.train.dataset import QAItem, build_sft_dataset, retriever_context_fn
+from llmops_dagster.train.dataset import DEFAULT_TRAIN_QA, build_sft_dataset, retriever_context_fn
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.dagster import materialize_groups
+from tests.support.settings import isolated_settings
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -75,29 +79,16 @@ class Built:
         return self.settings.elasticsearch.index_alias
 
 
-def _run(settings: Settings, sources: SourcesConfig) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(
-        [*build_assets(settings, sources), *build_asset_checks()],
-        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
-        resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert result.success
-    return result
-
-
 @pytest.fixture(scope="module")
 def built(
-    tmp_path_factory: pytest.TempPathFactory, es_settings: Settings, sample_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    es_settings: Settings,
+    sample_dir: Path,
+    sample_embeddings: Path,
 ) -> Iterator[Built]:
     root = tmp_path_factory.mktemp("access")
-    home = root / "llmops-home"
-    home.mkdir()
-    settings = Settings().override(
-        home=home,
-        warehouse={"duckdb_path": home / "warehouse.duckdb"},
-        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
-        models={"cache_dir": Settings().models_cache_dir},
+    settings = isolated_settings(
+        root / "llmops-home",
         elasticsearch={
             "url": es_settings.elasticsearch.url,
             "index_alias": f"test-acl-{uuid.uuid4().hex[:8]}",
@@ -107,7 +98,8 @@ def built(
     shutil.copytree(sample_dir, corpus)
     # The demo's sources (the same audiences as the repository's sources.yaml).
     sources = default_sources_config(corpus)
-    first = _run(settings, sources)
+    copy_embedding_cache(sample_embeddings, settings)
+    first = materialize_groups(settings, sources)
     embedder = build_resources(settings)["models"].embedder()
     yield Built(settings, sources, first, embedder)
     drop_indices(Elasticsearch(es_settings.es_url), settings.elasticsearch.index_alias)
@@ -242,15 +234,13 @@ def test_evaluation_rows_hold_only_what_each_case_may_read(built: Built, es_clie
     text, while every insider case retrieves its document into the prompt's top PROMPT_K."""
     confidential = [item for item in load_golden().items if item.groups]
     assert [item.id for item in confidential] == [f"q{i}" for i in range(201, 213)]
-    items: list[GoldenItem] = []
+    items: list[QAItem] = []
     for item in confidential:
         other = SECURITY if item.groups == (HR,) else HR
         items += [
             item,
-            GoldenItem(f"{item.id}-anon", item.question, item.relevant_doc_ids, "unknown"),
-            GoldenItem(
-                f"{item.id}-other", item.question, item.relevant_doc_ids, "unknown", groups=(other,)
-            ),
+            replace(item, id=f"{item.id}-anon", reference_answer="unknown", groups=()),
+            replace(item, id=f"{item.id}-other", reference_answer="unknown", groups=(other,)),
         ]
     golden = GoldenSet.from_items(items, name="access")
     result = evaluate_pipeline(_pipeline(built, es_client), golden, metrics=[], batch_size=4)
@@ -286,11 +276,7 @@ class _ChatML:
 def test_finetuning_context_is_public_unless_groups_are_configured(built: Built, es_client) -> None:
     """The dataset asset's path (``pipeline.context_fn(principal)``; default: public) keeps
     confidential chunks out of every prompt; naming the groups lets them in."""
-    items = [
-        QAItem(item.id, item.question, str(item.reference_answer), item.relevant_doc_ids)
-        for item in load_golden().items
-        if item.groups
-    ]
+    items = [replace(item, groups=()) for item in load_golden().items if item.groups]
     confidential_chunks = {
         chunk_id for doc_id in CONFIDENTIAL for chunk_id, _ in _doc_chunks(built.settings, doc_id)
     }
@@ -320,12 +306,11 @@ def test_the_finetune_dataset_asset_takes_only_what_the_training_audience_may_re
     with the default training audience (public), leaves it out and says how many it dropped,
     and refuses context groups beyond that audience before anything is built."""
     from assets.model import finetune_dataset
-    from llmops_dagster.train.dataset import load_qa_jsonl
 
     public = [
         {"id": i.id, "question": i.question, "reference_answer": i.reference_answer,
          "relevant_doc_ids": list(i.relevant_doc_ids)}
-        for i in load_qa_jsonl()[:4]
+        for i in load_qa_jsonl(DEFAULT_TRAIN_QA)[:4]
     ]  # fmt: skip
     hr_item = {
         "id": "fb-hr",
@@ -426,7 +411,7 @@ def test_an_audience_change_resyncs_exactly_that_documents_chunks(built: Built, 
         }
     )
     before = asset_metadata(built.first, "search_index")
-    second = _run(built.settings, edited)
+    second = materialize_groups(built.settings, edited)
     docs = asset_metadata(second, "documents")
     assert (docs["new"], docs["changed"], docs["audience_changed"], docs["deleted"]) == (0, 2, 2, 0)
     chunks = asset_metadata(second, "chunks")
@@ -452,5 +437,5 @@ def test_an_audience_change_resyncs_exactly_that_documents_chunks(built: Built, 
     )
 
     # Nothing changed since: the sync compares text hash + audience and writes nothing.
-    third = asset_metadata(_run(built.settings, edited), "search_index")
+    third = asset_metadata(materialize_groups(built.settings, edited), "search_index")
     assert (third["mode"], third["indexed"], third["deleted"]) == ("incremental", 0, 0)

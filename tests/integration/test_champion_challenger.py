@@ -1,12 +1,12 @@
 """Champion/challenger on RAG bundles, end to end on real services: the sample corpus indexed in
 Elasticsearch, the MLflow registry and prompt registry on SQLite, the packaged SmolLM2.
 
-The scenario runs in order (one module-scoped world): refusals → the extractive bundle beats
-the base model and becomes champion → a degraded adapter, found by the registry sensor, stays
-challenger → a non-inferior bundle with another retriever setting is promoted and rolled back
-with the CLI → a decision against a champion that has since been replaced is refused as stale
-→ two evaluations at once end with a champion compared with the one it replaced → `ask`
-serves exactly the champion bundle.
+The scenario runs in order (one module-scoped world): the extractive bundle beats the base
+model and becomes champion → refusals (too few cases, no thresholds) → a degraded adapter,
+found by the registry sensor, stays challenger → a non-inferior bundle with another retriever
+setting is promoted and rolled back with the CLI → a decision against a champion that has
+since been replaced is refused as stale → two evaluations at once end with a champion
+compared with the one it replaced → `ask` serves exactly the champion bundle.
 
 The world's golden set is the first 30 questions of the project's (as many as ``min_cases``
 asks for): evaluations run exactly as the sensors request them, with no test-only overrides.
@@ -36,6 +36,8 @@ from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, load_bundle
 from llmops_dagster.resources import build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.settings import isolated_settings
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -82,21 +84,20 @@ def world(
     es_settings: Settings,
     es_client: Elasticsearch,
     sample_dir: Path,
+    sample_embeddings: Path,
 ):
     home = tmp_path_factory.mktemp("cc-home")
     alias = f"cc-{uuid.uuid4().hex[:8]}"
     golden = home / "golden-30.jsonl"
     lines = Settings().corpus.golden_path.read_text(encoding="utf-8").splitlines()
     golden.write_text("\n".join(lines[:GOLDEN_CASES]) + "\n", encoding="utf-8")
-    settings = Settings().override(
-        home=home,
-        warehouse={"duckdb_path": home / "warehouse.duckdb"},
-        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"},
+    settings = isolated_settings(
+        home,
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
         corpus={"golden_path": golden},
-        # One torch thread; the project's model cache (the GGUF is converted only once).
-        models={"torch_threads": 1, "cache_dir": Settings().models_cache_dir},
+        models={"torch_threads": 1},
     )
+    copy_embedding_cache(sample_embeddings, settings)
     defs = build_definitions(
         settings, SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     )
@@ -120,32 +121,6 @@ def _champion_moved(result: dg.ExecuteInProcessResult) -> bool:
     )
 
 
-def test_too_few_cases_or_no_thresholds_are_refused_unless_overridden(world: World) -> None:
-    few = world.evaluate(generator="extractive", limit=5, max_new_tokens=16)
-    gate = _check(few, "quality_gate")
-    assert gate.passed is False
-    assert "too few cases: 5 < 30 cases (min_cases)" in gate.metadata["summary"].value
-    assert not _champion_moved(few) and world.champion() is None
-
-    none = world.evaluate(generator="extractive", limit=5, minimums={}, allow_few_cases=True)
-    summary = _check(none, "quality_gate").metadata["summary"].value
-    assert "no thresholds: a gate without thresholds passes anything" in summary
-    assert world.champion() is None
-
-    # Manual approval: five cases may well beat the base model, but the next test needs the
-    # champion slot still empty, so this candidate waits for a person instead of moving it.
-    overridden = world.evaluate(
-        generator="extractive", limit=5, allow_few_cases=True, approval="manual"
-    )
-    evaluation = asset_metadata(overridden, "rag_evaluation")
-    assert evaluation["overrides"] == ["allow_few_cases: 5 < 30 cases"]
-    run = world.client.get_run(evaluation["mlflow_run_id"])
-    assert run.data.tags["decision.override.0"] == "allow_few_cases: 5 < 30 cases"
-    assert _check(overridden, "quality_gate").passed is True
-    assert evaluation["decision"] == "awaiting_approval", evaluation["decision_summary"]
-    assert world.champion() is None
-
-
 def test_extractive_bundle_beats_the_base_model_and_becomes_champion(world: World) -> None:
     result = world.evaluate(generator="extractive", **FAST)
     assert result.success
@@ -165,6 +140,41 @@ def test_extractive_bundle_beats_the_base_model_and_becomes_champion(world: Worl
     assert run.data.metrics["compare.token_f1.ci_low"] > 0  # the interval excludes no gain
     assert run.data.tags["decision.outcome"] == "champion"
     assert _check(result, "champion_comparison").passed is True
+
+
+def test_too_few_cases_or_no_thresholds_are_refused_unless_overridden(world: World) -> None:
+    """Against the extractive champion (another extractive candidate: no model to run), so that
+    the gate alone decides; nothing moves the champion."""
+    champion_before = world.champion()
+    assert champion_before is not None
+    few = world.evaluate(generator="extractive", limit=5, max_new_tokens=16)
+    gate = _check(few, "quality_gate")
+    assert gate.passed is False
+    assert "too few cases: 5 < 30 cases (min_cases)" in gate.metadata["summary"].value
+    assert not _champion_moved(few) and world.champion() == champion_before
+
+    none = world.evaluate(generator="extractive", limit=5, minimums={}, allow_few_cases=True)
+    summary = _check(none, "quality_gate").metadata["summary"].value
+    assert "no thresholds: a gate without thresholds passes anything" in summary
+    assert world.champion() == champion_before
+
+    # Manual approval: a non-inferior candidate on five cases would be promoted, so it waits
+    # for a person instead of moving the champion.
+    overridden = world.evaluate(
+        generator="extractive",
+        limit=5,
+        allow_few_cases=True,
+        approval="manual",
+        require_improvement=False,
+        primary_margin=0.1,
+    )
+    evaluation = asset_metadata(overridden, "rag_evaluation")
+    assert evaluation["overrides"] == ["allow_few_cases: 5 < 30 cases"]
+    run = world.client.get_run(evaluation["mlflow_run_id"])
+    assert run.data.tags["decision.override.0"] == "allow_few_cases: 5 < 30 cases"
+    assert _check(overridden, "quality_gate").passed is True
+    assert evaluation["decision"] == "awaiting_approval", evaluation["decision_summary"]
+    assert world.champion() == champion_before
 
 
 def _degraded_adapter(world: World, *, lora_alpha: int, seed: int) -> str:
@@ -229,7 +239,9 @@ def test_a_broken_adapter_found_by_the_sensor_is_refused_by_the_floor(world: Wor
     (request,) = _registry_requests(world)
     config = request.run_config["ops"]["rag_evaluation"]["config"]
     assert config == {"model_version": version}
-    result = world.evaluate(**config, **FAST)
+    # One chunk in the prompt: random LoRA weights garble any answer, and the model's time goes
+    # into reading the prompt (the ranking the retrieval floors read is as deep as ever).
+    result = world.evaluate(**config, k=1, **FAST)
     evaluation = asset_metadata(result, "rag_evaluation")
     # Random LoRA weights garble the answers: the floor refuses it outright.
     assert evaluation["decision"] == "refused"
@@ -282,7 +294,7 @@ def test_a_degraded_adapter_that_passes_the_floors_loses_and_stays_challenger(
 
 
 def _env(world: World) -> dict[str, str]:
-    """The world's settings as the environment of a separate process (CLI, Dagster)."""
+    """The world's settings as the environment of the CLI or a separate Dagster process."""
     return {
         **os.environ,
         "LLMOPS_HOME": str(world.settings.home),
@@ -296,11 +308,23 @@ def _env(world: World) -> dict[str, str]:
     }
 
 
-def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops_dagster.cli", *args],
-        env=_env(world), capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+@dataclass
+class _Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _cli(world: World, *args: str) -> _Ran:
+    """``llmops-dagster ARGS`` with the world's settings as its environment, in this process
+    (click's runner): the same commands and exit codes as a shell's, without an interpreter
+    start and MLflow import per call."""
+    from click.testing import CliRunner
+
+    from llmops_dagster.cli import main
+
+    result = CliRunner(env=_env(world)).invoke(main, list(args))
+    return _Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def test_non_inferior_bundle_is_promoted_and_the_cli_rolls_it_back(world: World) -> None:
@@ -408,15 +432,16 @@ def test_two_evaluations_started_together_promote_only_against_the_champion_they
     """Two evaluation runs as separate Dagster processes on one instance (the shipped local
     dagster.yaml: the evaluation pool admits one step at a time). Whatever the interleaving,
     every promotion was compared with the champion it replaced; a decision overtaken by the
-    other run's promotion fails as stale instead of installing an unchecked bundle."""
-    import shutil
+    other run's promotion fails as stale instead of installing an unchecked bundle.
 
+    Each run executes all its steps inside its one process (the in-process executor claims the
+    pool like the multiprocess one): what is under test is two runs at once, and a process per
+    step would only add five interpreter starts per run (~2 minutes on a 2-core box)."""
     from llmops_dagster.config import PROJECT_ROOT
+    from tests.support.dagster import dagster_home as make_dagster_home
 
     before = world.champion()
-    dagster_home = tmp_path / "dagster-home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
+    dagster_home = make_dagster_home(tmp_path / "dagster-home")
     # Create the instance's storage once: two processes creating it at once race on its schema.
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         assert instance.event_log_storage.supports_global_concurrency_limits
@@ -426,8 +451,9 @@ def test_two_evaluations_started_together_promote_only_against_the_champion_they
     for k in (4, 5):
         config = tmp_path / f"run-k{k}.json"
         config.write_text(
-            json.dumps({"ops": {"rag_evaluation": {"config": {
-                "generator": "extractive", "k": k, **NON_INFERIOR}}}})
+            json.dumps({"execution": {"config": {"in_process": {}}},
+                        "ops": {"rag_evaluation": {"config": {
+                            "generator": "extractive", "k": k, **NON_INFERIOR}}}})
         )  # fmt: skip
         command = [
             sys.executable, "-m", "dagster", "job", "execute", "-m",
@@ -498,7 +524,7 @@ def test_a_damaging_reindex_is_caught_by_the_inputs_sensor_and_the_champion_chec
     from llmops_dagster.search.aliases import current_index
 
     resources = build_resources(world.settings, with_dlt=False)
-    sensor_resources = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow", "models")}
+    sensor_resources = {k: resources[k] for k in ("datasets", "elasticsearch", "mlflow", "models")}
 
     def tick(cursor: str | None) -> tuple[list, str | None]:
         with dg.build_sensor_context(

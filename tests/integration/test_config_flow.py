@@ -17,6 +17,7 @@ from llmops_dagster.resources import ModelsResource, build_resources
 from llmops_dagster.search.aliases import alias_indices
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,7 @@ def test_alias_and_experiment_given_to_build_definitions_reach_the_run(
     es_settings: Settings,
     es_client: Elasticsearch,
     sample_dir: Path,
+    sample_embeddings: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alias = f"flow-{uuid.uuid4().hex[:8]}"
@@ -36,6 +38,7 @@ def test_alias_and_experiment_given_to_build_definitions_reach_the_run(
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
         mlflow={"experiment": "flow-experiment"},
     )
+    copy_embedding_cache(sample_embeddings, settings)
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     defs = build_definitions(settings, sources)
     job = defs.resolve_implicit_global_asset_job_def()

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llmops_dagster.config import PROJECT_ROOT
+from tests.support.dagster import dagster_dev, dagster_home, wait_until_gone
+from tests.support.ports import port_is_closed
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +30,8 @@ EXPECTED_ASSETS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _dagster_home(tmp_path: Path) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    return home
-
-
 def test_definitions_validate(tmp_path: Path) -> None:
-    env = {**os.environ, "DAGSTER_HOME": str(_dagster_home(tmp_path))}
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(tmp_path / "dagster_home"))}
     dagster = Path(sys.executable).with_name("dagster")
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", str(PROJECT_ROOT / "workspace.yaml")],
@@ -92,59 +77,17 @@ def dg_key(path: str):
 
 
 def test_dev_serves_the_ui_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(_dagster_home(tmp_path))}
-    cli = Path(sys.executable).with_name("llmops-dagster")
+    home = dagster_home(tmp_path / "dagster_home")
     # Started the way a script would start it in the background: SIGINT ignored (as `&` does).
-    proc = subprocess.Popen(
-        [str(cli), "dev", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        info = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as r:
-                    info = json.loads(r.read())
-                break
-            except OSError:
-                time.sleep(1)
-        assert info is not None, "dagster dev never answered"
-        assert info["dagster_version"]
-        query = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/graphql",
-            data=query,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            nodes = json.loads(response.read())["data"]["assetNodes"]
+    with dagster_dev(home, tmp_path / "dev.log", sigint_ignored=True) as dev:
+        assert dev.info["dagster_version"]
+        query = {"query": "{ assetNodes { assetKey { path } } }"}
+        response = httpx.post(f"{dev.url}/graphql", json=query, timeout=60)
+        nodes = response.json()["data"]["assetNodes"]
         assert {"/".join(n["assetKey"]["path"]) for n in nodes} >= EXPECTED_ASSETS
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) is not None
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        dev.proc.send_signal(signal.SIGTERM)
+        assert dev.proc.wait(timeout=60) is not None
     # No webserver, daemon or code server of this instance is left, and the port is free.
-    time.sleep(1)
-    assert _processes_with_env(f"DAGSTER_HOME={env['DAGSTER_HOME']}") == []
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _processes_with_env(entry: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if entry.encode() in environ:
-            found.append(f"{pid}: {cmdline.decode(errors='replace')}")
-    return found
+    wait_until_gone(home, within_s=5)
+    assert port_is_closed(dev.port)

@@ -12,11 +12,9 @@ run at the same time, and keep every event.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -29,6 +27,10 @@ from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.services.dagster_dev import start_dagster_daemon, stop_dagster_daemon
 from llmops_dagster.services.postgres_local import LocalPostgres, create_database
 from tests.conftest import drop_indices
+from tests.support.dagster import dagster_home as make_dagster_home
+from tests.support.dagster import wait_until_gone
+from tests.support.tracking import sqlite_store
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +110,7 @@ def test_queued_runs_in_parallel_on_postgres(
     env = {
         "LLMOPS_HOME": str(home),
         "LLMOPS_DUCKDB_PATH": str(home / "warehouse.duckdb"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": sqlite_store(home / "mlflow" / "mlflow.db"),
         "ELASTICSEARCH_URL": str(es_settings.elasticsearch.url),
         "LLMOPS_ES_INDEX_ALIAS": alias,
         "LLMOPS_SOURCES_CONFIG": str(sources),
@@ -123,9 +125,9 @@ def test_queued_runs_in_parallel_on_postgres(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("LLMOPS_WAREHOUSE_URL", raising=False)  # the DuckDB file, here
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.postgres.yaml", dagster_home / "dagster.yaml")
+    dagster_home = make_dagster_home(
+        tmp_path / "dagster_home", PROJECT_ROOT / "deploy" / "dagster.postgres.yaml"
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
 
     # The starting state, in this process: the two pages indexed (the evaluation needs a live
@@ -195,7 +197,7 @@ def test_queued_runs_in_parallel_on_postgres(
     assert code == 0, daemon_log.read_text()[-3000:]
     # Code servers (the daemon's and each `job launch`'s) stop on their own once the process
     # that heartbeats them is gone; nothing of this instance may be left after that.
-    assert _left_behind(f"DAGSTER_HOME={dagster_home}", within_s=120) == []
+    wait_until_gone(dagster_home, within_s=120)
 
 
 def _launch(
@@ -217,17 +219,27 @@ def _wait_for_runs(
     instance: dg.DagsterInstance, run_ids: list[str], daemon: subprocess.Popen, log: Path
 ) -> dict[str, str]:
     done = {"SUCCESS", "FAILURE", "CANCELED"}
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        statuses = {}
+
+    def statuses() -> dict[str, str]:
+        found = {}
         for run_id in run_ids:
             run = instance.get_run_by_id(run_id)
-            statuses[run_id] = run.status.value if run else "MISSING"
-        if all(status in done for status in statuses.values()):
-            return statuses
-        assert daemon.poll() is None, f"dagster-daemon exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"runs not done in {RUN_TIMEOUT_S} s: {statuses}"
-        time.sleep(1)
+            found[run_id] = run.status.value if run else "MISSING"
+        return found
+
+    def finished() -> dict[str, str] | None:
+        now = statuses()
+        return now if all(status in done for status in now.values()) else None
+
+    return wait_until(
+        finished,
+        timeout_s=RUN_TIMEOUT_S,
+        what="both runs finished",
+        interval_s=1.0,
+        proc=daemon,
+        log=log,
+        detail=statuses,
+    )
 
 
 def _records(instance: dg.DagsterInstance, run_id: str) -> list[tuple[int, str, str]]:
@@ -282,24 +294,3 @@ def _failure_report(instance: dg.DagsterInstance, run_ids: list[str], daemon_log
             if event is not None and event.event_type.name in ("STEP_FAILURE", "RUN_FAILURE"):
                 lines.append(f"{run_id[:8]} {event.event_type_value}: {event.message}")
     return "\n".join(lines) + "\n--- daemon log ---\n" + daemon_log.read_text()[-3000:]
-
-
-def _left_behind(entry: str, *, within_s: float) -> list[str]:
-    deadline = time.monotonic() + within_s
-    while (found := _processes_with_env(entry)) and time.monotonic() < deadline:
-        time.sleep(2)
-    return found
-
-
-def _processes_with_env(entry: str) -> list[str]:
-    """Processes (daemon, code server, run workers) still carrying this DAGSTER_HOME."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if entry.encode() in environ and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline.decode(errors='replace')}")
-    return found

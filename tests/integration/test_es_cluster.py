@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ from llmops_dagster.services.es_cluster import (
     stop_cluster,
 )
 from llmops_dagster.services.local import local_cluster
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -120,17 +120,6 @@ def _shards_per_node(client: Elasticsearch) -> Counter[str]:
     return Counter(row["node"] for row in rows if row["state"] == "STARTED")
 
 
-def _wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last})")
-
-
 @dataclass
 class Drill:
     cluster: LocalCluster
@@ -185,9 +174,9 @@ def test_three_nodes_form_one_cluster_with_every_node_holding_shards(drill: Dril
     names = sorted(row["name"] for row in client.cat.nodes(format="json", h="name"))
     assert names == ["llmops-node-1", "llmops-node-2", "llmops-node-3"]
     assert (health["active_primary_shards"], health["active_shards"]) == (SHARDS, 2 * SHARDS)
-    per_node = _wait_until(
+    per_node = wait_until(
         lambda: (c := _shards_per_node(client)) == Counter(dict.fromkeys(names, 2)) and c,
-        120, "two shard copies on each node",
+        timeout_s=120, what="two shard copies on each node", interval_s=1.0,
     )  # fmt: skip
     assert sum(per_node.values()) == 2 * SHARDS
     assert client.count(index=ALIAS)["count"] == FIRST_DOCS
@@ -275,7 +264,9 @@ def test_stopped_node_rejoins_green_and_shards_rebalance(drill: Drill) -> None:
         settled = current["relocating_shards"] == 0 and current["initializing_shards"] == 0
         return per_node if settled and per_node == Counter(dict.fromkeys(names, 4)) else None
 
-    per_node = _wait_until(balanced, 180, "4 shard copies on each of the 3 nodes")
+    per_node = wait_until(
+        balanced, timeout_s=180, what="4 shard copies on each of the 3 nodes", interval_s=1.0
+    )
     health = client.cluster.health()
     assert health["status"] == "green"
     assert health["active_primary_shards"] == 2 * SHARDS

@@ -17,12 +17,13 @@ from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.compare import compare_runs
 from llmops_dagster.evaluate.gate import GateConfig, evaluate_gate
-from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet, load_golden
+from llmops_dagster.evaluate.golden import GoldenSet, load_golden
 from llmops_dagster.evaluate.judge import SchemaJudge
 from llmops_dagster.evaluate.metrics import default_metrics
 from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
 from llmops_dagster.evaluate.triggers import read_table_artifact
+from llmops_dagster.qa import QAItem
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
 
@@ -183,7 +184,16 @@ def test_build_cases_batches_answer_calls() -> None:
 
 def test_beir_style_cases_skip_answer_metrics() -> None:
     golden = GoldenSet.from_items(
-        [GoldenItem("b1", "q?", ("beir:d1",), None, "beir", {"beir:d1": 2})], name="mini-beir"
+        [
+            QAItem(
+                "b1",
+                "q?",
+                relevant_doc_ids=("beir:d1",),
+                type="beir",
+                relevance_grades={"beir:d1": 2},
+            )
+        ],
+        name="mini-beir",
     )
     case = EvalCase("b1", "q?", "a", None, ["t"], ["beir:d1"], ["beir:d1"], {"beir:d1": 2})
     result = evaluate_rag([case], metrics=_metrics(), engine="direct")
@@ -194,14 +204,24 @@ def test_beir_style_cases_skip_answer_metrics() -> None:
     assert result.aggregates["ndcg_at_10"] == 1.0 and "skipped" in result.notes[0]
 
 
-def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) -> None:
-    golden = GoldenSet.from_items(
+def _handmade_golden() -> GoldenSet:
+    """CASES as the golden set an evaluation run logs as its input."""
+    return GoldenSet.from_items(
         [
-            GoldenItem(c.case_id, c.question, tuple(c.relevant_doc_ids), c.expected_output)
+            QAItem(
+                c.case_id,
+                c.question,
+                relevant_doc_ids=tuple(c.relevant_doc_ids),
+                reference_answer=c.expected_output,
+            )
             for c in CASES
         ],
         name="handmade",
     )
+
+
+def test_log_evaluation_run_with_table_input_and_params(tmp_settings: Settings) -> None:
+    golden = _handmade_golden()
     result = evaluate_rag(CASES, metrics=_metrics(), engine="direct")
     config = GateConfig(minimums={"recall_at_5": 0.9})
     gate = evaluate_gate(result.aggregates, config)
@@ -290,13 +310,7 @@ def test_judge_counts_and_errors_reach_mlflow_and_read_back(tmp_settings: Settin
     # q02: relevancy 2 + faithfulness 3 + G-Eval 1; q03: 2 + 2 + 1. Every G-Eval reply repaired.
     assert result.judge_stats == {"calls": 11, "repaired": 2, "failed": 1}
 
-    golden = GoldenSet.from_items(
-        [
-            GoldenItem(c.case_id, c.question, tuple(c.relevant_doc_ids), c.expected_output)
-            for c in CASES
-        ],
-        name="handmade",
-    )
+    golden = _handmade_golden()
     store = ensure_mlflow(tmp_settings.mlflow_uri, "evaluations")
     with open_run(store, run_name="evaluate", tags={}, ui_url="http://127.0.0.1:5000") as run:
         run_id = log_evaluation(run, result, golden)

@@ -10,13 +10,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_assets, build_resources
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.search import sync as sync_module
 from llmops_dagster.search.aliases import alias_indices, list_versions
@@ -25,18 +23,25 @@ from llmops_dagster.search.sync import IndexSyncError, active_chunk_ids, sync_in
 from llmops_dagster.services.elasticsearch_local import LocalNode, start_node, stop_node
 from llmops_dagster.services.local import local_node
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
+from tests.conftest import TEST_ES_PORT
+from tests.support.dagster import PREPARE_GROUPS, materialize_groups
+from tests.support.ports import free_node_port
+from tests.support.settings import isolated_settings
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
-FAULT_PORT = int(os.environ.get("LLMOPS_FAULT_ES_PORT", "9262"))
+#: The node's HTTP port: LLMOPS_FAULT_ES_PORT, else a free one (several test sessions at once
+#: each get their own); its folder is named after the session's node port.
+FAULT_PORT = int(os.environ.get("LLMOPS_FAULT_ES_PORT", "0"))
 
 
 @pytest.fixture(scope="module")
 def fault_node(es_settings: Settings) -> Iterator[LocalNode]:
     base = Settings()
     node = local_node(
-        base, node_dir=base.home / "elasticsearch" / f"fault-node-{FAULT_PORT}",
-        port=FAULT_PORT,
+        base, node_dir=base.home / "elasticsearch" / f"fault-node-{TEST_ES_PORT}",
+        port=FAULT_PORT or free_node_port(),
     )  # fmt: skip
     start_node(node)
     yield node
@@ -44,22 +49,14 @@ def fault_node(es_settings: Settings) -> Iterator[LocalNode]:
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Settings:
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, sample_embeddings: Path
+) -> Settings:
     """The sample corpus chunked and embedded once (ingest + prepare, no index)."""
-    home = tmp_path_factory.mktemp("fault-home")
-    settings = Settings().override(
-        home=home,
-        warehouse={"duckdb_path": home / "warehouse.duckdb"},
-        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"},
-    )
+    settings = isolated_settings(tmp_path_factory.mktemp("fault-home"))
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
-    result = dg.materialize(
-        build_assets(settings, sources),
-        selection=dg.AssetSelection.groups("ingest", "prepare"),
-        resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert result.success
+    copy_embedding_cache(sample_embeddings, settings)
+    materialize_groups(settings, sources, PREPARE_GROUPS)
     return settings
 
 
@@ -86,9 +83,9 @@ def _stop_after(node: LocalNode, n: int, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_es_stopped_mid_bulk_then_rerun_ends_with_exact_counts(
-    fault_node: LocalNode, warehouse: Settings, monkeypatch: pytest.MonkeyPatch
+    fault_node: LocalNode, prepared: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = warehouse.override(elasticsearch={"url": fault_node.url})
+    settings = prepared.override(elasticsearch={"url": fault_node.url})
     client = make_client(settings.cluster_spec(), request_timeout=5).options(max_retries=0)
     alias = f"fault-{uuid.uuid4().hex[:8]}"
     first = _sync(client, settings, alias, "rebuild")
@@ -116,10 +113,10 @@ def test_es_stopped_mid_bulk_then_rerun_ends_with_exact_counts(
 
 
 def test_es_stopped_mid_rebuild_keeps_the_old_index_live(
-    fault_node: LocalNode, warehouse: Settings, monkeypatch: pytest.MonkeyPatch
+    fault_node: LocalNode, prepared: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     start_node(fault_node)
-    settings = warehouse.override(elasticsearch={"url": fault_node.url})
+    settings = prepared.override(elasticsearch={"url": fault_node.url})
     client = make_client(settings.cluster_spec(), request_timeout=5).options(max_retries=0)
     alias = f"fault-{uuid.uuid4().hex[:8]}"
     live = _sync(client, settings, alias, "rebuild").index

@@ -13,10 +13,11 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.search.aliases import alias_indices, list_versions, rollback
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.dagster import materialize_groups
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +29,18 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 
 @pytest.fixture
-def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_path: Path):
+def setup(
+    tmp_settings: Settings,
+    es_settings: Settings,
+    sample_dir: Path,
+    sample_embeddings: Path,
+    tmp_path: Path,
+):
     alias = f"test-{uuid.uuid4().hex[:8]}"
     settings = tmp_settings.override(
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias}
     )
+    copy_embedding_cache(sample_embeddings, settings)
     corpus = tmp_path / "corpus"
     shutil.copytree(sample_dir, corpus)
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
@@ -40,23 +48,11 @@ def setup(tmp_settings: Settings, es_settings: Settings, sample_dir: Path, tmp_p
     drop_indices(Elasticsearch(es_settings.es_url), alias)
 
 
-def _run(settings: Settings, sources: SourcesConfig, run_config: dict | None = None):
-    result = dg.materialize(
-        [*build_assets(settings, sources), *build_asset_checks()],
-        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
-        resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(),
-        run_config=run_config or {},
-    )
-    assert result.success
-    return result
-
-
 def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch) -> None:
     settings, sources, corpus = setup
     alias = settings.elasticsearch.index_alias
 
-    first = _run(settings, sources)
+    first = materialize_groups(settings, sources)
     index1 = asset_metadata(first, "search_index")
     n_chunks = asset_metadata(first, "chunks")["active_chunks"]
     assert index1["mode"] == "rebuild"  # no alias yet → first build
@@ -71,7 +67,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     _assert_lineage_chain(settings, first)
 
     # Unchanged: incremental, nothing written.
-    second = asset_metadata(_run(settings, sources), "search_index")
+    second = asset_metadata(materialize_groups(settings, sources), "search_index")
     assert (second["mode"], second["indexed"], second["deleted"]) == ("incremental", 0, 0)
     assert second["unchanged"] == n_chunks
 
@@ -81,7 +77,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     later = time.time() + 5
     os.utime(target, (later, later))
     (corpus / "policies" / "travel.html").unlink()
-    third = _run(settings, sources)
+    third = materialize_groups(settings, sources)
     chunks3 = asset_metadata(third, "chunks")
     index3 = asset_metadata(third, "search_index")
     assert index3["mode"] == "incremental"
@@ -93,7 +89,7 @@ def test_incremental_then_rebuild_then_rollback(setup, es_client: Elasticsearch)
     assert hits["hits"]["total"]["value"] == 0
 
     # Full rebuild: a new physical index, alias swapped, the old one kept for rollback.
-    fourth = _run(settings, sources, REBUILD)
+    fourth = materialize_groups(settings, sources, run_config=REBUILD)
     index4 = asset_metadata(fourth, "search_index")
     assert index4["mode"] == "rebuild"
     assert index4["previous_index"] == index1["index"]

@@ -15,11 +15,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from elasticsearch import BadRequestError
 
@@ -130,11 +130,10 @@ def test_info_answers_like_a_full_node(local: Settings, es_client) -> None:
 
 def test_head_root_pings_without_a_body(local: Settings, es_client) -> None:
     assert es_client.ping() is True
-    request = urllib.request.Request(f"{local.es_url}/", method="HEAD")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["X-elastic-product"] == "Elasticsearch"
-        assert response.read() == b""
+    response = httpx.head(f"{local.es_url}/", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["X-elastic-product"] == "Elasticsearch"
+    assert response.content == b""
 
 
 def test_english_analyzer_gives_exact_stems(local: Settings, es_client) -> None:

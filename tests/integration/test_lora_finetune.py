@@ -31,16 +31,18 @@ from llmops_dagster.models.registry import (
     load_registered_generator,
 )
 from llmops_dagster.models.spec import GeneratorSpec, LocalModelSpec
+from llmops_dagster.qa import load_qa_jsonl
 from llmops_dagster.sources.source_config import default_sources_config
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.train.dataset import (
+    DEFAULT_TRAIN_QA,
     SFTDataset,
     build_sft_dataset,
     corpus_context_fn,
-    load_qa_jsonl,
 )
 from llmops_dagster.train.lora import LoraResult, train_lora
+from tests.support.tracking import sqlite_store
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +75,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     home = tmp_path_factory.mktemp("lora")
-    store = ensure_mlflow(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", "test")
+    store = ensure_mlflow(sqlite_store(home / "mlflow" / "mlflow.db"), "test")
     # Adapters download into a temp cache; the base model comes from the shared one (the
     # converted copy is keyed by the GGUF, so the base stays cached per process either way).
     spec = LocalModelSpec(
@@ -82,7 +84,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     base = load_local_generator(SPEC)
     # 16 items → 12 train / 4 validation: enough for 4 steps, and a quick before/after eval.
     dataset = build_sft_dataset(
-        load_qa_jsonl()[:16],
+        load_qa_jsonl(DEFAULT_TRAIN_QA)[:16],
         tokenizer=base.tokenizer,
         context_fn=corpus_context_fn(SAMPLE, k=1, audience=SAMPLE_AUDIENCE),
         val_fraction=0.25,

@@ -7,14 +7,13 @@ import shutil
 import uuid
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.dagster import materialize_groups
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +45,8 @@ def test_hostile_folder_is_indexed_or_rejected_with_reasons(
     )
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=root))
 
-    def run() -> dg.ExecuteInProcessResult:
-        result = dg.materialize(
-            [*build_assets(settings, sources), *build_asset_checks()],
-            selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
-            resources=build_resources(settings),
-            instance=dg.DagsterInstance.ephemeral(),
-        )
-        assert result.success
-        return result
-
     try:
-        first = run()
+        first = materialize_groups(settings, sources)
         docs = asset_metadata(first, "documents")
         assert docs["rejected_binary"] == 1
         assert docs["rejected_empty"] == 1
@@ -78,7 +67,7 @@ def test_hostile_folder_is_indexed_or_rejected_with_reasons(
         ]["hits"]
         assert hits and "still useful text" in hits[0]["_source"]["text"]
 
-        second = run()
+        second = materialize_groups(settings, sources)
         again = asset_metadata(second, "search_index")
         assert (again["indexed"], again["deleted"]) == (0, 0)
         assert again["doc_count"] == index["doc_count"]

@@ -10,27 +10,15 @@ import shutil
 import time
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_assets, build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import asset_metadata
+from tests.support.dagster import PREPARE_GROUPS, materialize_groups
 
 pytestmark = pytest.mark.integration
-
-
-def _run(settings: Settings, sources: SourcesConfig) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(
-        build_assets(settings, sources),
-        selection=dg.AssetSelection.groups("ingest", "prepare"),
-        resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert result.success
-    return result
 
 
 def _bump_mtime(path: Path) -> None:
@@ -56,7 +44,7 @@ def _doc_chunks(settings: Settings, doc_id: str, status: str = "active") -> set[
 def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpus: Path) -> None:
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
 
-    first = _run(tmp_settings, sources)
+    first = materialize_groups(tmp_settings, sources, PREPARE_GROUPS)
     asset_metadata(first, "fs/files")  # the dlt asset materialized (exactly once)
     docs = asset_metadata(first, "documents")
     chunks = asset_metadata(first, "chunks")
@@ -70,7 +58,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     assert emb["dims"] == 384
 
     # Unchanged second run: nothing re-read, re-chunked or re-embedded.
-    second = _run(tmp_settings, sources)
+    second = materialize_groups(tmp_settings, sources, PREPARE_GROUPS)
     assert asset_metadata(second, "documents")["new"] == 0
     assert asset_metadata(second, "documents")["changed"] == 0
     assert asset_metadata(second, "chunks")["docs_chunked"] == 0
@@ -85,7 +73,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
         target.read_text() + "\n\nStep 99: log the swap in Roost within 10 minutes.\n"
     )
     _bump_mtime(target)
-    third = _run(tmp_settings, sources)
+    third = materialize_groups(tmp_settings, sources, PREPARE_GROUPS)
     assert asset_metadata(third, "documents")["changed"] == 1
     assert asset_metadata(third, "documents")["new"] == 0
     chunks3 = asset_metadata(third, "chunks")
@@ -104,7 +92,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
     gone_chunks = _doc_chunks(tmp_settings, gone_id)
     assert gone_chunks
     gone.unlink()
-    fourth = _run(tmp_settings, sources)
+    fourth = materialize_groups(tmp_settings, sources, PREPARE_GROUPS)
     assert asset_metadata(fourth, "documents")["deleted"] == 1
     chunks4 = asset_metadata(fourth, "chunks")
     assert chunks4["docs_removed"] == 1
@@ -117,7 +105,7 @@ def test_incremental_pipeline_on_the_sample_corpus(tmp_settings: Settings, corpu
 
 def test_pii_is_redacted_before_chunking(tmp_settings: Settings, corpus: Path) -> None:
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=corpus))
-    _run(tmp_settings, sources)
+    materialize_groups(tmp_settings, sources, PREPARE_GROUPS)
     with duckdb.connect(str(tmp_settings.duckdb_path), read_only=True) as con:
         texts = " ".join(r[0] for r in con.execute("SELECT text FROM llmops.chunks").fetchall())
     for secret in (

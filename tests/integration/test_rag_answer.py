@@ -1,46 +1,27 @@
 """``answer`` on the real packaged SmolLM2 (a fake in-memory retriever stands in for ES), the
-clear errors for a bad model path or an unreachable OpenAI-compatible endpoint, and — on the
-real Elasticsearch node — the metrics' ranking filled to ``depth`` documents."""
+clear error for a bad model path, and — on the real Elasticsearch node — the metrics' ranking
+filled to ``depth`` documents. (An unreachable OpenAI-compatible endpoint: test_models.py.)"""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import Embedder, load_embedder
-from llmops_dagster.models.base import EndpointUnavailable, GeneratorConfigError
+from llmops_dagster.models.base import GeneratorConfigError
 from llmops_dagster.models.local import LocalTransformersGenerator, load_local_generator
-from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
-from llmops_dagster.models.spec import LocalModelSpec, OpenAIEndpointSpec
+from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import answer, answer_many
 from llmops_dagster.rag.prompts import load_prompt
 from llmops_dagster.train.dataset import load_corpus_passages
+from tests.support.search import index_document
+from tests.support.stubs import StubRetriever, hit
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Hit:
-    chunk_id: str
-    doc_id: str
-    text: str
-    title: str
-    score: float
-
-
-class InMemoryRetriever:
-    """Two chunks of the sample corpus' welcome page, whatever the query."""
-
-    def __init__(self, hits: list[Hit]) -> None:
-        self.hits = hits
-
-    def search(self, query: str, *, mode: str = "hybrid_rrf", k: int = 5) -> list[Hit]:
-        return self.hits[:k]
 
 
 def _spec(**changes: object) -> LocalModelSpec:
@@ -62,18 +43,19 @@ def generator() -> LocalTransformersGenerator:
 
 
 @pytest.fixture(scope="module")
-def retriever() -> InMemoryRetriever:
+def retriever() -> StubRetriever:
+    """Two chunks of the sample corpus' welcome page, whatever the query."""
     passages = load_corpus_passages(Settings().corpus.sample_data_dir, max_words=80)
     # The passage that holds the founding story, and one that does not.
     welcome = sorted(passages["fs:handbook/welcome.md"], key=lambda p: "founded" not in p.text)[:2]
     assert "2019" in welcome[0].text
-    return InMemoryRetriever(
-        [Hit(p.chunk_id, p.doc_id, p.text, p.title, 1.0 / (i + 1)) for i, p in enumerate(welcome)]
+    return StubRetriever(
+        [hit(p.chunk_id, p.doc_id, p.text, p.title, 1.0 / (i + 1)) for i, p in enumerate(welcome)]
     )
 
 
 def test_answer_cites_retrieved_chunks_with_timings_and_tokens(
-    generator: LocalTransformersGenerator, retriever: InMemoryRetriever
+    generator: LocalTransformersGenerator, retriever: StubRetriever
 ) -> None:
     prompt = load_prompt()
     result = answer(
@@ -98,7 +80,7 @@ def test_answer_cites_retrieved_chunks_with_timings_and_tokens(
 
 
 def test_batched_answers_match_single_answers(
-    generator: LocalTransformersGenerator, retriever: InMemoryRetriever
+    generator: LocalTransformersGenerator, retriever: StubRetriever
 ) -> None:
     questions = ["Where did Northwind start?", "Who founded Northwind?"]
     batched = answer_many(
@@ -121,19 +103,6 @@ def test_uncached_hub_id_offline_names_the_setting() -> None:
         load_local_generator(_spec(model="no-such-org/no-such-model-xyz", gguf_file=None))
 
 
-def test_unreachable_endpoint_is_a_clear_error() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    gen = OpenAICompatibleGenerator(
-        OpenAIEndpointSpec(
-            base_url=f"http://127.0.0.1:{port}/v1", model="any", timeout_s=2, max_retries=0
-        )
-    )
-    with pytest.raises(EndpointUnavailable, match=rf"127\.0\.0\.1:{port}/v1 is unreachable"):
-        gen.generate(["hello"], max_new_tokens=4)
-
-
 # --- depth in documents, on a real index -----------------------------------------------------
 DEPTH_QUERY = "drone delivery battery range"
 
@@ -141,9 +110,6 @@ DEPTH_QUERY = "drone delivery battery range"
 def _depth_corpus(embedder: Embedder) -> list[dict]:
     """4 documents of 6 chunks each about drone deliveries (they fill any top 10), then 8
     one-chunk documents that mention a delivery once (so every mode can reach them)."""
-    import hashlib
-    from datetime import UTC, datetime
-
     rows: list[tuple[str, int, str]] = []
     for d in range(4):
         for j in range(6):
@@ -160,26 +126,10 @@ def _depth_corpus(embedder: Embedder) -> list[dict]:
     for i, topic in enumerate(others):
         rows.append((f"fs:misc/{i}.md", 0, f"The {topic} delivery arrives on Monday {i}."))
     vectors = embedder.encode([text for _, _, text in rows])
-    docs = []
-    for (doc_id, position, text), vector in zip(rows, vectors, strict=True):
-        chunk_id = hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
-        docs.append(
-            {
-                "chunk_id": chunk_id,
-                "doc_id": doc_id,
-                "source": "fs",
-                "title": doc_id,
-                "uri": doc_id,
-                "position": position,
-                "section": "",
-                "text": text,
-                "content_hash": hashlib.sha256(text.encode()).hexdigest(),
-                "model_id": embedder.model_id,
-                "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
-                "embedding": vector,
-            }
-        )
-    return docs
+    return [
+        index_document(doc_id, position, text, vector, model_id=embedder.model_id)
+        for (doc_id, position, text), vector in zip(rows, vectors, strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")

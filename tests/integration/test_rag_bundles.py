@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ from llmops_dagster.rag.prompt_registry import (
 from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
 from llmops_dagster.tracking.mlflow_store import MlflowStore, ensure_mlflow
 from llmops_dagster.tracking.runs import RunHandle, open_run
+from tests.support.stubs import rag_bundle
+from tests.support.tracking import sqlite_store
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ EXTRACTIVE = RagBundle.generator_fields(GeneratorPin("builtin", "extractive:v1")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore:
     tmp_path: Path = tmp_path_factory.mktemp("mlflow")
-    return ensure_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "t")
+    return ensure_mlflow(sqlite_store(tmp_path / "mlflow.db"), "t")
 
 
 @pytest.fixture
@@ -81,19 +82,13 @@ def register(client: MlflowClient, store: MlflowStore) -> Callable[..., BundleVe
 
 
 def make_bundle(prompt: RegisteredPrompt, **changes: object) -> RagBundle:
-    bundle = RagBundle(
-        **RagBundle.generator_fields(GeneratorPin("local", BASE, DIGEST, 0.0, 1.1)),
-        adapter_uri=None,
-        prompt_uri=prompt.uri,
-        prompt_version=prompt.content_hash,
-        retrieval_mode="hybrid",
-        retrieval_k=3,
-        max_new_tokens=128,
-        embedding_model_id="sentence-transformers/all-MiniLM-L6-v2",
-        index_name="llmops-chunks-v1",
-        index_alias="llmops-chunks",
-    )
-    return replace(bundle, **changes)
+    fields = {
+        "prompt_uri": prompt.uri,
+        "prompt_version": prompt.content_hash,
+        "retrieval_mode": "hybrid",
+        "max_new_tokens": 128,
+    }
+    return rag_bundle(GeneratorPin("local", BASE, DIGEST, 0.0, 1.1), **{**fields, **changes})
 
 
 def version_tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:

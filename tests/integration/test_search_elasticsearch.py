@@ -7,11 +7,8 @@ Embeddings come from the real default model, loaded once per module.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +34,8 @@ from llmops_dagster.search.mapping import (
 )
 from llmops_dagster.search.retriever import HybridRetriever, SearchMode
 from llmops_dagster.search.writer import IndexingError, write_chunks
+from tests.conftest import drop_indices
+from tests.support.search import index_document
 
 pytestmark = pytest.mark.integration
 
@@ -53,44 +52,17 @@ CORPUS: list[tuple[str, str, str, str]] = [
 ]
 
 
-def chunk_id_for(doc_id: str, position: int, text: str) -> str:
-    """Chunk id per docs/CONTRACTS.md: sha256(doc_id \\x1f position \\x1f text)[:32]."""
-    return hashlib.sha256(f"{doc_id}\x1f{position}\x1f{text}".encode()).hexdigest()[:32]
-
-
 def make_docs(embedder: Embedder, rows: list[tuple[str, str, str, str]] = CORPUS) -> list[dict]:
     vectors = embedder.encode([f"{title} {text}" for _, _, title, text in rows])
-    docs: list[dict[str, Any]] = []
-    for (source, key, title, text), vector in zip(rows, vectors, strict=True):
-        doc_id = f"{source}:{key}"
-        docs.append(
-            {
-                "chunk_id": chunk_id_for(doc_id, 0, text),
-                "doc_id": doc_id,
-                "source": source,
-                "title": title,
-                "uri": f"{source}://{key}",
-                "position": 0,
-                "section": "",
-                "text": text,
-                "content_hash": hashlib.sha256(text.encode()).hexdigest(),
-                "model_id": embedder.model_id,
-                "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
-                "embedding": vector,
-            }
-        )
-    return docs
+    return [
+        index_document(f"{source}:{key}", 0, text, vector, model_id=embedder.model_id,
+                       title=title, uri=f"{source}://{key}")
+        for (source, key, title, text), vector in zip(rows, vectors, strict=True)
+    ]  # fmt: skip
 
 
 def unique_alias() -> str:
     return f"test-search-{uuid.uuid4().hex[:10]}"
-
-
-def drop_alias_and_versions(client: Elasticsearch, alias: str) -> None:
-    """Delete by explicit names: wildcard deletes are refused (destructive_requires_name)."""
-    names = set(list_versions(client, alias)) | set(alias_indices(client, alias))
-    for name in sorted(names):
-        client.indices.delete(index=name, ignore_unavailable=True)
 
 
 def failing_after(docs: list[dict], n: int) -> Iterator[dict]:
@@ -122,7 +94,7 @@ def index_body(es_client: Elasticsearch, embedder: Embedder) -> dict:
 def alias(es_client: Elasticsearch) -> Iterator[str]:
     name = unique_alias()
     yield name
-    drop_alias_and_versions(es_client, name)
+    drop_indices(es_client, name)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +105,7 @@ def search_alias(
     name = unique_alias()
     rebuild(es_client, name, docs, len(docs), index_body, smoke_query_vector=docs[0]["embedding"])
     yield name
-    drop_alias_and_versions(es_client, name)
+    drop_indices(es_client, name)
 
 
 def _count(client: Elasticsearch, index: str) -> int:

@@ -15,9 +15,11 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import Settings
-from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
+from llmops_dagster.definitions import build_resources
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from tests.conftest import drop_indices
+from tests.support.dagster import materialize_groups
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +35,7 @@ def test_api_key_never_lands_in_logs_metadata_or_mlflow(
     es_settings: Settings,
     es_client: Elasticsearch,
     sample_dir: Path,
+    sample_embeddings: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -49,6 +52,7 @@ def test_api_key_never_lands_in_logs_metadata_or_mlflow(
     )
     assert settings.elasticsearch.api_key is not None
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
+    copy_embedding_cache(sample_embeddings, settings)
 
     resources = build_resources(settings)
     # The resource holds an env reference, not the value: run config and the UI show the name.
@@ -60,13 +64,7 @@ def test_api_key_never_lands_in_logs_metadata_or_mlflow(
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=sample_dir))
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            result = dg.materialize(
-                [*build_assets(settings, sources), *build_asset_checks()],
-                selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
-                resources=resources,
-                instance=instance,
-            )
-            assert result.success
+            result = materialize_groups(settings, sources, resources=resources, instance=instance)
             for event in instance.all_logs(result.run_id):
                 assert SECRET not in str(event)
         for event in result.all_events:

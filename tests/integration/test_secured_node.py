@@ -25,10 +25,14 @@ from llmops_dagster.search.mapping import IndexSpec, build_index_body
 from llmops_dagster.search.retriever import HybridRetriever
 from llmops_dagster.services.elasticsearch_local import run_node_tool, start_node, stop_node
 from llmops_dagster.services.local import local_node
+from tests.conftest import TEST_ES_PORT
+from tests.support.ports import free_node_port
 
 pytestmark = pytest.mark.integration
 
-PORT = int(os.environ.get("LLMOPS_SECURED_ES_PORT", "9266"))
+#: The node's HTTP port: LLMOPS_SECURED_ES_PORT, else a free one (several test sessions at once
+#: each get their own); its folder is named after the session's node port.
+PORT = int(os.environ.get("LLMOPS_SECURED_ES_PORT", "0"))
 USER, PASSWORD = "llmops_test", "pw-" + uuid.uuid4().hex[:16]
 
 
@@ -84,7 +88,11 @@ def _write_certs(folder: Path) -> Path:
 def secured() -> Iterator[tuple[str, Path]]:
     base = Settings()
     node = replace(
-        local_node(base, node_dir=base.home / "elasticsearch" / f"secured-node-{PORT}", port=PORT),
+        local_node(
+            base,
+            node_dir=base.home / "elasticsearch" / f"secured-node-{TEST_ES_PORT}",
+            port=PORT or free_node_port(),
+        ),
         extra_settings=(
             ("xpack.security.enabled", True),
             ("xpack.security.http.ssl.enabled", True),

@@ -49,6 +49,9 @@ from llmops_dagster.serving.testbed import (
 )
 from llmops_dagster.text.pii import redact_pii
 from tests.conftest import drop_indices
+from tests.support.settings import isolated_settings
+from tests.support.waiting import wait_until
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
@@ -105,10 +108,9 @@ def served(
     es_settings: Settings,
     es_client: Elasticsearch,
     sample_dir: Path,
+    sample_embeddings: Path,
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
-    home = tmp / "home"
-    home.mkdir()
     # A real MLflow tracking server, with users and per-experiment permissions (its auth app):
     # "the tracking store is down" is a real stop, "who can read a trace" a real login.
     admin = MlflowAccount.new("admin")
@@ -117,14 +119,14 @@ def served(
     saved = {name: os.environ.get(name) for name in admin.env()}
     os.environ.update(admin.env())  # this process's MLflow clients: the admin
     try:
-        settings = Settings().override(
-            home=home,
+        settings = isolated_settings(
+            tmp / "home",
             elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
-            warehouse={"duckdb_path": home / "warehouse.duckdb"},
             mlflow={"tracking_uri": tracking_uri},
-            models={"cache_dir": Settings().models_cache_dir, "torch_threads": 1},
+            models={"torch_threads": 1},
             serving={"bundle_poll_s": 0.5},
         )
+        copy_embedding_cache(sample_embeddings, settings)
         index_sample_corpus(settings, sample_dir)
         bundles = register_test_bundles(settings)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -175,23 +177,24 @@ def served(
 def _trace(served: Served, trace_id: str, timeout_s: float = 60, spans: int | None = 4) -> Any:
     """The trace once the server's background exporter has written it (with ``spans`` spans:
     answer, retrieve, embed_query and generate; a refusal has no generate span)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            trace = served.client.get_trace(trace_id)
-        except Exception:
-            trace = None
+
+    def complete() -> Any:
+        trace = served.client.get_trace(trace_id)
         # Spans are exported as they finish and the trace info is written twice (at the start
         # and once the root span ends): the trace is complete once its info is finalized.
         done = (
-            trace is not None
-            and trace.info.state == TraceState.OK
+            trace.info.state == TraceState.OK
             and trace.info.trace_metadata.get("mlflow.trace.infoFinalized") == "true"
         )
-        if done and (spans is None or len(trace.data.spans) == spans):
-            return trace
-        time.sleep(0.5)
-    pytest.fail(f"trace {trace_id} never reached the tracking store")
+        return trace if done and (spans is None or len(trace.data.spans) == spans) else None
+
+    return wait_until(
+        complete,
+        timeout_s=timeout_s,
+        what=f"trace {trace_id} in the tracking store",
+        ignore=(Exception,),  # not there yet: MLflow answers "not found"
+        log=served.folder / "serve.log",
+    )
 
 
 def test_answer_is_traced_with_its_spans(served: Served) -> None:
@@ -314,22 +317,21 @@ def test_feedback_is_stored_idempotently_and_attached_to_the_trace(served: Serve
     # that final state: the state after her first feedback has the same names, so a check on
     # names alone can pass before the update has been copied.
     _trace(served, trace_id)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    final = [
+        ("expected_answer", "ana", None),
+        ("user_rating", "ana", "still wrong"),
+        ("user_rating", "bo", None),
+    ]
+
+    def copied() -> list | None:
         assessments = served.client.get_trace(trace_id).info.assessments
         seen = sorted(
             (a.name, a.source.source_id, a.rationale if a.name == "user_rating" else None)
             for a in assessments
         )
-        if seen == [
-            ("expected_answer", "ana", None),
-            ("user_rating", "ana", "still wrong"),
-            ("user_rating", "bo", None),
-        ]:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"assessments on {trace_id}: {seen}")
+        return assessments if seen == final else None
+
+    assessments = wait_until(copied, timeout_s=60, what=f"the final assessments on {trace_id}")
     by_user = {a.source.source_id: a for a in assessments if a.name == "user_rating"}
     assert by_user["ana"].feedback.value is False and by_user["bo"].feedback.value is True
 
@@ -426,12 +428,17 @@ def test_champion_swap_between_requests(served: Served) -> None:
     time.sleep(3)
     swapped_to = served.extractive.version
     promote(served.client, served.extractive, "test: swap")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if sum(1 for _, b in results if b.get("bundle", {}).get("version") == swapped_to) >= 4:
-            break
-        time.sleep(0.2)
-    stop.set()
+    try:
+        wait_until(
+            lambda: (
+                sum(1 for _, b in results if b.get("bundle", {}).get("version") == swapped_to) >= 4
+            ),
+            timeout_s=120,
+            what=f"four answers from bundle v{swapped_to}",
+            interval_s=0.2,
+        )
+    finally:
+        stop.set()
     for t in threads:
         t.join(timeout=180)
 
@@ -615,10 +622,11 @@ def test_an_hr_answer_is_readable_by_no_route_without_hr(served: Served) -> None
 
     # Wait for the trace and both assessments (the rating and the correction's expectation).
     _trace(served, trace_id)
-    deadline = time.monotonic() + 60
-    while len(served.client.get_trace(trace_id).info.assessments) < 2:
-        assert time.monotonic() < deadline, "the feedback never reached the trace"
-        time.sleep(0.5)
+    wait_until(
+        lambda: len(served.client.get_trace(trace_id).info.assessments) >= 2,
+        timeout_s=60,
+        what="the feedback on the trace",
+    )
 
     mark = "[withheld: audience hr]"
     secrets = [question, tag, body["answer"], correction, comment, *HR_TEXT]
@@ -755,9 +763,12 @@ def test_tracking_store_down_answers_still_succeed(served: Served) -> None:
     for _ in range(2):
         response = served.post("/v1/answer", json={"question": QUESTION})
         assert response.status_code == 200, response.text
-    deadline = time.monotonic() + 90
-    while served.metric("llmops_traces_dropped") < before + 2 and time.monotonic() < deadline:
-        time.sleep(1)
+    wait_until(
+        lambda: served.metric("llmops_traces_dropped") >= before + 2,
+        timeout_s=90,
+        what="two traces counted as dropped",
+        interval_s=1.0,
+    )
     assert served.metric("llmops_traces_dropped") == before + 2
     health = served.get("/healthz")
     assert health.status_code == 503

@@ -25,10 +25,10 @@ from assets.serving import serving_metrics as serving_metrics_asset
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.evaluate.bundle_eval import TOP_SCORE_MEAN
 from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.qa import qa_file_digest
 from llmops_dagster.rag.bundle import (
     CHAMPION,
     DEFAULT_BUNDLE_MODEL,
-    RagBundle,
     register_bundle,
     set_bundle_alias,
 )
@@ -37,8 +37,8 @@ from llmops_dagster.serving import trace_keys as keys
 from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
-from llmops_dagster.train.dataset import file_digest
 from tests.conftest import asset_metadata
+from tests.support.stubs import rag_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -85,23 +85,7 @@ def _champion(settings: Settings) -> str:
     """A registered bundle at @champion whose evaluation run logged a mean top score of 0.5."""
     store = ensure_mlflow(settings.mlflow_uri, settings.mlflow.experiment)
     client = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
-    bundle = RagBundle(
-        generator="extractive",
-        generator_backend="builtin",
-        adapter_uri=None,
-        base_model_id="extractive:v1",
-        weights_digest="",
-        temperature=0.0,
-        repetition_penalty=1.0,
-        prompt_uri="prompts:/rag_answer/1",
-        prompt_version="0123456789ab",
-        retrieval_mode="hybrid_rrf",
-        retrieval_k=3,
-        max_new_tokens=64,
-        embedding_model_id="sentence-transformers/all-MiniLM-L6-v2",
-        index_name="llmops-chunks-v1",
-        index_alias="llmops-chunks",
-    )
+    bundle = rag_bundle(max_new_tokens=64)  # extractive
     with open_run(store, run_name="rag_evaluation", tags={}, ui_url="http://x") as run:
         run.log(metrics={TOP_SCORE_MEAN: 0.5})
         registered = register_bundle(client, bundle, run=run, verify=False)
@@ -318,7 +302,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
     train_cursor = _tick_training(resources, None, expect_skip="first tick")
 
     golden_before = load_golden(settings.corpus.golden_path).version
-    train_before = file_digest(settings.corpus.train_qa_path)
+    train_before = qa_file_digest(settings.corpus.train_qa_path)
     runner, env = CliRunner(), _env(settings)
     accepted = runner.invoke(
         _cli(), ["feedback", "accept", world.trace_ids[0], "--to", "golden"], env=env
@@ -327,7 +311,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
     golden_after = load_golden(settings.corpus.golden_path).version
     assert golden_after != golden_before
     assert f"golden digest:   {golden_after}" in accepted.output
-    assert file_digest(settings.corpus.train_qa_path) == train_before
+    assert qa_file_digest(settings.corpus.train_qa_path) == train_before
     item = load_golden(settings.corpus.golden_path).items[-1]
     assert (item.reference_answer, item.relevant_doc_ids) == (
         "Within 30 days, in Ledgerly.",
@@ -346,7 +330,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
         env=env,
     )
     assert accepted.exit_code == 0, accepted.output
-    train_after = file_digest(settings.corpus.train_qa_path)
+    train_after = qa_file_digest(settings.corpus.train_qa_path)
     assert train_after != train_before
     assert f"training digest: {train_after}" in accepted.output
 
@@ -387,30 +371,35 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _tick_evaluation(resources: dict, cursor: str | None, *, expect_skip: str | None = None):
-    from jobs.sensors import evaluation_inputs_sensor
-
-    needed = {k: resources[k] for k in ("corpus", "elasticsearch", "mlflow", "models")}
+def _tick(
+    sensor: dg.SensorDefinition,
+    resources: dict,
+    cursor: str | None,
+    *,
+    expect_skip: str | None = None,
+):
+    """One tick of ``sensor`` with the resources it declares: its run requests, or (with
+    ``expect_skip``) its new cursor after the one skip that says so."""
+    needed = {k: resources[k] for k in sensor.required_resource_keys}
     with dg.build_sensor_context(cursor=cursor, resources=needed) as context:
-        events = list(evaluation_inputs_sensor(context))
+        events = list(sensor(context))
         if expect_skip is not None:
             (skip,) = events
             assert isinstance(skip, dg.SkipReason) and expect_skip in str(skip.skip_message)
             return context.cursor
     return [e for e in events if isinstance(e, dg.RunRequest)]
+
+
+def _tick_evaluation(resources: dict, cursor: str | None, *, expect_skip: str | None = None):
+    from jobs.sensors import evaluation_inputs_sensor
+
+    return _tick(evaluation_inputs_sensor, resources, cursor, expect_skip=expect_skip)
 
 
 def _tick_training(resources: dict, cursor: str | None, *, expect_skip: str | None = None):
     from jobs.sensors import training_inputs_sensor
 
-    needed = {k: resources[k] for k in ("corpus", "mlflow")}
-    with dg.build_sensor_context(cursor=cursor, resources=needed) as context:
-        events = list(training_inputs_sensor(context))
-        if expect_skip is not None:
-            (skip,) = events
-            assert isinstance(skip, dg.SkipReason) and expect_skip in str(skip.skip_message)
-            return context.cursor
-    return [e for e in events if isinstance(e, dg.RunRequest)]
+    return _tick(training_inputs_sensor, resources, cursor, expect_skip=expect_skip)
 
 
 def test_a_restricted_answer_reaches_the_warehouse_without_its_text(world: World) -> None:

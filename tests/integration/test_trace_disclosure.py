@@ -28,6 +28,7 @@ from llmops_dagster.serving import trace_keys as keys
 from llmops_dagster.serving.guards import AnswerGuard
 from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEncoder
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
+from tests.support.tracking import sqlite_store
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ HR_HIT = _hit("c-hr", "fs:confidential/hr/salary-bands.md", f"Band P4: {SECRET}.
 @pytest.fixture(scope="module")
 def tracer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnswerTracer]:
     home = tmp_path_factory.mktemp("trace-disclosure")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home / "mlflow.db")
     ensure_mlflow(uri, "serving-test")  # artifacts beside the database
     previous = mlflow.get_tracking_uri()
     traced = AnswerTracer(uri, "serving-test")

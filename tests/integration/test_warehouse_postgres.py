@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,32 +20,25 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
-from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
-from llmops_dagster.embed.cache import CACHE_TABLE, ensure_cache_table
 from llmops_dagster.search.sync import active_chunk_sync_keys, live_chunk_sync_keys
 from llmops_dagster.services.postgres_local import create_database, free_port
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.warehouse import connect_warehouse
 from tests.conftest import asset_metadata, drop_indices
+from tests.support.dagster import (
+    dagster_home,
+    faq_database,
+    materialize_groups,
+    materialize_in_subprocesses,
+)
+from tests.support.tracking import sqlite_store
+from tests.support.warehouse import copy_embedding_cache
 
 pytestmark = pytest.mark.integration
 
 SAMPLE_DOCS = 51  # 47 public sample documents + 4 confidential
 SAMPLE_CHUNKS = 219
-
-
-def _run(settings: Settings, sources: SourcesConfig, *, check: bool = True):
-    result = dg.materialize(
-        [*build_assets(settings, sources), *build_asset_checks()],
-        selection=dg.AssetSelection.groups("ingest", "prepare", "index"),
-        resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    if check:
-        assert result.success
-    return result
 
 
 def _tables(settings: Settings) -> dict[str, object]:
@@ -67,18 +57,6 @@ def _tables(settings: Settings) -> dict[str, object]:
         "removed": sorted(r[0] for r in removed),
         "keys": keys,
     }
-
-
-def _copy_embedding_cache(source: Settings, target: Settings) -> int:
-    """The DuckDB run's vectors into PostgreSQL, through the adapter's bulk upsert."""
-    with connect_warehouse(url=None, duckdb_path=source.duckdb_path, read_only=True) as duck:
-        vectors = duck.query_arrow(
-            f"SELECT model_id, content_hash, dims, vector FROM {CACHE_TABLE}"
-        )
-    with connect_warehouse(url=target.warehouse.url, duckdb_path=target.duckdb_path) as pg:
-        ensure_cache_table(pg)
-        pg.upsert_arrow(CACHE_TABLE, vectors, ["model_id", "content_hash"], update_columns=[])
-        return int(pg.scalar(f"SELECT count(*) FROM {CACHE_TABLE}"))
 
 
 def _pg_settings(base: Settings, home: Path, url: str, alias: str) -> Settings:
@@ -113,13 +91,14 @@ def test_duckdb_and_postgres_build_the_same_tables_and_index(
 ) -> None:
     duck, pg, sources, corpus = world
 
-    first = _run(duck, sources)
+    first = materialize_groups(duck, sources)
     assert asset_metadata(first, "documents")["total_documents"] == SAMPLE_DOCS
     assert asset_metadata(first, "chunks")["active_chunks"] == SAMPLE_CHUNKS
     distinct = asset_metadata(first, "embeddings")["distinct_texts"]
-    assert _copy_embedding_cache(duck, pg) == distinct
+    # The DuckDB run's vectors into PostgreSQL: the PostgreSQL run reads them from there.
+    assert copy_embedding_cache(duck.duckdb_path, pg) == distinct
 
-    second = _run(pg, sources)
+    second = materialize_groups(pg, sources)
     docs_pg = asset_metadata(second, "documents")
     chunks_pg = asset_metadata(second, "chunks")
     emb_pg = asset_metadata(second, "embeddings")
@@ -153,7 +132,7 @@ def test_duckdb_and_postgres_build_the_same_tables_and_index(
     later = time.time() + 5
     os.utime(changed, (later, later))
     unreachable = pg.override(warehouse={"url": f"postgresql://llmops@127.0.0.1:{free_port()}/x"})
-    failed = _run(unreachable, sources, check=False)
+    failed = materialize_groups(unreachable, sources, must_succeed=False)
     assert not failed.success
     (failure,) = [e.step_failure_data.error for e in failed.all_events if e.is_step_failure]
     message = failure.cause.message if failure.cause else failure.message
@@ -166,7 +145,7 @@ def test_duckdb_and_postgres_build_the_same_tables_and_index(
 
     doc_id = "fs:runbooks/battery-swap.txt"
     before = {c for c, d, _ in pg_tables["chunks"] if d == doc_id}
-    third = _run(pg, sources)
+    third = materialize_groups(pg, sources)
     docs3 = asset_metadata(third, "documents")
     assert (docs3["new"], docs3["changed"], docs3["deleted"], docs3["total_documents"]) == (
         1,
@@ -198,48 +177,30 @@ def test_duckdb_and_postgres_build_the_same_tables_and_index(
 def test_two_sources_load_in_parallel_on_postgres(tmp_path: Path, postgres) -> None:
     """Without the DuckDB one-writer limit, two sources' dlt assets of one run overlap in time
     under the multiprocess executor, and both land in the PostgreSQL warehouse."""
-    db = tmp_path / "source.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE faq (id INTEGER PRIMARY KEY, title TEXT, body TEXT, updated_at TEXT)")
-    con.executemany(
-        "INSERT INTO faq VALUES (?, ?, ?, ?)",
-        [(i, f"Q{i}", f"answer {i}", f"2026-02-0{i} 00:00:00") for i in range(1, 4)],
-    )
-    con.commit()
-    con.close()
     sources = tmp_path / "sources.yaml"
     sources.write_text(
         f"filesystem:\n  root: {PROJECT_ROOT / 'data' / 'sample'}\n"
         "sql:\n  url_env: MP_SOURCE_DB\n  tables: [{name: faq}]\n"
         "destination: {name: postgres}\n"
     )
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path / "dagster_home")
     database = f"par_{uuid.uuid4().hex[:8]}"
     create_database(postgres, database)
     store = tmp_path / "llmops"
-    # The MLflow SQLite schema is created up front: two steps creating it at the same moment
-    # race ("table … already exists"), which the duckdb pool used to hide by serialising them.
-    ensure_mlflow(f"sqlite:///{store / 'mlflow.db'}", Settings().mlflow.experiment)
+    # The MLflow SQLite store and experiment are created up front: two steps creating them at
+    # the same moment race ("table … already exists"), which the warehouse pool used to hide
+    # by serialising them.
+    tracking_uri = sqlite_store(store / "mlflow.db")
+    ensure_mlflow(tracking_uri, Settings().mlflow.experiment)
     env = {
-        **os.environ,
         "DAGSTER_HOME": str(home),
         "LLMOPS_HOME": str(store),
         "LLMOPS_WAREHOUSE_URL": postgres.url(database),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
         "LLMOPS_SOURCES_CONFIG": str(sources),
-        "MP_SOURCE_DB": f"sqlite:///{db}",
+        "MP_SOURCE_DB": faq_database(tmp_path / "source.db"),
     }
-    dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "llmops_dagster.definitions",
-         "--select", "fs/files,sql/faq"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
-    assert "RUN_SUCCESS" in log
+    log = materialize_in_subprocesses("fs/files,sql/faq", env)
     assert "Step blocked by limit for pool" not in log
 
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -11,8 +11,11 @@ import pytest
 from llmops_dagster.config import (
     OFFLINE_ENV_DEFAULTS,
     PROJECT_ROOT,
+    SERVER_ENV_DEFAULTS,
     Settings,
     apply_offline_env_defaults,
+    apply_server_env_defaults,
+    child_env,
 )
 
 pytestmark = pytest.mark.unit
@@ -103,3 +106,69 @@ def test_packaged_models_are_found() -> None:
     generator = Path(settings.models.generator_model)
     assert settings.models.generator_gguf_file is not None
     assert (generator / settings.models.generator_gguf_file).is_file()
+
+
+def test_llmops_home_is_read_like_every_other_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    assert Settings().home == tmp_path
+    monkeypatch.setenv("LLMOPS_HOME", "")  # exported but empty: the default, as before
+    assert Settings().home == PROJECT_ROOT / ".llmops"
+
+
+def test_what_local_services_read_is_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert Settings().dagster_home == PROJECT_ROOT / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    monkeypatch.setenv("LLMOPS_PG_BIN", str(tmp_path / "pg"))
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    settings = Settings()
+    assert settings.dagster_home == tmp_path / "dh"
+    assert settings.local_postgres.bin_dir == tmp_path / "pg"
+    assert settings.local_node.default_java_home == tmp_path / "jdk"
+
+
+def test_child_env_adds_and_drops_without_touching_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dx=1")
+    env = child_env(drop=("JAVA_TOOL_OPTIONS",), ES_JAVA_HOME="/jdk")
+    assert env["ES_JAVA_HOME"] == "/jdk" and "JAVA_TOOL_OPTIONS" not in env
+    assert env["HF_HUB_OFFLINE"] == os.environ["HF_HUB_OFFLINE"]  # inherited
+    assert os.environ["JAVA_TOOL_OPTIONS"] == "-Dx=1" and "ES_JAVA_HOME" not in os.environ
+
+
+def test_server_defaults_make_mlflow_fail_fast_and_keep_exported_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in SERVER_ENV_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    apply_server_env_defaults()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+
+
+def test_only_the_named_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Variables named like fields (common in shells and containers) set nothing.
+    for name, value in {
+        "PORT": "1234",
+        "HOST": "0.0.0.0",
+        "URL": "postgresql://u@elsewhere/db",
+        "MODEL": "judge-from-nowhere",
+        "HOME": "/somewhere/else",
+        "KIND": "openai",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("LLMOPS_HOME", "DAGSTER_HOME", "LLMOPS_ES_PORT", "LLMOPS_SERVE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.local_node.port, settings.serving.port) == (9200, 8000)
+    assert settings.serving.host == "127.0.0.1"
+    assert (settings.elasticsearch.url, settings.warehouse.url) == (None, None)
+    assert (settings.judge.model, settings.judge.kind) == (None, "none")
+    assert settings.home == PROJECT_ROOT / ".llmops"
+    assert settings.dagster_home == PROJECT_ROOT / "dagster_home"

@@ -19,10 +19,12 @@ from llmops_dagster.console import (
     PENDING,
     RUNNING,
     SKIPPED,
+    WARNED,
     DemoProgress,
     demo_log_path,
     route_output,
     run_job_with_console,
+    summary_table,
 )
 
 pytestmark = pytest.mark.unit
@@ -133,7 +135,88 @@ def test_real_dagster_events_are_understood() -> None:
             event_specific_data=check,
         )
     )
-    assert progress.rows["a_ok"].details == ["ok FAILED"]
+    assert progress.rows["a_ok"].details == ["ok failed"]  # severity ERROR (the default)
+
+
+def _check(name: str, passed: bool, severity: str) -> Any:
+    return SimpleNamespace(check_name=name, passed=passed, severity=severity)
+
+
+def test_a_warn_check_that_did_not_pass_shows_warned_and_an_error_check_failed() -> None:
+    progress = DemoProgress(["comparison", "gate", "holds"], clock=Clock())
+    for key, check in (
+        ("comparison", _check("champion_comparison", False, "WARN")),
+        ("gate", _check("quality_gate", False, "ERROR")),
+        ("holds", _check("champion_holds_up", True, "ERROR")),
+    ):
+        progress.on_event(event("STEP_START", key))
+        progress.on_event(event("ASSET_CHECK_EVALUATION", key, event_specific_data=check))
+        progress.on_event(event("STEP_SUCCESS", key))
+    assert {key: progress.state(key) for key in progress.rows} == {
+        "comparison": WARNED,
+        "gate": FAILED,
+        "holds": DONE,
+    }
+    assert progress.rows["comparison"].details == ["champion_comparison warned"]
+    assert progress.rows["gate"].details == ["quality_gate failed"]
+    assert progress.rows["holds"].details == ["champion_holds_up passed"]
+    text = render(progress)
+    assert "asset graph: 2/3 done, 1 warned, 1 failed" in text
+    line = line_of(text, "comparison")
+    assert line.split()[:3] == ["!", "comparison", "warned"]
+    assert "failed" not in line
+
+
+def test_a_check_reported_after_its_step_succeeded_still_marks_the_row() -> None:
+    progress = DemoProgress(["comparison"], clock=Clock())
+    progress.on_event(event("STEP_START", "comparison"))
+    progress.on_event(event("STEP_SUCCESS", "comparison"))
+    assert progress.state("comparison") == DONE
+    check = _check("champion_comparison", False, "WARN")
+    progress.on_event(event("ASSET_CHECK_EVALUATION", "comparison", event_specific_data=check))
+    assert progress.state("comparison") == WARNED
+
+
+def test_real_run_shows_a_warn_check_as_warned_in_the_view_and_the_summary(
+    tmp_path: Path,
+) -> None:
+    """The demo's case: ``champion_comparison`` (severity WARN) did not pass because the
+    candidate did not beat the champion, as designed; the blocking gate passed."""
+
+    @dg.asset
+    def scored() -> int:
+        return 1
+
+    @dg.asset_check(asset=scored)
+    def comparison() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    @dg.asset_check(asset=scored, blocking=True)
+    def gate() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.ERROR)
+
+    screen = io.StringIO()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result, progress = run_job_with_console(
+            dg.Definitions(assets=[scored], asset_checks=[comparison, gate]),
+            instance=instance,
+            console=Console(file=screen, width=120, color_system=None),
+            log_path=tmp_path / "demo.log",
+        )
+    assert result.success
+    states = {key: progress.state(key) for key in progress.rows}
+    assert states == {"scored": DONE, "scored_comparison": WARNED, "scored_gate": DONE}
+    assert "asset graph: 3/3 done, 1 warned" in screen.getvalue()
+
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(summary_table(result, {}))
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in
+            out.getvalue().splitlines() if line.count("│") == 3}  # fmt: skip
+    assert rows == {
+        "scored": "ok",
+        "check scored:comparison": "warned",
+        "check scored:gate": "passed",
+    }
 
 
 def test_events_for_unknown_steps_add_rows_and_run_events_are_not_rows() -> None:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from llmops_dagster.documents.normalize import normalize_file_rows, normalize_record_rows
-from llmops_dagster.documents.rows import content_hash, make_doc_id
+from llmops_dagster.documents.rows import make_doc_id
+from llmops_dagster.hashing import content_hash
 from llmops_dagster.sources.source_config import RecordMapping
 
 pytestmark = pytest.mark.unit

@@ -10,12 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_dagster.evaluate.compare import (
-    MetricComparison,
-    compare_runs,
-    paired_bootstrap,
-    paired_scores,
-)
+from llmops_dagster.evaluate.compare import MetricComparison, compare_runs, paired_scores
+from llmops_dagster.stats import paired_bootstrap
 
 pytestmark = pytest.mark.unit
 

@@ -12,13 +12,13 @@ import pytest
 from llmops_dagster.access import Principal
 from llmops_dagster.evaluate.golden import (
     DEFAULT_GOLDEN_PATH,
-    GoldenItem,
     GoldenSetError,
     load_beir,
     load_golden,
-    load_qa_jsonl,
+    load_golden_jsonl,
 )
 from llmops_dagster.evaluate.run import build_cases
+from llmops_dagster.qa import QAItem
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ def test_default_golden_set_loads_with_digest() -> None:
     assert len(golden) == 212 and golden.has_reference_answers
     assert all(item.relevant_doc_ids for item in golden.items)
     assert all(d.startswith("fs:") for item in golden.items for d in item.relevant_doc_ids)
-    assert len(golden.version) == 64 and golden.version == load_qa_jsonl().version
+    assert len(golden.version) == 64 and golden.version == load_golden_jsonl().version
     frame = golden.to_dataframe()
     assert list(frame.columns) == ["id", "question", "reference_answer", "relevant_doc_ids", "type"]
     assert len(frame) == 212
@@ -49,12 +49,12 @@ def test_digest_ignores_order_and_formatting_but_not_content(tmp_path: Path) -> 
     shuffled.write_text(
         "\n\n".join(json.dumps(r, indent=None, sort_keys=False) for r in rows) + "\n"
     )
-    assert load_qa_jsonl(shuffled).version == load_golden().version
+    assert load_golden(shuffled).version == load_golden().version
 
     rows[0]["reference_answer"] += " (edited)"
     edited = tmp_path / "edited.jsonl"
     edited.write_text("\n".join(json.dumps(r) for r in rows))
-    assert load_qa_jsonl(edited).version != load_golden().version
+    assert load_golden(edited).version != load_golden().version
 
 
 def test_subset_has_its_own_version() -> None:
@@ -66,12 +66,12 @@ def test_subset_has_its_own_version() -> None:
 def test_malformed_and_duplicate_lines_name_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "question": "q"}\n{"question": "no id"}\n')
-    with pytest.raises(GoldenSetError, match=r"bad.jsonl:2"):
-        load_qa_jsonl(bad)
+    with pytest.raises(GoldenSetError, match=r"bad\.jsonl:2: missing id"):
+        load_golden(bad)
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": "a", "question": "q"}\n{"id": "a", "question": "q2"}\n')
-    with pytest.raises(GoldenSetError, match="duplicate"):
-        load_qa_jsonl(dup)
+    with pytest.raises(GoldenSetError, match=r"dup\.jsonl:2: duplicate id 'a' \(first on line 1\)"):
+        load_golden(dup)
 
 
 def test_beir_folder(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_groups_are_read_validated_and_digested_only_when_present(tmp_path: Path
         '{"id": "b", "question": "pay?", "relevant_doc_ids": ["fs:hr/b.md"], '
         '"groups": ["security", "hr"]}\n'
     )
-    golden = load_qa_jsonl(path)
+    golden = load_golden(path)
     public, hr = golden.items
     assert (public.groups, hr.groups) == ((), ("hr", "security"))
     assert public.principal == Principal("golden", frozenset())
@@ -114,11 +114,11 @@ def test_groups_are_read_validated_and_digested_only_when_present(tmp_path: Path
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "question": "q"}\n{"id": "b", "question": "q", "groups": "hr"}\n')
-    with pytest.raises(GoldenSetError, match=r"bad.jsonl:2: TypeError: groups must be a list"):
-        load_qa_jsonl(bad)
+    with pytest.raises(GoldenSetError, match=r"bad\.jsonl:2: groups must be a list"):
+        load_golden(bad)
     bad.write_text('{"id": "a", "question": "q", "groups": ["Human Resources"]}\n')
-    with pytest.raises(GoldenSetError, match=r"bad.jsonl:1: AccessError: invalid group name"):
-        load_qa_jsonl(bad)
+    with pytest.raises(GoldenSetError, match=r"bad\.jsonl:1: invalid group name"):
+        load_golden(bad)
 
 
 def test_build_cases_answers_each_case_as_its_own_principal() -> None:
@@ -140,8 +140,10 @@ def test_build_cases_answers_each_case_as_its_own_principal() -> None:
         calls.append((list(questions), who.visible_groups))
         return [Ans(who) for _ in questions]
 
-    def item(i: int, groups: tuple[str, ...]) -> GoldenItem:
-        return GoldenItem(f"q{i}", f"question {i}", ("d",), "a", groups=groups)
+    def item(i: int, groups: tuple[str, ...]) -> QAItem:
+        return QAItem(
+            f"q{i}", f"question {i}", relevant_doc_ids=("d",), reference_answer="a", groups=groups
+        )
 
     items = [item(1, ()), item(2, ("hr",)), item(3, ()), item(4, ("hr",)), item(5, ())]
     cases = build_cases(items, answer_fn, batch_size=2)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.qa import load_qa_jsonl, qa_file_digest
 from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore
 from llmops_dagster.serving.review import (
     FeedbackReview,
@@ -20,7 +21,6 @@ from llmops_dagster.serving.review import (
     item_id_for,
     write_candidates_jsonl,
 )
-from llmops_dagster.train.dataset import file_digest, load_qa_jsonl
 
 pytestmark = pytest.mark.unit
 
@@ -123,7 +123,7 @@ def test_accept_into_golden_is_idempotent_and_changes_only_the_golden_digest(
 ) -> None:
     review = _review(files)
     golden_before = load_golden(files["golden"]).version
-    train_before = file_digest(files["train"])
+    train_before = qa_file_digest(files["train"])
 
     result = review.accept(DOWN, reviewer="rev", to="golden")
     assert result.appended and result.target == "golden" and result.item_id == item_id_for(DOWN)
@@ -156,8 +156,8 @@ def test_accept_into_train_with_an_answer_and_documents(files: dict[str, Path]) 
     assert [i.id for i in items] == ["t01", "fb-bbbbbbbbbbbb"]
     assert items[1].reference_answer == "The director approves."
     assert items[1].relevant_doc_ids == ("fs:handbook/leave.md",)
-    assert items[1].extra == {"type": "feedback", "source_trace_id": BARE}
-    assert result.train_digest == file_digest(files["train"])
+    assert (items[1].type, items[1].extra) == ("feedback", {"source_trace_id": BARE})
+    assert result.train_digest == qa_file_digest(files["train"])
 
 
 def test_a_golden_item_keeps_the_askers_groups(files: dict[str, Path]) -> None:
@@ -307,7 +307,7 @@ def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
     assert accepted.exit_code == 0, accepted.output
     digest = load_golden(files["golden"]).version
     assert f"golden digest:   {digest}" in accepted.output
-    assert f"training digest: {file_digest(files['train'])}" in accepted.output
+    assert f"training digest: {qa_file_digest(files['train'])}" in accepted.output
     assert "fb-aaaaaaaaaaaa appended to the golden set" in accepted.output
     again = runner.invoke(main, ["feedback", "accept", DOWN], env=env)
     assert again.exit_code == 0 and "already accepted: unchanged" in again.output
@@ -325,37 +325,12 @@ def test_cli_list_accept_reject(files: dict[str, Path], tmp_path: Path) -> None:
     assert [c["trace_id"] for c in json.loads(pending.output)] == [NOCITE, HRQ]
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def warehouse(request: pytest.FixtureRequest):
-    """Both warehouse engines: in-memory DuckDB and a fresh database on the session's
-    throw-away PostgreSQL cluster."""
-    import uuid
-
-    from llmops_dagster.warehouse import as_warehouse
-
-    if request.param == "duckdb":
-        import duckdb
-
-        wh = as_warehouse(duckdb.connect(":memory:"))
-    else:
-        from llmops_dagster.services.postgres_local import create_database
-        from llmops_dagster.warehouse.postgres import open_postgres
-
-        pg = request.getfixturevalue("postgres")
-        name = f"review_{uuid.uuid4().hex[:12]}"
-        create_database(pg, name)
-        wh = open_postgres(pg.url(name))
-    wh.ensure_schema("llmops")
-    try:
-        yield wh
-    finally:
-        wh.close()
-
-
 def test_the_candidates_table_is_replaced_on_either_warehouse(
     files: dict[str, Path], warehouse
 ) -> None:
     from llmops_dagster.serving.review import write_candidates_table
+
+    warehouse.ensure_schema("llmops")
 
     candidates = _review(files).candidates()
     table = "llmops.feedback_candidates"
@@ -384,6 +359,8 @@ def test_the_candidates_table_is_replaced_on_either_warehouse(
 def test_the_serving_metrics_table_is_replaced_on_either_warehouse(warehouse) -> None:
     from assets.serving import METRICS_TABLE, _write_metrics_table
     from llmops_dagster.serving.daily_report import ServedTrace, serving_report
+
+    warehouse.ensure_schema("llmops")
 
     traces = [
         ServedTrace("t1", "2026-12-01", "3", 100.0, 10, 5, 0.25, False, 1, 0.5),

@@ -12,7 +12,8 @@ from types import ModuleType
 
 import pytest
 
-from llmops_dagster.train.dataset import ContextPassage, QAItem
+from llmops_dagster.qa import QAItem
+from llmops_dagster.train.dataset import ContextPassage
 
 pytestmark = pytest.mark.unit
 
@@ -267,26 +268,3 @@ def test_result_section_shape(bench: ModuleType) -> None:
     assert only["metrics"] == {"token_f1": second} and only["diff"] == 0.0
     with pytest.raises(ValueError):
         bench.result_section(primary, [primary])
-
-
-def test_write_json_atomic(bench: ModuleType, tmp_path: Path) -> None:
-    path = tmp_path / "out" / "finetune.json"
-    bench.write_json_atomic(path, {"a": 1})
-    bench.write_json_atomic(path, {"b": [1, 2]})
-    assert json.loads(path.read_text()) == {"b": [1, 2]}
-    assert path.read_text().endswith("\n")
-    assert [p.name for p in path.parent.iterdir()] == ["finetune.json"]  # no temp left over
-    with pytest.raises(TypeError):
-        bench.write_json_atomic(path, {"c": object()})
-    assert json.loads(path.read_text()) == {"b": [1, 2]}  # a failed write keeps the old file
-    assert [p.name for p in path.parent.iterdir()] == ["finetune.json"]
-
-
-def test_git_revision_outside_a_checkout(bench: ModuleType, tmp_path: Path) -> None:
-    assert bench.git_revision(tmp_path) == "unknown"
-
-
-def test_git_revision_of_this_checkout(bench: ModuleType) -> None:
-    revision = bench.git_revision(SCRIPT.parents[1])
-    sha = revision.removesuffix("-dirty")
-    assert len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)

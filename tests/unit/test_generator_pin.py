@@ -18,6 +18,7 @@ from llmops_dagster.models.source import resolve_model_source, weights_digest
 from llmops_dagster.models.spec import GeneratorPin, OpenAIEndpointSpec
 from llmops_dagster.rag.bundle import RagBundle
 from llmops_dagster.resources import build_resources
+from tests.support.stubs import rag_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -114,18 +115,7 @@ def test_an_endpoint_must_list_the_pinned_model_name() -> None:
 
 def test_a_changed_generator_setting_asks_to_evaluate_a_new_candidate() -> None:
     local = GeneratorPin("local", "SmolLM2", "sha256:" + "a" * 64, 0.0, 1.1)
-    champion = RagBundle(
-        **RagBundle.generator_fields(local),
-        adapter_uri=None,
-        prompt_uri="prompts:/rag_answer/1",
-        prompt_version="h",
-        retrieval_mode="hybrid_rrf",
-        retrieval_k=3,
-        max_new_tokens=32,
-        embedding_model_id="e",
-        index_name="i-1",
-        index_alias="i",
-    )
+    champion = rag_bundle(local)
     assert generator_change(champion, local) is None
     for configured in (
         GeneratorPin("local", "SmolLM2", "sha256:" + "b" * 64, 0.0, 1.1),

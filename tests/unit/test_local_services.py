@@ -63,6 +63,25 @@ def test_newest_jdk_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert find_java_home() == (newest, 25)
 
 
+def test_java_home_setting_is_a_candidate_beside_the_jvm_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ES_JAVA_HOME", raising=False)
+    elsewhere = _fake_jdk(tmp_path / "opt", "25.0.1")
+    monkeypatch.setenv("JAVA_HOME", str(elsewhere))
+    _fake_jdk(tmp_path / "jvm", "21.0.4")
+    monkeypatch.setattr("llmops_dagster.services.java.JVM_ROOTS", (tmp_path / "jvm",))
+    local_node = Settings().local_node
+    assert local_node.default_java_home == elsewhere
+    assert find_java_home(local_node.java_home, fallback=local_node.default_java_home) == (
+        elsewhere,
+        25,
+    )
+    # JAVA_HOME is a candidate, not a requirement: an old one loses to a newer JDK found.
+    old = _fake_jdk(tmp_path / "old", "17.0.2")
+    assert find_java_home(fallback=old) == (tmp_path / "jvm" / "jdk-21.0.4", 21)
+
+
 def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no mvn on it
     with pytest.raises(es_local.ElasticsearchSetupError, match=r"Maven .*not on PATH"):

@@ -4,7 +4,6 @@ OpenAI-compatible client (the ``openai`` package over a mock transport, or a clo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from llmops_dagster.models.openai_client import OpenAICompatibleGenerator
 from llmops_dagster.models.registry import parse_model_uri
 from llmops_dagster.models.source import resolve_model_source
 from llmops_dagster.models.spec import GeneratorSpec, LocalModelSpec, OpenAIEndpointSpec
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -183,10 +183,7 @@ def test_openai_compatible_unexpected_body_is_explained(body: str) -> None:
 
 
 def test_openai_compatible_unreachable_names_the_base_url() -> None:
-    with socket.socket() as sock:  # a port nothing listens on once this socket is closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     gen = OpenAICompatibleGenerator(
         OpenAIEndpointSpec(base_url=base_url, model="m", timeout_s=5, max_retries=0)
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 
 from llmops_dagster.models.base import Generation, Generator
 from llmops_dagster.rag.answer import answer, answer_many, infer_citations
 from llmops_dagster.rag.prompts import PromptTemplate, parse_citations
+from tests.support.stubs import StubRetriever, hit
 
 pytestmark = pytest.mark.unit
 
@@ -17,24 +17,15 @@ A = "2c464e4fddbe916df07495cdb9b568ad"
 B = "96676a1f41982b58b4fc7772b58164d5"
 
 
-@dataclass
-class Hit:
-    chunk_id: str
-    doc_id: str
-    text: str
-    title: str
-    score: float
-
-
 HITS = [
-    Hit(
+    hit(
         A,
         "fs:handbook/welcome.md",
         "The first paying delivery was flown on 9 September 2020.",
         "Welcome",
         0.9,
     ),
-    Hit(
+    hit(
         B,
         "fs:handbook/leave.md",
         "Annual leave carried over must be used by 31 March.",
@@ -42,15 +33,6 @@ HITS = [
         0.5,
     ),
 ]
-
-
-class FakeRetriever:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, int]] = []
-
-    def search(self, query: str, *, mode: str = "hybrid_rrf", k: int = 5) -> list[Hit]:
-        self.calls.append((query, mode, k))
-        return HITS[:k]
 
 
 class FakeGenerator:
@@ -100,7 +82,7 @@ def test_infer_citations_picks_overlapping_chunks() -> None:
 
 
 def test_answer_records_citations_timings_tokens_and_prompt_version() -> None:
-    retriever = FakeRetriever()
+    retriever = StubRetriever(HITS)
     generator = FakeGenerator([f"On 9 September 2020 [chunk:{A}]."])
     assert isinstance(generator, Generator)
     prompt = PromptTemplate.from_text("t", "[system]\nS\n[user]\n{{context}}\n{{question}}")
@@ -130,14 +112,14 @@ def test_answer_records_citations_timings_tokens_and_prompt_version() -> None:
 
 def test_answer_falls_back_to_inferred_citations() -> None:
     generator = FakeGenerator(["Annual leave carried over must be used by 31 March."])
-    result = answer("Leave?", retriever=FakeRetriever(), generator=generator)
+    result = answer("Leave?", retriever=StubRetriever(HITS), generator=generator)
     assert result.cited_chunk_ids == [B]
     assert result.citations_inferred
 
 
 def test_answer_many_batches_generation() -> None:
     generator = FakeGenerator(["a", "b", "c"])
-    results = answer_many(["q1", "q2", "q3"], retriever=FakeRetriever(), generator=generator)
+    results = answer_many(["q1", "q2", "q3"], retriever=StubRetriever(HITS), generator=generator)
     assert [r.text for r in results] == ["a", "b", "c"]
     assert len(generator.seen) == 3
     assert len({r.answer_id for r in results}) == 3
@@ -145,11 +127,11 @@ def test_answer_many_batches_generation() -> None:
 
 def test_empty_question_is_rejected() -> None:
     with pytest.raises(ValueError, match="empty question"):
-        answer("  ", retriever=FakeRetriever(), generator=FakeGenerator(["x"]))
+        answer("  ", retriever=StubRetriever(HITS), generator=FakeGenerator(["x"]))
 
 
 def test_one_search_keeps_a_deeper_ranking_for_metrics_than_the_prompt_gets() -> None:
-    retriever = FakeRetriever()
+    retriever = StubRetriever(HITS)
     generator = FakeGenerator(["It was 2020 [chunk:" + A + "]."])
     result = answer(
         "When was the first delivery?", retriever=retriever, generator=generator, k=1, depth=10
@@ -167,7 +149,7 @@ def test_the_extractive_answerer_answers_without_a_prompt_or_tokens() -> None:
 
     result = answer(
         "When was the first paying delivery flown?",
-        retriever=FakeRetriever(),
+        retriever=StubRetriever(HITS),
         generator=ExtractiveAnswerer(max_sentences=1),
         k=2,
     )
@@ -177,7 +159,7 @@ def test_the_extractive_answerer_answers_without_a_prompt_or_tokens() -> None:
     assert result.model_id.startswith("extractive:v1")
 
 
-class ChunkedIndex:
+class ChunkedIndex(StubRetriever):
     """A fake retriever over 40 chunks of 12 documents: the top 10 chunks come from 4
     documents (3 + 3 + 2 + 2 chunks), the documents after that have 1 chunk each, then more.
 
@@ -187,18 +169,16 @@ class ChunkedIndex:
     def __init__(self, *, reorder_deeper: bool = False, size: int = 40) -> None:
         docs = ["d0"] * 3 + ["d1"] * 3 + ["d2"] * 2 + ["d3"] * 2
         docs += [f"d{i}" for i in range(4, 12)] + ["d0"] * (size - 18)
-        self.hits = [
-            Hit(f"c{i:02d}", doc, f"text {i} of {doc}", doc, 1.0 - i / 100)
-            for i, doc in enumerate(docs[:size])
-        ]
+        super().__init__(
+            [
+                hit(f"c{i:02d}", doc, f"text {i} of {doc}", doc, 1.0 - i / 100)
+                for i, doc in enumerate(docs[:size])
+            ]
+        )
         self.reorder_deeper = reorder_deeper
-        self.calls: list[int] = []
 
-    def search(
-        self, query: str, *, mode: str = "hybrid_rrf", k: int = 5, **access: object
-    ) -> list[Hit]:
-        self.calls.append(k)
-        hits = self.hits[:k]
+    def search(self, query: str, *, mode: str = "hybrid_rrf", k: int = 5, **access: object):
+        hits = super().search(query, mode=mode, k=k, **access)
         if self.reorder_deeper and k > 10:
             hits = [hits[1], hits[0], *hits[2:]]
         return hits
@@ -216,7 +196,7 @@ def test_depth_counts_documents_the_ranking_is_fetched_deeper_until_10_documents
     chunk that brings the 10th document, and the prompt's k chunks stay those of the first."""
     retriever = ChunkedIndex(reorder_deeper=True)
     result, generator = _answer(retriever, k=3, depth=10)
-    assert retriever.calls == [10, 20]
+    assert retriever.ks == [10, 20]
     ranked = [c.chunk_id for c in result.ranked]
     # The first ranking unchanged (c00, c01, … even though the deeper search swapped c00/c01),
     # then the first chunk of each new document up to the 10th distinct document.
@@ -230,18 +210,18 @@ def test_depth_counts_documents_the_ranking_is_fetched_deeper_until_10_documents
 def test_fill_stops_when_the_index_runs_out() -> None:
     retriever = ChunkedIndex(size=14)  # 14 chunks of 8 documents in all
     result, _ = _answer(retriever, k=3, depth=10)
-    assert retriever.calls == [10, 20]  # 14 < 20 asked: nothing more to fetch
+    assert retriever.ks == [10, 20]  # 14 < 20 asked: nothing more to fetch
     assert [c.chunk_id for c in result.ranked] == [f"c{i:02d}" for i in range(14)]
     short = ChunkedIndex(size=6)
     result, _ = _answer(short, k=3, depth=10)
-    assert short.calls == [10]  # the first search was not full: the index has no more
+    assert short.ks == [10]  # the first search was not full: the index has no more
 
 
 def test_no_deeper_search_when_the_first_holds_enough_documents() -> None:
     retriever = ChunkedIndex()
     _answer(retriever, k=10, depth=4)  # 10 chunks, 4 documents
-    assert retriever.calls == [10]
-    retriever = FakeRetriever()  # 2 chunks of 2 documents, depth 2
+    assert retriever.ks == [10]
+    retriever = StubRetriever(HITS)  # 2 chunks of 2 documents, depth 2
     answer("q?", retriever=retriever, generator=FakeGenerator(["x"]), k=1, depth=2)
     assert retriever.calls == [("q?", "hybrid_rrf", 2)]
 
@@ -249,14 +229,14 @@ def test_no_deeper_search_when_the_first_holds_enough_documents() -> None:
 def test_deepening_doubles_up_to_the_cap(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import llmops_dagster.rag.answer as answer_module
+    import llmops_dagster.rag.ranking as ranking_module
 
-    monkeypatch.setattr(answer_module, "MAX_RANKING_CHUNKS", 30)
+    monkeypatch.setattr(ranking_module, "MAX_RANKING_CHUNKS", 30)
     retriever = ChunkedIndex(size=40)
     docs = ["same"] * 40
-    retriever.hits = [Hit(f"c{i:02d}", d, "t", d, 1.0) for i, d in enumerate(docs)]
+    retriever.hits = [hit(f"c{i:02d}", d, "t", d, 1.0) for i, d in enumerate(docs)]
     result, _ = _answer(retriever, k=3, depth=10)
-    assert retriever.calls == [10, 20, 30]
+    assert retriever.ks == [10, 20, 30]
     assert len(result.ranked) == 10  # one document: nothing new to append
     assert "holds 1 of 10 documents after 30 chunks" in caplog.text
 
@@ -273,12 +253,12 @@ def test_serving_answers_skip_the_deeper_fetch_with_the_same_prompt_chunks() -> 
         retrieval=RetrievalSettings(mode="knn", k=3, metrics_depth=10),
     )
     served = pipeline.answer("q?")
-    assert retriever.calls == [10]
+    assert retriever.ks == [10]
     evaluated = pipeline.answer_many(["q?"])[0]
-    assert retriever.calls == [10, 10, 20]
+    assert retriever.ks == [10, 10, 20]
     assert served.retrieved_ids == evaluated.retrieved_ids == ["c00", "c01", "c02"]
     assert [h.chunk_id for h in pipeline.context("q?")] == ["c00", "c01", "c02"]
-    assert retriever.calls[-1] == 10  # the context searches as deep as answering does
+    assert retriever.ks[-1] == 10  # the context searches as deep as answering does
 
 
 @pytest.mark.parametrize(
@@ -299,8 +279,9 @@ def test_retrieval_settings_reject_bad_values(settings: dict, message: str) -> N
 
 def test_evaluation_refuses_a_ranking_shallower_than_its_deepest_metric() -> None:
     from llmops_dagster.evaluate.bundle_eval import evaluate_pipeline
-    from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
+    from llmops_dagster.evaluate.golden import GoldenSet
     from llmops_dagster.evaluate.metrics import MRR, NDCGAtK, RecallAtK
+    from llmops_dagster.qa import QAItem
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
 
     retriever = ChunkedIndex()
@@ -310,13 +291,14 @@ def test_evaluation_refuses_a_ranking_shallower_than_its_deepest_metric() -> Non
         prompt=PromptTemplate.from_text("t", "[system]\nS\n[user]\n{{context}}\n{{question}}"),
         retrieval=RetrievalSettings(k=3, metrics_depth=5),
     )
-    golden = GoldenSet.from_items([GoldenItem("q1", "q?", ("d0",), "a")], name="g")
+    item = QAItem("q1", "q?", relevant_doc_ids=("d0",), reference_answer="a")
+    golden = GoldenSet.from_items([item], name="g")
     with pytest.raises(
         ValueError,
         match=r"metrics_depth 5 is shallower than the deepest retrieval metric "
         r"\(mrr_at_10, ndcg_at_10: 10 documents\): set metrics_depth >= 10",
     ):
         evaluate_pipeline(pipeline, golden, metrics=[RecallAtK(5), MRR(10), NDCGAtK(10)])
-    assert retriever.calls == []  # refused before answering anything
+    assert retriever.ks == []  # refused before answering anything
     result = evaluate_pipeline(pipeline, golden, metrics=[RecallAtK(5)])  # 5 is deep enough
     assert result.rows[0]["recall_at_5"] == 1.0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from llmops_dagster.rag.extractive import ExtractiveAnswer, ExtractiveAnswerer, split_sentences
+from llmops_dagster.search.retriever import Hit
+from tests.support.stubs import hit as retrieved
 
 pytestmark = pytest.mark.unit
 
@@ -17,17 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_F1_FLOOR = 0.50
 
 
-@dataclass
-class Hit:
-    chunk_id: str
-    doc_id: str
-    text: str
-    title: str = ""
-    score: float = 0.0
-
-
 def hit(chunk_id: str, text: str, title: str = "") -> Hit:
-    return Hit(chunk_id, f"fs:{chunk_id}.md", text, title)
+    return retrieved(chunk_id, f"fs:{chunk_id}.md", text, title)
 
 
 def test_split_sentences_handles_markdown_numbers_and_abbreviations() -> None:

@@ -11,16 +11,16 @@ import pytest
 from llmops_dagster.access import AccessError, Principal
 from llmops_dagster.models.local import LoadedModel
 from llmops_dagster.models.source import ModelSource
+from llmops_dagster.qa import QAFileError, QAItem, load_qa_jsonl, qa_file_digest
 from llmops_dagster.rag.prompts import load_prompt
+from llmops_dagster.serving.review import train_digest_of
 from llmops_dagster.sources.source_config import default_sources_config
 from llmops_dagster.train.dataset import (
     DEFAULT_TRAIN_QA,
     ContextPassage,
     DatasetError,
-    QAItem,
     build_sft_dataset,
     corpus_context_fn,
-    load_qa_jsonl,
     retriever_context_fn,
     split_items,
     split_passages,
@@ -62,7 +62,7 @@ def test_train_qa_file_loads() -> None:
 
 
 def test_split_is_deterministic_disjoint_and_seed_dependent() -> None:
-    items = load_qa_jsonl()
+    items = load_qa_jsonl(DEFAULT_TRAIN_QA)
     train, val = split_items(items, val_fraction=0.2, seed=13)
     again_train, again_val = split_items(list(reversed(items)), val_fraction=0.2, seed=13)
     assert [i.id for i in train] == [i.id for i in again_train]
@@ -100,7 +100,7 @@ def _audience(sample_dir: Path):
 
 def test_corpus_context_comes_from_the_relevant_documents(sample_dir: Path) -> None:
     context = corpus_context_fn(sample_dir, k=2, audience=_audience(sample_dir))
-    item = load_qa_jsonl()[0]
+    item = load_qa_jsonl(DEFAULT_TRAIN_QA)[0]
     passages = context(item)
     assert passages and all(p.doc_id in item.relevant_doc_ids for p in passages)
     assert "9 September 2020" in passages[0].text
@@ -112,8 +112,8 @@ def test_corpus_context_keeps_out_what_the_principal_may_not_read(sample_dir: Pa
     item = QAItem(
         "x1",
         "What is the salary range of band P4?",
-        "£68,500 to £84,000.",
-        ("fs:confidential/hr/salary-bands.md",),
+        reference_answer="£68,500 to £84,000.",
+        relevant_doc_ids=("fs:confidential/hr/salary-bands.md",),
     )
     assert corpus_context_fn(sample_dir, k=2, audience=audience)(item) == []
     sec = Principal("finetune", frozenset({"security"}))
@@ -193,7 +193,7 @@ def test_bad_item_groups_name_the_file_and_line(tmp_path: Path, groups: str, mat
         '{"id": "a", "question": "q", "reference_answer": "r"}\n'
         f'{{"id": "b", "question": "q", "reference_answer": "r", "groups": {groups}}}\n'
     )
-    with pytest.raises(DatasetError, match=rf"qa\.jsonl:2: .*{match}"):
+    with pytest.raises(QAFileError, match=rf"qa\.jsonl:2: .*{match}"):
         load_qa_jsonl(path)
 
 
@@ -205,7 +205,7 @@ def test_retriever_context_passes_the_principal_only_when_given() -> None:
             seen.append(kwargs)
             return []
 
-    item = load_qa_jsonl()[0]
+    item = load_qa_jsonl(DEFAULT_TRAIN_QA)[0]
     retriever_context_fn(Retriever(), k=2, mode="bm25")(item)
     hr = Principal("finetune", frozenset({"hr"}))
     retriever_context_fn(Retriever(), k=2, mode="bm25", principal=hr)(item)
@@ -221,24 +221,36 @@ def test_split_passages_respects_the_word_budget() -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "match"),
+    ("content", "error", "match"),
     [
-        ("not json\n", "not JSON"),
-        ('{"id": "a", "question": "q"}\n', "missing reference_answer"),
-        ('{"id": "a", "question": "q", "reference_answer": "r"}\n' * 2, "duplicate id"),
-        ("\n", "no items"),
+        ("not json\n", QAFileError, r"qa\.jsonl:1: not JSON"),
+        ('{"id": "a", "question": "q"}\n', QAFileError, r"qa\.jsonl:1: missing reference_answer"),
+        (
+            '{"id": "a", "question": "q", "reference_answer": "r"}\n' * 2,
+            QAFileError,
+            r"qa\.jsonl:2: duplicate id 'a'",
+        ),
+        ("\n", DatasetError, r"qa\.jsonl: no QA items"),
     ],
 )
-def test_bad_qa_files_fail_with_file_and_line(tmp_path: Path, content: str, match: str) -> None:
+def test_bad_training_qa_files_fail_with_file_and_line(
+    tmp_path: Path, content: str, error: type[Exception], match: str
+) -> None:
     path = tmp_path / "qa.jsonl"
     path.write_text(content)
-    with pytest.raises(DatasetError, match=match):
-        load_qa_jsonl(path)
+    with pytest.raises(error, match=match):
+        build_sft_dataset(path, tokenizer=ChatMLTokenizer())
 
 
 def test_missing_qa_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="does not exist"):
-        load_qa_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(QAFileError, match=r"nope\.jsonl does not exist"):
+        build_sft_dataset(tmp_path / "nope.jsonl", tokenizer=ChatMLTokenizer())
+
+
+def test_in_memory_items_need_reference_answers() -> None:
+    items = [QAItem("a", "q?", reference_answer="r"), QAItem("b", "q2?")]
+    with pytest.raises(DatasetError, match=r"without a reference_answer: \['b'\]"):
+        build_sft_dataset(items, tokenizer=ChatMLTokenizer())
 
 
 def test_tokenize_masks_the_prompt_and_truncates_the_middle() -> None:
@@ -287,3 +299,14 @@ def test_canonical_jsonl_is_one_sorted_object_per_line() -> None:
     assert len(lines) == 60
     rows = [json.loads(line) for line in lines]
     assert [r["split"] for r in rows] == ["train"] * 48 + ["validation"] * 12
+
+
+def test_training_review_and_sensor_share_one_digest(tmp_path: Path) -> None:
+    """The SFT dataset's ``source_digest``, the review step's training digest and the
+    training-set sensor's cursor (``qa_file_digest``) are one number, for the file and for its
+    items in memory: the golden set's digest rule (``qa.qa_digest``)."""
+    dataset = build_sft_dataset(DEFAULT_TRAIN_QA, tokenizer=ChatMLTokenizer())
+    in_memory = build_sft_dataset(load_qa_jsonl(DEFAULT_TRAIN_QA), tokenizer=ChatMLTokenizer())
+    assert dataset.source_digest == train_digest_of(DEFAULT_TRAIN_QA)
+    assert dataset.source_digest == qa_file_digest(DEFAULT_TRAIN_QA) == in_memory.source_digest
+    assert train_digest_of(tmp_path / "none.jsonl") == ""

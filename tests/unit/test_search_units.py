@@ -456,6 +456,21 @@ def test_bm25_on_a_python_stemmed_index_stems_the_query_into_shadow_fields() -> 
     assert client.mapping_reads == 1  # the route is read once, then cached
 
 
+def test_the_stemming_route_is_read_again_once_its_ttl_has_passed() -> None:
+    """An alias swapped to an index built another way is picked up within ``ttl_s``."""
+    from llmops_dagster.search.capabilities import AliasCapabilities
+
+    client = _RecordingClient([], [], meta={"text_stemming": "python"})
+    now = [1000.0]
+    capabilities = AliasCapabilities(client, "alias", ttl_s=300.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert capabilities.index_stemming() == "python"
+    client.meta = {"text_stemming": "analyzer"}  # the alias now points at another index
+    now[0] += 300.0
+    assert (capabilities.index_stemming(), client.mapping_reads) == ("python", 1)
+    now[0] += 0.5
+    assert (capabilities.index_stemming(), client.mapping_reads) == ("analyzer", 2)
+
+
 @pytest.mark.parametrize("meta", [{"text_stemming": "analyzer"}, {"text_stemming": "none"}, {}])
 def test_bm25_on_other_indices_searches_the_plain_fields_with_the_raw_query(meta: dict) -> None:
     client = _RecordingClient([("a", 1.0)], [], meta=meta)

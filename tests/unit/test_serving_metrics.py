@@ -10,12 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from llmops_dagster.serving import trace_keys as keys
-from llmops_dagster.serving.daily_report import (
-    ServedTrace,
-    percentile,
-    score_drift,
-    serving_report,
-)
+from llmops_dagster.serving.daily_report import ServedTrace, score_drift, serving_report
 from llmops_dagster.sources.serving import trace_row
 
 pytestmark = pytest.mark.unit
@@ -63,17 +58,6 @@ FEEDBACK = [
     ("b1", "down"),
     ("n0", "down"),
 ]
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 21)]
-    assert percentile(values, 50) == 10.0
-    assert percentile(values, 95) == 19.0
-    assert percentile(values, 100) == 20.0
-    assert percentile([7.0], 95) == 7.0
-    assert percentile([], 50) is None
-    with pytest.raises(ValueError):
-        percentile(values, 0)
 
 
 def test_report_per_day_and_bundle_with_exact_values() -> None:
@@ -205,10 +189,15 @@ class _Pipeline:
 
 def test_evaluation_logs_the_mean_top_retrieval_score() -> None:
     from llmops_dagster.evaluate.bundle_eval import TOP_SCORE_MEAN, evaluate_pipeline
-    from llmops_dagster.evaluate.golden import GoldenItem, GoldenSet
+    from llmops_dagster.evaluate.golden import GoldenSet
+    from llmops_dagster.qa import QAItem
 
     golden = GoldenSet.from_items(
-        [GoldenItem(f"q{i}", f"question {i}", ("d",), "answer") for i in range(3)], name="g"
+        [
+            QAItem(f"q{i}", f"question {i}", relevant_doc_ids=("d",), reference_answer="answer")
+            for i in range(3)
+        ],
+        name="g",
     )
     pipeline = _Pipeline(
         {

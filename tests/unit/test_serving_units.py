@@ -12,7 +12,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from llmops_dagster.rag.bundle import BundleVersion, RagBundle
+from llmops_dagster.rag.bundle import BundleVersion
 from llmops_dagster.serving.answer_log import AnswerRecord, ServedChunk, ServingStore, UnknownTrace
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.pricing import PriceTable, PriceTableError
@@ -23,6 +23,7 @@ from llmops_dagster.serving.tracing import (
     TraceContext,
     TraceExportWatch,
 )
+from tests.support.stubs import rag_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -129,13 +130,8 @@ def test_duplicate_trace_id_is_refused(tmp_path: Path) -> None:
 
 # --- the bundle swap ----------------------------------------------------------------------------
 def _version(number: str) -> BundleVersion:
-    bundle = RagBundle(
-        generator="extractive", generator_backend="builtin", adapter_uri=None,
-        base_model_id="m", weights_digest="", temperature=0.0, repetition_penalty=1.0,
-        prompt_uri="prompts:/p/1",
-        prompt_version="h", retrieval_mode="bm25", retrieval_k=3, max_new_tokens=8,
-        embedding_model_id="e", index_name="i-1", index_alias="i",
-    )  # fmt: skip
+    bundle = rag_bundle(retrieval_mode="bm25", embedding_model_id="e", index_name="i-1",
+                        index_alias="i")  # fmt: skip
     return BundleVersion("llmops-rag-bundle", number, bundle, f"run-{number}", {})
 
 

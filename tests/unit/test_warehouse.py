@@ -171,7 +171,7 @@ def test_sources_destination_must_be_the_warehouse(tmp_path: Path) -> None:
 
 
 def test_the_pool_of_the_dlt_assets_follows_the_warehouse(tmp_path: Path) -> None:
-    from assets.ingest import DUCKDB_POOL, build_ingest_assets, ingest_pool
+    from assets.ingest import WAREHOUSE_WRITERS_POOL, build_ingest_assets, ingest_pool
     from llmops_dagster.sources.dlt_pipelines import WarehouseTarget
     from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 
@@ -181,11 +181,11 @@ def test_the_pool_of_the_dlt_assets_follows_the_warehouse(tmp_path: Path) -> Non
         pipelines_dir=tmp_path / "dlt",
         url="postgresql://u@127.0.0.1:1/db",
     )
-    assert (ingest_pool(duck), ingest_pool(pg)) == (DUCKDB_POOL, None)
+    assert (ingest_pool(duck), ingest_pool(pg)) == (WAREHOUSE_WRITERS_POOL, None)
     sources = SourcesConfig(filesystem=FilesystemSourceConfig(root=tmp_path))
     (on_pg,) = build_ingest_assets(sources, pg)
     (on_duck,) = build_ingest_assets(sources, duck)
-    assert (on_duck.node_def.pool, on_pg.node_def.pool) == (DUCKDB_POOL, None)
+    assert (on_duck.node_def.pool, on_pg.node_def.pool) == (WAREHOUSE_WRITERS_POOL, None)
 
 
 def test_a_url_with_a_password_reaches_the_resource_as_an_env_var(tmp_path: Path) -> None:
@@ -203,3 +203,17 @@ def test_a_url_with_a_password_reaches_the_resource_as_an_env_var(tmp_path: Path
     resolved = build_resources(secret, with_dlt=False, resolve_secrets=True)["warehouse"]
     assert resolved.url == "postgresql://u:pw@h:5432/db"
     assert resolved.location == "postgresql://u:***@h:5432/db"
+
+
+def test_a_plain_duckdb_connection_is_wrapped_and_an_adapter_passes_through() -> None:
+    """Library functions take a plain DuckDB connection too (callers that open the file
+    themselves): ``as_warehouse`` wraps it once; anything else is refused by type."""
+    from llmops_dagster.warehouse import DuckDBWarehouse, as_warehouse
+
+    con = duckdb.connect(":memory:")
+    wrapped = as_warehouse(con)
+    assert isinstance(wrapped, DuckDBWarehouse)
+    assert as_warehouse(wrapped) is wrapped
+    assert wrapped.scalar("SELECT 41 + 1") == 42
+    with pytest.raises(TypeError, match="not a warehouse connection: str"):
+        as_warehouse("w.duckdb")

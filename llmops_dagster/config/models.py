@@ -1,0 +1,131 @@
+"""Settings groups of the models: embedding model, generator, fine-tuning, threads (→
+``ModelsResource``) and the DeepEval judge (→ its judge fields)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings
+
+from llmops_dagster.config.base import GROUP_CONFIG, env
+from llmops_dagster.config.defaults import (
+    default_embedding_model,
+    default_generator_model,
+    default_torch_threads,
+)
+
+
+class ModelSettings(BaseSettings):
+    """Embedding model, generator, fine-tuning and threads (→ ``ModelsResource``)."""
+
+    model_config = GROUP_CONFIG
+
+    embedding_model: str = Field(
+        default_factory=default_embedding_model,
+        validation_alias=env("LLMOPS_EMBEDDING_MODEL"),
+        description="A sentence-transformers model id or path.",
+    )
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        default="torch",
+        validation_alias=env("LLMOPS_EMBEDDING_BACKEND"),
+        description=(
+            "torch: stock sentence-transformers fp32. onnx-int8: the same model converted once "
+            "(cached under LLMOPS_HOME/models) to a fused int8 ONNX Runtime graph; its vectors "
+            "get their own model id (<id>+onnx-int8-r<recipe>)."
+        ),
+    )
+    embed_batch_size: int = Field(default=64, validation_alias=env("LLMOPS_EMBED_BATCH"))
+    generator_backend: Literal["local", "openai"] = Field(
+        default="local",
+        validation_alias=env("LLMOPS_GENERATOR_BACKEND"),
+        description="local: transformers on this machine; openai: an OpenAI-compatible server.",
+    )
+    generator_model: str = Field(
+        default_factory=default_generator_model,
+        validation_alias=env("LLMOPS_GENERATOR_MODEL"),
+        description="An HF model id or a folder (with generator_gguf_file: a GGUF in it).",
+    )
+    generator_gguf_file: str | None = Field(
+        default="SmolLM2-135M-Instruct.Q4_1.gguf",
+        validation_alias=env("LLMOPS_GENERATOR_GGUF_FILE"),
+    )
+    generator_base_url: str | None = Field(
+        default=None,
+        validation_alias=env("LLMOPS_GENERATOR_BASE_URL"),
+        description="OpenAI-compatible endpoint (…/v1) when generator_backend is openai.",
+    )
+    generator_remote_model: str | None = Field(
+        default=None,
+        validation_alias=env("LLMOPS_GENERATOR_REMOTE_MODEL"),
+        description="Model name the OpenAI-compatible endpoint serves.",
+    )
+    generator_temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        validation_alias=env("LLMOPS_GENERATOR_TEMPERATURE"),
+        description="Decoding temperature (0 = greedy). Part of every new bundle's key.",
+    )
+    generator_repetition_penalty: float = Field(
+        default=1.1,
+        gt=0.0,
+        validation_alias=env("LLMOPS_GENERATOR_REPETITION_PENALTY"),
+        description="Local backend only (the OpenAI API has none); a mild penalty keeps a "
+        "small model's greedy answers from looping. Part of every new local bundle's key.",
+    )
+    generator_api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        validation_alias=env("LLMOPS_GENERATOR_API_KEY_ENV"),
+        description="Name of the variable holding the endpoint's key, read where the generator "
+        "runs (a dg.EnvVar whenever generator_backend is openai); empty: the endpoint needs "
+        "no key (a local server).",
+    )
+    torch_threads: int = Field(
+        default_factory=default_torch_threads, validation_alias=env("LLMOPS_TORCH_THREADS")
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        validation_alias=env("LLMOPS_MODELS_CACHE"),
+        description="Converted models, ONNX exports, adapters; default LLMOPS_HOME/models. "
+        "Share one between checkouts (or test homes) to convert the GGUF model only once.",
+    )
+    adapter_model_name: str = Field(
+        default="llmops-generator-lora",
+        validation_alias=env("LLMOPS_LORA_MODEL_NAME"),
+        description="Registered model name of the adapters in the MLflow registry.",
+    )
+    lora_max_steps: int = Field(
+        default=8,
+        validation_alias=env("LLMOPS_LORA_MAX_STEPS"),
+        description="Optimizer steps; the default is a demo-sized run (about a minute on CPU).",
+    )
+
+
+class JudgeSettings(BaseSettings):
+    """The DeepEval judge (→ ``ModelsResource``'s judge fields)."""
+
+    model_config = GROUP_CONFIG
+
+    kind: Literal["none", "local", "openai"] = Field(
+        default="none", validation_alias=env("LLMOPS_JUDGE")
+    )
+    capable: bool = Field(
+        default=False,
+        validation_alias=env("LLMOPS_JUDGE_CAPABLE"),
+        description="Only a judge declared capable may gate; a 135M local one is not.",
+    )
+    base_url: str | None = Field(default=None, validation_alias=env("LLMOPS_JUDGE_BASE_URL"))
+    model: str | None = Field(default=None, validation_alias=env("LLMOPS_JUDGE_MODEL"))
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        validation_alias=env("LLMOPS_JUDGE_API_KEY_ENV"),
+        description="Name of the variable holding the judge endpoint's key, read where the "
+        "evaluation runs (a dg.EnvVar whenever base_url and model are set); empty: no key.",
+    )
+    max_new_tokens: int = Field(default=192, validation_alias=env("LLMOPS_JUDGE_MAX_NEW_TOKENS"))
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() or "none" if isinstance(value, str) else value
