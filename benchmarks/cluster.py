@@ -26,14 +26,13 @@ from typing import Any
 from llmops_dagster.config import apply_offline_env_defaults
 
 apply_offline_env_defaults()  # this script is where the process starts
-import numpy as np
-from elasticsearch import Elasticsearch
 from results_file import write_results
 
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.search.aliases import rebuild
 from llmops_dagster.search.client import make_client
 from llmops_dagster.search.mapping import IndexSpec, build_index_body
+from llmops_dagster.services.drill_corpus import DIMS, MODEL_ID, drill_docs, drill_search
 from llmops_dagster.services.elasticsearch_local import (
     fetch_distribution,
     start_node,
@@ -44,48 +43,7 @@ from llmops_dagster.services.local import local_cluster
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
 ALIAS = "bench-cluster"
-DIMS = 384
 SHARDS = 3
-
-
-def _vector(seed: int) -> list[float]:
-    v = np.random.default_rng(seed).standard_normal(DIMS)
-    return (v / np.linalg.norm(v)).tolist()
-
-
-def _query_vector(doc: int) -> list[float]:
-    v = np.asarray(_vector(doc)) + 0.1 * np.asarray(_vector(100_000 + doc))
-    return (v / np.linalg.norm(v)).tolist()
-
-
-def _docs(count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "chunk_id": f"c{i:05d}",
-            "doc_id": f"fs:runbook-{i:05d}.md",
-            "title": f"Runbook {i}",
-            "text": f"Runbook page {i} of the cluster drill. Its code word is kw{i:05d}x.",
-            "position": 0,
-            "model_id": "synthetic-unit-vectors",
-            "embedding": _vector(i),
-        }
-        for i in range(count)
-    ]
-
-
-def _search(client: Elasticsearch, doc: int) -> None:
-    response = client.search(
-        index=ALIAS,
-        query={"match": {"text": f"kw{doc:05d}x"}},
-        knn={"field": "embedding", "query_vector": _query_vector(doc), "k": 5,
-             "num_candidates": 20},
-        size=5,
-        source=False,
-        allow_partial_search_results=False,
-    )  # fmt: skip
-    ids = [hit["_id"] for hit in response["hits"]["hits"]]
-    if response["_shards"]["failed"] or not ids or ids[0] != f"c{doc:05d}":
-        raise RuntimeError(f"search for c{doc:05d}: shards {response['_shards']}, hits {ids}")
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -128,9 +86,9 @@ def main() -> None:
     )
     drills: dict[str, Any] = {}
     try:
-        docs = _docs(args.docs)
+        docs = drill_docs(args.docs)
         body = build_index_body(
-            IndexSpec(dims=DIMS, model_id="synthetic-unit-vectors", shards=SHARDS, replicas=1),
+            IndexSpec(dims=DIMS, model_id=MODEL_ID, shards=SHARDS, replicas=1),
             client=client,
         )
         rebuild(client, ALIAS, docs, expected_count=len(docs), index_body=body)
@@ -145,7 +103,7 @@ def main() -> None:
                     raise RuntimeError(f"the cluster did not notice {master} left: {health}")
 
             report = measure_failover(
-                lambda i: _search(client, i % args.docs),
+                lambda i: drill_search(client, ALIAS, i % args.docs),
                 lambda victim=victim, mode=mode: stop_node(victim, kill=mode == "kill"),
                 settle,
                 searches=args.searches,

@@ -31,7 +31,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +52,10 @@ from llmops_dagster.evaluate.run import EvalCase, build_cases, evaluate_rag
 from llmops_dagster.models.local import LocalTransformersGenerator, load_base_model
 from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.answer import answer_many
+from llmops_dagster.search.hits import Hit
 from llmops_dagster.sources.source_config import default_sources_config
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "eval_throughput.json"
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk_id: str
-    doc_id: str
-    text: str
-    title: str
-    score: float
 
 
 class InMemoryRetriever:
@@ -86,6 +77,7 @@ class InMemoryRetriever:
                 self.chunks[i][2],
                 self.chunks[i][1],
                 float(scores[i]),
+                mode,
             )
             for i in top
         ]

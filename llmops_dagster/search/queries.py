@@ -47,14 +47,13 @@ class RetrieverConfig:
     bm25_type: str = "best_fields"
     bm25_tie_breaker: float | None = 0.3
     num_candidates: int = 200
-    # Fusion defaults chosen on a DEV split, never on the SciFact test claims the README quotes:
+    # Fusion defaults chosen on a DEV split, never on the SciFact test claims the docs quote:
     # benchmarks/fusion_dev.py (PubMedQA PQA-L dev, 500 questions over 1,000 abstracts; nDCG@10
-    # BM25 0.9753, kNN 0.9863). RRF: every constant 10..100 at windows 50/100/200 scored
-    # 0.9856-0.9857 (k=20 and 10 highest, by 0.0001: the first in sweep order is kept), i.e.
-    # 0.0006 under kNN alone there. Linear: minmax (0.5, 0.5) 0.9911 beat every other weight
-    # (0.9839-0.9906) and l2 (<= 0.9888). Window 100: 50 and 200 tied with it. The dev set is
-    # near its ceiling, so these are "not worse" choices more than tuned ones; the rows are in
-    # benchmarks/results/fusion_dev.json.
+    # BM25 0.9758, kNN 0.9864 in benchmarks/results/fusion_dev.json). RRF: every constant and
+    # window of the sweep scored 0.9872, a tie, so the constant stays 20 (the script reports the
+    # first of the tie, 60; tests/unit/test_docs_benchmarks.py checks the default still scores
+    # the sweep's best). Linear: minmax (0.5, 0.5) 0.9911 beat every other weight and norm.
+    # The dev set is near its ceiling: these are "not worse" choices more than tuned ones.
     rank_constant: int = 20
     #: How deep each list goes into the fusion (Elasticsearch's ``rank_window_size``).
     window: int = 100

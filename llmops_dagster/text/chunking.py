@@ -39,6 +39,7 @@ from typing import Any
 
 from llmops_dagster.hashing import content_hash
 from llmops_dagster.memo import ProcessCache
+from llmops_dagster.text.fences import fenced_lines
 
 DEFAULT_CHUNK_SIZE = 200
 """all-MiniLM-L6-v2 has a 256-token window; 200 + [CLS]/[SEP] leaves slack for query prefixes."""
@@ -52,7 +53,6 @@ _CLOSERS = frozenset("\"')]}’”»")
 _CLAUSE_CHARS = frozenset(",;:—–")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _NOT_SETEXT_TITLE = re.compile(r"^\s*(?:[-*+>|#]|\d+[.)]\s|$)")
 
 
@@ -164,19 +164,12 @@ def split_sections(text: str, fmt: str = "md") -> list[Section]:
         return [Section("", 0, len(text))]
 
     headings: list[tuple[int, int, str]] = []  # (char offset of the line, level, title)
-    in_fence: str | None = None
     offset = 0
     previous: tuple[int, str] | None = None  # (offset, line) of the previous non-heading line
-    for line in text.split("\n"):
-        fence = _FENCE.match(line)
-        if fence:
-            marker = fence.group(1)
-            if in_fence is None:
-                in_fence = marker[0] * 3
-            elif marker.startswith(in_fence):
-                in_fence = None
+    for line, is_fence, in_code in fenced_lines(text.split("\n")):
+        if is_fence:
             previous = None
-        elif in_fence is None:
+        elif not in_code:
             atx = _HEADING.match(line)
             setext = _SETEXT.match(line)
             if atx:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from llmops_dagster.text.fences import fenced_lines
+
 # Line separators that are not "\n": CRLF/CR from other platforms, vertical tab and form feed
 # (PDF extractors emit a form feed per page), NEL and the Unicode line/paragraph separators.
 _LINE_BREAKS = re.compile(r"\r\n?|[\x0b\x0c\x85\u2028\u2029]")
@@ -27,7 +29,6 @@ _INVISIBLE = re.compile(r"[\ufeff\u200b\u00ad\u2060]")
 # Every Unicode space separator other than the ASCII space (NBSP, thin space, ideographic...).
 _EXOTIC_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _SPACE_RUN = re.compile(r" {2,}")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _BLANK_RUN = re.compile(r"\n{3,}")
 
 
@@ -48,18 +49,8 @@ def clean_text(text: str) -> str:
     text = _EXOTIC_SPACES.sub(" ", text)
 
     lines = text.split("\n")
-    in_fence: str | None = None
-    for index, line in enumerate(lines):
-        fence = _FENCE.match(line)
-        if fence:
-            marker = fence.group(1)
-            if in_fence is None:
-                in_fence = marker[0] * 3
-            elif marker.startswith(in_fence):
-                in_fence = None
-            lines[index] = line.rstrip()
-            continue
-        if in_fence is not None:
+    for index, (line, is_fence, in_code) in enumerate(fenced_lines(list(lines))):
+        if is_fence or in_code:
             lines[index] = line.rstrip()
             continue
         body = line.lstrip(" \t")

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytest
 from elasticsearch import Elasticsearch
 
@@ -24,6 +23,7 @@ from llmops_dagster.config import Settings
 from llmops_dagster.search.aliases import alias_indices, current_index, list_versions, rebuild
 from llmops_dagster.search.client import make_client
 from llmops_dagster.search.mapping import IndexSpec, build_index_body
+from llmops_dagster.services.drill_corpus import DIMS, MODEL_ID, drill_docs, drill_search
 from llmops_dagster.services.elasticsearch_local import (
     ElasticsearchSetupError,
     LocalNode,
@@ -46,42 +46,14 @@ pytestmark = pytest.mark.integration
 
 CLUSTER_PORT = int(os.environ.get("LLMOPS_TEST_ES_CLUSTER_PORT", "9271"))
 ALIAS = "cluster-chunks"
-DIMS = 384
 SHARDS = 3  # 3 primaries + 3 replicas: two shard copies per node
 FIRST_DOCS = 60
 SECOND_DOCS = 66  # the rebuild adds 6 documents
 
 
-def _vector(seed: int) -> list[float]:
-    """A deterministic unit vector; random 384-dim vectors are nearly orthogonal, so a slightly
-    perturbed copy of a document's vector has that document as its nearest neighbour."""
-    v = np.random.default_rng(seed).standard_normal(DIMS)
-    return (v / np.linalg.norm(v)).tolist()
-
-
-def _query_vector(doc: int) -> list[float]:
-    v = np.asarray(_vector(doc)) + 0.1 * np.asarray(_vector(100_000 + doc))
-    return (v / np.linalg.norm(v)).tolist()
-
-
-def _docs(count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "chunk_id": f"c{i:03d}",
-            "doc_id": f"fs:runbook-{i:03d}.md",
-            "title": f"Runbook {i}",
-            "text": f"Runbook page {i} of the cluster drill. Its code word is kw{i:03d}x.",
-            "position": 0,
-            "model_id": "synthetic-unit-vectors",
-            "embedding": _vector(i),
-        }
-        for i in range(count)
-    ]
-
-
 def _index_body(client: Elasticsearch) -> dict[str, Any]:
     body = build_index_body(
-        IndexSpec(dims=DIMS, model_id="synthetic-unit-vectors", shards=SHARDS, replicas=1),
+        IndexSpec(dims=DIMS, model_id=MODEL_ID, shards=SHARDS, replicas=1),
         client=client,
     )
     # A departed node's replicas wait 1 minute (the default) before being re-created on the
@@ -92,20 +64,11 @@ def _index_body(client: Elasticsearch) -> dict[str, Any]:
 
 
 def _search(client: Elasticsearch, doc: int) -> None:
-    """BM25 (the document's code word) + kNN (its perturbed vector) in one request; raises
-    unless every shard answered and the document ranks first."""
-    response = client.search(
-        index=ALIAS,
-        query={"match": {"text": f"kw{doc:03d}x"}},
-        knn={"field": "embedding", "query_vector": _query_vector(doc), "k": 5,
-             "num_candidates": 20},
-        size=5,
-        source=False,
-        allow_partial_search_results=False,
-    )  # fmt: skip
-    ids = [hit["_id"] for hit in response["hits"]["hits"]]
-    if response["_shards"]["failed"] or not ids or ids[0] != f"c{doc:03d}":
-        raise AssertionError(f"search for c{doc:03d}: shards {response['_shards']}, hits {ids}")
+    """BM25 + kNN for document ``doc``; raises unless every shard answered and it ranks first."""
+    try:
+        drill_search(client, ALIAS, doc, width=3)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def _all_fetchable(client: Elasticsearch, count: int) -> list[str]:
@@ -155,7 +118,7 @@ def drill(cluster: LocalCluster) -> Iterator[Drill]:
     # The comma-separated ELASTICSEARCH_URL of a cluster, through the settings like any user's.
     settings = Settings().override(elasticsearch={"url": cluster.url})
     client = make_client(settings.cluster_spec(), request_timeout=60)
-    docs = _docs(FIRST_DOCS)
+    docs = drill_docs(FIRST_DOCS, width=3)
     report = rebuild(
         client, ALIAS, docs, expected_count=FIRST_DOCS, index_body=_index_body(client),
         smoke_query_vector=docs[0]["embedding"], smoke_query_text=docs[0]["text"],
@@ -219,7 +182,7 @@ def test_rebuild_and_atomic_alias_swap_with_a_node_down(drill: Drill) -> None:
     client = drill.client
     assert drill.victim is not None, "the previous test stops a node"
     assert cluster_status(drill.cluster)["running"] == 2
-    docs = _docs(SECOND_DOCS)
+    docs = drill_docs(SECOND_DOCS, width=3)
     rebuilt: dict[str, Any] = {}
 
     def do_rebuild() -> None:
