@@ -26,8 +26,11 @@ from llmops_dagster.resources import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from llmops_dagster.evaluate.candidate import CandidateEvaluation
-    from llmops_dagster.rag.bundle import BundleVersion
+    from llmops_dagster.rag.bundle import BundleVersion, RagBundle
+    from llmops_dagster.rag.pipeline import RagPipeline
 
 #: Every step that reads or moves the champion alias runs in this pool (limit 1 in the
 #: shipped instance configs): two evaluations never decide against the same champion at once.
@@ -82,6 +85,10 @@ class EvaluationConfig(dg.Config):
     judge_capable: bool | None = None
     """Only a judge declared capable may gate (LLMOPS_JUDGE_CAPABLE); a 135M local one is not."""
     n_resamples: int = 2000
+    reuse_answers: bool = True
+    """Score a side on the answers recorded by an earlier evaluation of the same bundle, golden
+    set, index version and answer-path code instead of answering again (`evaluate/answer_reuse.py`);
+    false: both sides answer (and are recorded)."""
     # --- the promotion policy (evaluate.policy.PromotionPolicy: same names, same defaults) -
     primary: str = _POLICY.primary
     """The metric a candidate must improve (paired bootstrap interval above -primary_margin)."""
@@ -121,6 +128,19 @@ def comparison_numbers(rows: list[dict[str, Any]]) -> dict[str, float | int]:
     return numbers
 
 
+def evaluation_pipeline_for(
+    elasticsearch: ElasticsearchResource, models: ModelsResource, mlflow: MlflowResource
+) -> "Callable[[RagBundle, Mapping[str, str]], RagPipeline]":
+    """How the evaluation builds a side's pipeline: exactly as its bundle pins it, with the
+    models' evaluation threads (`ModelsResource.for_evaluation`): evaluations run one at a
+    time (the evaluation pool), so the one running may use every core; serving keeps
+    `torch_threads`."""
+    eval_models = models.for_evaluation()
+    return lambda bundle, tags: build_bundle_pipeline(
+        elasticsearch, eval_models, mlflow, bundle, recorded_tags=tags
+    )
+
+
 @dg.asset(
     deps=["lora_adapter", "search_index"],
     group_name="evaluate",
@@ -141,6 +161,7 @@ def rag_evaluation(
     golden questions on the live alias; DeepEval scores retrieval at depth (recall@5, MRR@10,
     nDCG@10) and answers (token F1, exact match, ROUGE-L, embedding similarity); the paired
     comparison and the promotion policy decide champion, challenger or refused."""
+    from llmops_dagster.evaluate.answer_reuse import AnswerReuse
     from llmops_dagster.evaluate.candidate import (
         CandidateRequest,
         evaluate_candidate,
@@ -183,13 +204,19 @@ def rag_evaluation(
         raise dg.Failure(str(exc)) from exc
     # One judge for both sides (the local one over the configured base model, never a side's
     # own adapter): scores from two different judges would not be comparable.
-    local = models.generator() if judge_spec.kind == "local" else None
+    local = models.for_evaluation().generator() if judge_spec.kind == "local" else None
+    reuse = AnswerReuse.on_index(
+        elasticsearch.get_client(),
+        sides.candidate.index_name,
+        golden,
+        client,
+        mlflow.store().experiment_id,
+        enabled=config.reuse_answers,
+    )
     evaluation = evaluate_candidate(
         sides,
         golden,
-        pipeline_for=lambda bundle, tags: build_bundle_pipeline(
-            elasticsearch, models, mlflow, bundle, recorded_tags=tags
-        ),
+        pipeline_for=evaluation_pipeline_for(elasticsearch, models, mlflow),
         metrics=default_metrics(encoder=embedder),
         policy=policy,
         judge=build_judge(judge_spec, generator=local),
@@ -198,6 +225,7 @@ def rag_evaluation(
         batch_size=config.batch_size,
         n_resamples=config.n_resamples,
         recorded=lambda run_id: recorded_cases(client, run_id),
+        reuse=reuse,
         log=context.log.info,
     )
     with mlflow.asset_run(context) as run:
@@ -221,6 +249,16 @@ def _evaluation_output(
     rows = evaluation.comparison_rows()
     aggregates = evaluation.aggregates()
     regression = evaluation.regression
+    answers = {
+        key: value
+        for side, found in evaluation.side_answers().items()
+        for key, value in {
+            f"answers_generated/{side}": found.generated,
+            f"answers_reused/{side}": found.reused,
+            # The run whose answers/<key>.json the side was scored on (this one: generated).
+            f"answers_from/{side}": found.source_run_id or registered.run_id,
+        }.items()
+    }
     value = {
         "bundle_name": registered.name,
         "bundle_version": registered.version,
@@ -259,6 +297,7 @@ def _evaluation_output(
             **{f"baseline_errors/{k}": v for k, v in baseline.errors.items()},
             **{f"judge/{k}": v for k, v in candidate.judge_call_counts().items()},
             **{f"baseline_judge/{k}": v for k, v in baseline.judge_call_counts().items()},
+            **answers,
         },
     )
 

@@ -10,6 +10,7 @@ from llmops_dagster.resources import (
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
+    WarehouseResource,
     build_rag_pipeline,
 )
 
@@ -23,6 +24,15 @@ class FinetuneDatasetConfig(dg.Config):
     audience are refused: the adapter is served to that audience and would learn their text."""
     val_fraction: float = 0.2
     seed: int = 13
+    """Seed of the train/validation split (over hand-written and drafted items together)."""
+    # = train.mix.DEFAULT_DRAFTED_ITEMS, spelled out: importing train/ here would load it (and
+    # what it imports) into every process that loads the code location.
+    drafted_items: int = Field(default=120, ge=0)
+    """RAFT items drafted from the indexed chunks the context audience may read (0: none):
+    a seeded sample spread over documents, after dropping candidates that restate a golden
+    item. 120 = twice the demo's 60 hand-written items."""
+    drafted_seed: int = 13
+    """Seed of the drafted sample and of each oracle chunk's place among its distractors."""
 
 
 class LoraTrainingConfig(dg.Config):
@@ -49,18 +59,24 @@ def finetune_dataset(
     datasets: DatasetsResource,
     models: ModelsResource,
     elasticsearch: ElasticsearchResource,
+    warehouse: WarehouseResource,
     mlflow: MlflowResource,
 ):
-    """Instruction/response pairs from the training QA set, each with the context the live
-    RAG pipeline retrieves, in the generator's chat template; fixed-seed train/validation
-    split. Only what the training audience (LLMOPS_TRAIN_GROUPS, default public) may read:
-    items with other `groups` are left out (`n_dropped_audience`), context is retrieved within
-    it."""
+    """Instruction/response pairs in the generator's chat template, fixed-seed train/validation
+    split: the training QA set, each item with the context the live RAG pipeline retrieves, plus
+    RAFT items drafted from the active chunks (each question answered by one sentence of its
+    chunk, that chunk placed among retrieved distractors, the answer citing it); drafted
+    candidates that restate a golden item are dropped (`n_dropped_golden_overlap`). Only what
+    the training audience (LLMOPS_TRAIN_GROUPS, default public) may read: QA items with other
+    `groups` are left out (`n_dropped_audience`), chunks outside it are never drafted from
+    (`n_chunks_dropped_audience`), context is retrieved within it."""
     from pathlib import Path
 
     from llmops_dagster.access import AccessError, Principal
+    from llmops_dagster.evaluate.golden import load_golden
     from llmops_dagster.rag.pipeline import RetrievalSettings
-    from llmops_dagster.train.dataset import build_sft_dataset
+    from llmops_dagster.train.mix import build_training_mix, distractor_search
+    from llmops_dagster.train.raft import read_chunk_records
 
     try:
         training = Principal("training", frozenset(datasets.train_groups))
@@ -81,39 +97,72 @@ def finetune_dataset(
     pipeline = build_rag_pipeline(
         elasticsearch, models, mlflow, retrieval=RetrievalSettings(k=config.context_k)
     )
-    dataset = build_sft_dataset(
+    golden = load_golden(datasets.golden_path)
+    with warehouse.get_connection() as con:
+        chunks = read_chunk_records(con) if config.drafted_items else []
+    if config.drafted_items and not any(principal.can_read(c.audience) for c in chunks):
+        raise dg.Failure(
+            f"finetune_dataset config drafted_items={config.drafted_items}, but the warehouse "
+            f"({warehouse.location}) holds no active chunk the audience "
+            f"{principal.visible_groups} may read: materialize chunks first, or set "
+            "drafted_items to 0"
+        )
+    mix = build_training_mix(
         Path(datasets.train_qa_path),
         tokenizer=models.base_model().tokenizer,
         prompt=pipeline.prompt,
-        context_fn=pipeline.context_fn(principal),
+        chunks=chunks,
+        golden=golden.items,
+        golden_digest=golden.version,
+        search=distractor_search(
+            pipeline.retriever,
+            mode=pipeline.retrieval.mode,
+            k=config.context_k,
+        ),
+        k=config.context_k,
+        drafted_items=config.drafted_items,
+        drafted_seed=config.drafted_seed,
+        audience=training,
+        reader=principal,
+        fallback_context=pipeline.context_fn(principal),
         val_fraction=config.val_fraction,
         seed=config.seed,
-        audience=training,
     )
+    dataset = mix.dataset
     if dataset.dropped:
         context.log.info(
             f"{dataset.dropped} QA items left out: the training audience "
             f"{','.join(training.visible_groups)} may not read them"
         )
-    path = Path(datasets.datasets_dir) / f"sft-{dataset.digest[:12]}.jsonl"
-    dataset.write_jsonl(path)
-    summary = dataset.summary()
+    drafts = mix.drafts
+    context.log.info(
+        f"drafted {len(drafts.items)} of {drafts.candidates} candidates from "
+        f"{drafts.chunks_seen} chunks ({drafts.dropped_audience} outside the audience); "
+        f"{drafts.dropped_golden_overlap} dropped for restating a golden item "
+        f"({drafts.rule.describe()})"
+    )
+    folder = Path(datasets.datasets_dir)
+    path = dataset.write_jsonl(folder / f"sft-{dataset.digest[:12]}.jsonl")
+    qa_path = mix.write_qa_jsonl(folder / f"qa-mix-{dataset.source_digest[:12]}.jsonl")
+    summary = mix.metadata()
     context_groups = ",".join(principal.visible_groups)
+    counts = {k: v for k, v in summary.items() if k.startswith("n_")}
     lineage = mlflow.log_asset_run(
         context,
         params={
-            **{k: v for k, v in summary.items() if k != "digest"},
+            **{k: v for k, v in summary.items() if k != "digest" and k not in counts},
             "context_groups": context_groups,
         },
-        metrics={
-            "n_train": summary["n_train"],
-            "n_validation": summary["n_validation"],
-            "n_dropped_audience": summary["n_dropped_audience"],
-        },
-        tags={"dataset.digest": dataset.digest},
+        metrics=counts,
+        tags={"dataset.digest": dataset.digest, "golden.digest": golden.version},
     )
+    drafted_ids = {d.item.id for d in drafts.items}
+    shown = [
+        *[e for e in dataset.train if e.id not in drafted_ids][:3],
+        *[e for e in dataset.train if e.id in drafted_ids][:3],
+    ]
     preview = [
-        {"prompt": ex.prompt[-120:], "completion": ex.completion[:80]} for ex in dataset.train[:5]
+        {"id": ex.id, "prompt": ex.prompt[-120:], "completion": ex.completion[:80]} for ex in shown
     ]
     return dg.Output(
         dataset,
@@ -122,7 +171,8 @@ def finetune_dataset(
             **summary,
             "context_groups": context_groups,
             "path": str(path),
-            "preview": md(preview, ["prompt", "completion"]),
+            "qa_path": str(qa_path),
+            "preview": md(preview, ["id", "prompt", "completion"]),
         },
     )
 

@@ -51,8 +51,13 @@ def _uses_rag_pipeline(assets_def: object) -> bool:
     import inspect
 
     fn = assets_def.op.compute_fn.decorated_fn  # type: ignore[attr-defined]
-    source = inspect.getsource(fn)
-    return "build_rag_pipeline(" in source or "build_bundle_pipeline(" in source
+    sources = [inspect.getsource(fn)]
+    # A helper of the asset's own module that builds the pipeline for it counts too.
+    for name in fn.__code__.co_names:
+        helper = fn.__globals__.get(name)
+        if inspect.isfunction(helper) and helper.__module__ == fn.__module__:
+            sources.append(inspect.getsource(helper))
+    return any("build_rag_pipeline(" in s or "build_bundle_pipeline(" in s for s in sources)
 
 
 def resource_flow_mermaid() -> str:

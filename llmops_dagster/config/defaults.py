@@ -1,5 +1,5 @@
 """Defaults that depend on this machine rather than on a variable: the project checkout, the
-models that PyPI packages ship, the number of torch threads."""
+models that PyPI packages ship, the number of torch threads (serving, evaluation)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,9 @@ def default_torch_threads() -> int:
     # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
     # contending with them made LoRA steps ~5x slower than one thread.
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def default_eval_torch_threads() -> int:
+    # An evaluation runs alone (the "evaluation" pool admits one at a time) and answering is
+    # its bottleneck: every core, where serving and training leave one to the services.
+    return max(1, os.cpu_count() or 1)

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings
 from llmops_dagster.config.base import GROUP_CONFIG, env
 from llmops_dagster.config.defaults import (
     default_embedding_model,
+    default_eval_torch_threads,
     default_generator_model,
     default_torch_threads,
 )
@@ -83,6 +84,13 @@ class ModelSettings(BaseSettings):
     )
     torch_threads: int = Field(
         default_factory=default_torch_threads, validation_alias=env("LLMOPS_TORCH_THREADS")
+    )
+    eval_torch_threads: int = Field(
+        default_factory=default_eval_torch_threads,
+        ge=1,
+        validation_alias=env("LLMOPS_EVAL_TORCH_THREADS"),
+        description="torch threads of the evaluation's models (rag_evaluation runs alone in the "
+        "evaluation pool); default: every core. Serving and training use torch_threads.",
     )
     cache_dir: Path | None = Field(
         default=None,

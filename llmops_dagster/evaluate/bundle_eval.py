@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.access import Principal
+from llmops_dagster.evaluate.answer_reuse import RecordedAnswer, SideAnswers, answer_golden
 from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
 from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.metrics import require_metrics_depth, retrieval_depths
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
-from llmops_dagster.evaluate.run import EvalResult, build_cases, evaluate_rag
+from llmops_dagster.evaluate.run import EvalResult, case_from_answer, evaluate_rag
 from llmops_dagster.rag.bundle import TAG_OUTCOME
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class BundleEvaluation:
     label: str
     bundle: RagBundle
     result: EvalResult
+    #: The answers scored and where they came from (None: not kept).
+    answers: SideAnswers | None = None
 
 
 def evaluate_pipeline(
@@ -66,23 +68,33 @@ def evaluate_pipeline(
     (``retrieval.metrics_depth``, in documents) is shallower than a retrieval metric reads."""
     if retrieval_depths(metrics):
         require_metrics_depth(pipeline.retrieval.metrics_depth, metrics)
-    total = len(golden.items)
-    done = 0
-    top_scores: list[float] = []
+    answers = answer_golden(pipeline, golden, batch_size=batch_size, progress=progress)
+    return score_answers(
+        golden,
+        answers,
+        metrics=metrics,
+        judge=judge,
+        judge_capable=judge_capable,
+        judge_max_cases=judge_max_cases,
+    )
 
-    def answer_batch(questions: Sequence[str], principal: Principal) -> list[Any]:
-        nonlocal done
-        answers = pipeline.answer_many(questions, principal=principal)
-        for answer in answers:
-            hits = answer.ranked or answer.retrieved
-            if hits:
-                top_scores.append(max(float(hit.score) for hit in hits))
-        done += len(answers)
-        if progress is not None:
-            progress(done, total)
-        return answers
 
-    cases = build_cases(golden, answer_batch, batch_size=batch_size)
+def score_answers(
+    golden: GoldenSet,
+    answers: Sequence[RecordedAnswer],
+    *,
+    metrics: Sequence[BaseMetric],
+    judge: Any = None,
+    judge_capable: bool = False,
+    judge_max_cases: int | None = None,
+) -> EvalResult:
+    """Score one answer per golden item (in golden order, just generated or read back), plus
+    the mean top retrieval score (:data:`TOP_SCORE_MEAN`)."""
+    ids = [answer.case_id for answer in answers]
+    if ids != [item.id for item in golden.items]:
+        raise ValueError(f"{len(ids)} answers do not match the {len(golden.items)} golden items")
+    pairs = zip(golden.items, answers, strict=True)
+    cases = [case_from_answer(item, answer) for item, answer in pairs]
     result = evaluate_rag(
         cases,
         metrics=metrics,
@@ -90,6 +102,7 @@ def evaluate_pipeline(
         judge_capable=judge_capable,
         judge_max_cases=judge_max_cases,
     )
+    top_scores = [answer.top_score for answer in answers if answer.top_score is not None]
     if top_scores:
         # An aggregate, not a metric key: logged with the run, never compared or gated.
         result.aggregates[TOP_SCORE_MEAN] = statistics.fmean(top_scores)

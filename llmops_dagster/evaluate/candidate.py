@@ -11,8 +11,10 @@ What the ``rag_evaluation`` asset does, free of Dagster, in four steps the asset
 2. :func:`evaluate_candidate` — both sides answer the same golden questions with one judge
    (scores from two judges would not be comparable), the paired comparison and the promotion
    policy decide, and the champion is compared with its own scores at promotion.
-3. :func:`record_evaluation` — the candidate's evaluation, the comparison and the decision go
-   into the evaluation run, and the candidate bundle is registered from it.
+3. :func:`record_evaluation` — the candidate's evaluation, the comparison, the decision and
+   each side's answers (``evaluate.answer_reuse``: a later evaluation of the same bundle on the
+   same inputs scores them instead of answering again) go into the evaluation run, and the
+   candidate bundle is registered from it.
 4. The asset turns :class:`CandidateEvaluation` into its output and metadata.
 """
 
@@ -25,16 +27,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.evaluate.answer_reuse import (
+    SIDES,
+    AnswerInputs,
+    AnswerReuse,
+    SideAnswers,
+    answer_golden,
+    record_side_answers,
+)
 from llmops_dagster.evaluate.bundle_eval import (
     BundleEvaluation,
     compare_and_decide,
     compared_metrics,
     comparison_rows,
-    evaluate_pipeline,
     log_comparison,
+    score_answers,
 )
 from llmops_dagster.evaluate.compare import MetricComparison
 from llmops_dagster.evaluate.golden import GoldenSet
+from llmops_dagster.evaluate.metrics import require_metrics_depth, retrieval_depths
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy
 from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT, log_evaluation
 from llmops_dagster.evaluate.triggers import champion_regression, read_table_artifact
@@ -263,9 +274,19 @@ class CandidateEvaluation:
     comparisons: list[MetricComparison]
     decision: Decision
     regression: ChampionRegression | None
+    #: What the answers were keyed on (None: evaluated without answer reuse).
+    answer_inputs: AnswerInputs | None = None
 
     def comparison_rows(self) -> list[dict[str, Any]]:
         return comparison_rows(self.comparisons)
+
+    def side_answers(self) -> dict[str, SideAnswers]:
+        """``candidate`` / ``baseline`` → its answers and where they came from."""
+        found = {}
+        for side, evaluated in zip(SIDES, (self.candidate, self.baseline), strict=True):
+            if evaluated.answers is not None:
+                found[side] = evaluated.answers
+        return found
 
     def aggregates(self) -> dict[str, float]:
         """The candidate's aggregates, rounded to 4 places (what the UI shows)."""
@@ -285,6 +306,7 @@ def evaluate_candidate(
     batch_size: int = 8,
     n_resamples: int = 2000,
     recorded: Callable[[str], list[dict[str, Any]]] | None = None,
+    reuse: AnswerReuse | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> CandidateEvaluation:
     """Answer ``golden`` with both sides, compare them pairwise and decide under ``policy``.
@@ -294,27 +316,57 @@ def evaluate_candidate(
     ``recorded(run_id)``: the per-case table of the run that promoted the champion
     (:func:`recorded_cases`); with it the champion today is compared with its scores then.
     ``judge``: one judge for both sides (None: no judge metrics).
+    ``reuse``: how a side's answers are keyed and found (``evaluate.answer_reuse``): a side
+    whose key has recorded answers — in an earlier run, or the other side's of this one — is
+    scored on them instead of answering again (None: both sides always answer).
     """
 
-    def run_side(label: str, bundle: RagBundle, tags: Mapping[str, str]) -> BundleEvaluation:
-        result = evaluate_pipeline(
+    def side_answers(
+        label: str, bundle: RagBundle, tags: Mapping[str, str], other: SideAnswers | None
+    ) -> SideAnswers:
+        """Recorded answers of the same key when there are (the other side's of this
+        evaluation, or a run's), else generated through the bundle's pipeline."""
+        key = reuse.key(bundle) if reuse is not None else None
+        if reuse is not None and reuse.enabled and key is not None:
+            if other is not None and other.key == key:
+                log(f"{label}: same answers as the other side ({len(other.answers)} reused)")
+                return other.reused_here()
+            found = reuse.find(bundle, golden, log=log)
+            if found is not None:
+                log(f"{label}: reused {len(found.answers)} answers of run {found.run_id}")
+                return SideAnswers(key, found.answers, 0, len(found.answers), found.run_id)
+        answers = answer_golden(
             pipeline_for(bundle, tags),
             golden,
-            metrics=metrics,
             batch_size=batch_size,
+            progress=lambda done, total: log(f"{label}: answered {done}/{total}"),
+        )
+        return SideAnswers(key, tuple(answers), len(answers), 0)
+
+    def run_side(
+        label: str, bundle: RagBundle, tags: Mapping[str, str], other: SideAnswers | None = None
+    ) -> BundleEvaluation:
+        if retrieval_depths(metrics):  # before answering anything
+            require_metrics_depth(bundle.metrics_depth, metrics)
+        answers = side_answers(label, bundle, tags, other)
+        result = score_answers(
+            golden,
+            answers.answers,
+            metrics=metrics,
             judge=judge,
             judge_capable=judge_capable,
             judge_max_cases=judge_max_cases,
-            progress=lambda done, total: log(f"{label}: answered {done}/{total}"),
         )
-        return BundleEvaluation(label, bundle, result)
+        return BundleEvaluation(label, bundle, result, answers)
 
     log(
         f"candidate {sides.candidate.describe()} vs {sides.baseline_label} on "
         f"{len(golden.items)} golden items ({sides.candidate.index_name})"
     )
     candidate = run_side("candidate", sides.candidate, {})
-    baseline = run_side(sides.baseline_label, sides.baseline, sides.baseline_tags)
+    baseline = run_side(
+        sides.baseline_label, sides.baseline, sides.baseline_tags, candidate.answers
+    )
     comparisons, decision = compare_and_decide(
         candidate,
         baseline,
@@ -338,7 +390,15 @@ def evaluate_candidate(
         log(f"champion since promotion: {regression.summary}")
     log(decision.summary())
     return CandidateEvaluation(
-        sides, golden, candidate, baseline, policy, comparisons, decision, regression
+        sides,
+        golden,
+        candidate,
+        baseline,
+        policy,
+        comparisons,
+        decision,
+        regression,
+        reuse.inputs if reuse is not None else None,
     )
 
 
@@ -377,6 +437,13 @@ def record_evaluation(
         },
     )
     log_comparison(run, evaluation.baseline, evaluation.comparisons, decision, evaluation.policy)
+    if evaluation.answer_inputs is not None:
+        logged: set[str] = set()
+        bundles = {"candidate": candidate, "baseline": sides.baseline}
+        for side, answers in evaluation.side_answers().items():
+            record_side_answers(
+                run, side, bundles[side], answers, evaluation.answer_inputs, logged=logged
+            )
     extra = {}
     if candidate.generator == "llm" and generator_location is not None:
         extra = {TAG_GENERATOR_LOCATION: json.dumps(dict(generator_location))}

@@ -148,11 +148,11 @@ def case_from_answer(item: QAItem, answer: AnswerLike) -> EvalCase:
     )
 
 
-def build_cases(
+def answer_items(
     golden: GoldenSet | Sequence[QAItem], answer_fn: AnswerFn, *, batch_size: int = 8
-) -> list[EvalCase]:
+) -> list[AnswerLike]:
     """Answer every golden question as its own principal (``item.principal``), in batches of
-    ``batch_size`` questions of the same principal; cases come back in golden-set order.
+    ``batch_size`` questions of the same principal; answers come back in golden-set order.
 
     Why per principal: a case may only be answered from what its asker can read, and the
     filter is applied inside Elasticsearch per search, so one batch = one principal.
@@ -161,7 +161,7 @@ def build_cases(
     by_groups: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(items):
         by_groups.setdefault(item.groups, []).append(index)
-    cases: dict[int, EvalCase] = {}
+    answered: dict[int, AnswerLike] = {}
     step = max(1, batch_size)
     for indices in by_groups.values():
         principal = items[indices[0]].principal
@@ -172,9 +172,18 @@ def build_cases(
                 raise ValueError(
                     f"answer_fn returned {len(answers)} answers for {len(batch)} questions"
                 )
-            for i, answer in zip(batch, answers, strict=True):
-                cases[i] = case_from_answer(items[i], answer)
-    return [cases[i] for i in range(len(items))]
+            answered.update(zip(batch, answers, strict=True))
+    return [answered[i] for i in range(len(items))]
+
+
+def build_cases(
+    golden: GoldenSet | Sequence[QAItem], answer_fn: AnswerFn, *, batch_size: int = 8
+) -> list[EvalCase]:
+    """Every golden question answered (:func:`answer_items`: as its own principal, batched)
+    and turned into a case; cases come back in golden-set order."""
+    items = list(golden.items if isinstance(golden, GoldenSet) else golden)
+    answers = answer_items(items, answer_fn, batch_size=batch_size)
+    return [case_from_answer(item, answer) for item, answer in zip(items, answers, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from llmops_dagster.config import secret_from_env
+from llmops_dagster.config.defaults import default_eval_torch_threads
 from llmops_dagster.models.spec import (
     GeneratorPin,
     GeneratorSpec,
@@ -44,6 +45,11 @@ class ModelsResource(dg.ConfigurableResource):
         default=1.1, description="Local backend only (the OpenAI API has none)."
     )
     torch_threads: int = Field(default=1, description="torch intra-op threads.")
+    eval_torch_threads: int = Field(
+        default_factory=default_eval_torch_threads,
+        description="torch intra-op threads while an evaluation runs (alone, in the evaluation "
+        "pool): for_evaluation(); default every core.",
+    )
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda if found.")
     cache_dir: str = Field(description="Converted models, ONNX exports, downloaded adapters.")
     adapter_model_name: str = Field(
@@ -90,6 +96,7 @@ class ModelsResource(dg.ConfigurableResource):
             generator_temperature=models.generator_temperature,
             generator_repetition_penalty=models.generator_repetition_penalty,
             torch_threads=models.torch_threads,
+            eval_torch_threads=models.eval_torch_threads,
             cache_dir=str(settings.models_cache_dir),
             adapter_model_name=models.adapter_model_name,
             lora_max_steps=models.lora_max_steps,
@@ -100,6 +107,12 @@ class ModelsResource(dg.ConfigurableResource):
             judge_api_key=key(judge.api_key_env, needed=bool(judge.base_url and judge.model)),
             judge_max_new_tokens=judge.max_new_tokens,
         )
+
+    def for_evaluation(self) -> ModelsResource:
+        """These models with ``eval_torch_threads`` as their torch threads: what the evaluation
+        loads its generators and judge from. Evaluations run one at a time (the evaluation
+        pool), so the one running may use every core; serving keeps ``torch_threads``."""
+        return ModelsResource(**{**self.model_dump(), "torch_threads": self.eval_torch_threads})
 
     def embedder(self) -> Embedder:
         from llmops_dagster.embed.model import load_embedder

@@ -16,11 +16,15 @@ these templates; a capable endpoint could replace :func:`draft_question` later.
 
 Two rules keep the evaluation honest, and their counts are reported:
 
-- **Audience**: only chunks the training ``reader`` may read are drafted from, and distractors
-  come from a search made *as* that reader (the filter runs in Elasticsearch).
+- **Audience**: only chunks the ``reader`` (the training audience) may read are drafted from
+  (the chunk's audience is its document's ``allowed_groups``, read from the warehouse), and
+  distractors come from a search made *as* that reader (the filter runs in Elasticsearch);
+  :func:`with_distractors` refuses a search result the reader may not read, so a search that
+  lost its filter fails the run instead of leaking.
 - **Golden overlap** (:class:`GoldenOverlapRule`): a drafted item restates a golden item when
   its question's content words overlap a golden question's by Jaccard ≥ 0.5, or its answer
-  sentence scores token F1 ≥ 0.6 against a golden reference answer. Such items are dropped.
+  sentence scores token F1 ≥ 0.6 against a golden reference answer. Such candidates are
+  dropped (and counted); the chunk's next sentence is tried instead.
 """
 
 from __future__ import annotations
@@ -29,23 +33,28 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from llmops_dagster.access import Principal
-from llmops_dagster.evaluate.metrics import token_f1
+from llmops_dagster.access import PUBLIC, Principal, normalize_audience
+from llmops_dagster.evaluate.scoring import normalize_answer
+from llmops_dagster.qa import QAItem
 from llmops_dagster.rag.extractive import split_sentences
-from llmops_dagster.rag.hits import HitLike, content_tokens
-from llmops_dagster.train.dataset import ContextPassage, QAItem
+from llmops_dagster.rag.hits import content_tokens
+from llmops_dagster.train.dataset import ContextPassage
 
-#: What a drafted item's ``type`` says (so reports and datasets can tell them from feedback).
+#: A drafted item's ``type`` (so reports and datasets can tell them from hand-written ones).
 ITEM_TYPE = "drafted"
+#: How a drafted item's id starts (the rest is a hash of its chunk and sentence).
+ID_PREFIX = "raft-"
 MIN_SENTENCE_WORDS = 6
 MAX_SENTENCE_WORDS = 45
 MIN_CONTENT_WORDS = 4
 
-# A specific fact worth asking for, most specific first: (pattern, what the question asks).
+# A specific fact worth asking for, most specific first: (pattern, what the question asks in
+# place of the match, or of its group ``n`` when it has one).
 _SPANS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"[£$€]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|bn|k))?"), "how much"),
     (re.compile(r"\b\d{1,2}:\d{2}\b"), "at what time"),
@@ -56,23 +65,26 @@ _SPANS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         "on what date",
     ),
-    (re.compile(r"(?<![\w\-–])(?:19|20)\d{2}\b(?![\-–]\d)"), "in what year"),
-    (re.compile(r"(?<![\w\-])\d+(?:\.\d+)?\s?%"), "what percentage"),
+    (re.compile(r"(?<![\w\-–.])(?:19|20)\d{2}\b(?![\-–.]\d)"), "in what year"),
+    (re.compile(r"(?<![\w\-.])\d+(?:\.\d+)?\s?%"), "what percentage"),
+    # A quantity with its unit: only the number is asked for ("how many days of leave").
     (
         re.compile(
-            r"(?<![\w\-])\d[\d,]*(?:\.\d+)?\s(?:business\s)?(?:days?|hours?|minutes?|weeks?|months?|"
-            r"years?|seconds?|km|metres?|meters?|kg|grams?)\b"
+            r"(?<![\w\-.])(?P<n>\d[\d,]*(?:\.\d+)?)\s(?:business\s|working\s)?(?:days?|hours?|"
+            r"minutes?|weeks?|months?|years?|seconds?|km|metres?|meters?|kg|grams?)\b"
         ),
-        "how long (or how much)",
+        "how many",
     ),
-    # Not a digit inside a name ("BP-7", "Tier 1", "S2"): a quantity stands on its own.
-    (re.compile(r"(?<![\w\-])(?<!Tier )\d[\d,]*\b(?![\-–]\w)"), "how many"),
+    # Not a digit inside a name ("BP-7", "Tier 1", "S2", "7.3"): a quantity stands on its own.
+    (re.compile(r"(?<![\w\-.])(?<!Tier )\d[\d,]*(?:\.\d+)?(?![\w\-–.]|\.\d)"), "how many"),
 )
 _LEAD_JOIN = re.compile(r"^(?:in|on|at)\s+what\s", re.IGNORECASE)
+_PREPOSITIONS = ("in", "on", "at", "by", "from", "until", "before", "after")
 
 
 class RaftError(ValueError):
-    """Drafting cannot run (nothing readable, bad parameters); the message says why."""
+    """Drafting cannot run (bad parameters, a search that ignores the audience); the message
+    says why."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,38 @@ class ChunkRecord:
     doc_id: str
     title: str
     text: str
-    audience: tuple[str, ...] = ("public",)
+    audience: tuple[str, ...] = (PUBLIC,)
+
+
+def read_chunk_records(con: Any) -> list[ChunkRecord]:
+    """Every active chunk of the warehouse (``llmops.chunks``) with its document's title and
+    audience (``llmops.documents.allowed_groups``, the same join the index sync writes), in
+    document and position order; ``[]`` when nothing was chunked yet. ``con``: a
+    :class:`~llmops_dagster.warehouse.Warehouse` or a connection it wraps."""
+    # Imported here: the documents package pulls in dlt, which drafting needs only now.
+    from llmops_dagster.chunks.chunk_table import CHUNKS_TABLE
+    from llmops_dagster.documents.document_table import DOCUMENTS_TABLE
+    from llmops_dagster.warehouse import PIPELINE_SCHEMA, as_warehouse
+
+    con = as_warehouse(con)
+    if not all(con.table_exists(PIPELINE_SCHEMA, t) for t in ("chunks", "documents")):
+        return []
+    # Active chunks with their document's title and audience (the join the index sync makes).
+    sql = (
+        f"SELECT c.chunk_id, c.doc_id, d.title, c.text, d.allowed_groups FROM {CHUNKS_TABLE} c "
+        f"JOIN {DOCUMENTS_TABLE} d USING (doc_id) WHERE c.status = 'active' "
+        "ORDER BY c.doc_id, c.position"
+    )
+    return [
+        ChunkRecord(
+            chunk_id=str(chunk_id),
+            doc_id=str(doc_id),
+            title=str(title or ""),
+            text=str(text),
+            audience=tuple(normalize_audience(groups)),
+        )
+        for chunk_id, doc_id, title, text, groups in con.fetchall(sql)
+    ]
 
 
 @dataclass(frozen=True)
@@ -113,7 +156,11 @@ class DraftedItem:
 
 @dataclass
 class DraftReport:
-    """What drafting produced and what it left out (each count for a stated reason)."""
+    """What drafting produced and what it left out (each count for a stated reason).
+
+    ``candidates`` counts the items that passed every rule before ``max_items`` sampled
+    ``items`` from them; ``readable`` is the set of chunk ids the reader may read (the only
+    chunks a distractor may come from) and ``unreadable`` the others it saw."""
 
     items: list[DraftedItem]
     chunks_seen: int = 0
@@ -122,30 +169,42 @@ class DraftReport:
     dropped_golden_question: int = 0
     dropped_golden_answer: int = 0
     dropped_duplicate: int = 0
+    candidates: int = 0
+    #: Items whose context holds fewer than ``k`` chunks (the search found too few distractors
+    #: outside the item's own document).
+    short_context: int = 0
     rule: GoldenOverlapRule = field(default_factory=GoldenOverlapRule)
+    readable: frozenset[str] = frozenset()
+    unreadable: frozenset[str] = frozenset()
+
+    @property
+    def dropped_golden_overlap(self) -> int:
+        return self.dropped_golden_question + self.dropped_golden_answer
 
     def counts(self) -> dict[str, int]:
         return {
             "drafted": len(self.items),
+            "candidates": self.candidates,
             "chunks_seen": self.chunks_seen,
             "dropped_audience": self.dropped_audience,
             "skipped_no_sentence": self.skipped_no_sentence,
             "dropped_golden_question": self.dropped_golden_question,
             "dropped_golden_answer": self.dropped_golden_answer,
+            "dropped_golden_overlap": self.dropped_golden_overlap,
             "dropped_duplicate": self.dropped_duplicate,
+            "short_context": self.short_context,
         }
 
     def digest(self) -> str:
-        """Content digest of the drafted items and their contexts (the dataset's version)."""
+        """Content digest of the drafted items and their contexts."""
         rows = [
             json.dumps(
                 {
-                    "item": asdict(d.item),
+                    "item": d.item.to_record(),
                     "oracle": d.oracle.chunk_id,
                     "context": [c.chunk_id for c in d.context],
                 },
                 sort_keys=True,
-                default=list,
             )
             for d in self.items
         ]
@@ -164,7 +223,9 @@ def informative_sentences(text: str) -> list[str]:
         words = _words(sentence)
         if not MIN_SENTENCE_WORDS <= len(words) <= MAX_SENTENCE_WORDS:
             continue
-        if sentence.rstrip().endswith("?") or len(set(content_tokens(sentence))) < 4:
+        if sentence.rstrip().endswith("?"):
+            continue
+        if len(set(content_tokens(sentence))) < MIN_CONTENT_WORDS:
             continue
         out.append(sentence.strip())
     return out
@@ -178,33 +239,35 @@ def _fact_span(sentence: str) -> tuple[re.Match[str], str] | None:
     return None
 
 
+def _join(head: str, asked: str, tail: str) -> str:
+    """``head asked tail`` with the spacing of prose: no space before , ; : ) or after (."""
+    text = head
+    for part in (asked, tail):
+        if not part:
+            continue
+        if (
+            text
+            and not text.endswith(("(", "[", "“", '"'))
+            and not part.startswith((",", ";", ":", ")", "]", ".", "!"))
+        ):
+            text += " "
+        text += part
+    return text
+
+
 def draft_question(sentence: str, title: str) -> tuple[str, str]:
     """(question, template name) for one answer sentence; see the module docstring."""
     found = _fact_span(sentence)
     body = sentence.rstrip(" .!;:")
     if found is not None:
         match, asked = found
-        asked = asked.split(" (")[0]
-        start, end = match.span()
+        start, end = match.span("n") if "n" in match.re.groupindex else match.span()
         head, tail = body[:start].rstrip(), body[end:].lstrip()
         # "... by 14:00 on ..." → "... by what time on ...": keep the preposition it had.
-        if (
-            _LEAD_JOIN.match(asked)
-            and head.split()
-            and head.split()[-1].lower()
-            in (
-                "in",
-                "on",
-                "at",
-                "by",
-                "from",
-                "until",
-                "before",
-                "after",
-            )
-        ):
+        words = head.split()
+        if _LEAD_JOIN.match(asked) and words and words[-1].lower() in _PREPOSITIONS:
             asked = asked.split(" ", 1)[1]
-        question = " ".join(p for p in (head, asked, tail) if p).rstrip(" ,;:") + "?"
+        question = _join(head, asked, tail).rstrip(" ,;:") + "?"
         return question[0].upper() + question[1:], "fact_span"
     opening = " ".join(content_tokens(sentence)[:4])
     subject = title.strip() or "the document"
@@ -214,6 +277,36 @@ def draft_question(sentence: str, title: str) -> tuple[str, str]:
 def _jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if sa and sb else 0.0
+
+
+class _GoldenRefs:
+    """The golden references as bags of SQuAD-normalised tokens, made once: the answer rule
+    is :func:`~llmops_dagster.evaluate.scoring.token_f1` against each, and re-normalising
+    every reference for every candidate sentence cost seconds on the sample corpus."""
+
+    def __init__(self, references: Iterable[str]) -> None:
+        self.bags = [Counter(normalize_answer(r).split()) for r in references]
+        self.bags = [bag for bag in self.bags if bag]
+
+    def best_f1_at_least(self, sentence: str, threshold: float) -> bool:
+        words = Counter(normalize_answer(sentence).split())
+        n = sum(words.values())
+        for bag in self.bags:
+            overlap = sum((words & bag).values())
+            if overlap:
+                precision, recall = overlap / n, overlap / sum(bag.values())
+                if 2 * precision * recall / (precision + recall) >= threshold:
+                    return True
+        return False
+
+
+def _item_groups(audience: Sequence[str], reader: Principal) -> tuple[str, ...]:
+    """The groups a drafted item's text came through: none for a public chunk, else the
+    chunk's groups the reader is in (a chunk readable by ``hr`` or ``security``, read as
+    ``hr``, is ``hr`` text: listing ``security`` too would hide it from that same reader)."""
+    if PUBLIC in audience:
+        return ()
+    return tuple(sorted(set(audience) & reader.groups))
 
 
 def draft_items(
@@ -228,37 +321,49 @@ def draft_items(
 ) -> DraftReport:
     """Draft up to ``per_chunk`` items per chunk the ``reader`` (None: public) may read.
 
-    ``golden``: items with ``question`` and ``reference_answer`` (the golden set) to keep out
-    (:class:`GoldenOverlapRule`). Items get stable ids (``raft-`` + a hash of chunk and
-    sentence), ``relevant_doc_ids`` = the chunk's document, and the chunk's audience as
-    ``groups``. ``max_items`` keeps a seeded sample spread over documents.
+    A chunk's informative sentences are tried facts first, then longer ones; a sentence
+    whose item restates a golden one (``golden``: items with ``question`` and
+    ``reference_answer``; :class:`GoldenOverlapRule`) or repeats an earlier question is
+    counted and the next sentence tried. Items get stable ids (``raft-`` + a hash of chunk and
+    sentence), ``relevant_doc_ids`` = the chunk's document, ``type`` :data:`ITEM_TYPE` and the
+    groups the text came through (:func:`_item_groups`). ``max_items`` keeps a seeded sample
+    spread over documents (0: none); items are returned in id order.
     """
     if per_chunk < 1:
         raise RaftError(f"per_chunk must be >= 1, not {per_chunk}")
+    if max_items is not None and max_items < 0:
+        raise RaftError(f"max_items must be >= 0, not {max_items}")
     who = reader or Principal.public()
     rule = rule or GoldenOverlapRule()
     golden_q = [set(content_tokens(g.question)) for g in golden]
-    golden_refs = [str(g.reference_answer) for g in golden]
+    golden_refs = _GoldenRefs(str(g.reference_answer) for g in golden if g.reference_answer)
     report = DraftReport(items=[], rule=rule)
+    readable: set[str] = set()
+    unreadable: set[str] = set()
     seen_questions: set[str] = set()
     for chunk in chunks:
         report.chunks_seen += 1
-        if not who.can_read(list(chunk.audience)):
+        if not who.can_read(chunk.audience):
             report.dropped_audience += 1
+            unreadable.add(chunk.chunk_id)
             continue
+        readable.add(chunk.chunk_id)
         sentences = informative_sentences(chunk.text)
         if not sentences:
             report.skipped_no_sentence += 1
             continue
         # Facts first (the questions users ask), then the longer sentences.
         ranked = sorted(sentences, key=lambda s: (_fact_span(s) is None, -len(_words(s))))
-        for sentence in ranked[:per_chunk]:
+        made = 0
+        for sentence in ranked:
+            if made == per_chunk:
+                break
             question, template = draft_question(sentence, chunk.title)
             q_tokens = set(content_tokens(question))
             if any(_jaccard(q_tokens, g) >= rule.question_jaccard for g in golden_q):
                 report.dropped_golden_question += 1
                 continue
-            if any(token_f1(sentence, ref) >= rule.answer_f1 for ref in golden_refs):
+            if golden_refs.best_f1_at_least(sentence, rule.answer_f1):
                 report.dropped_golden_answer += 1
                 continue
             key = question.lower()
@@ -266,17 +371,21 @@ def draft_items(
                 report.dropped_duplicate += 1
                 continue
             seen_questions.add(key)
+            made += 1
             digest = hashlib.sha256(f"{chunk.chunk_id}\x1f{sentence}".encode()).hexdigest()
             item = QAItem(
-                id=f"raft-{digest[:12]}",
+                id=f"{ID_PREFIX}{digest[:12]}",
                 question=question,
                 reference_answer=sentence,
                 relevant_doc_ids=(chunk.doc_id,),
-                extra={"type": ITEM_TYPE, "template": template, "chunk_id": chunk.chunk_id},
-                groups=tuple(sorted(set(chunk.audience) - {"public"})),
+                type=ITEM_TYPE,
+                groups=_item_groups(chunk.audience, who),
+                extra={"template": template, "chunk_id": chunk.chunk_id},
             )
             oracle = ContextPassage(chunk.chunk_id, chunk.doc_id, chunk.text, chunk.title)
             report.items.append(DraftedItem(item, oracle, sentence, template))
+    report.candidates = len(report.items)
+    report.readable, report.unreadable = frozenset(readable), frozenset(unreadable)
     if max_items is not None and len(report.items) > max_items:
         report.items = _spread_sample(report.items, max_items, seed)
     report.items.sort(key=lambda d: d.item.id)
@@ -301,54 +410,6 @@ def _spread_sample(items: list[DraftedItem], n: int, seed: int) -> list[DraftedI
     return picked
 
 
-SearchFn = Callable[[str, Principal], Sequence[HitLike]]
-
-
-def with_distractors(
-    report: DraftReport,
-    search: SearchFn,
-    *,
-    k: int,
-    reader: Principal | None = None,
-    seed: int = 13,
-) -> DraftReport:
-    """Each item's context: its oracle chunk among ``k - 1`` distractors that a search for the
-    question returns as ``reader`` (chunks of other documents only: another chunk of the same
-    document could hold the answer too), the oracle at a seeded position — the prompt serving
-    builds, with the answer's chunk somewhere in it."""
-    if k < 1:
-        raise RaftError(f"k must be >= 1, not {k}")
-    who = reader or Principal.public()
-    rng = random.Random(seed)
-    out: list[DraftedItem] = []
-    for drafted in report.items:
-        hits = search(drafted.item.question, who)
-        distractors = [
-            ContextPassage(h.chunk_id, h.doc_id, h.text, h.title or "", float(h.score))
-            for h in hits
-            if h.doc_id != drafted.oracle.doc_id
-        ][: k - 1]
-        context = list(distractors)
-        context.insert(rng.randint(0, len(context)), drafted.oracle)
-        out.append(
-            DraftedItem(
-                drafted.item, drafted.oracle, drafted.sentence, drafted.template, tuple(context)
-            )
-        )
-    report.items = out
-    return report
-
-
-def context_fn(
-    report: DraftReport, fallback: Callable[[QAItem], Sequence[HitLike]] | None = None
-) -> Callable[[QAItem], Sequence[HitLike]]:
-    """The drafted contexts by item id, for ``build_sft_dataset(context_fn=...)``; an item not
-    drafted here (reviewed feedback) gets ``fallback``'s context when given, else none."""
-    by_id = {d.item.id: list(d.context) for d in report.items}
-
-    def context(item: QAItem) -> Sequence[HitLike]:
-        if item.id in by_id:
-            return by_id[item.id]
-        return list(fallback(item)) if fallback is not None else []
-
-    return context
+def drafted_qa_items(report: DraftReport) -> list[QAItem]:
+    """The drafted QA items (id order)."""
+    return [d.item for d in report.items]

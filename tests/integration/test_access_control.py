@@ -30,7 +30,7 @@ from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_resources
 from llmops_dagster.evaluate.bundle_eval import evaluate_pipeline
 from llmops_dagster.evaluate.golden import GoldenSet, load_golden
-from llmops_dagster.qa import QAItem, load_qa_jsonl
+from llmops_dagster.qa import QAItem, load_qa_jsonl, qa_digest
 from llmops_dagster.rag.extractive import ExtractiveAnswerer
 from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
 from llmops_dagster.rag.prompts import load_prompt
@@ -300,11 +300,14 @@ def test_finetuning_context_is_public_unless_groups_are_configured(built: Built,
 
 
 def test_the_finetune_dataset_asset_takes_only_what_the_training_audience_may_read(
-    built: Built, tmp_path: Path
+    built: Built, es_client, tmp_path: Path
 ) -> None:
     """An accepted hr answer in the training QA file (it carries its ``groups``): the asset,
     with the default training audience (public), leaves it out and says how many it dropped,
-    and refuses context groups beyond that audience before anything is built."""
+    and refuses context groups beyond that audience before anything is built. The RAFT items it
+    drafts from the warehouse's chunks (six, a small ``drafted_items``) come from public chunks
+    only, never restate a golden item, and sit among distractors the index returned as the
+    public audience, citing their own chunk."""
     from assets.model import finetune_dataset
 
     public = [
@@ -323,17 +326,47 @@ def test_the_finetune_dataset_asset_takes_only_what_the_training_audience_may_re
     qa.write_text("".join(json.dumps(row) + "\n" for row in [*public, hr_item]))
     settings = built.settings.override(corpus={"train_qa_path": qa}, models={"torch_threads": 1})
     resources = build_resources(settings)
-    result = dg.materialize([finetune_dataset], resources=resources,
-                            instance=dg.DagsterInstance.ephemeral())  # fmt: skip
+    result = dg.materialize(
+        [finetune_dataset],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"finetune_dataset": {"config": {"drafted_items": 6}}}},
+    )
     assert result.success
     meta = asset_metadata(result, "finetune_dataset")
     assert (meta["n_dropped_audience"], meta["audience"]) == (1, "public")
-    assert meta["n_train"] + meta["n_validation"] == 4
+    # The sample corpus's 219 chunks, 20 of them confidential (tests/unit/test_raft.py drafts
+    # from the same chunks): 194 public items survive the golden-overlap rule, 70 do not.
+    assert {k: meta[k] for k in ("n_handwritten", "n_drafted", "n_train", "n_validation")} == {
+        "n_handwritten": 4,
+        "n_drafted": 6,
+        "n_train": 8,
+        "n_validation": 2,
+    }
+    assert (meta["n_chunks_seen"], meta["n_chunks_dropped_audience"]) == (219, 20)
+    assert (meta["n_drafted_candidates"], meta["n_dropped_golden_overlap"]) == (194, 70)
+    assert meta["n_drafted_short_context"] == 0
+    assert meta["golden_digest"] == load_golden(built.settings.corpus.golden_path).version
     # (The metadata's "path" is the IO manager's pickle: it overrides the asset's own.)
     built_text = (settings.datasets_dir / f"sft-{meta['digest'][:12]}.jsonl").read_text()
     assert "fb-hr" not in built_text
     for secret in _unreadable_strings(None):
         assert secret not in built_text, secret
+    rows = [json.loads(line) for line in built_text.splitlines()]
+    drafted = [r for r in rows if r["id"].startswith("raft-")]
+    confidential_chunks = {
+        chunk_id for doc_id in CONFIDENTIAL for chunk_id, _ in _doc_chunks(settings, doc_id)
+    }
+    live = {h["_id"] for h in es_client.search(index=built.alias, size=1000)["hits"]["hits"]}
+    assert len(drafted) == 6
+    for row in drafted:
+        (oracle,) = row["cited_chunk_ids"]
+        assert row["completion"].startswith(f"{row['reference_answer']} [chunk:{oracle}]")
+        assert len(row["context_chunk_ids"]) == 3 and oracle in row["context_chunk_ids"]
+        assert set(row["context_chunk_ids"]) <= live - confidential_chunks
+    mixed = load_qa_jsonl(meta["qa_path"])  # what entered the dataset: not the hr item
+    assert qa_digest(mixed) == meta["mix_digest"] and len(mixed) == 4 + 6
+    assert "fb-hr" not in {item.id for item in mixed}
 
     refused = dg.materialize(
         [finetune_dataset],

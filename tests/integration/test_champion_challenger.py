@@ -95,7 +95,9 @@ def world(
         home,
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
         corpus={"golden_path": golden},
-        models={"torch_threads": 1},
+        # One thread for evaluations too: this box's other core serves Elasticsearch and
+        # other test sessions (an evaluation alone on its machine takes every core).
+        models={"torch_threads": 1, "eval_torch_threads": 1},
     )
     copy_embedding_cache(sample_embeddings, settings)
     defs = build_definitions(
@@ -140,6 +142,90 @@ def test_extractive_bundle_beats_the_base_model_and_becomes_champion(world: Worl
     assert run.data.metrics["compare.token_f1.ci_low"] > 0  # the interval excludes no gain
     assert run.data.tags["decision.outcome"] == "champion"
     assert _check(result, "champion_comparison").passed is True
+    # Nothing was recorded before: both sides answered, and their answers are in this run.
+    for side in ("candidate", "baseline"):
+        assert evaluation[f"answers_generated/{side}"] == GOLDEN_CASES
+        assert evaluation[f"answers_reused/{side}"] == 0
+        assert evaluation[f"answers_from/{side}"] == evaluation["mlflow_run_id"]
+
+
+def _case_rows(world: World, run_id: str, artifact: str) -> list[tuple[str, str, float]]:
+    """(case id, answer, token F1) of a per-case table an evaluation run logged."""
+    from llmops_dagster.evaluate.triggers import read_table_artifact
+
+    path = Path(world.client.download_artifacts(run_id, artifact))
+    return [(r["case_id"], r["actual_output"], r["token_f1"]) for r in read_table_artifact(path)]
+
+
+def test_the_base_model_and_the_champion_are_not_answered_again(world: World) -> None:
+    """The base model (now the candidate) and the extractive champion on the same golden set,
+    index and code as the first evaluation: both sides are scored on the answers it recorded,
+    none is generated, and the scores are those of the same answers."""
+    from llmops_dagster.evaluate.bundle_eval import BASELINE_TABLE_ARTIFACT
+    from llmops_dagster.evaluate.tracking import TABLE_ARTIFACT
+
+    first_run = load_bundle(world.client, f"models:/{DEFAULT_BUNDLE_MODEL}@champion").run_id
+    result = world.evaluate(generator="llm", model_version="base", **FAST)
+    assert result.success
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["baseline"].startswith("champion models:/")
+    for side in ("candidate", "baseline"):
+        assert evaluation[f"answers_generated/{side}"] == 0
+        assert evaluation[f"answers_reused/{side}"] == GOLDEN_CASES
+        assert evaluation[f"answers_from/{side}"] == first_run
+    run = evaluation["mlflow_run_id"]
+    assert world.client.list_artifacts(run, "answers") == []  # nothing new to record
+    # The base model's answers, scored again: the same answers and scores, case by case.
+    then = _case_rows(world, first_run, BASELINE_TABLE_ARTIFACT)
+    assert len(then) == GOLDEN_CASES
+    assert _case_rows(world, run, TABLE_ARTIFACT) == then
+    assert _case_rows(world, run, BASELINE_TABLE_ARTIFACT) == _case_rows(
+        world, first_run, TABLE_ARTIFACT
+    )
+    assert evaluation["decision"] != "champion"  # the base model still loses to the champion
+
+
+def test_the_index_version_follows_what_the_physical_index_holds(es_client: Elasticsearch) -> None:
+    """Answers are keyed on the index's content, not its name: an incremental sync rewrites a
+    chunk's text or audience, or deletes one, under the same name."""
+    from llmops_dagster.evaluate.answer_reuse import es_chunk_texts, index_version
+
+    index = f"version-probe-{uuid.uuid4().hex[:8]}"
+    es_client.indices.create(
+        index=index,
+        mappings={
+            "_meta": {"model_id": "m", "dims": 3},
+            "properties": {
+                "text": {"type": "text"},
+                "content_hash": {"type": "keyword"},
+                "allowed_groups": {"type": "keyword"},
+            },
+        },
+        settings={"number_of_replicas": 0},
+    )
+
+    def put(chunk_id: str, text: str, groups: list[str]) -> None:
+        source = {"text": text, "content_hash": f"h-{text}", "allowed_groups": groups}
+        es_client.index(index=index, id=chunk_id, document=source, refresh=True)
+
+    try:
+        put("c1", "claims within 30 days", ["public"])
+        put("c2", "salary bands", ["hr"])
+        version = index_version(es_client, index)
+        assert version.startswith("sha256:") and index_version(es_client, index) == version
+        put("c2", "salary bands", ["hr", "finance"])  # an audience change
+        assert index_version(es_client, index) != version
+        put("c2", "salary bands", ["hr"])
+        assert index_version(es_client, index) == version
+        put("c1", "claims within 60 days", ["public"])  # a text change
+        changed = index_version(es_client, index)
+        assert changed != version
+        es_client.delete(index=index, id="c2", refresh=True)
+        assert index_version(es_client, index) not in (version, changed)
+        texts = es_chunk_texts(es_client, index)(["c1", "c2"])
+        assert texts == {"c1": "claims within 60 days"}  # a missing chunk is left out
+    finally:
+        es_client.indices.delete(index=index, ignore_unavailable=True)
 
 
 def test_too_few_cases_or_no_thresholds_are_refused_unless_overridden(world: World) -> None:
@@ -304,6 +390,7 @@ def _env(world: World) -> dict[str, str]:
         "LLMOPS_DUCKDB_PATH": str(world.settings.duckdb_path),
         "LLMOPS_GOLDEN": str(world.settings.corpus.golden_path),
         "LLMOPS_TORCH_THREADS": "1",
+        "LLMOPS_EVAL_TORCH_THREADS": "1",
         "LLMOPS_MODELS_CACHE": str(world.settings.models_cache_dir),
     }
 

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 
 SHORT_TRAINING = {
     "ops": {
+        # A handful of drafted RAFT items beside the 60 hand-written ones keeps the run short.
+        "finetune_dataset": {"config": {"drafted_items": 8}},
         "lora_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256}},
         # Four cases keep the test short; below min_cases that needs the recorded override.
         "rag_evaluation": {"config": {"limit": 4, "max_new_tokens": 24, "allow_few_cases": True}},
@@ -117,7 +119,8 @@ def _run_graph(
         dataset = asset_metadata(result, "finetune_dataset")
         adapter = asset_metadata(result, "lora_adapter")
         index = asset_metadata(result, "search_index")
-        assert dataset["n_train"] + dataset["n_validation"] == 60
+        assert (dataset["n_handwritten"], dataset["n_drafted"]) == (60, 8)
+        assert dataset["n_train"] + dataset["n_validation"] == 60 + 8
         assert adapter["steps"] == 2
         assert adapter["dataset_digest"] == dataset["digest"]
         assert adapter["index_version"] == index["index"]
