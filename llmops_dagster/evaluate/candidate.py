@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.evaluate.answer_key import AnswerInputs
 from llmops_dagster.evaluate.answer_reuse import (
     SIDES,
-    AnswerInputs,
     AnswerReuse,
     SideAnswers,
     answer_golden,

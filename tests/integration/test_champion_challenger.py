@@ -188,7 +188,8 @@ def test_the_base_model_and_the_champion_are_not_answered_again(world: World) ->
 def test_the_index_version_follows_what_the_physical_index_holds(es_client: Elasticsearch) -> None:
     """Answers are keyed on the index's content, not its name: an incremental sync rewrites a
     chunk's text or audience, or deletes one, under the same name."""
-    from llmops_dagster.evaluate.answer_reuse import es_chunk_texts, index_version
+    from llmops_dagster.evaluate.answer_key import index_version
+    from llmops_dagster.evaluate.answer_reuse import es_chunk_texts
 
     index = f"version-probe-{uuid.uuid4().hex[:8]}"
     es_client.indices.create(

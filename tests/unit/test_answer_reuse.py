@@ -16,20 +16,22 @@ import pytest
 from mlflow import MlflowClient
 
 import llmops_dagster
-from llmops_dagster.evaluate.answer_reuse import (
+from llmops_dagster.evaluate.answer_key import (
     ANSWER_LIBRARIES,
     ANSWER_PATH,
     AnswerInputs,
+    answer_key,
+    code_digest,
+    library_versions,
+)
+from llmops_dagster.evaluate.answer_reuse import (
     AnswerReuse,
     AnswerStore,
     RecordedAnswer,
     SideAnswers,
     answer_golden,
-    answer_key,
     answers_artifact,
-    code_digest,
     key_tag,
-    library_versions,
     record_side_answers,
     source_tag,
 )
