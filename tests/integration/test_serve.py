@@ -257,6 +257,45 @@ def test_answer_is_traced_with_its_spans(served: Served) -> None:
     assert row["question"] == QUESTION and row["answer"] == body["answer"]
 
 
+def test_ask_with_server_prints_the_services_answer_and_says_it_used_it(served: Served) -> None:
+    """``llmops-dagster ask --server URL`` prints what a direct POST of the same question
+    answers (greedy decoding: the same text, bundle and chunks) and says the service answered;
+    the answer is in the server's own log under the trace the output names."""
+    from click.testing import CliRunner
+
+    from llmops_dagster.cli import main
+
+    direct = served.post("/v1/answer", json={"question": QUESTION})
+    assert direct.status_code == 200, direct.text
+    body = direct.json()
+    env = {"ASK_TEST_KEY": served.keys["ana"]}
+    args = ["ask", QUESTION, "--server", served.url, "--api-key-env", "ASK_TEST_KEY"]
+    result = CliRunner(env=env).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    text, rest = result.stdout.split("\n\ncited: ", 1)
+    assert text == body["answer"].strip()
+    lines = rest.splitlines()
+    cited = ", ".join(c["chunk_id"] for c in body["citations"]) or "none"
+    assert lines[0] == cited + (" (inferred)" if body["citations_inferred"] else "")
+    hits = [f"  {c['chunk_id']} {c['doc_id']} ({c['score']:.3f})" for c in body["retrieved"]]
+    assert lines[1 : 1 + len(hits)] == hits and len(hits) == 2
+    bundle = body["bundle"]
+    assert bundle["uri"] == served.llm.uri and bundle["version"] == served.llm.version
+    assert lines[-2].startswith(
+        f"bundle {served.llm.uri} · model {bundle['model_id']} · prompt "
+        f"{bundle['prompt_version']} · {bundle['retrieval_mode']} k={bundle['k']} · retrieve "
+    )
+    said = re.fullmatch(
+        rf"answered by the running service at {re.escape(served.url)} \(as ana, trace (\S+)\)",
+        lines[-1],
+    )
+    assert said and len(lines) == len(hits) + 3, result.stdout
+    row = served.store.answer(said.group(1))
+    assert row is not None and (row["question"], row["answer"]) == (QUESTION, body["answer"])
+    assert row["bundle_version"] == served.llm.version
+    assert served.keys["ana"] not in result.output
+
+
 def test_lineage_walks_from_the_answer_to_chunks_documents_and_bundle(served: Served) -> None:
     from click.testing import CliRunner
 
