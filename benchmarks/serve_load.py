@@ -227,7 +227,14 @@ def main() -> None:
             warehouse={"duckdb_path": tmp / "home" / "warehouse.duckdb"},
             mlflow={"tracking_uri": tracking_uri},
             models={"cache_dir": base.models_cache_dir, "torch_threads": 1},
-            serving={"bundle_poll_s": 1.0},
+            # The load comes from one client address: the server's default per-caller rate limit
+            # (60/min, burst 10) would answer 429s, which measure the limiter, not serving under
+            # a swap. Limits high enough that no request of the run is limited.
+            serving={
+                "bundle_poll_s": 1.0,
+                "rate_limit_per_minute": 100_000.0,
+                "rate_limit_burst": 10_000,
+            },
         )
         es = make_client(settings.cluster_spec())
         try:

@@ -249,6 +249,8 @@ def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
         "LLMOPS_TRACE_EXPERIMENT": settings.serving.trace_experiment,
         "LLMOPS_BUNDLE_POLL_S": str(settings.serving.bundle_poll_s),
         "LLMOPS_TORCH_THREADS": str(settings.models.torch_threads),
+        "LLMOPS_RATE_LIMIT_PER_MIN": str(settings.serving.rate_limit_per_minute),
+        "LLMOPS_RATE_LIMIT_BURST": str(settings.serving.rate_limit_burst),
         **extra,
     }
     if settings.elasticsearch.url:
