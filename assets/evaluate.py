@@ -81,7 +81,9 @@ class EvaluationConfig(dg.Config):
     batch_size: int = 8
     judge: str | None = None
     """none | local | openai; default: the models resource's judge (LLMOPS_JUDGE)."""
-    judge_max_cases: int = 3
+    judge_max_cases: int | None = None
+    """Cases the judge scores; unset: every case for a capable judge (it may gate), the first 3
+    for a weak one (it only reports). See `evaluate.run.judge_case_limit`."""
     judge_capable: bool | None = None
     """Only a judge declared capable may gate (LLMOPS_JUDGE_CAPABLE); a 135M local one is not."""
     n_resamples: int = 2000
@@ -173,6 +175,7 @@ def rag_evaluation(
     from llmops_dagster.evaluate.golden import load_golden
     from llmops_dagster.evaluate.judge import build_judge
     from llmops_dagster.evaluate.metrics import default_metrics
+    from llmops_dagster.evaluate.run import judge_case_limit
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
@@ -200,6 +203,7 @@ def rag_evaluation(
             models.judge_spec(), kind=config.judge, capable=config.judge_capable
         )
         policy = PromotionPolicy.from_run_config(run_config, judge_capable=judge_spec.capable)
+        judge_cases = judge_case_limit(config.judge_max_cases, capable=judge_spec.capable)
     except ValueError as exc:  # CandidateError, BundleError, a policy value: names the setting
         raise dg.Failure(str(exc)) from exc
     # One judge for both sides (the local one over the configured base model, never a side's
@@ -221,7 +225,7 @@ def rag_evaluation(
         policy=policy,
         judge=build_judge(judge_spec, generator=local),
         judge_capable=judge_spec.capable,
-        judge_max_cases=config.judge_max_cases,
+        judge_max_cases=judge_cases,
         batch_size=config.batch_size,
         n_resamples=config.n_resamples,
         recorded=lambda run_id: recorded_cases(client, run_id),

@@ -339,6 +339,23 @@ def _run_direct(
     return out
 
 
+#: Cases a weak judge scores when the run names no limit: its metrics only report (they never
+#: gate), and a CPU judge needs seconds per call.
+WEAK_JUDGE_CASES = 3
+
+
+def judge_case_limit(max_cases: int | None, *, capable: bool) -> int | None:
+    """How many cases the judge scores (None: every case). ``max_cases`` when given; otherwise
+    every case for a capable judge — its metrics may gate, and a gate over a sample would
+    decide on cases the other metrics did not choose — and :data:`WEAK_JUDGE_CASES` for a weak
+    one. Raises ValueError naming ``judge_max_cases`` below 1."""
+    if max_cases is not None:
+        if max_cases < 1:
+            raise ValueError(f"judge_max_cases must be at least 1 (or unset), not {max_cases}")
+        return max_cases
+    return None if capable else WEAK_JUDGE_CASES
+
+
 def evaluate_rag(
     cases: Sequence[EvalCase],
     *,

@@ -191,3 +191,14 @@ def test_a_deterministic_metric_error_is_a_zero_with_its_text(engine: str) -> No
     assert "cannot score BRAVO" in failed["fails_error"]
     assert result.errors == {"fails": 1} and result.aggregates["fails"] == pytest.approx(0.375)
     assert result.judge_stats is None
+
+
+def test_a_capable_judge_scores_every_case_and_a_weak_one_three_unless_told() -> None:
+    from llmops_dagster.evaluate.run import WEAK_JUDGE_CASES, judge_case_limit
+
+    assert judge_case_limit(None, capable=True) is None
+    assert judge_case_limit(None, capable=False) == WEAK_JUDGE_CASES == 3
+    assert judge_case_limit(12, capable=True) == 12
+    assert judge_case_limit(12, capable=False) == 12
+    with pytest.raises(ValueError, match="judge_max_cases must be at least 1"):
+        judge_case_limit(0, capable=True)
