@@ -108,6 +108,15 @@ def secured() -> Iterator[tuple[str, Path]]:
     )
     assert added.returncode == 0, added.stdout + added.stderr
     start_node(node)
+    # The readiness probe has no credentials, so a secured node counts as up once it answers
+    # 401 — while its first shards may still be initializing (health red). Wait as the test
+    # user until the cluster is usable, so the tests see the node, not its start-up.
+    spec = _settings(node.url, ELASTICSEARCH_USERNAME=USER, ELASTICSEARCH_PASSWORD=PASSWORD,
+                     ELASTICSEARCH_CA_CERTS=str(ca)).cluster_spec()  # fmt: skip
+    health = make_client(spec, request_timeout=120).cluster.health(
+        wait_for_status="yellow", timeout="90s"
+    )
+    assert not health["timed_out"], f"the secured node stayed {health['status']}: {dict(health)}"
     yield node.url, ca
     stop_node(node)
 
