@@ -82,3 +82,18 @@ class StubAnswer:
     @property
     def ranked_doc_ids(self) -> list[str]:
         return [h.doc_id for h in self.ranked or self.retrieved]
+
+
+class ChatMLTokenizer:
+    """A stand-in with SmolLM2's chat template and a whitespace 'tokenizer' (no model loaded)."""
+
+    eos_token = "<|im_end|>"
+
+    def apply_chat_template(
+        self, conversation: Any, tokenize: bool = False, add_generation_prompt: bool = False
+    ) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [len(word) for word in text.split()]}

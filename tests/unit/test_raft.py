@@ -45,6 +45,7 @@ from llmops_dagster.train.raft import (
     draft_question,
     read_chunk_records,
 )
+from tests.support.stubs import ChatMLTokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -308,18 +309,6 @@ def test_drafting_is_deterministic_for_a_seed(corpus: Corpus, golden: list[QAIte
     assert other.digest() != first.digest()
 
 
-class ChatML:
-    """SmolLM2's chat template, without loading the model."""
-
-    eos_token = "<|im_end|>"
-
-    def apply_chat_template(
-        self, conversation: Any, tokenize: bool = False, add_generation_prompt: bool = False
-    ) -> str:
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
-        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
 def test_the_completion_answers_with_the_sentence_and_cites_the_source_chunk(
     corpus: Corpus,
 ) -> None:
@@ -328,7 +317,7 @@ def test_the_completion_answers_with_the_sentence_and_cites_the_source_chunk(
     prompt = load_prompt()
     for drafted in report.items:
         example = build_example(
-            drafted.item, tokenizer=ChatML(), prompt=prompt, context=drafted.context
+            drafted.item, tokenizer=ChatMLTokenizer(), prompt=prompt, context=drafted.context
         )
         oracle = drafted.oracle.chunk_id
         assert example.completion == f"{drafted.sentence} [chunk:{oracle}]<|im_end|>\n"
@@ -367,7 +356,7 @@ def _no_context(item: QAItem) -> list[ContextPassage]:
 
 def _mix(corpus: Corpus, golden: list[QAItem], **kwargs: Any) -> TrainingMix:
     options: dict[str, Any] = {
-        "tokenizer": ChatML(),
+        "tokenizer": ChatMLTokenizer(),
         "chunks": corpus.chunks,
         "golden": golden,
         "search": MemorySearch(corpus.chunks),
@@ -425,7 +414,7 @@ def test_without_drafting_the_mix_is_the_handwritten_dataset(
     corpus: Corpus, golden: list[QAItem]
 ) -> None:
     mix = _mix(corpus, golden, drafted_items=0, search=None)
-    alone = build_sft_dataset(DEFAULT_TRAIN_QA, tokenizer=ChatML(), context_fn=_no_context)
+    alone = build_sft_dataset(DEFAULT_TRAIN_QA, tokenizer=ChatMLTokenizer(), context_fn=_no_context)
     assert mix.dataset.digest == alone.digest
     assert (mix.metadata()["n_drafted"], mix.metadata()["n_chunks_seen"]) == (0, 0)
 

@@ -32,23 +32,9 @@ from llmops_dagster.train.lora import (
     tokenize_example,
     train_lora,
 )
+from tests.support.stubs import ChatMLTokenizer
 
 pytestmark = pytest.mark.unit
-
-
-class ChatMLTokenizer:
-    """A stand-in with SmolLM2's chat template and a whitespace 'tokenizer'."""
-
-    eos_token = "<|im_end|>"
-
-    def apply_chat_template(
-        self, conversation: Any, tokenize: bool = False, add_generation_prompt: bool = False
-    ) -> str:
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
-        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [len(word) for word in text.split()]}
 
 
 def _context(item: QAItem) -> list[ContextPassage]:
