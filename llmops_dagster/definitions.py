@@ -40,6 +40,7 @@ def build_assets(
     from assets.documents import build_documents_asset
     from assets.embeddings import embeddings
     from assets.evaluate import champion_model, rag_evaluation
+    from assets.golden import golden_candidates
     from assets.index import search_index
     from assets.ingest import build_ingest_assets
     from assets.model import finetune_dataset, lora_adapter
@@ -60,6 +61,7 @@ def build_assets(
         lora_adapter,
         rag_evaluation,
         champion_model,
+        golden_candidates,
         build_serving_load_assets(target),
         serving_metrics,
         feedback_candidates,

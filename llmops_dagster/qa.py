@@ -1,8 +1,9 @@
 """Question/answer items: one type, one loader and one digest for every QA JSONL file.
 
 The golden set (``data/golden/qa.jsonl``, what evaluation scores), the training set
-(``data/train/qa.jsonl``, what fine-tuning learns) and the items the review step appends to
-either (``serving/review.py``) are the same format, read here and nowhere else. One JSON object
+(``data/train/qa.jsonl``, what fine-tuning learns) and the items the review steps append to
+them (``serving/review.py`` for feedback, ``evaluate/golden_candidates.py`` for drafted golden
+items, both with :func:`append_qa_item`) are the same format, read here and nowhere else. One JSON object
 per line:
 
 - ``id`` (required; unique in the file) and ``question`` (required);
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops_dagster.access import PUBLIC, AccessError, Principal, check_group
+from llmops_dagster.files import atomic_write_text, file_lock
 
 #: The principal name a QA item's question is asked under (its groups vary per item).
 QA_PRINCIPAL = "golden"
@@ -196,9 +198,18 @@ def load_qa_jsonl(path: Path | str, *, require_reference_answer: bool = False) -
     path = Path(path)
     if not path.is_file():
         raise QAFileError(f"QA file {path} does not exist")
+    return parse_qa_jsonl(
+        path.read_text(encoding="utf-8"), path, require_reference_answer=require_reference_answer
+    )
+
+
+def parse_qa_jsonl(
+    text: str, path: Path | str, *, require_reference_answer: bool = False
+) -> list[QAItem]:
+    """:func:`load_qa_jsonl` of ``text`` (what ``path``, named in errors, holds or will hold)."""
     items: list[QAItem] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -216,3 +227,46 @@ def load_qa_jsonl(path: Path | str, *, require_reference_answer: bool = False) -
         first_line[item.id] = number
         items.append(item)
     return items
+
+
+# --------------------------------------------------------------------------------------------
+# Appending (the review steps: feedback and drafted golden items)
+# --------------------------------------------------------------------------------------------
+
+
+def append_qa_item(
+    path: Path | str,
+    item: QAItem,
+    *,
+    require_reference_answer: bool = False,
+    create: bool = False,
+) -> bool:
+    """Add ``item`` as one line at the end of the QA file ``path`` unless its id is there
+    already; ``True`` when added.
+
+    The file is read with the loader that reads the set, so a malformed file (or one the new
+    line would make malformed) is refused with :class:`QAFileError` before anything is
+    written. The new file replaces the old one atomically under a lock beside it
+    (:mod:`llmops_dagster.files`): a reader sees the old set or the new one, and two reviewers
+    appending at once both land. ``create``: a missing file starts empty (else refused).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise QAFileError(f"{path} is a folder (a BEIR set?): items append to a QA JSONL file")
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+        elif create:
+            text = ""
+        else:
+            raise QAFileError(f"QA file {path} does not exist")
+        existing = parse_qa_jsonl(text, path, require_reference_answer=require_reference_answer)
+        if any(e.id == item.id for e in existing):
+            return False
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += item.to_line() + "\n"
+        parse_qa_jsonl(text, path, require_reference_answer=require_reference_answer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return True

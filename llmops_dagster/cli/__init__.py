@@ -15,6 +15,7 @@ from llmops_dagster.cli.ask import ask
 from llmops_dagster.cli.bundle import bundle
 from llmops_dagster.cli.dev import demo, dev
 from llmops_dagster.cli.feedback import feedback
+from llmops_dagster.cli.golden import golden
 from llmops_dagster.cli.index import index
 from llmops_dagster.cli.keys import keys
 from llmops_dagster.cli.lineage import lineage
@@ -31,7 +32,7 @@ def main() -> None:
     apply_offline_env_defaults()
 
 
-for command in (services, index, ask, serve, keys, bundle, lineage, feedback, dev, demo):
+for command in (services, index, ask, serve, keys, bundle, lineage, feedback, golden, dev, demo):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from llmops_dagster.access import PUBLIC, Principal
 from llmops_dagster.files import atomic_write_text
-from llmops_dagster.qa import QAFileError, QAItem, load_qa_jsonl, qa_file_digest
+from llmops_dagster.qa import QAFileError, QAItem, append_qa_item, qa_file_digest
 from llmops_dagster.serving.answer_log import FeedbackRecord, ServingStore, now_iso
 from llmops_dagster.serving.disclosure import (
     PUBLIC_AUDIENCE,
@@ -402,48 +402,22 @@ class FeedbackReview:
         )
 
 
-def _existing_ids(path: Path, target: Target) -> set[str]:
-    """Ids in ``path``, read with the loader that reads the set (a malformed file is refused
-    before anything is appended to it)."""
+def _append_item(path: Path, item: QAItem, target: Target) -> bool:
+    """Append ``item`` to the target set unless its id is there (:func:`append_qa_item`);
+    ``True`` when appended."""
     if target == "golden" and path.is_dir():
         raise ReviewError(
             f"the golden set {path} is a BEIR folder: feedback items need a QA JSONL "
             "golden set (LLMOPS_GOLDEN)"
         )
-    if target == "train" and not path.exists():
-        return set()
     try:
-        # Training needs every item's answer; a golden item may be retrieval-only.
-        items = load_qa_jsonl(path, require_reference_answer=target == "train")
+        # Training needs every item's answer; a golden item may be retrieval-only. A missing
+        # training file starts empty; a missing golden set is a configuration error.
+        return append_qa_item(
+            path, item, require_reference_answer=target == "train", create=target == "train"
+        )
     except QAFileError as exc:
         raise ReviewError(str(exc)) from exc
-    return {item.id for item in items}
-
-
-def _append_item(path: Path, item: QAItem, target: Target) -> bool:
-    """Append ``item`` as one JSON line unless its id is there; ``True`` when appended."""
-    if item.id in _existing_ids(path, target):
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = path.stat().st_size if path.exists() else 0
-    with path.open("ab") as handle:
-        # Appending (not rewriting) leaves the existing lines intact whatever happens.
-        if size and _last_byte(path) != b"\n":
-            handle.write(b"\n")
-        handle.write((item.to_line() + "\n").encode("utf-8"))
-    try:
-        _existing_ids(path, target)  # the file still loads with the new line
-    except ReviewError:
-        with path.open("r+b") as handle:
-            handle.truncate(size)
-        raise
-    return True
-
-
-def _last_byte(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(-1, 2)
-        return handle.read(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -387,12 +387,12 @@ def draft_items(
     report.candidates = len(report.items)
     report.readable, report.unreadable = frozenset(readable), frozenset(unreadable)
     if max_items is not None and len(report.items) > max_items:
-        report.items = _spread_sample(report.items, max_items, seed)
+        report.items = spread_sample(report.items, max_items, seed)
     report.items.sort(key=lambda d: d.item.id)
     return report
 
 
-def _spread_sample(items: list[DraftedItem], n: int, seed: int) -> list[DraftedItem]:
+def spread_sample(items: list[DraftedItem], n: int, seed: int) -> list[DraftedItem]:
     """``n`` items, round-robin over documents in a seeded order: no document dominates."""
     rng = random.Random(seed)
     by_doc: dict[str, list[DraftedItem]] = {}

@@ -381,6 +381,43 @@ def test_the_finetune_dataset_asset_takes_only_what_the_training_audience_may_re
     assert "context_groups ['hr'] are beyond the training audience" in message
 
 
+def test_golden_candidates_drafted_as_public_hold_nothing_from_a_confidential_document(
+    built: Built,
+) -> None:
+    """The `golden_candidates` asset on the indexed sample corpus (the unit tests in
+    tests/unit/test_golden_candidates.py draft from the same 219 chunks): the 20 confidential
+    chunks are counted and never drafted from, 70 drafts restating a golden item are dropped,
+    and the 40 pending candidates (one per document) name public documents only."""
+    from assets.golden import golden_candidates
+    from llmops_dagster.evaluate.golden_candidates import CANDIDATES_FILE, GoldenReview
+
+    result = dg.materialize(
+        [golden_candidates],
+        resources=build_resources(built.settings),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    meta = asset_metadata(result, "golden_candidates")
+    counts = ("n_candidates", "n_dropped_golden_overlap", "n_chunks_dropped_audience")
+    assert {k: meta[k] for k in (*counts, "n_chunks_seen", "n_documents")} == {
+        "n_candidates": 40,
+        "n_dropped_golden_overlap": 70,
+        "n_chunks_dropped_audience": 20,
+        "n_chunks_seen": 219,
+        "n_documents": 40,
+    }
+    assert meta["audience"] == "public"
+    path = built.settings.datasets_dir / CANDIDATES_FILE
+    assert meta["path"] == str(path)
+    pending = GoldenReview(path, built.settings.corpus.golden_path).candidates()
+    assert len(pending) == 40
+    assert not {d for c in pending for d in c.item.relevant_doc_ids} & set(CONFIDENTIAL)
+    assert all(c.item.groups == () for c in pending)
+    text = path.read_text()
+    for secret in _unreadable_strings(None):
+        assert secret not in text, secret
+
+
 def test_an_index_from_before_access_control_is_rebuilt_not_patched(
     built: Built, es_client
 ) -> None:

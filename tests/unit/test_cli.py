@@ -25,6 +25,7 @@ COMMANDS = {
     "bundle": ["approve", "rollback", "status"],
     "lineage": None,
     "feedback": ["accept", "list", "reject"],
+    "golden": ["accept", "list", "reject"],
     "dev": None,
     "demo": None,
 }
