@@ -2,9 +2,9 @@
 
 The golden set (``data/golden/qa.jsonl``, what evaluation scores), the training set
 (``data/train/qa.jsonl``, what fine-tuning learns) and the items the review steps append to
-them (``serving/review.py`` for feedback, ``evaluate/golden_candidates.py`` for drafted golden
-items, both with :func:`append_qa_item`) are the same format, read here and nowhere else. One JSON object
-per line:
+them (``serving/review.py`` for feedback, ``evaluate/golden_candidates.py`` for drafted
+golden items, both with :func:`append_qa_item`) are the same format, read here and nowhere
+else. One JSON object per line:
 
 - ``id`` (required; unique in the file) and ``question`` (required);
 - ``reference_answer``: the answer to score or learn (required where the reader needs one:
