@@ -228,6 +228,7 @@ def main() -> None:
     apply_offline_env_defaults()  # before transformers reads HF_HUB_OFFLINE
     from transformers import AutoTokenizer
 
+    from llmops_dagster.embed.model import canonical_model_id
     from llmops_dagster.text.chunking import chunk_document
 
     model = Settings().models.embedding_model
@@ -278,7 +279,8 @@ def main() -> None:
             "results": rows,
         }
     data = {
-        "tokenizer": model,
+        # The model's id, not its folder: a path names this machine's install.
+        "tokenizer": canonical_model_id(model),
         "project_chunker": PROJECT_CHUNKER,
         "reference_chunker": REFERENCE_CHUNKER,
         "configs": configs,
