@@ -33,13 +33,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from llmops_dagster.access import Principal
 from llmops_dagster.files import atomic_write_text, file_lock
 from llmops_dagster.qa import QAFileError, QAItem, append_qa_item, parse_qa_jsonl
-from llmops_dagster.serving.answer_log import now_iso  # the feedback review's timestamps
 from llmops_dagster.train.raft import (
     ChunkRecord,
     DraftedItem,
@@ -237,7 +237,12 @@ class GoldenReview:
                     appended = append_qa_item(self.golden_path, found.item)
                 except QAFileError as exc:
                     raise GoldenReviewError(f"golden set (LLMOPS_GOLDEN): {exc}") from exc
-            decided = replace(found, status=status, reviewer=reviewer, decided_at=now_iso())
+            decided = replace(
+                found,
+                status=status,
+                reviewer=reviewer,
+                decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
             self._write([decided if c.id == candidate_id else c for c in rows])
         return decided, appended
 
