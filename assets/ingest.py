@@ -6,6 +6,7 @@ run (sources are one-shot generators), while the pipeline's state keeps the incr
 """
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import dagster as dg
@@ -13,7 +14,12 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from llmops_dagster.resources import MlflowResource, WarehouseResource
-from llmops_dagster.sources.dlt_pipelines import WarehouseTarget, loaded_row_counts, make_pipeline
+from llmops_dagster.sources.dlt_pipelines import (
+    WarehouseTarget,
+    first_load_serialised,
+    loaded_row_counts,
+    make_pipeline,
+)
 from llmops_dagster.sources.source_config import SourcesConfig
 
 #: The steps that rewrite the pipeline's warehouse tables and move the index alias (documents,
@@ -84,13 +90,15 @@ def _make_dlt_assets(
         warehouse: WarehouseResource,
         mlflow: MlflowResource,
     ) -> Iterator[Any]:
-        if warehouse.kind == "postgres":
-            # Fail here, naming LLMOPS_WAREHOUSE_URL, rather than deep inside dlt's loader; an
-            # unreachable database leaves the cursors where they were, so nothing is skipped.
-            with warehouse.get_connection():
-                pass
         pipeline = make_pipeline(warehouse.dlt_target(), pipeline_name, sources.destination)
-        events = list(dlt.run(context=context, dlt_source=make_source(), dlt_pipeline=pipeline))
+        with ExitStack() as held:
+            if warehouse.kind == "postgres":
+                # Connecting first fails here, naming LLMOPS_WAREHOUSE_URL, rather than deep
+                # inside dlt's loader (an unreachable database leaves the cursors as they were).
+                con = held.enter_context(warehouse.get_connection())
+                if held.enter_context(first_load_serialised(con, pipeline.dataset_name)):
+                    context.log.info(f"first load into {pipeline.dataset_name}: ran alone")
+            events = list(dlt.run(context=context, dlt_source=make_source(), dlt_pipeline=pipeline))
         # The first link of the lineage chain: one MLflow run per load, naming dlt's load ids,
         # attached to every table this load materialized.
         trace = pipeline.last_trace

@@ -9,6 +9,8 @@ so dlt must load into that very database: ``LLMOPS_WAREHOUSE_URL`` decides both,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from dlt.common.pipeline import LoadInfo
 from llmops_dagster.sources.secrets import read_secret
 from llmops_dagster.sources.source_config import DestinationConfig
 from llmops_dagster.warehouse import URL_SETTING, WarehouseConfigError, warehouse_kind
+from llmops_dagster.warehouse.base import Warehouse
 from llmops_dagster.warehouse.postgres import libpq_url, redact_url
 
 #: Destinations whose tables the documents step can read (through the warehouse interface).
@@ -135,6 +138,28 @@ def make_pipeline(
         dataset_name=target.dataset,
         pipelines_dir=str(pipelines_dir),
     )
+
+
+# dlt's own tables, shared by every pipeline that loads into one dataset.
+DLT_VERSION_TABLE = "_dlt_version"
+
+
+@contextmanager
+def first_load_serialised(con: Warehouse, dataset: str) -> Iterator[bool]:
+    """Run the body alone when it is the first load into ``dataset``; yields whether it waited.
+
+    Two pipelines loading into a fresh PostgreSQL dataset at once both create the schema and
+    dlt's own tables (``_dlt_version``, ``_dlt_loads``, ``_dlt_pipeline_state``);
+    ``CREATE TABLE IF NOT EXISTS`` is not atomic there, so one of them fails with a unique
+    violation on ``pg_type``. The first load into a dataset therefore holds a lock named after
+    it; once dlt's tables exist, loads run in parallel (their data tables have distinct names).
+    A caller that waited finds the tables made and creates nothing shared.
+    """
+    if con.table_exists(dataset, DLT_VERSION_TABLE):
+        yield False
+        return
+    with con.exclusive(f"dlt-dataset:{dataset}"):
+        yield True
 
 
 def loaded_row_counts(pipeline: dlt.Pipeline) -> dict[str, int]:

@@ -141,6 +141,10 @@ class Warehouse(ABC):
         """All statements of the block commit together or not at all (re-entrant)."""
 
     @abstractmethod
+    def exclusive(self, key: str) -> AbstractContextManager[None]:
+        """Hold a lock named ``key`` across connections (and processes) for the block."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @property

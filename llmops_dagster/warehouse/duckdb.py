@@ -114,6 +114,12 @@ class DuckDBWarehouse(Warehouse):
         finally:
             self._in_transaction = False
 
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        # The file has one writer process already (DuckDB's own lock, the ``warehouse`` pool
+        # within an instance), so there is nothing more to exclude.
+        yield
+
     def close(self) -> None:
         self.con.close()
 

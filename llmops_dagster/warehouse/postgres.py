@@ -206,6 +206,12 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+_CREATE_IF_NOT_EXISTS = re.compile(
+    r"\s*CREATE\s+(?:SCHEMA|TABLE|(?:UNIQUE\s+)?INDEX)\s+IF\s+NOT\s+EXISTS\b", re.IGNORECASE
+)
+_DDL_LOCK = "llmops:create-if-not-exists"
+
+
 class PostgresWarehouse(Warehouse):
     """A psycopg2 connection (autocommit; :meth:`transaction` groups statements)."""
 
@@ -229,6 +235,13 @@ class PostgresWarehouse(Warehouse):
         return cursor
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        if _CREATE_IF_NOT_EXISTS.match(sql):
+            # "IF NOT EXISTS" is not atomic in PostgreSQL: two sessions creating one schema or
+            # table at once both pass the check and one fails on a catalog unique index
+            # (pg_namespace, pg_type). Creations take one transaction-scoped lock in turn.
+            with self.transaction():
+                self._cursor("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [_DDL_LOCK])
+                return self._cursor(sql, params)
         return self._cursor(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -309,6 +322,19 @@ class PostgresWarehouse(Warehouse):
                 cursor.execute("COMMIT")
         finally:
             self._in_transaction = False
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        # A session-level advisory lock: it spans statements and transactions (the body may
+        # run on other connections entirely, as dlt's loader does) and dies with the session.
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        try:
+            yield
+        finally:
+            if not self.connection.closed:
+                with self.connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     def close(self) -> None:
         self.connection.close()

@@ -25,6 +25,7 @@ from llmops_dagster.services.postgres_local import create_database, free_port
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.warehouse import connect_warehouse
+from llmops_dagster.warehouse.postgres import connect_postgres
 from tests.conftest import asset_metadata, drop_indices
 from tests.support.dagster import (
     dagster_home,
@@ -216,3 +217,138 @@ def test_two_sources_load_in_parallel_on_postgres(tmp_path: Path, postgres) -> N
     with connect_warehouse(url=postgres.url(database), duckdb_path=store / "x.duckdb") as pg:
         assert pg.scalar('SELECT count(*) FROM "raw"."sql_faq"') == 3
         assert pg.scalar('SELECT count(*) FROM "raw"."fs_files"') == 37  # files, not documents
+
+
+def _load_two_sources_at_once(tmp_path: Path, url: str, *, serialise: bool) -> list[str]:
+    """Two dlt pipelines (distinct tables, one dataset) start loading at the same instant, as
+    two sources' steps do under the multiprocess executor; returns their errors."""
+    import threading
+
+    import dlt as dlt_lib
+
+    from llmops_dagster.sources.dlt_pipelines import (
+        WarehouseTarget,
+        first_load_serialised,
+        make_pipeline,
+    )
+
+    target = WarehouseTarget(tmp_path / "unused.duckdb", "raw", tmp_path / "dlt", url)
+    start = threading.Barrier(2)
+    errors: list[str] = []
+
+    def load(name: str) -> None:
+        pipeline = make_pipeline(target, f"race_{name}")
+        rows = dlt_lib.resource([{"id": 1, "name": name}], name=f"{name}_rows")
+        with connect_postgres(url) as con:
+            start.wait()
+            try:
+                if serialise:
+                    with first_load_serialised(con, "raw"):
+                        pipeline.run(rows)
+                else:
+                    pipeline.run(rows)
+            except Exception as exc:  # the race's error is what is compared
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_two_first_loads_into_one_fresh_dataset_both_land(tmp_path: Path, postgres) -> None:
+    """The first loads into a fresh PostgreSQL dataset create dlt's shared tables one at a
+    time: five fresh databases, two pipelines each, no error and both tables every time."""
+    for attempt in range(5):
+        database = f"first_{uuid.uuid4().hex[:8]}"
+        create_database(postgres, database)
+        url = postgres.url(database)
+        assert _load_two_sources_at_once(tmp_path / str(attempt), url, serialise=True) == []
+        with connect_postgres(url) as con:
+            assert {"alpha_rows", "beta_rows", "_dlt_version"} <= set(con.tables("raw"))
+            assert con.scalar("SELECT count(*) FROM raw.alpha_rows") == 1
+            assert con.scalar("SELECT count(*) FROM raw.beta_rows") == 1
+
+
+def test_a_first_load_waits_for_the_one_in_progress_and_later_loads_do_not(
+    postgres,
+) -> None:
+    """``first_load_serialised`` blocks a second first load until the first is done (it then
+    reports that it waited); once dlt's tables exist nobody waits, even while another holds
+    the lock."""
+    import threading
+
+    from llmops_dagster.sources.dlt_pipelines import first_load_serialised
+
+    database = f"lock_{uuid.uuid4().hex[:8]}"
+    create_database(postgres, database)
+    url = postgres.url(database)
+    order: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with connect_postgres(url) as con, first_load_serialised(con, "raw") as waited:
+            order.append(f"first in (waited={waited})")
+            entered.set()
+            release.wait(30)
+            con.execute("CREATE SCHEMA raw")
+            con.execute("CREATE TABLE raw._dlt_version (version int)")
+            order.append("first out")
+
+    def second() -> None:
+        with connect_postgres(url) as con, first_load_serialised(con, "raw") as waited:
+            order.append(f"second in (waited={waited})")
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert entered.wait(30)
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive()  # blocked behind the first load
+    release.set()
+    holder.join(30)
+    waiter.join(30)
+    assert order == ["first in (waited=True)", "first out", "second in (waited=True)"]
+
+    # dlt's tables exist now: a load goes ahead while someone else holds the lock.
+    with (
+        connect_postgres(url) as other,
+        other.exclusive("dlt-dataset:raw"),
+        connect_postgres(url) as con,
+        first_load_serialised(con, "raw") as waited,
+    ):
+        assert waited is False
+
+
+def test_eight_connections_opened_at_once_on_a_fresh_database_all_succeed(postgres) -> None:
+    """Opening the warehouse creates schema ``llmops`` and the stores create their tables with
+    ``IF NOT EXISTS``, which PostgreSQL does not make atomic; eight sessions doing both at the
+    same instant on a fresh database all succeed, and each table exists once."""
+    import threading
+
+    database = f"ddl_{uuid.uuid4().hex[:8]}"
+    create_database(postgres, database)
+    url = postgres.url(database)
+    start = threading.Barrier(8)
+    errors: list[str] = []
+
+    def open_and_create() -> None:
+        try:
+            start.wait()
+            with connect_postgres(url) as con:
+                con.execute("CREATE TABLE IF NOT EXISTS llmops.race_probe (id int)")
+        except Exception as exc:  # every error is reported
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=open_and_create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with connect_postgres(url) as con:
+        assert con.tables("llmops") == ["race_probe"]
