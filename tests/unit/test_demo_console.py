@@ -391,3 +391,17 @@ def test_the_demo_prints_each_comparison_and_its_decision() -> None:
     none = SimpleNamespace(get_asset_materialization_events=lambda: [])
     print_decision(Console(file=empty, width=120), "extractive answerer", none)
     assert "extractive answerer: no evaluation (see the log)" in empty.getvalue()
+
+
+def test_the_demo_evaluates_the_adapter_again_unless_it_already_faced_the_extractive() -> None:
+    """Only an adapter promoted by the first evaluation and kept by the extractive one has
+    already been compared with the extractive answerer; every other outcome asks for the
+    adapter against today's champion."""
+    from llmops_dagster.demo import adapter_faced_extractive
+
+    outcomes = {
+        (adapter, extractive): adapter_faced_extractive(adapter, extractive)
+        for adapter in ("champion", "challenger", "rejected", None)
+        for extractive in ("champion", "rejected")
+    }
+    assert [pair for pair, faced in outcomes.items() if faced] == [("champion", "rejected")]
