@@ -110,6 +110,9 @@ class EvaluationConfig(dg.Config):
     max_error_rate: float = _POLICY.max_error_rate
     """Refuse when either side errored on more than this share of a compared metric's paired
     cases (an errored case scores 0: a failing baseline flatters any candidate)."""
+    max_cost_ratio: float | None = _POLICY.max_cost_ratio
+    """Hold a candidate back (challenger) whose mean prompt + completion tokens per answer
+    exceed this multiple of the baseline's; null: no cost rule."""
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:

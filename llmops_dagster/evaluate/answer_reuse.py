@@ -35,7 +35,7 @@ from llmops_dagster.evaluate.answer_key import (
     index_version,
 )
 from llmops_dagster.evaluate.golden import GoldenSet
-from llmops_dagster.evaluate.run import AnswerLike, answer_items
+from llmops_dagster.evaluate.run import AnswerLike, answer_items, answer_tokens, optional_int
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -97,6 +97,9 @@ class RecordedAnswer:
     total_ms: float
     #: The best retrieval score of the ranking (None: nothing retrieved).
     top_score: float | None
+    #: What the answer cost in tokens (None: recorded before tokens were; not compared).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     @classmethod
     def from_answer(cls, case_id: str, answer: AnswerLike) -> RecordedAnswer:
@@ -109,6 +112,8 @@ class RecordedAnswer:
             ranked_doc_ids=tuple(answer.ranked_doc_ids),
             total_ms=float(answer.total_ms),
             top_score=max(scores) if scores else None,
+            prompt_tokens=answer_tokens(answer, "prompt_tokens"),
+            completion_tokens=answer_tokens(answer, "completion_tokens"),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -120,6 +125,8 @@ class RecordedAnswer:
             "ranked_doc_ids": list(self.ranked_doc_ids),
             "total_ms": self.total_ms,
             "top_score": self.top_score,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
         }
 
     @classmethod
@@ -135,6 +142,8 @@ class RecordedAnswer:
             ranked_doc_ids=tuple(str(d) for d in record["ranked_doc_ids"]),
             total_ms=float(record["total_ms"]),
             top_score=None if top is None else float(top),
+            prompt_tokens=optional_int(record.get("prompt_tokens")),
+            completion_tokens=optional_int(record.get("completion_tokens")),
         )
 
 

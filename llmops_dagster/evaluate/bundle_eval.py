@@ -21,7 +21,7 @@ from llmops_dagster.evaluate.compare import MetricComparison, compare_runs
 from llmops_dagster.evaluate.golden import GoldenSet
 from llmops_dagster.evaluate.metrics import require_metrics_depth, retrieval_depths
 from llmops_dagster.evaluate.policy import Decision, PromotionPolicy, decide
-from llmops_dagster.evaluate.run import EvalResult, case_from_answer, evaluate_rag
+from llmops_dagster.evaluate.run import TOKENS_KEY, EvalResult, case_from_answer, evaluate_rag
 from llmops_dagster.rag.bundle import TAG_OUTCOME
 
 if TYPE_CHECKING:
@@ -116,7 +116,15 @@ def compared_metrics(candidate: EvalResult, baseline: EvalResult) -> list[str]:
     keys = list(candidate.metric_keys)
     if candidate.judge_gates and baseline.judge_gates:
         keys += [k for k in candidate.judge_metric_keys if k in baseline.judge_metric_keys]
-    return [k for k in keys if k in baseline.metric_keys + baseline.judge_metric_keys]
+    shared = [k for k in keys if k in baseline.metric_keys + baseline.judge_metric_keys]
+    # What each answer cost, compared like a metric (lower is better) when both sides know it.
+    if _has_tokens(candidate) and _has_tokens(baseline):
+        shared.append(TOKENS_KEY)
+    return shared
+
+
+def _has_tokens(result: EvalResult) -> bool:
+    return any(row.get(TOKENS_KEY) is not None for row in result.rows)
 
 
 def compare_and_decide(

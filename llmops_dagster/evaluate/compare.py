@@ -27,8 +27,9 @@ import numpy as np
 
 from llmops_dagster.stats import paired_bootstrap
 
-#: Per-case metric keys where a smaller value is better (``EvalResult.rows`` carry latency_ms).
-LOWER_IS_BETTER: frozenset[str] = frozenset({"latency_ms"})
+#: Per-case metric keys where a smaller value is better (``EvalResult.rows`` carry latency_ms
+#: and tokens: prompt + completion tokens per answer).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"latency_ms", "tokens"})
 
 
 def _signed(value: float) -> str:

@@ -13,6 +13,16 @@ policy reads (the primary, the guards, the gating floors) is compared only over 
 scored on both sides (judge metrics: the judged sample), and fewer of them than ``min_cases``
 refuses like a small run does.
 
+Cost: each answer's prompt + completion tokens are compared like a metric (lower is better)
+when both sides know them, and a candidate whose mean tokens per answer exceed
+``max_cost_ratio`` times the baseline's is held back like a regressed guard (it stays
+challenger). A baseline that used no model (0 tokens: the extractive answerer) makes any model
+candidate infinitely dearer: it is held back too, by the letter of the rule — set
+``max_cost_ratio`` to null to compare quality alone. Tokens, not currency: for a model run in
+this process the price is 0 and the tokens are what the CPU spends; for a priced endpoint the
+currency cost is tokens times its prices (``serving/pricing.py``), so the ratio is the same
+when both sides use one endpoint.
+
 Errors: a side that errored on more than ``max_error_rate`` of the paired cases of any
 compared metric refuses the decision (no override): an errored case scores 0, so a baseline
 that fails often makes any candidate look better, and a candidate that fails often is broken.
@@ -20,6 +30,7 @@ that fails often makes any candidate look better, and a candidate that fails oft
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -34,6 +45,12 @@ DEFAULT_GUARDS: dict[str, float] = {"recall_at_5": 0.02, "ndcg_at_10": 0.02, "mr
 #: metrics do not error on sound inputs (0 errors is the norm); 5 % leaves room for a capable
 #: remote judge's occasional failed call while one failure in 10 cases already refuses.
 DEFAULT_MAX_ERROR_RATE = 0.05
+#: Largest mean tokens per answer a candidate may spend, as a multiple of the baseline's. 1.5
+#: lets a longer prompt (more chunks) or answer through while a bundle that doubles the bill
+#: for the same quality is held back.
+DEFAULT_MAX_COST_RATIO: float | None = 1.5
+#: The compared per-case key the cost rule reads (``evaluate.run.TOKENS_KEY``).
+COST_KEY = "tokens"
 
 
 def _default_minimums() -> dict[str, float]:
@@ -67,6 +84,7 @@ class PromotionPolicy:
     allow_no_thresholds: bool = False
     judge_capable: bool = False
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    max_cost_ratio: float | None = DEFAULT_MAX_COST_RATIO
 
     def __post_init__(self) -> None:
         if self.approval not in ("auto", "manual"):
@@ -75,6 +93,11 @@ class PromotionPolicy:
             raise ValueError("margins are allowed regressions and must be >= 0")
         if self.min_cases < 0:
             raise ValueError(f"min_cases must be >= 0, got {self.min_cases}")
+        if self.max_cost_ratio is not None and not self.max_cost_ratio > 0:
+            raise ValueError(
+                f"max_cost_ratio is a multiple of the baseline's tokens per answer and must be "
+                f"> 0 (null: no cost rule), got {self.max_cost_ratio}"
+            )
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(
                 f"max_error_rate is a fraction of cases in [0, 1], got {self.max_error_rate}"
@@ -101,6 +124,9 @@ class PromotionPolicy:
         for key, cast in casts:
             if key in data:
                 kwargs[key] = cast(data[key])
+        if "max_cost_ratio" in data:
+            ratio = data["max_cost_ratio"]
+            kwargs["max_cost_ratio"] = None if ratio is None else float(ratio)
         for key in (
             "require_improvement",
             "allow_few_cases",
@@ -146,6 +172,7 @@ class PromotionPolicy:
             "policy.allow_few_cases": str(self.allow_few_cases).lower(),
             "policy.allow_no_thresholds": str(self.allow_no_thresholds).lower(),
             "policy.max_error_rate": str(self.max_error_rate),
+            "policy.max_cost_ratio": str(self.max_cost_ratio),
         }
         params.update({f"policy.guard.{k}": str(v) for k, v in sorted(self.guards.items())})
         params.update(self.gate_config().as_params())
@@ -235,6 +262,29 @@ def _check_comparisons(
                 f"-{guard_margin:g} (may have regressed vs {baseline})"
             )
     return ok, reasons
+
+
+def _check_cost(
+    policy: PromotionPolicy, by_metric: Mapping[str, MetricComparison], baseline: str
+) -> tuple[bool, list[str]]:
+    """The cost rule: mean tokens per answer, candidate ÷ baseline, at most ``max_cost_ratio``
+    (over the cases both sides know the tokens of). Not compared → noted, not blocking."""
+    if policy.max_cost_ratio is None:
+        return True, []
+    comp = by_metric.get(COST_KEY)
+    if comp is None or comp.n == 0:
+        return True, ["cost: tokens per answer not known on both sides (not checked)"]
+    limit = policy.max_cost_ratio
+    cand, base = comp.candidate_mean, comp.baseline_mean
+    if base > 0:
+        ratio = cand / base
+        text = f"{cand:.0f} vs {base:.0f} tokens per answer = {ratio:.2f}x {baseline}"
+    else:
+        ratio = math.inf if cand > 0 else 1.0
+        text = f"{cand:.0f} tokens per answer where {baseline} spends none"
+    if ratio <= limit:
+        return True, [f"cost held: {text} (max_cost_ratio {limit:g})"]
+    return False, [f"cost: {text} exceeds max_cost_ratio {limit:g}"]
 
 
 def _read_metrics(policy: PromotionPolicy, gate: GateResult) -> list[str]:
@@ -352,6 +402,8 @@ def decide(
         return result("refused")
     passed, comparison_reasons = _check_comparisons(policy, by_metric, baseline_label)
     reasons.extend(comparison_reasons)
-    if not passed:
+    affordable, cost_reasons = _check_cost(policy, by_metric, baseline_label)
+    reasons.extend(cost_reasons)
+    if not (passed and affordable):
         return result("challenger")
     return result("awaiting_approval" if policy.approval == "manual" else "champion")

@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 # Cases
 # --------------------------------------------------------------------------------------------
 
+#: The per-case row column with the answer's prompt + completion tokens: compared between
+#: the sides (lower is better) and read by the policy's cost rule (``max_cost_ratio``).
+TOKENS_KEY = "tokens"
+
 
 @dataclass
 class EvalCase:
@@ -76,6 +80,8 @@ class EvalCase:
     relevance_grades: dict[str, int] = field(default_factory=dict)
     retrieved_chunk_ids: list[str] = field(default_factory=list)
     latency_ms: float | None = None
+    #: Prompt + completion tokens of the answer (0: no model; None: not known).
+    tokens: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Groups of the principal the case was answered as (empty: public documents only).
     groups: list[str] = field(default_factory=list)
@@ -123,6 +129,25 @@ class AnswerLike(Protocol):
         ...
 
 
+def optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def answer_tokens(answer: Any, field_name: str) -> int | None:
+    """``answer.<field_name>`` (``prompt_tokens``/``completion_tokens``) as an int; None when
+    the answer does not carry it (an answer recorded before tokens were)."""
+    return optional_int(getattr(answer, field_name, None))
+
+
+def total_tokens(answer: Any) -> int | None:
+    """Prompt + completion tokens: what an answer costs a token-priced endpoint."""
+    prompt, completion = (
+        answer_tokens(answer, "prompt_tokens"),
+        answer_tokens(answer, "completion_tokens"),
+    )
+    return None if prompt is None or completion is None else prompt + completion
+
+
 #: Answers a batch of questions asked by one principal in one call (``lambda qs, who:
 #: pipeline.answer_many(qs, principal=who)``): batched generation is where evaluation
 #: throughput comes from, and the principal is what retrieval may show the case.
@@ -143,6 +168,7 @@ def case_from_answer(item: QAItem, answer: AnswerLike) -> EvalCase:
         relevance_grades=dict(item.relevance_grades),
         retrieved_chunk_ids=[c.chunk_id for c in chunks],
         latency_ms=float(answer.total_ms),
+        tokens=total_tokens(answer),
         metadata={"type": item.type},
         groups=list(item.groups),
     )
@@ -442,6 +468,7 @@ def evaluate_rag(
             "actual_output": case.actual_output,
             "expected_output": case.expected_output,
             "latency_ms": case.latency_ms,
+            TOKENS_KEY: case.tokens,
             "retrieved_doc_ids": json.dumps(case.retrieved_doc_ids),
             "relevant_doc_ids": json.dumps(case.relevant_doc_ids),
             # Who the case was answered as: the row holds only what these groups may read.
@@ -467,6 +494,9 @@ def evaluate_rag(
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         if values:
             aggregates[key] = statistics.fmean(values)
+    tokens = [float(c.tokens) for c in cases if c.tokens is not None]
+    if tokens:
+        aggregates["tokens_mean"] = statistics.fmean(tokens)
     latencies = [float(c.latency_ms) for c in cases if c.latency_ms is not None]
     if latencies:
         aggregates["latency_ms_mean"] = statistics.fmean(latencies)

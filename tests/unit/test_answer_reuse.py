@@ -413,3 +413,29 @@ def test_the_evaluations_pipelines_load_their_generator_with_eval_torch_threads(
     evaluation_models.pinned_generator(pin)
     models.pinned_generator(pin)  # what serving loads
     assert [spec.local.threads for spec in loaded] == [3, 1]
+
+
+def test_recorded_answers_keep_their_tokens_and_older_records_have_none() -> None:
+    """A reused side is compared on cost like a fresh one: the tokens go into the record and
+    come back; a record written before tokens were recorded reads as unknown (None), never 0."""
+    from types import SimpleNamespace
+
+    from llmops_dagster.evaluate.answer_reuse import RecordedChunk
+
+    chunk = SimpleNamespace(chunk_id="c1", doc_id="d1", text="Returns take 30 days.")
+    answer = SimpleNamespace(
+        text="30 days [chunk:c1]",
+        retrieved=[chunk],
+        ranked_doc_ids=["d1"],
+        total_ms=12.5,
+        prompt_tokens=412,
+        completion_tokens=9,
+    )
+    recorded = RecordedAnswer.from_answer("q1", answer)
+    back = RecordedAnswer.from_record(recorded.to_record(), {"c1": chunk.text})
+    assert (back.prompt_tokens, back.completion_tokens) == (412, 9)
+    assert back == recorded
+    old = {key: value for key, value in recorded.to_record().items() if "tokens" not in key}
+    before = RecordedAnswer.from_record(old, {"c1": chunk.text})
+    assert (before.prompt_tokens, before.completion_tokens) == (None, None)
+    assert before.retrieved == (RecordedChunk("c1", "d1", chunk.text),)

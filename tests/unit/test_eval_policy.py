@@ -402,3 +402,83 @@ def test_decision_records_the_baseline_version() -> None:
     base_model = run()
     assert base_model.baseline_version is None
     assert base_model.to_dict()["baseline_version"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# Cost: tokens per answer
+# --------------------------------------------------------------------------------------------
+
+
+def _with_tokens(rows: list[dict[str, object]], tokens: int | None) -> list[dict[str, object]]:
+    return [{**row, "tokens": tokens} for row in rows]
+
+
+def test_a_better_candidate_spending_twice_the_tokens_is_held_back_as_challenger() -> None:
+    comparisons, decision = _compare_and_decide(
+        PromotionPolicy(),
+        _with_tokens(_judged_rows(0.125, judged=0), 1200),
+        _with_tokens(_judged_rows(0.0, judged=0), 600),
+    )
+    by_metric = {c.metric: c for c in comparisons}
+    tokens = by_metric["tokens"]
+    assert (tokens.n, tokens.candidate_mean, tokens.baseline_mean, tokens.diff) == (
+        30,
+        1200.0,
+        600.0,
+        600.0,
+    )
+    assert tokens.higher_is_better is False
+    assert decision.outcome == "challenger"
+    assert decision.reasons[-1] == (
+        "cost: 1200 vs 600 tokens per answer = 2.00x champion v3 exceeds max_cost_ratio 1.5"
+    )
+
+
+def test_the_same_candidate_within_the_cost_ratio_is_promoted() -> None:
+    _, decision = _compare_and_decide(
+        PromotionPolicy(),
+        _with_tokens(_judged_rows(0.125, judged=0), 900),
+        _with_tokens(_judged_rows(0.0, judged=0), 600),
+    )
+    assert decision.outcome == "champion"
+    assert decision.reasons[-1] == (
+        "cost held: 900 vs 600 tokens per answer = 1.50x champion v3 (max_cost_ratio 1.5)"
+    )
+
+
+def test_a_model_candidate_against_a_champion_that_spends_no_tokens_is_held_back() -> None:
+    _, decision = _compare_and_decide(
+        PromotionPolicy(),
+        _with_tokens(_judged_rows(0.125, judged=0), 500),
+        _with_tokens(_judged_rows(0.0, judged=0), 0),
+    )
+    assert decision.outcome == "challenger"
+    assert decision.reasons[-1] == (
+        "cost: 500 tokens per answer where champion v3 spends none exceeds max_cost_ratio 1.5"
+    )
+
+
+def test_without_a_cost_rule_or_without_tokens_only_quality_decides() -> None:
+    _, no_rule = _compare_and_decide(
+        PromotionPolicy(max_cost_ratio=None),
+        _with_tokens(_judged_rows(0.125, judged=0), 1200),
+        _with_tokens(_judged_rows(0.0, judged=0), 600),
+    )
+    assert no_rule.outcome == "champion"
+    assert not any(r.startswith("cost") for r in no_rule.reasons)
+    comparisons, unknown = _compare_and_decide(
+        PromotionPolicy(),
+        _with_tokens(_judged_rows(0.125, judged=0), 1200),
+        _with_tokens(_judged_rows(0.0, judged=0), None),  # answers recorded before tokens were
+    )
+    assert "tokens" not in {c.metric for c in comparisons}
+    assert unknown.outcome == "champion"
+    assert unknown.reasons[-1] == "cost: tokens per answer not known on both sides (not checked)"
+
+
+@pytest.mark.parametrize("ratio", [0, -1.0])
+def test_a_cost_ratio_that_is_not_positive_is_refused(ratio: float) -> None:
+    with pytest.raises(ValueError, match=r"max_cost_ratio .* must be > 0"):
+        PromotionPolicy.from_mapping({"max_cost_ratio": ratio})
+    assert PromotionPolicy.from_mapping({"max_cost_ratio": None}).max_cost_ratio is None
+    assert PromotionPolicy().as_params()["policy.max_cost_ratio"] == "1.5"
