@@ -7,7 +7,13 @@ EVALUATION_SELECTION = dg.AssetSelection.assets("rag_evaluation", "champion_mode
 FINETUNE_SELECTION = dg.AssetSelection.assets(
     "finetune_dataset", "lora_adapter", "rag_evaluation", "champion_model"
 )
-SERVING_SELECTION = dg.AssetSelection.groups("serve")
+#: Daily-partitioned assets: a run materializes one day, so they have their own job and
+#: schedule and stay out of the unpartitioned jobs below.
+DAILY_SELECTION = dg.AssetSelection.assets("serving_judgments")
+SERVING_SELECTION = dg.AssetSelection.groups("serve") - DAILY_SELECTION
+#: Everything a fresh deployment builds in one run (the demo's run): the whole graph but the
+#: daily partitions.
+WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION
 SERVING_WATCH_CRON = "0 * * * *"
 
 # Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
@@ -46,6 +52,20 @@ serving_watch_job = dg.define_asset_job(
 )
 
 
+judge_served_answers_job = dg.define_asset_job(
+    name="judge_served_answers",
+    selection=DAILY_SELECTION,
+    description="Judge a sample of one day's served answers per bundle version (online "
+    "evaluation): scores as MLflow assessments and a table, low scores to review.",
+)
+
+whole_graph_job = dg.define_asset_job(
+    name="whole_graph",
+    selection=WHOLE_GRAPH_SELECTION,
+    description="Every asset but the daily-partitioned ones, in dependency order (the demo).",
+)
+
+
 def build_schedules(
     *, reindex_cron: str = "0 * * * *", full_rebuild_cron: str = "0 3 * * 0"
 ) -> list[dg.ScheduleDefinition]:
@@ -73,6 +93,13 @@ def build_schedules(
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description="Serving metrics and feedback candidates; cheap when nothing was served.",
         ),
+        dg.build_schedule_from_partitioned_job(
+            judge_served_answers_job,
+            name="judge_served_answers_daily",
+            hour_of_day=1,
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Judges yesterday's served answers once the day is complete.",
+        ),
     ]
 
 
@@ -93,6 +120,8 @@ def build_jobs(
             evaluate_candidate_job,
             finetune_and_evaluate_job,
             serving_watch_job,
+            judge_served_answers_job,
+            whole_graph_job,
         ],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
         [

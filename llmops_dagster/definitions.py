@@ -43,6 +43,7 @@ def build_assets(
     from assets.golden import golden_candidates
     from assets.index import search_index
     from assets.ingest import build_ingest_assets
+    from assets.judgments import serving_judgments
     from assets.model import finetune_dataset, lora_adapter
     from assets.serving import build_serving_load_assets, feedback_candidates, serving_metrics
 
@@ -65,6 +66,7 @@ def build_assets(
         build_serving_load_assets(target),
         serving_metrics,
         feedback_candidates,
+        serving_judgments,
     ]
 
 

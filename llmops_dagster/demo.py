@@ -84,6 +84,7 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
             console=console,
             log_path=log_path,
             run_id=run_id,
+            job_name="whole_graph",
             run_config={"ops": {"rag_evaluation": {"config": DEMO_EVALUATION}}},
         )
         evaluations.append(("LoRA adapter", result))

@@ -39,7 +39,8 @@ def _feedback_review() -> FeedbackReview:
 @click.option("--all", "show_all", is_flag=True, help="Also the accepted and rejected ones.")
 @click.option("--json", "as_json", is_flag=True)
 def feedback_list(show_all: bool, as_json: bool) -> None:
-    """Candidates awaiting review (answers with a thumbs-down or a correction)."""
+    """Candidates awaiting review (answers with a thumbs-down, a correction or a low score from
+    the online evaluation)."""
     found = _feedback_review().candidates(None if show_all else "pending")
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in found], indent=2))
@@ -48,7 +49,7 @@ def feedback_list(show_all: bool, as_json: bool) -> None:
         click.echo("no feedback candidates" + ("" if show_all else " awaiting review"))
         return
     table = Table("trace id", "status", "audience", "bundle", "down", "question", "answer",
-                  "correction", "cited documents")  # fmt: skip
+                  "correction", "cited documents", "judged low")  # fmt: skip
     for c in found:
         table.add_row(
             c.trace_id,
@@ -60,6 +61,7 @@ def feedback_list(show_all: bool, as_json: bool) -> None:
             c.answer,
             c.correction or "[dim]none: accept with --answer[/dim]",
             ", ".join(c.cited_doc_ids) or "-",
+            "; ".join(c.judged_low) or "-",
         )
     Console().print(table)
 

@@ -95,6 +95,10 @@ class _DeterministicMetric(BaseMetric):
         return self.key
 
 
+#: The base of judge-free metrics, for metrics defined beside their use (online evaluation).
+DeterministicMetric = _DeterministicMetric
+
+
 def _metadata(test_case: LLMTestCase) -> dict[str, Any]:
     return dict(test_case.metadata or {})
 

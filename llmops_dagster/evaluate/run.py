@@ -298,7 +298,9 @@ def _name_to_key(name: str) -> str:
 
 
 def _needs_reference(metric: BaseMetric) -> bool:
-    return not isinstance(metric, RETRIEVAL_METRIC_TYPES)
+    """Answer metrics compare with a reference answer; retrieval metrics and metrics that say
+    so (``needs_reference = False``: online citation validity) do not."""
+    return bool(getattr(metric, "needs_reference", not isinstance(metric, RETRIEVAL_METRIC_TYPES)))
 
 
 def _run_deepeval(

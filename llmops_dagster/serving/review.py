@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 """
 
+#: Served answers the online evaluation (``serving_judgments``) scored low: each one a review
+#: candidate with the reasons, beside the users' thumbs-down (this module owns the table).
+JUDGMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS judged_low (
+    trace_id TEXT PRIMARY KEY,
+    reasons TEXT NOT NULL,
+    judge TEXT NOT NULL,
+    judged_at TEXT NOT NULL
+);
+"""
+
 
 class ReviewError(ValueError):
     """A review that cannot be applied; nothing was written. The message says why."""
@@ -104,6 +115,8 @@ class Candidate:
     decided_at: str | None = None
     target: str | None = None
     item_id: str | None = None
+    #: Why the online evaluation flagged it ("faithfulness 0.20 < 0.5", …); empty: it did not.
+    judged_low: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +139,7 @@ class Candidate:
             correction=mark if self.correction else None,
             comments=[mark for _ in self.comments],
             cited_doc_ids=[],
+            judged_low=[mark for _ in self.judged_low],
         )
 
 
@@ -197,6 +211,7 @@ class FeedbackReview:
         self.train_audience = Principal("training", frozenset(train_groups))
         with self._connect() as conn:
             conn.executescript(REVIEWS_SCHEMA)
+            conn.executescript(JUDGMENTS_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -213,18 +228,45 @@ class FeedbackReview:
         with self._connect() as conn:
             return {r["trace_id"]: dict(r) for r in conn.execute("SELECT * FROM reviews")}
 
+    def _judged_low(self) -> dict[str, dict[str, Any]]:
+        with self._connect() as conn:
+            return {r["trace_id"]: dict(r) for r in conn.execute("SELECT * FROM judged_low")}
+
+    def record_judged_low(self, reasons: dict[str, list[str]], judge: str) -> int:
+        """Make the answers the online evaluation scored low review candidates (``reasons``:
+        trace id → why); a re-judged answer's reasons replace its earlier ones. Trace ids this
+        store never answered are ignored. Returns how many were recorded."""
+        known = self.store.audiences(list(reasons))
+        rows = [
+            (t, json.dumps(r), judge, now_iso()) for t, r in sorted(reasons.items()) if t in known
+        ]
+        with self._connect() as conn:
+            conn.executemany(
+                "INSERT INTO judged_low (trace_id, reasons, judge, judged_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (trace_id) DO UPDATE SET reasons = excluded.reasons,"
+                " judge = excluded.judge, judged_at = excluded.judged_at",
+                rows,
+            )
+        return len(rows)
+
     def _candidate(
         self,
         trace_id: str,
         feedback: Sequence[FeedbackRecord],
         review: dict[str, Any] | None,
+        judged: dict[str, Any] | None = None,
     ) -> Candidate | None:
         down = [f for f in feedback if f.rating == "down"]
         corrections = sorted(
             (f for f in feedback if f.correction and f.correction.strip()),
             key=lambda f: f.updated_at,
         )
-        if not down and not corrections:
+        judged_low = (
+            [f"judge ({judged['judge']}): {r}" for r in json.loads(judged["reasons"])]
+            if judged
+            else []
+        )
+        if not down and not corrections and not judged_low:
             return None
         answer = self.store.answer(trace_id)
         if answer is None:  # the store's foreign key keeps this from happening
@@ -244,12 +286,15 @@ class FeedbackReview:
             asker_groups=list(answer.get("asker_groups") or []),
             audience=audience_from_row(answer.get("audience"), answer.get("asker_groups") or []),
             cited_doc_ids=cited_doc_ids(answer),
-            feedback_at=max(f.updated_at for f in feedback),
+            feedback_at=max(
+                [f.updated_at for f in feedback] + ([judged["judged_at"]] if judged else [])
+            ),
             status=review["decision"] if review else "pending",
             reviewer=review["reviewer"] if review else None,
             decided_at=review["decided_at"] if review else None,
             target=review["target"] if review else None,
             item_id=review["item_id"] if review else None,
+            judged_low=judged_low,
         )
 
     def candidates(self, status: Status | None = None) -> list[Candidate]:
@@ -258,10 +303,19 @@ class FeedbackReview:
         for record in self.store.feedback_since(None):
             by_trace[record.trace_id].append(record)
         reviews = self._reviews()
+        judged = self._judged_low()
         found = [
             c
-            for trace_id, records in by_trace.items()
-            if (c := self._candidate(trace_id, records, reviews.get(trace_id))) is not None
+            for trace_id in sorted(set(by_trace) | set(judged))
+            if (
+                c := self._candidate(
+                    trace_id,
+                    by_trace.get(trace_id, []),
+                    reviews.get(trace_id),
+                    judged.get(trace_id),
+                )
+            )
+            is not None
         ]
         found.sort(key=lambda c: (c.feedback_at, c.trace_id))
         return [c for c in found if status is None or c.status == status]
@@ -270,10 +324,12 @@ class FeedbackReview:
         if self.store.answer(trace_id) is None:
             raise ReviewError(f"unknown trace id {trace_id!r}: the server never answered it")
         review = self._reviews().get(trace_id)
-        found = self._candidate(trace_id, self.store.feedback_for(trace_id), review)
+        judged = self._judged_low().get(trace_id)
+        found = self._candidate(trace_id, self.store.feedback_for(trace_id), review, judged)
         if found is None:
             raise ReviewError(
-                f"{trace_id} is not a feedback candidate: it has no thumbs-down and no correction"
+                f"{trace_id} is not a feedback candidate: it has no thumbs-down, no correction "
+                "and no low score from the online evaluation"
             )
         return found
 
@@ -446,6 +502,7 @@ CANDIDATE_COLUMNS = {
     "decided_at": "VARCHAR",
     "target": "VARCHAR",
     "item_id": "VARCHAR",
+    "judged_low": "VARCHAR[]",
 }
 
 
