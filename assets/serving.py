@@ -54,6 +54,8 @@ METRIC_COLUMNS = [
     "thumbs_down_rate",
     "top_score_mean",
     "scored",
+    "cache_hits",
+    "cache_hit_rate",
 ]
 
 _DESCRIPTIONS = {
@@ -163,7 +165,8 @@ def _table_rows(warehouse: WarehouseResource, tables: tuple[str, ...]) -> dict[s
 
 
 def _metrics_table(rows: list[ServingMetrics]) -> dg.TableMetadataValue:
-    numeric = {"requests", "prompt_tokens", "completion_tokens", "rated", "thumbs_down", "scored"}
+    numeric = {"requests", "prompt_tokens", "completion_tokens", "rated", "thumbs_down", "scored",
+               "cache_hits"}  # fmt: skip
     schema = dg.TableSchema(
         columns=[
             dg.TableColumn(
@@ -185,7 +188,7 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
         "day": "VARCHAR",
         "bundle_version": "VARCHAR",
         **{c: "BIGINT" for c in ("requests", "prompt_tokens", "completion_tokens", "rated")},
-        **{c: "BIGINT" for c in ("thumbs_down", "scored")},
+        **{c: "BIGINT" for c in ("thumbs_down", "scored", "cache_hits")},
     }
     columns = {c: types.get(c, "DOUBLE PRECISION") for c in METRIC_COLUMNS}
     values = [[row.to_dict()[c] for c in METRIC_COLUMNS] for row in rows]
@@ -202,9 +205,10 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
 def serving_metrics(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.Output[ServingReport]:
-    """Requests, p50/p95 latency, tokens, cost, no-hit, citation and thumbs-down rates per day
-    and bundle version (`llmops.serving_metrics`); the latest day over all bundles as numbers
-    the UI plots across materializations. Definitions: `llmops_dagster.serving.daily_report`."""
+    """Requests, p50/p95 latency, tokens, cost, no-hit, citation, thumbs-down and answer-cache
+    hit rates per day and bundle version (`llmops.serving_metrics`); the latest day over all
+    bundles as numbers the UI plots across materializations. Definitions:
+    `llmops_dagster.serving.daily_report`."""
     from llmops_dagster.serving.daily_report import read_serving_rows, serving_report
 
     with warehouse.get_connection() as con:
@@ -214,6 +218,11 @@ def serving_metrics(
     metadata: dict[str, Any] = {
         "by_day_and_bundle": _metrics_table(report.rows),
         "requests_total": dg.MetadataValue.int(report.requests),
+        # The answer cache over everything loaded (the latest day's rate is cache_hit_rate).
+        "cache_hits_total": dg.MetadataValue.int(sum(r.cache_hits for r in report.rows)),
+        "cache_hit_rate_overall": dg.MetadataValue.float(
+            sum(r.cache_hits for r in report.rows) / report.requests if report.requests else 0.0
+        ),
         "table": METRICS_TABLE,
     }
     latest = report.latest
@@ -230,6 +239,7 @@ def serving_metrics(
             "no_answer_rate": latest.no_answer_rate,
             "citation_rate": latest.citation_rate,
             "cost_usd": latest.cost_usd,
+            "cache_hit_rate": latest.cache_hit_rate,
         }
         metadata.update(
             {k: dg.MetadataValue.float(float(v)) for k, v in values.items() if v is not None}

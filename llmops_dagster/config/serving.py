@@ -88,6 +88,25 @@ class ServingSettings(BaseSettings):
             "the local model costs 0."
         ),
     )
+    answer_cache_entries: int = Field(
+        default=0,
+        ge=0,
+        validation_alias=env("LLMOPS_SERVING_ANSWER_CACHE_ENTRIES"),
+        description=(
+            "Answers kept in memory per server process for repeated questions (same bundle, "
+            "index, caller groups, filters and normalised question; greedy bundles only); "
+            "0 = off. Emptied when the champion or the alias's index moves."
+        ),
+    )
+    answer_cache_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=env("LLMOPS_SERVING_ANSWER_CACHE_TTL_S"),
+        description=(
+            "How long a cached answer is reused; bounds how far it lags documents re-synced "
+            "in place into the same index."
+        ),
+    )
     p95_latency_ms: float = Field(
         default=15_000.0,
         validation_alias=env("LLMOPS_WATCH_P95_MS"),

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS answers (
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL,
     asker_groups TEXT NOT NULL DEFAULT '[]',
-    audience TEXT
+    audience TEXT,
+    cache_hit INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS feedback (
     trace_id TEXT NOT NULL REFERENCES answers(trace_id),
@@ -97,6 +98,9 @@ class AnswerRecord:
     #: ``asker_groups`` (rows of servers from before the audience was recorded).
     audience: list[str] | None = None
     created_at: str = field(default_factory=now_iso)
+    #: Replayed from the answer cache (:mod:`llmops_dagster.serving.answer_cache`): nothing was
+    #: retrieved or generated for it (its tokens and cost are 0).
+    cache_hit: bool = False
 
     @property
     def top_score(self) -> float | None:
@@ -131,6 +135,8 @@ class ServingStore:
             columns = {r["name"] for r in conn.execute("PRAGMA table_info(answers)")}
             if "audience" not in columns:  # a store written before audiences were recorded
                 conn.execute("ALTER TABLE answers ADD COLUMN audience TEXT")
+            if "cache_hit" not in columns:  # written before the answer cache: all misses
+                conn.execute("ALTER TABLE answers ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -148,8 +154,8 @@ class ServingStore:
             conn.execute(
                 "INSERT INTO answers (trace_id, created_at, bundle_uri, bundle_version, question,"
                 " answer, cited_chunk_ids, retrieved, top_score, no_hit, total_ms, prompt_tokens,"
-                " completion_tokens, cost_usd, asker_groups, audience)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, asker_groups, audience, cache_hit)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.trace_id,
                     record.created_at,
@@ -167,6 +173,7 @@ class ServingStore:
                     record.cost_usd,
                     json.dumps(sorted(record.asker_groups)),
                     None if record.audience is None else json.dumps(sorted(record.audience)),
+                    int(record.cache_hit),
                 ),
             )
 
@@ -183,6 +190,7 @@ class ServingStore:
             json.loads(out["audience"]) if out.get("audience") else None, out["asker_groups"]
         )
         out["no_hit"] = bool(out["no_hit"])
+        out["cache_hit"] = bool(out["cache_hit"])
         return out
 
     def audiences(self, trace_ids: Sequence[str]) -> dict[str, list[str]]:

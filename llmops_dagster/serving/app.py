@@ -102,6 +102,10 @@ class AnswerResponse(BaseModel):
     cost_usd: float | None = Field(description="null: a remote model missing from the prices")
     principal: str = Field(description="Who asked: the API key's name, or anonymous")
     guardrails: Guardrails
+    cached: bool = Field(
+        description="Replayed from the answer cache (same bundle, index, caller groups, filters "
+        "and normalised question): nothing retrieved or generated, tokens and cost 0"
+    )
 
 
 class FeedbackRequest(BaseModel):

@@ -54,6 +54,9 @@ class BundleHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.swaps = 0
+        #: Called with the new bundle after each swap (the answer cache empties itself); a
+        #: listener's failure is logged and never undoes or fails the swap.
+        self.on_swap: list[Callable[[ServedBundle], None]] = []
         self.load_errors = 0
         self.last_error: str | None = None  # for the log; may hold URLs
         self.last_error_kind: str | None = None  # the exception type: what /healthz shows
@@ -82,6 +85,11 @@ class BundleHolder:
             if current is not None:
                 self.swaps += 1
                 log.info("now serving %s (was %s)", wanted_uri or "the base model", current.uri)
+                for listener in list(self.on_swap):
+                    try:
+                        listener(served)
+                    except Exception:
+                        log.exception("a bundle-swap listener failed")
             return True
 
     def _poll(self) -> None:

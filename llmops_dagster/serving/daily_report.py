@@ -21,6 +21,9 @@ Computed from the warehouse tables the ``serving`` dlt source loads (``serving_t
   the rate rests on.
 - ``top_score_mean``: mean top retrieval score over the requests that retrieved something;
   compared with the champion's evaluation (``retrieval.top_score_mean``) to see drift.
+- ``cache_hits`` / ``cache_hit_rate``: requests answered from the server's answer cache
+  (:mod:`llmops_dagster.serving.answer_cache`), and their share of all requests (0 when the
+  cache is off or nothing repeated; traces from before the cache count as misses).
 
 Feedback counts towards the day and bundle of the answer it rates, not the day it was given.
 """
@@ -58,6 +61,7 @@ class ServedTrace:
     cited_count: int = 0
     top_score: float | None = None
     refused: str = ""
+    cache_hit: bool = False  # replayed from the server's answer cache
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class ServingMetrics:
     thumbs_down_rate: float
     top_score_mean: float | None
     scored: int
+    cache_hits: int = 0
+    cache_hit_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +136,8 @@ def summarize(
         thumbs_down_rate=_share(len(down), len(rated)),
         top_score_mean=statistics.fmean(scores) if scores else None,
         scored=len(scores),
+        cache_hits=sum(t.cache_hit for t in traces),
+        cache_hit_rate=_share(sum(t.cache_hit for t in traces), len(traces)),
     )
 
 
@@ -177,6 +185,12 @@ def read_serving_rows(
             [dataset],
         ).fetchone()[0]
         refused = "coalesce(refused, '')" if has_refused else "''"
+        has_cache_hit = con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND "
+            "table_name = 'serving_traces' AND column_name = 'cache_hit'",
+            [dataset],
+        ).fetchone()[0]
+        cache_hit = "coalesce(cache_hit, false)" if has_cache_hit else "false"
         rows = con.execute(
             f"""
             SELECT trace_id, day, coalesce(bundle_version, ''),
@@ -184,7 +198,7 @@ def read_serving_rows(
                    coalesce(prompt_tokens, 0), coalesce(completion_tokens, 0),
                    coalesce(cost_usd, 0.0),
                    coalesce(no_hit, retrieved_count = 0, false),
-                   coalesce(cited_count, 0), top_score, {refused}
+                   coalesce(cited_count, 0), top_score, {refused}, {cache_hit}
             FROM "{dataset}".serving_traces ORDER BY trace_id
             """
         ).fetchall()
@@ -201,6 +215,7 @@ def read_serving_rows(
                 cited_count=int(r[8]),
                 top_score=None if r[9] is None else float(r[9]),
                 refused=r[10] or "",
+                cache_hit=bool(r[11]),
             )
             for r in rows
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 
@@ -47,6 +47,16 @@ class ServerMetrics:
         class _Collector:
             def collect(self) -> Iterator[GaugeMetricFamily]:
                 yield GaugeMetricFamily(name, doc, value=float(read()))
+
+        self.registry.register(_Collector())
+
+    def watch_counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A counter owned elsewhere (the answer cache's hits), read at scrape time; exposed
+        as ``<name>_total`` like the counters above."""
+
+        class _Collector:
+            def collect(self) -> Iterator[CounterMetricFamily]:
+                yield CounterMetricFamily(name, doc, value=float(read()))
 
         self.registry.register(_Collector())
 

@@ -14,6 +14,15 @@ from typing import Any, Literal
 from llmops_dagster.access import Principal
 from llmops_dagster.rag.answer import Answer
 from llmops_dagster.search.mapping import KEYWORD_FIELDS
+from llmops_dagster.serving import trace_keys as keys
+from llmops_dagster.serving.answer_cache import (
+    BASE_BUNDLE,
+    AnswerCache,
+    CachedAnswer,
+    CacheKey,
+    ReplayPipeline,
+    cache_key,
+)
 from llmops_dagster.serving.answer_log import (
     AnswerRecord,
     FeedbackChange,
@@ -55,6 +64,7 @@ class ServedAnswer:
     queue_ms: float
     embed_ms: float | None
     total_ms: float
+    cached: bool = False  # replayed from the answer cache: nothing retrieved or generated
 
     def to_response(self) -> dict[str, Any]:
         a = self.answer
@@ -98,6 +108,7 @@ class ServedAnswer:
             "cost_usd": self.cost_usd,
             "principal": self.principal,
             "guardrails": self.guardrails,
+            "cached": self.cached,
         }
 
 
@@ -120,6 +131,7 @@ class AnswerService:
         injection_policy: Literal["flag", "refuse"] = "flag",
         min_relevance: float = 0.62,
         health_ttl_s: float = 2.0,
+        answer_cache: AnswerCache | None = None,
     ) -> None:
         self.holder = holder
         self.tracer = tracer
@@ -141,7 +153,24 @@ class AnswerService:
         self.line = GenerationLine(max_concurrent_generations, max_waiting, queue_timeout_s)
         self.injection_policy = injection_policy
         self.min_relevance = min_relevance
+        # Repeated questions of one audience (serving/answer_cache.py; off unless sized). It
+        # empties itself when the champion moves (here) or the alias's index does (answer()).
+        # `is None`, not `or`: an empty cache has len 0 and is falsy.
+        self.cache = answer_cache if answer_cache is not None else AnswerCache()
+        if holder.loaded:
+            self.cache.follow(bundle=holder.current.uri or BASE_BUNDLE)
+        holder.on_swap.append(lambda s: self.cache.follow(bundle=s.uri or BASE_BUNDLE))
         m = self.metrics
+        cache = self.cache
+        m.watch_counter("llmops_answer_cache_hits", "Answers replayed from the answer cache",
+                        lambda: cache.hits)  # fmt: skip
+        m.watch_counter("llmops_answer_cache_misses",
+                        "Cacheable questions not in the answer cache (answered, then stored)",
+                        lambda: cache.misses)  # fmt: skip
+        m.watch_counter("llmops_answer_cache_clears",
+                        "Answer cache emptied: the champion or the alias's index moved",
+                        lambda: cache.clears)  # fmt: skip
+        m.watch("llmops_answer_cache_entries", "Answers in the answer cache", lambda: len(cache))
         m.watch(
             "llmops_traces_started",
             "Answers traced (handed to the exporter)",
@@ -207,27 +236,64 @@ class AnswerService:
         served = self.holder.current  # one bundle for the whole request, even across a swap
         started = time.perf_counter()
         self.metrics.in_flight.inc()
+        key: CacheKey | None = None
+        cached: CachedAnswer | None = None
         try:
-            with self.line:
-                queue_ms = (time.perf_counter() - started) * 1000
-                context = served.context
-                index = self.index_name()
-                if index:
-                    from dataclasses import replace
+            context = served.context
+            index = self.index_name()
+            if index:
+                from dataclasses import replace
 
-                    context = replace(context, index_name=index)
+                context = replace(context, index_name=index)
+            self.cache.follow(index=index or "")  # the alias moved: the cache empties
+            if self._cacheable(served, guard):
+                key = cache_key(
+                    bundle_uri=served.uri,
+                    index=index,
+                    visible_groups=principal.visible_groups,
+                    filters=checked,
+                    question=question,
+                )
+                cached = self.cache.get(key)
+            if cached is not None:
+                # A hit takes no generation slot: nothing is generated. It is still traced
+                # (one trace per answer), with the cached answer's audience and guard outcome.
+                queue_ms = 0.0
+                guard.chunk_flags = {c: list(f) for c, f in cached.chunk_flags.items()}
+                guard.refused = cached.refused
                 traced = self.tracer.answer(
-                    served.pipeline,
+                    ReplayPipeline(cached, self.cache.age_s(cached)),
                     question,
                     context=context,
                     filters=checked,
                     principal=principal,
                     guard=guard,
-                    cost_fn=lambda a: self.prices.cost(
-                        a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
-                    ),
+                    cost_fn=lambda a: 0.0,  # nothing generated, nothing to pay
                     queue_ms=queue_ms,
+                    seen_audiences=[cached.audience],
+                    extra_metadata={
+                        keys.CACHE_HIT: "true",
+                        keys.CACHE_SOURCE_TRACE: cached.source_trace_id,
+                    },
+                    extra_tags={keys.TAG_CACHE: "hit"},
                 )
+            else:
+                with self.line:
+                    queue_ms = (time.perf_counter() - started) * 1000
+                    traced = self.tracer.answer(
+                        served.pipeline,
+                        question,
+                        context=context,
+                        filters=checked,
+                        principal=principal,
+                        guard=guard,
+                        cost_fn=lambda a: self.prices.cost(
+                            a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
+                        ),
+                        queue_ms=queue_ms,
+                        extra_metadata={keys.CACHE_HIT: "false"},
+                        extra_tags={keys.TAG_CACHE: "miss" if key is not None else "bypass"},
+                    )
         except (ElasticsearchUnavailable, SearchError, TransportError, ApiError) as exc:
             self.metrics.answer_errors.labels("search").inc()
             # The message (URLs, cluster details) goes to the log, the caller gets its kind.
@@ -246,6 +312,17 @@ class AnswerService:
             self.metrics.in_flight.dec()
         total_ms = (time.perf_counter() - started) * 1000
         result = traced.answer
+        if key is not None and cached is None:
+            self.cache.put(
+                key,
+                CachedAnswer(
+                    answer=result,
+                    audience=list(traced.audience),
+                    chunk_flags={c: list(f) for c, f in guard.chunk_flags.items()},
+                    refused=guard.refused,
+                    source_trace_id=traced.trace_id,
+                ),
+            )
         self.metrics.guardrails.labels(guard.refused or "answered").inc()
         self.store.record_answer(
             AnswerRecord(
@@ -262,6 +339,7 @@ class AnswerService:
                 cost_usd=traced.cost_usd,
                 asker_groups=sorted(principal.groups),
                 audience=traced.audience,
+                cache_hit=cached is not None,
             )
         )
         self.metrics.latency.observe(total_ms / 1000)
@@ -278,7 +356,16 @@ class AnswerService:
             queue_ms=queue_ms,
             embed_ms=traced.embed_ms,
             total_ms=total_ms,
+            cached=cached is not None,
         )
+
+    def _cacheable(self, served: ServedBundle, guard: AnswerGuard) -> bool:
+        """Whether this request may use the answer cache: it is on, the bundle decodes
+        greedily (temperature 0: the same prompt gives the same answer; a sampling bundle is
+        meant to vary) and the injection screen flagged nothing in this question (a flagged
+        question always takes the full path, so its flags and refusal are its own)."""
+        temperature = getattr(served.pipeline, "temperature", None)
+        return self.cache.enabled and temperature == 0 and not guard.question_flags
 
     # --- feedback --------------------------------------------------------------------------
     def feedback(

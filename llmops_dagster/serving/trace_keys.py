@@ -39,11 +39,16 @@ INJECTION_FLAGS = "llmops.injection_flags"  # JSON list of rules the question tr
 CHUNK_INJECTION_FLAGS = "llmops.chunk_injection_flags"  # JSON {chunk id: [rules]}
 REFUSED = "llmops.refused"  # "", "prompt_injection" or "nothing_relevant"
 REDACTED = "llmops.answer_redacted"  # JSON {PII kind: count} removed from the answer
+# "true" / "false": replayed from the server's answer cache (serving.answer_cache), nothing
+# retrieved or generated; then CACHE_SOURCE_TRACE names the trace of the answer it replays.
+CACHE_HIT = "llmops.cache_hit"
+CACHE_SOURCE_TRACE = "llmops.cache_source_trace_id"
 
 # Trace tags (mutable, searchable in the UI): what a person filters traces by.
 TAG_BUNDLE_VERSION = "bundle_version"
 TAG_SOURCE = "source"  # "serve"
 TAG_AUDIENCE = "audience"  # "public" or the comma-separated groups of llmops.audience
+TAG_CACHE = "cache"  # "hit", "miss", or "bypass" (cache off, sampling bundle, flagged question)
 
 # Assessment names used for user feedback on a trace.
 FEEDBACK_RATING = "user_rating"  # bool: thumbs up

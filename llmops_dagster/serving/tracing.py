@@ -281,11 +281,17 @@ class AnswerTracer:
         guard: Any,
         cost_fn: Any,
         queue_ms: float,
+        seen_audiences: Sequence[Sequence[str]] = (),
+        extra_metadata: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, str] | None = None,
     ) -> TracedAnswer:
         import mlflow
         from mlflow.entities import SpanType
 
         disclosure = _Disclosure(principal)
+        # Passage audiences known before the pipeline runs (an answer replayed from the
+        # answer cache retrieves nothing: its original passages' audience comes from here).
+        disclosure.passages.extend(list(a) for a in seen_audiences)
         with _span("answer", SpanType.CHAIN) as root:
             _EMBED_MS.set(None)
             started = time.perf_counter()
@@ -347,12 +353,13 @@ class AnswerTracer:
                 keys.CHUNK_INJECTION_FLAGS: json.dumps(guard.chunk_flags),
                 keys.REFUSED: guard.refused or "",
                 keys.REDACTED: json.dumps(redacted),
+                **(extra_metadata or {}),
             }
             mlflow.update_current_trace(
                 metadata=metadata,
                 tags={keys.TAG_BUNDLE_VERSION: context.bundle_version or "base",
                       keys.TAG_SOURCE: "serve",
-                      keys.TAG_AUDIENCE: ",".join(audience)},
+                      keys.TAG_AUDIENCE: ",".join(audience), **(extra_tags or {})},
                 request_preview=disclosure.text(question)[:300],
                 response_preview=shown_answer[:300],
             )  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 
 from llmops_dagster.config import Settings
 from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, BundleVersion, current_champion
+from llmops_dagster.serving.answer_cache import AnswerCache
 from llmops_dagster.serving.answer_log import ServingStore
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.pricing import PriceTable
@@ -102,6 +103,9 @@ def build_service(settings: Settings) -> AnswerService:
         queue_timeout_s=settings.serving.queue_timeout_s,
         injection_policy=settings.serving.injection_policy,
         min_relevance=settings.serving.min_relevance,
+        answer_cache=AnswerCache(
+            settings.serving.answer_cache_entries, settings.serving.answer_cache_ttl_s
+        ),
     )
 
 

@@ -80,6 +80,9 @@ TRACE_COLUMNS: TTableSchemaColumns = {
     "user": {"data_type": "text"},
     "audience": {"data_type": "text"},  # JSON list: who may read the answer
     "restricted": {"data_type": "bool"},  # its text was withheld from the trace
+    # Replayed from the server's answer cache; null on traces of servers before the cache
+    # (read as false). dlt adds the column to tables loaded before it existed.
+    "cache_hit": {"data_type": "bool"},
 }
 
 FEEDBACK_COLUMNS: TTableSchemaColumns = {
@@ -136,6 +139,7 @@ def trace_row(
     retrieved = _ids(metadata, keys.RETRIEVED_CHUNK_IDS)
     no_hit = metadata.get(keys.NO_HIT)
     restricted = metadata.get(keys.RESTRICTED)
+    cache_hit = metadata.get(keys.CACHE_HIT)
     return {
         "trace_id": trace_id,
         "request_time": started,
@@ -171,6 +175,7 @@ def trace_row(
         "user": _text(metadata, keys.USER),
         "audience": _text(metadata, keys.AUDIENCE),
         "restricted": None if restricted is None else restricted.lower() == "true",
+        "cache_hit": None if cache_hit is None else cache_hit.lower() == "true",
     }
 
 
