@@ -75,6 +75,13 @@ class ModelSettings(BaseSettings):
         description="Local backend only (the OpenAI API has none); a mild penalty keeps a "
         "small model's greedy answers from looping. Part of every new local bundle's key.",
     )
+    generator_prefix_cache: bool = Field(
+        default=True,
+        validation_alias=env("LLMOPS_GENERATOR_PREFIX_CACHE"),
+        description="Local backend only: prefill the prompts' shared prefix (system message, "
+        "instructions) once and generate from a copy of its KV cache. Speed only: greedy "
+        "answers are identical either way, so it is no part of a bundle's key.",
+    )
     generator_api_key_env: str = Field(
         default="OPENAI_API_KEY",
         validation_alias=env("LLMOPS_GENERATOR_API_KEY_ENV"),
@@ -106,7 +113,9 @@ class ModelSettings(BaseSettings):
     lora_max_steps: int = Field(
         default=8,
         validation_alias=env("LLMOPS_LORA_MAX_STEPS"),
-        description="Optimizer steps; the default is a demo-sized run (about a minute on CPU).",
+        description="Optimizer steps of the LoRA training; the default is a demo-sized run "
+        "(about a minute on CPU). lora_adapter's recipe search trains each candidate for at "
+        "most this many steps first (its search_steps).",
     )
 
 

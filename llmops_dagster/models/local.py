@@ -31,6 +31,7 @@ from llmops_dagster.models.base import (
     PromptInput,
     is_messages,
 )
+from llmops_dagster.models.prefix_cache import PrefixCacheStore
 from llmops_dagster.models.source import (
     CONVERTED_CACHE_FORMAT,
     CONVERTED_MARKER,
@@ -218,7 +219,10 @@ class LocalTransformersGenerator:
     """A local causal LM (any HF id/folder, or the packaged SmolLM2 GGUF), greedy by default.
 
     Prompts in one call are generated in batches of ``batch_size`` with left padding; each
-    result's token counts exclude padding.
+    result's token counts exclude padding. With ``prefix_cache`` (default) the prompts' longest
+    common token prefix is prefilled once and each batch generates from a copy of its KV cache
+    (rows laid out ``[prefix][padding][suffix]``; :mod:`.prefix_cache`): the same greedy
+    tokens, less prefill per prompt.
     """
 
     def __init__(
@@ -228,6 +232,7 @@ class LocalTransformersGenerator:
         model_id: str | None = None,
         batch_size: int = 8,
         repetition_penalty: float = 1.1,
+        prefix_cache: bool = True,
     ) -> None:
         self._loaded = loaded
         self._model_id = model_id or loaded.source.model_id
@@ -235,6 +240,15 @@ class LocalTransformersGenerator:
         # Greedy decoding of a 135M model loops easily; a mild penalty keeps answers short.
         self.repetition_penalty = repetition_penalty
         self._stop_ids = stop_token_ids(loaded.model, loaded.tokenizer)
+        # A speed setting only: greedy output is the same with or without it (tested), so it
+        # is no part of a bundle's generator pin.
+        self.prefix_cache = prefix_cache
+        self._prefixes = PrefixCacheStore(loaded.model, loaded.device)
+
+    @property
+    def prefix_caches(self) -> PrefixCacheStore:
+        """This generator's shared-prefix KV caches (see :mod:`.prefix_cache`)."""
+        return self._prefixes
 
     @property
     def model_id(self) -> str:
@@ -283,10 +297,52 @@ class LocalTransformersGenerator:
         constraint: DecodingConstraint | None = None,
     ) -> list[Generation]:
         texts = [self._as_text(p) for p in prompts]
+        # Constrained decoding (the local judge) keeps the plain path: its token filter reads
+        # the rows as left-padded prompts, and the judge's prompts share little anyway.
+        if self.prefix_cache and texts and constraint is None:
+            return self._generate_with_prefix(texts, max_new_tokens, temperature, constraint)
         results: list[Generation] = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
-            results.extend(self._generate_batch(batch, max_new_tokens, temperature, constraint))
+            # The chat template already holds the special tokens; don't add a second BOS.
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            results.extend(self._generate_batch(dict(enc), max_new_tokens, temperature, constraint))
+        return results
+
+    def _generate_with_prefix(
+        self,
+        texts: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        constraint: DecodingConstraint | None,
+    ) -> list[Generation]:
+        """Batches generated from the KV cache of the call's common token prefix (one prefix
+        for the whole call: every batch starts with it)."""
+        import torch
+
+        tokenizer = self.tokenizer
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        with self.lock:
+            prefix = self._prefixes.prefix_for(ids)
+        results: list[Generation] = []
+        for start in range(0, len(ids), self.batch_size):
+            batch = ids[start : start + self.batch_size]
+            width = max(len(row) for row in batch)
+            cut = len(prefix)
+            # [prefix][padding][suffix]: the pads sit where left padding would put them
+            # relative to the suffix, and each row's positions count its unmasked tokens only.
+            rows = [
+                row[:cut] + [tokenizer.pad_token_id] * (width - len(row)) + row[cut:]
+                for row in batch
+            ]
+            masks = [[1] * cut + [0] * (width - len(row)) + [1] * (len(row) - cut) for row in batch]
+            enc = {
+                "input_ids": torch.tensor(rows, dtype=torch.long),
+                "attention_mask": torch.tensor(masks, dtype=torch.long),
+            }
+            results.extend(
+                self._generate_batch(enc, max_new_tokens, temperature, constraint, prefix)
+            )
         return results
 
     def _decoding_options(
@@ -312,21 +368,26 @@ class LocalTransformersGenerator:
 
     def _generate_batch(
         self,
-        texts: list[str],
+        enc: dict[str, Any],
         max_new_tokens: int,
         temperature: float,
         constraint: DecodingConstraint | None,
+        prefix: tuple[int, ...] = (),
     ) -> list[Generation]:
+        """Generate one batch: ``enc`` holds ``input_ids`` and ``attention_mask``; with a
+        ``prefix``, every row starts with it and generation starts from its KV cache."""
         import torch
 
         tokenizer, model = self.tokenizer, self.model
-        # The chat template already holds the special tokens; don't add a second BOS.
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]
         options = self._decoding_options(temperature, constraint, prompt_len)
         started = time.perf_counter()
         with self.lock, torch.inference_mode():
+            if prefix:
+                # Built under the lock too: the store is not thread-safe, the model not either.
+                rows = enc["input_ids"].shape[0]
+                options["past_key_values"] = self._prefixes.cache_for(prefix, rows)
             output = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,

@@ -44,6 +44,11 @@ class ModelsResource(dg.ConfigurableResource):
     generator_repetition_penalty: float = Field(
         default=1.1, description="Local backend only (the OpenAI API has none)."
     )
+    generator_prefix_cache: bool = Field(
+        default=True,
+        description="Local backend only: reuse the KV cache of the prompts' shared prefix "
+        "(speed only: identical greedy answers, not part of a bundle's key).",
+    )
     torch_threads: int = Field(default=1, description="torch intra-op threads.")
     eval_torch_threads: int = Field(
         default_factory=default_eval_torch_threads,
@@ -95,6 +100,7 @@ class ModelsResource(dg.ConfigurableResource):
             ),
             generator_temperature=models.generator_temperature,
             generator_repetition_penalty=models.generator_repetition_penalty,
+            generator_prefix_cache=models.generator_prefix_cache,
             torch_threads=models.torch_threads,
             eval_torch_threads=models.eval_torch_threads,
             cache_dir=str(settings.models_cache_dir),
@@ -182,7 +188,10 @@ class ModelsResource(dg.ConfigurableResource):
 
         spec = self.generator_spec()
         decoding = (
-            {"repetition_penalty": self.generator_repetition_penalty}
+            {
+                "repetition_penalty": self.generator_repetition_penalty,
+                "prefix_cache": self.generator_prefix_cache,
+            }
             if spec.backend == "local"
             else {}
         )
@@ -271,6 +280,8 @@ class ModelsResource(dg.ConfigurableResource):
                     adapter_uri=adapter_uri,
                     tracking_uri=tracking_uri,
                     repetition_penalty=pin.repetition_penalty,
+                    # Not pinned: a speed setting that leaves greedy answers unchanged.
+                    prefix_cache=self.generator_prefix_cache,
                 )
             tried.append(f"{origin} {source.display}: {source.model_id} {digest[:19]}…")
         raise GeneratorConfigError(

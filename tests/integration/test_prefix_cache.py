@@ -1,0 +1,112 @@
+"""The shared-prefix KV cache on the real packaged SmolLM2: greedy answers to real RAG prompts
+(the ``rag_answer`` template, sample-corpus chunks) are the same strings and token counts with
+and without it, one prompt at a time and in a left-padded batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops_dagster.config import Settings
+from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.models.base import Generation
+from llmops_dagster.models.local import LoadedModel, LocalTransformersGenerator, load_base_model
+from llmops_dagster.models.spec import LocalModelSpec
+from llmops_dagster.rag.prompts import load_prompt
+from llmops_dagster.train.dataset import load_corpus_passages
+from tests.support.stubs import hit
+
+pytestmark = pytest.mark.integration
+
+MAX_NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    settings = Settings()
+    # One torch thread: on a shared 2-core box two OpenMP threads stall each other.
+    return load_base_model(
+        LocalModelSpec(
+            model=settings.models.generator_model,
+            gguf_file=settings.models.generator_gguf_file,
+            cache_dir=settings.models_cache_dir,
+            threads=1,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[dict[str, str]]]:
+    """Three golden questions with 1, 2 and 3 sample-corpus chunks: prompts of three lengths."""
+    settings = Settings()
+    by_doc = load_corpus_passages(settings.corpus.sample_data_dir, max_words=80)
+    passages = [p for doc in sorted(by_doc) for p in by_doc[doc]]
+    questions = [item.question for item in load_golden().items[:3]]
+    template = load_prompt()
+    return [
+        template.messages(
+            question,
+            [hit(p.chunk_id, p.doc_id, p.text, p.title) for p in passages[3 * i : 3 * i + i + 1]],
+        )
+        for i, question in enumerate(questions)
+    ]
+
+
+def _outputs(generations: list[Generation]) -> list[tuple[str, int, int, str | None]]:
+    return [(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in generations]
+
+
+def test_prompts_have_three_lengths_and_a_long_shared_prefix(
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+) -> None:
+    generator = LocalTransformersGenerator(loaded, batch_size=1)
+    ids = [
+        generator.tokenizer(generator.apply_chat_template(p), add_special_tokens=False)["input_ids"]
+        for p in prompts
+    ]
+    assert len({len(i) for i in ids}) == 3
+    prefix = generator.prefix_caches.prefix_for(ids)
+    # The system message + the user turn up to the first chunk's id: the same for every prompt.
+    assert generator.tokenizer.decode(list(prefix)).endswith('Context:\n<chunk id="')
+    assert len(prefix) >= 100
+
+
+def test_greedy_answers_are_identical_with_and_without_prefix_cache_one_by_one(
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+) -> None:
+    plain = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
+    cached = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=True)
+
+    expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+    assert _outputs(cached.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)) == expected
+    # One prefix for the call, prefilled once and reused by the two other prompts.
+    assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 2)
+    assert plain.prefix_caches.built == 0
+
+
+def test_single_prompt_calls_learn_the_prefix_from_the_second_call_on(
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+) -> None:
+    plain = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
+    cached = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=True)
+    expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+
+    got = []
+    for prompt in prompts:  # serving: one question per call
+        got.extend(_outputs(cached.generate([prompt], max_new_tokens=MAX_NEW_TOKENS)))
+    assert got == expected
+    # First call: nothing to compare with; second: prefix found and built; third: reused.
+    assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 1)
+
+
+def test_greedy_answers_are_identical_with_and_without_prefix_cache_in_a_padded_batch(
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+) -> None:
+    plain = LocalTransformersGenerator(loaded, batch_size=3, prefix_cache=False)
+    cached = LocalTransformersGenerator(loaded, batch_size=3, prefix_cache=True)
+
+    expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+    got = _outputs(cached.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+    assert got == expected
+    assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 0)
+    # Padding is not counted as prompt: the two shorter prompts' counts are their own lengths.
+    assert len({g[1] for g in got}) == 3
