@@ -367,7 +367,42 @@ def retrieval_score_drift(
     )
 
 
+@dg.asset_check(asset=serving_metrics, description="the latest day's tokens and cost within budget")
+def daily_spend_within_budget(
+    serving_metrics: ServingReport, serving: ServingResource
+) -> dg.AssetCheckResult:
+    """Warns when the latest served day's prompt + completion tokens (LLMOPS_WATCH_DAILY_TOKENS)
+    or cost (LLMOPS_WATCH_DAILY_COST_USD) crossed its budget; reports the spend either way."""
+    from llmops_dagster.serving.budget import day_spend
+
+    if serving.daily_token_budget is None and serving.daily_cost_budget_usd is None:
+        return _no_data("no daily budget set (LLMOPS_WATCH_DAILY_TOKENS / _COST_USD)")
+    spend = day_spend(
+        serving_metrics.rows,
+        token_budget=serving.daily_token_budget,
+        cost_budget_usd=serving.daily_cost_budget_usd,
+    )
+    if spend is None:
+        return _no_data("nothing served yet")
+    metadata: dict[str, Any] = {
+        "day": spend.day,
+        "tokens": spend.tokens,
+        "cost_usd": float(spend.cost_usd),
+    }
+    if spend.token_budget is not None:
+        metadata["token_budget"] = spend.token_budget
+    if spend.cost_budget_usd is not None:
+        metadata["cost_budget_usd"] = float(spend.cost_budget_usd)
+    return dg.AssetCheckResult(
+        passed=not spend.over,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=spend.describe(),
+        metadata=metadata,
+    )
+
+
 SERVING_CHECKS = [
+    daily_spend_within_budget,
     p95_latency_within_budget,
     thumbs_down_rate_within_limit,
     no_answer_rate_within_limit,

@@ -128,3 +128,30 @@ class ServingSettings(BaseSettings):
         validation_alias=env("LLMOPS_WATCH_SCORE_DRIFT"),
         description="Relative change of the mean top retrieval score vs the champion's evaluation.",
     )
+    daily_token_budget: int | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=env("LLMOPS_WATCH_DAILY_TOKENS"),
+        description="serving_metrics warns when the latest day's prompt + completion tokens "
+        "exceed this (unset: no token budget).",
+    )
+    daily_cost_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=env("LLMOPS_WATCH_DAILY_COST_USD"),
+        description="serving_metrics warns when the latest day's cost exceeds this (priced "
+        "models only; unset: no cost budget).",
+    )
+    rollout: Literal["off", "split", "shadow"] = Field(
+        default="off",
+        validation_alias=env("LLMOPS_SERVING_ROLLOUT"),
+        description="Staged rollout of the challenger alias: split (a sticky share of callers "
+        "gets its answers) or shadow (it answers too, traced and logged, never returned).",
+    )
+    challenger_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias=env("LLMOPS_SERVING_CHALLENGER_SHARE"),
+        description="Share of callers the challenger answers under rollout=split.",
+    )

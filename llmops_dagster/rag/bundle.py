@@ -209,7 +209,14 @@ def load_bundle(client: MlflowClient, ref: str) -> BundleVersion:
 def current_champion(
     client: MlflowClient, name: str = DEFAULT_BUNDLE_MODEL
 ) -> BundleVersion | None:
-    version = current_alias_version(client, name, CHAMPION)
+    return current_alias_bundle(client, name, CHAMPION)
+
+
+def current_alias_bundle(
+    client: MlflowClient, name: str = DEFAULT_BUNDLE_MODEL, alias: str = CHAMPION
+) -> BundleVersion | None:
+    """The bundle ``alias`` points at (None: the alias is not set)."""
+    version = current_alias_version(client, name, alias)
     return None if version is None else load_bundle(client, f"models:/{name}/{version}")
 
 

@@ -29,6 +29,12 @@ class ServingResource(dg.ConfigurableResource):
     max_score_drift: float = Field(
         default=0.25, description="Relative change of the mean top retrieval score."
     )
+    daily_token_budget: int | None = Field(
+        default=None, description="Warn when the latest day's tokens exceed this."
+    )
+    daily_cost_budget_usd: float | None = Field(
+        default=None, description="Warn when the latest day's cost (USD) exceeds this."
+    )
     trace_settle_s: float = Field(
         default=60.0,
         description="Load only traces and feedback at least this old, so rows that become "
@@ -48,4 +54,6 @@ class ServingResource(dg.ConfigurableResource):
             max_no_answer_rate=serving.max_no_answer_rate,
             max_score_drift=serving.max_score_drift,
             trace_settle_s=serving.trace_settle_s,
+            daily_token_budget=serving.daily_token_budget,
+            daily_cost_budget_usd=serving.daily_cost_budget_usd,
         )

@@ -106,6 +106,10 @@ class AnswerResponse(BaseModel):
         description="Replayed from the answer cache (same bundle, index, caller groups, filters "
         "and normalised question): nothing retrieved or generated, tokens and cost 0"
     )
+    rollout: Literal["champion", "challenger"] = Field(
+        description="Which alias's bundle answered: the champion, or the challenger for the "
+        "share of callers a staged rollout sends to it (LLMOPS_SERVING_ROLLOUT=split)"
+    )
 
 
 class FeedbackRequest(BaseModel):

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from llmops_dagster.serving.feedback_sync import AssessmentWriter
 from llmops_dagster.serving.guards import AnswerGuard, Busy, GenerationLine
 from llmops_dagster.serving.pricing import PriceTable
 from llmops_dagster.serving.prometheus import ServerMetrics
+from llmops_dagster.serving.rollout import RolloutPlan, arm_for
 from llmops_dagster.serving.tracing import AnswerTracer
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class ServedAnswer:
     embed_ms: float | None
     total_ms: float
     cached: bool = False  # replayed from the answer cache: nothing retrieved or generated
+    arm: str = "champion"  # which alias answered: champion, or challenger (a rollout split)
 
     def to_response(self) -> dict[str, Any]:
         a = self.answer
@@ -109,6 +112,7 @@ class ServedAnswer:
             "principal": self.principal,
             "guardrails": self.guardrails,
             "cached": self.cached,
+            "rollout": self.arm,
         }
 
 
@@ -132,8 +136,21 @@ class AnswerService:
         min_relevance: float = 0.62,
         health_ttl_s: float = 2.0,
         answer_cache: AnswerCache | None = None,
+        challenger: BundleHolder | None = None,
+        rollout: RolloutPlan | None = None,
     ) -> None:
         self.holder = holder
+        # Staged rollout (serving/rollout.py): the challenger alias's bundle answers a sticky
+        # share of callers, or shadows the champion (answered, traced, logged, never returned).
+        self.challenger = challenger
+        self.rollout = rollout or RolloutPlan()
+        self.arm_answers: dict[str, int] = {"champion": 0, "challenger": 0}
+        self.shadow_results: dict[str, int] = {"answered": 0, "failed": 0}
+        self._shadow_pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+            if self.rollout.mode == "shadow"
+            else None
+        )
         self.tracer = tracer
         self.store = store
         self.prices = prices
@@ -171,6 +188,15 @@ class AnswerService:
                         "Answer cache emptied: the champion or the alias's index moved",
                         lambda: cache.clears)  # fmt: skip
         m.watch("llmops_answer_cache_entries", "Answers in the answer cache", lambda: len(cache))
+        arms, shadows = self.arm_answers, self.shadow_results
+        m.watch_counter("llmops_rollout_challenger_answers",
+                        "Answers returned from the challenger bundle (rollout split)",
+                        lambda: arms["challenger"])  # fmt: skip
+        m.watch_counter("llmops_rollout_shadow_answers",
+                        "Challenger answers made in shadow (traced, never returned)",
+                        lambda: shadows["answered"])  # fmt: skip
+        m.watch_counter("llmops_rollout_shadow_failures", "Shadow answers that failed",
+                        lambda: shadows["failed"])  # fmt: skip
         m.watch(
             "llmops_traces_started",
             "Answers traced (handed to the exporter)",
@@ -233,7 +259,8 @@ class AnswerService:
         checked = self.check_filters(filters)
         principal = principal or Principal.public()
         guard = AnswerGuard(question, self.injection_policy, self.min_relevance)
-        served = self.holder.current  # one bundle for the whole request, even across a swap
+        # One bundle for the whole request, even across a swap.
+        served, arm = self._served_for(principal)
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         key: CacheKey | None = None
@@ -275,7 +302,7 @@ class AnswerService:
                         keys.CACHE_HIT: "true",
                         keys.CACHE_SOURCE_TRACE: cached.source_trace_id,
                     },
-                    extra_tags={keys.TAG_CACHE: "hit"},
+                    extra_tags={keys.TAG_CACHE: "hit", keys.TAG_ROLLOUT: arm},
                 )
             else:
                 with self.line:
@@ -292,7 +319,10 @@ class AnswerService:
                         ),
                         queue_ms=queue_ms,
                         extra_metadata={keys.CACHE_HIT: "false"},
-                        extra_tags={keys.TAG_CACHE: "miss" if key is not None else "bypass"},
+                        extra_tags={
+                            keys.TAG_CACHE: "miss" if key is not None else "bypass",
+                            keys.TAG_ROLLOUT: arm,
+                        },
                     )
         except (ElasticsearchUnavailable, SearchError, TransportError, ApiError) as exc:
             self.metrics.answer_errors.labels("search").inc()
@@ -325,23 +355,12 @@ class AnswerService:
             )
         self.metrics.guardrails.labels(guard.refused or "answered").inc()
         self.store.record_answer(
-            AnswerRecord(
-                trace_id=traced.trace_id,
-                question=question,
-                answer=traced.text,
-                cited_chunk_ids=list(result.cited_chunk_ids),
-                retrieved=served_chunks(result.retrieved),
-                bundle_uri=served.uri,
-                bundle_version=served.number,
-                total_ms=round(total_ms, 3),
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                cost_usd=traced.cost_usd,
-                asker_groups=sorted(principal.groups),
-                audience=traced.audience,
-                cache_hit=cached is not None,
-            )
+            _answer_record(question, traced, served, principal, total_ms, cached is not None)
         )
+        self.arm_answers[arm] += 1
+        shadow = self._shadow_bundle()
+        if self._shadow_pool is not None and shadow is not None:
+            self._shadow_pool.submit(self._answer_in_shadow, question, checked, principal, shadow)
         self.metrics.latency.observe(total_ms / 1000)
         self.metrics.tokens.labels("prompt").inc(result.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(result.completion_tokens)
@@ -357,7 +376,81 @@ class AnswerService:
             embed_ms=traced.embed_ms,
             total_ms=total_ms,
             cached=cached is not None,
+            arm=arm,
         )
+
+    # --- staged rollout --------------------------------------------------------------------
+    def _challenger_bundle(self) -> ServedBundle | None:
+        """The loaded challenger, unless there is none or it is the champion's bundle."""
+        if self.challenger is None or not self.challenger.loaded:
+            return None
+        challenger = self.challenger.current
+        if challenger.version is None or challenger.uri == self.holder.current.uri:
+            return None
+        return challenger
+
+    def _served_for(
+        self, principal: Principal
+    ) -> tuple[ServedBundle, Literal["champion", "challenger"]]:
+        champion = self.holder.current
+        challenger = self._challenger_bundle() if self.rollout.mode == "split" else None
+        if challenger is None:
+            return champion, "champion"
+        if arm_for(self.rollout, principal.name, challenger.number) == "challenger":
+            return challenger, "challenger"
+        return champion, "champion"
+
+    def _shadow_bundle(self) -> ServedBundle | None:
+        return self._challenger_bundle() if self.rollout.mode == "shadow" else None
+
+    def _answer_in_shadow(
+        self,
+        question: str,
+        filters: dict[str, Any] | None,
+        principal: Principal,
+        served: ServedBundle,
+    ) -> None:
+        """The challenger's answer to a question the champion answered: traced and logged
+        under the challenger's version (so online judging and serving metrics compare the two
+        on the same questions), never returned. It queues for a generation slot like any
+        answer; a failure is counted and logged, never raised to anyone."""
+        from dataclasses import replace
+
+        guard = AnswerGuard(question, self.injection_policy, self.min_relevance)
+        started = time.perf_counter()
+        try:
+            context = served.context
+            index = self.index_name()
+            if index:
+                context = replace(context, index_name=index)
+            with self.line:
+                traced = self.tracer.answer(
+                    served.pipeline,
+                    question,
+                    context=context,
+                    filters=filters,
+                    principal=principal,
+                    guard=guard,
+                    cost_fn=lambda a: self.prices.cost(
+                        a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
+                    ),
+                    queue_ms=0.0,
+                    extra_metadata={keys.ROLLOUT: "shadow"},
+                    extra_tags={keys.TAG_ROLLOUT: "shadow"},
+                )
+            total_ms = (time.perf_counter() - started) * 1000
+            self.store.record_answer(
+                _answer_record(question, traced, served, principal, total_ms, False)
+            )
+            self.shadow_results["answered"] += 1
+        except Exception as exc:  # a shadow must never disturb the champion's service
+            self.shadow_results["failed"] += 1
+            log.warning("shadow answer failed: %s: %s", type(exc).__name__, exc)
+
+    def drain_shadows(self) -> None:
+        """Wait for queued shadow answers (tests, shutdown)."""
+        if self._shadow_pool is not None:
+            self._shadow_pool.submit(lambda: None).result()
 
     def _cacheable(self, served: ServedBundle, guard: AnswerGuard) -> bool:
         """Whether this request may use the answer cache: it is on, the bundle decodes
@@ -439,10 +532,41 @@ class AnswerService:
         return ok, report
 
     def close(self) -> None:
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=True)
+        if self.challenger is not None:
+            self.challenger.stop()
         self.holder.stop()
         self.assessments.drain(timeout_s=10)
         self.assessments.close()
         self.tracer.close()
+
+
+def _answer_record(
+    question: str,
+    traced: Any,
+    served: ServedBundle,
+    principal: Principal,
+    total_ms: float,
+    cache_hit: bool,
+) -> AnswerRecord:
+    result = traced.answer
+    return AnswerRecord(
+        trace_id=traced.trace_id,
+        question=question,
+        answer=traced.text,
+        cited_chunk_ids=list(result.cited_chunk_ids),
+        retrieved=served_chunks(result.retrieved),
+        bundle_uri=served.uri,
+        bundle_version=served.number,
+        total_ms=round(total_ms, 3),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        cost_usd=traced.cost_usd,
+        asker_groups=sorted(principal.groups),
+        audience=traced.audience,
+        cache_hit=cache_hit,
+    )
 
 
 def feedback_payload(record: FeedbackRecord, change: FeedbackChange) -> dict[str, Any]:

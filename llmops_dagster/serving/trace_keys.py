@@ -48,6 +48,8 @@ CACHE_SOURCE_TRACE = "llmops.cache_source_trace_id"
 TAG_BUNDLE_VERSION = "bundle_version"
 TAG_SOURCE = "source"  # "serve"
 TAG_AUDIENCE = "audience"  # "public" or the comma-separated groups of llmops.audience
+ROLLOUT = "llmops.rollout"  # "shadow": a challenger's answer never returned to the caller
+TAG_ROLLOUT = "rollout"  # "champion", "challenger" (a rollout split) or "shadow"
 TAG_CACHE = "cache"  # "hit", "miss", or "bypass" (cache off, sampling bundle, flagged question)
 
 # Assessment names used for user feedback on a trace.

@@ -7,15 +7,27 @@ import logging
 from typing import Any
 
 from llmops_dagster.config import Settings
-from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL, BundleVersion, current_champion
+from llmops_dagster.rag.bundle import (
+    CHALLENGER,
+    DEFAULT_BUNDLE_MODEL,
+    BundleVersion,
+    current_alias_bundle,
+    current_champion,
+)
 from llmops_dagster.serving.answer_cache import AnswerCache
 from llmops_dagster.serving.answer_log import ServingStore
 from llmops_dagster.serving.bundles import BundleHolder, ServedBundle
 from llmops_dagster.serving.pricing import PriceTable
+from llmops_dagster.serving.rollout import RolloutPlan
 from llmops_dagster.serving.service import AnswerService
 from llmops_dagster.serving.tracing import AnswerTracer, TraceContext, TracedEncoder
 
 log = logging.getLogger(__name__)
+
+#: The challenger holder's bundle while there is no challenger alias (nothing loaded).
+NO_CHALLENGER = ServedBundle(
+    pipeline=None, version=None, context=TraceContext("", "", "", "", "", "", ""), local=True
+)
 
 
 def bundle_loader(resources: dict[str, Any]) -> Any:
@@ -78,6 +90,18 @@ def build_service(settings: Settings) -> AnswerService:
     )
     holder.refresh()
     holder.start()
+    rollout = RolloutPlan(settings.serving.rollout, settings.serving.challenger_share)
+    challenger = None
+    if rollout.needs_challenger:
+        # No challenger alias: nothing to load, the champion answers everyone.
+        load = bundle_loader(resources)
+        challenger = BundleHolder(
+            lambda: current_alias_bundle(registry, DEFAULT_BUNDLE_MODEL, CHALLENGER),
+            lambda version: load(version) if version is not None else NO_CHALLENGER,
+            poll_s=settings.serving.bundle_poll_s,
+        )
+        challenger.refresh()
+        challenger.start()
     tracer = AnswerTracer(store.tracking_uri, settings.serving.trace_experiment)
 
     def es_health() -> str:
@@ -106,6 +130,8 @@ def build_service(settings: Settings) -> AnswerService:
         answer_cache=AnswerCache(
             settings.serving.answer_cache_entries, settings.serving.answer_cache_ttl_s
         ),
+        challenger=challenger,
+        rollout=rollout,
     )
 
 

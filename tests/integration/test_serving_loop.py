@@ -187,6 +187,9 @@ def _resources(settings: Settings) -> dict:
         max_no_answer_rate=serving.max_no_answer_rate,
         max_score_drift=serving.max_score_drift,
         trace_settle_s=0.0,
+        # 8 answers x 120 tokens = 960 tokens and $1.50 today: over the tokens, within the cost.
+        daily_token_budget=900,
+        daily_cost_budget_usd=2.0,
     )
     return resources
 
@@ -255,8 +258,12 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
         "thumbs_down_rate_within_limit": True,  # 0.5 ≤ 0.6
         "no_answer_rate_within_limit": False,  # 0.25 > 0.2
         "retrieval_score_drift": False,  # served 0.75 vs evaluated 0.5
+        "daily_spend_within_budget": False,  # 960 tokens > 900
     }
     assert {c.severity for c in checks.values()} == {dg.AssetCheckSeverity.WARN}
+    assert checks["daily_spend_within_budget"].description == (
+        f"{world.day}: 960 tokens of 900, $1.5000 of $2.0000 — over budget"
+    )
     drift = {k: v.value for k, v in checks["retrieval_score_drift"].metadata.items()}
     assert (drift["served_top_score_mean"], drift["evaluated_top_score_mean"]) == (0.75, 0.5)
     assert (drift["drift"], drift["served_answers"]) == (0.5, 5)
