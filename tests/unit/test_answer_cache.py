@@ -351,9 +351,10 @@ def test_a_repeated_question_is_answered_once_and_replayed(tmp_path: Path) -> No
     assert again.text == first.text == "answer #1"
     assert again.to_response()["cached"] is True
     assert service.tracer.traces == [  # type: ignore[attr-defined]
-        {keys.CACHE_HIT: "false", keys.TAG_CACHE: "miss"},
-        {keys.CACHE_HIT: "true", keys.CACHE_SOURCE_TRACE: "tr-0", keys.TAG_CACHE: "hit"},
-    ]
+        {keys.CACHE_HIT: "false", keys.TAG_CACHE: "miss", keys.TAG_ROLLOUT: "champion"},
+        {keys.CACHE_HIT: "true", keys.CACHE_SOURCE_TRACE: "tr-0", keys.TAG_CACHE: "hit",
+         keys.TAG_ROLLOUT: "champion"},
+    ]  # fmt: skip
 
 
 def test_the_relevance_refusal_is_cached_with_its_guardrail_outcome(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ ANSWER = {
     "cost_usd": 0.0,
     "principal": "ana",
     "guardrails": {"question_flags": [], "chunk_flags": {}, "refused": None, "redacted": {}},
+    "cached": False,
+    "rollout": "champion",
 }
 SERVICE_OUTPUT = """\
 Northwind Drones was founded in 2011 [fs:about.md#0].
