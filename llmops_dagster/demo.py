@@ -33,7 +33,14 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
         "n_validation",
         "digest",
     ),
-    "lora_adapter": ("model_uri", "steps", "eval_loss_before", "eval_loss_after"),
+    "lora_adapter": (
+        "model_uri",
+        "recipe/chosen",
+        "search_seconds",
+        "steps",
+        "eval_loss_before",
+        "eval_loss_after",
+    ),
     "rag_evaluation": (
         "bundle_uri",
         "model_uri",

@@ -21,10 +21,12 @@ lineage tags) and passes a private copy of the base (``load_base_model(spec, fre
 this module only writes into that run. It never touches the ``champion`` alias: promoting a
 version is the evaluation gate's job.
 
-Size (~440 lines): one job, one LoRA run from a loaded base and a dataset to a registered
+Size (~530 lines): one job, one LoRA run from a loaded base and a dataset to a registered
 adapter version. Its steps (parameters, Trainer set-up, loss before/after, MLflow logging,
-registration) run in sequence over one run's state; the tokenisation, which is reusable on its
-own (the fine-tuning benchmark), is :mod:`llmops_dagster.train.sft_tokens`.
+registration) run in sequence over one run's state. :func:`fit_lora` is the training alone
+(no MLflow, no registry), which the recipe search (:mod:`llmops_dagster.train.recipe`) runs
+per candidate; the tokenisation, which is reusable on its own (the fine-tuning benchmark), is
+:mod:`llmops_dagster.train.sft_tokens`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,15 +54,17 @@ from llmops_dagster.models.registry import (
     TAG_PROMPT_VERSION,
     register_adapter_version,
 )
-from llmops_dagster.train.dataset import SFTDataset
+from llmops_dagster.train.dataset import SFTDataset, SFTExample
 from llmops_dagster.train.sft_tokens import CompletionCollator, tokenize_example, tokenize_split
 
 # The tokenisation (completion-only loss) lives in ``train.sft_tokens``; importable from here.
 __all__ = [
     "CompletionCollator",
+    "LoraFit",
     "LoraParams",
     "LoraResult",
     "TrainingError",
+    "fit_lora",
     "lora_config",
     "tokenize_example",
     "tokenize_split",
@@ -172,27 +176,26 @@ def lora_config(params: LoraParams) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _mlflow_loss_callback(client: Any, run_id: str, losses: list[float]) -> Any:
+def _loss_callback(
+    losses: list[float], on_log: Callable[[int, dict[str, float]], None] | None
+) -> Any:
     from transformers import TrainerCallback
 
-    class MlflowLossCallback(TrainerCallback):
-        """Per-step training loss → MLflow (transformers' own MLflow hook is disabled because
-        it uses the global active run, which is unsafe in a multi-asset process)."""
+    class LossCallback(TrainerCallback):
+        """Per-step training loss → ``losses`` and ``on_log`` (transformers' own MLflow hook is
+        disabled because it uses the global active run, which is unsafe in a multi-asset
+        process)."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs and "eval_loss" not in logs:
-                loss = float(logs["loss"])
-                losses.append(loss)
-                client.log_metric(run_id, "train_loss", loss, step=int(state.global_step))
-                if "learning_rate" in logs:
-                    client.log_metric(
-                        run_id,
-                        "learning_rate",
-                        float(logs["learning_rate"]),
-                        step=int(state.global_step),
-                    )
+                losses.append(float(logs["loss"]))
+                if on_log is not None:
+                    step_logs = {"train_loss": float(logs["loss"])}
+                    if "learning_rate" in logs:
+                        step_logs["learning_rate"] = float(logs["learning_rate"])
+                    on_log(int(state.global_step), step_logs)
 
-    return MlflowLossCallback()
+    return LossCallback()
 
 
 def _finite(value: Any) -> float | None:
@@ -299,45 +302,61 @@ def _sft_dataset_ref(dataset: SFTDataset) -> DatasetRef:
     )
 
 
-def _train_and_log(
+@dataclass
+class LoraFit:
+    """One Trainer run on a base: the PEFT-wrapped model and its raw numbers.
+
+    The losses are as the Trainer computed them (NaN or inf kept), so a caller can tell a run
+    that diverged from one that merely has no validation split (``None``).
+    """
+
+    peft_model: Any
+    steps: int
+    losses: list[float]
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_tokens: int
+    train_seconds: float
+    trainable_params: int
+    total_params: int
+
+
+def fit_lora(
     base: LoadedModel,
-    dataset: SFTDataset,
+    train: Sequence[SFTExample],
+    validation: Sequence[SFTExample],
     params: LoraParams,
-    run: RunHandle,
     *,
-    index_version: str | None,
-    output_dir: Path | None,
-) -> LoraResult:
+    on_start: Callable[[Any], None] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    evaluate_before: bool = True,
+) -> LoraFit:
+    """Inject LoRA layers into ``base.model`` and train them on ``train``; nothing is logged
+    or registered (``train_lora`` does that; the recipe search scores candidates with this).
+
+    ``base`` is changed in place: pass a private copy. ``validation`` is evaluated after
+    training (and before, with ``evaluate_before``). ``on_start`` gets the PEFT model before
+    the first step; ``on_log`` gets ``(step, {"train_loss", "learning_rate"})`` per step.
+    """
     import torch
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
+    params.validate()
+    if not train:
+        raise TrainingError("the fine-tuning dataset has no training examples")
+    # The same seed before the LoRA init makes candidates of a search start alike.
     set_seed(params.seed)
     tokenizer = base.tokenizer
     model = base.model
     model.train()
     peft_model = get_peft_model(model, lora_config(params))
     trainable, total = peft_model.get_nb_trainable_parameters()
-    run.log(
-        params={
-            **{k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
-            "base_model_id": base.source.model_id,
-            "dataset_digest": dataset.digest,
-            "dataset_source": dataset.source,
-            "n_train": len(dataset.train),
-            "n_validation": len(dataset.validation),
-            "prompt_version": dataset.prompt_version,
-            "index_version": index_version or "",
-            "device": base.device,
-            "trainable_params": trainable,
-            "total_params": total,
-            "trainer": "transformers.Trainer",
-        },
-        datasets=[_sft_dataset_ref(dataset)],
-    )
+    if on_start is not None:
+        on_start(peft_model)
 
-    train_rows = tokenize_split(tokenizer, dataset.train, params.max_seq_len)
-    val_rows = tokenize_split(tokenizer, dataset.validation, params.max_seq_len)
+    train_rows = tokenize_split(tokenizer, train, params.max_seq_len)
+    val_rows = tokenize_split(tokenizer, validation, params.max_seq_len)
     collator = CompletionCollator(int(tokenizer.pad_token_id))
     losses: list[float] = []
     on_gpu = base.device.startswith("cuda")
@@ -353,6 +372,8 @@ def _train_and_log(
             warmup_steps=params.warmup_steps,
             lr_scheduler_type="linear",
             logging_steps=1,
+            # Log NaN/inf as they are: a diverging run must look diverged, not averaged over.
+            logging_nan_inf_filter=False,
             save_strategy="no",
             eval_strategy="no",
             report_to="none",
@@ -370,23 +391,79 @@ def _train_and_log(
             train_dataset=train_rows,  # type: ignore[arg-type]  # a list is a map-style dataset
             eval_dataset=val_rows or None,  # type: ignore[arg-type]
             data_collator=collator,
-            callbacks=[_mlflow_loss_callback(run.client, run.run_id, losses)],
+            callbacks=[_loss_callback(losses, on_log)],
         )
         # disable_tqdm swaps the progress bar for a callback that prints every log dict.
         trainer.remove_callback(PrinterCallback)
-        eval_before = _finite(trainer.evaluate()["eval_loss"]) if val_rows else None
+        eval_before = (
+            float(trainer.evaluate()["eval_loss"]) if val_rows and evaluate_before else None
+        )
         collator.counting = True
         started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - started
         collator.counting = False
-        eval_after = _finite(trainer.evaluate()["eval_loss"]) if val_rows else None
+        eval_after = float(trainer.evaluate()["eval_loss"]) if val_rows else None
+    model.eval()
+    return LoraFit(
+        peft_model=peft_model,
+        steps=int(trainer.state.global_step),
+        losses=losses,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+        train_tokens=collator.tokens,
+        train_seconds=train_seconds,
+        trainable_params=trainable,
+        total_params=total,
+    )
 
-    steps = int(trainer.state.global_step)
+
+def _train_and_log(
+    base: LoadedModel,
+    dataset: SFTDataset,
+    params: LoraParams,
+    run: RunHandle,
+    *,
+    index_version: str | None,
+    output_dir: Path | None,
+) -> LoraResult:
+    def log_params(peft_model: Any) -> None:
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        run.log(
+            params={
+                **{
+                    k: (",".join(v) if isinstance(v, tuple) else v)
+                    for k, v in asdict(params).items()
+                },
+                "base_model_id": base.source.model_id,
+                "dataset_digest": dataset.digest,
+                "dataset_source": dataset.source,
+                "n_train": len(dataset.train),
+                "n_validation": len(dataset.validation),
+                "prompt_version": dataset.prompt_version,
+                "index_version": index_version or "",
+                "device": base.device,
+                "trainable_params": trainable,
+                "total_params": total,
+                "trainer": "transformers.Trainer",
+            },
+            datasets=[_sft_dataset_ref(dataset)],
+        )
+
+    def log_step(step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            run.client.log_metric(run.run_id, key, value, step=step)
+
+    fit = fit_lora(
+        base, dataset.train, dataset.validation, params, on_start=log_params, on_log=log_step
+    )
+    peft_model, losses, steps = fit.peft_model, fit.losses, fit.steps
+    train_seconds = fit.train_seconds
+    eval_before, eval_after = _finite(fit.eval_loss_before), _finite(fit.eval_loss_after)
     metrics = {
-        "train_tokens": float(collator.tokens),
+        "train_tokens": float(fit.train_tokens),
         "train_seconds": train_seconds,
-        "tokens_per_s": collator.tokens / train_seconds if train_seconds > 0 else 0.0,
+        "tokens_per_s": fit.train_tokens / train_seconds if train_seconds > 0 else 0.0,
     }
     if eval_before is not None:
         metrics["eval_loss_before"] = eval_before
@@ -424,7 +501,6 @@ def _train_and_log(
     with tempfile.TemporaryDirectory(prefix="llmops-sft-") as tmp:
         jsonl = dataset.write_jsonl(Path(tmp) / "sft.jsonl")
         run.client.log_artifact(run.run_id, str(jsonl), "dataset")
-    model.eval()
     return LoraResult(
         run_id=run.run_id,
         experiment_id=run.experiment_id,
@@ -442,7 +518,7 @@ def _train_and_log(
         train_loss=losses[-1] if losses else None,
         eval_loss_before=eval_before,
         eval_loss_after=eval_after,
-        train_tokens=collator.tokens,
+        train_tokens=fit.train_tokens,
         train_seconds=train_seconds,
         losses=losses,
     )

@@ -17,6 +17,7 @@ import pytest
 from elasticsearch import Elasticsearch
 from mlflow.tracking import MlflowClient
 
+from jobs import WHOLE_GRAPH_SELECTION
 from llmops_dagster.config import Settings
 from llmops_dagster.definitions import build_asset_checks, build_assets, build_resources
 from llmops_dagster.evaluate.gate import current_alias_version
@@ -111,9 +112,10 @@ def _run_graph(
     instance = dg.DagsterInstance.ephemeral()
     assets = [*build_assets(settings, sources), *build_asset_checks()]
     try:
+        # The whole graph as the demo runs it: every asset but the daily partitions.
         result = dg.materialize(
             assets, resources=build_resources(settings), instance=instance,
-            run_config=SHORT_TRAINING,
+            run_config=SHORT_TRAINING, selection=WHOLE_GRAPH_SELECTION,
         )  # fmt: skip
         assert result.success
         dataset = asset_metadata(result, "finetune_dataset")
