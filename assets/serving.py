@@ -183,6 +183,37 @@ def _metrics_table(rows: list[ServingMetrics]) -> dg.TableMetadataValue:
     )
 
 
+ARM_COLUMNS = ["metric", "challenger_n", "champion_n", "challenger_mean", "champion_mean",
+               "diff", "ci_low", "ci_high", "higher_is_better"]  # fmt: skip
+
+
+def _challenger_vs_champion(mlflow: MlflowResource, traces: Any, feedback: Any) -> dict[str, Any]:
+    """The challenger's served answers against the champion's on the days both answered
+    (`serving/arm_comparison.py`): a table, and each difference as a number to plot."""
+    from llmops_dagster.evaluate.gate import current_alias_version
+    from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, DEFAULT_BUNDLE_MODEL
+    from llmops_dagster.serving.arm_comparison import compare_arms
+
+    client = mlflow.client()
+    champion = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHAMPION)
+    challenger = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHALLENGER)
+    if champion is None or challenger is None or challenger == champion:
+        return {"challenger_vs_champion": "no challenger to compare"}
+    rows, days = compare_arms(traces, feedback, challenger=challenger, champion=champion)
+    numbers = {
+        f"online_diff/{row.metric}": dg.MetadataValue.float(row.diff)
+        for row in rows
+        if row.diff is not None
+    }
+    return {
+        "challenger_vs_champion": md([row.to_dict() for row in rows], ARM_COLUMNS),
+        "compared_days": dg.MetadataValue.int(len(days)),
+        "challenger_version": challenger,
+        "champion_version": champion,
+        **numbers,
+    }
+
+
 def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
     types = {
         "day": "VARCHAR",
@@ -203,7 +234,7 @@ def _write_metrics_table(con: Any, rows: list[ServingMetrics]) -> None:
     pool=WAREHOUSE_WRITERS_POOL,
 )
 def serving_metrics(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
 ) -> dg.Output[ServingReport]:
     """Requests, p50/p95 latency, tokens, cost, no-hit, citation, thumbs-down and answer-cache
     hit rates per day and bundle version (`llmops.serving_metrics`); the latest day over all
@@ -215,6 +246,7 @@ def serving_metrics(
         traces, feedback = read_serving_rows(con, warehouse.dlt_dataset)
         report = serving_report(traces, feedback)
         _write_metrics_table(con, report.rows)
+    arms = _challenger_vs_champion(mlflow, traces, feedback)
     metadata: dict[str, Any] = {
         "by_day_and_bundle": _metrics_table(report.rows),
         "requests_total": dg.MetadataValue.int(report.requests),
@@ -224,6 +256,7 @@ def serving_metrics(
             sum(r.cache_hits for r in report.rows) / report.requests if report.requests else 0.0
         ),
         "table": METRICS_TABLE,
+        **arms,
     }
     latest = report.latest
     if latest is None:

@@ -239,6 +239,7 @@ def test_traces_and_feedback_to_metrics_checks_candidates_and_reviewed_data(
     assert metrics["no_answer_rate"] == 0.25  # + the relevance refusal
     assert metrics["citation_rate"] == 0.75
     assert metrics["cost_usd"] == 1.5
+    assert metrics["challenger_vs_champion"] == "no challenger to compare"
     by_group = {
         (r.data["day"], r.data["bundle_version"]): r.data
         for r in first.asset_materializations_for_node("serving_metrics")[0]
