@@ -99,7 +99,15 @@ def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], No
             log("2b/3 the extractive baseline (no model) against the champion")
             extractive = _evaluate(defs, instance, console, log_path, generator="extractive")
             evaluations.append(("extractive answerer", extractive))
-            if not adapter_faced_extractive(_decision(result), _decision(extractive)):
+            champion = _champion(store.tracking_uri)
+            faced = adapter_faced_extractive(
+                _decision(result),
+                _decision(extractive),
+                adapter_baseline=_metadata(result).get("baseline_version"),
+                champion=champion.version if champion else None,
+                champion_is_extractive=bool(champion and champion.bundle.generator == "extractive"),
+            )
+            if not faced:
                 # Evaluate the adapter once more against today's champion, on answers both
                 # sides recorded already (nothing is generated again).
                 log("2c/3 the LoRA adapter against today's champion (answers reused)")
@@ -138,20 +146,41 @@ def _evaluate(defs: Any, instance: Any, console: Console, log_path: Any, *, gene
     return result
 
 
-def adapter_faced_extractive(adapter_decision: str | None, extractive_decision: str | None) -> bool:
-    """Whether the extractive evaluation already compared the extractive answerer with the
-    adapter as champion and the adapter stayed champion (then that comparison is the adapter
-    vs extractive one, and no third evaluation is needed)."""
-    return adapter_decision == "champion" and extractive_decision != "champion"
+def adapter_faced_extractive(
+    adapter_decision: str | None,
+    extractive_decision: str | None,
+    *,
+    adapter_baseline: str | None = None,
+    champion: str | None = None,
+    champion_is_extractive: bool = False,
+) -> bool:
+    """Whether the adapter was already compared with the extractive answerer: the extractive
+    evaluation faced the adapter as champion and the adapter stayed champion, or the adapter's
+    own evaluation was against an extractive champion (``adapter_baseline``) that is still
+    ``champion``. Otherwise a third evaluation is needed."""
+    if adapter_decision == "champion" and extractive_decision != "champion":
+        return True
+    return champion_is_extractive and champion is not None and adapter_baseline == champion
+
+
+def _metadata(result: Any) -> dict[str, str]:
+    """``rag_evaluation``'s metadata as text (empty when it did not materialize)."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "rag_evaluation":
+            return {k: str(v.value) for k, v in event.materialization.metadata.items()}
+    return {}
 
 
 def _decision(result: Any) -> str | None:
     """The evaluation's decision (champion / challenger / refused …), None without one."""
-    for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == "rag_evaluation":
-            value = event.materialization.metadata.get("decision")
-            return None if value is None else str(value.value)
-    return None
+    return _metadata(result).get("decision")
+
+
+def _champion(tracking_uri: str) -> Any:
+    from llmops_dagster.rag.bundle import current_champion
+    from llmops_dagster.tracking.mlflow_store import mlflow_client
+
+    return current_champion(mlflow_client(tracking_uri))
 
 
 def print_decision(console: Console, label: str, result: Any) -> None:

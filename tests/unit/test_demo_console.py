@@ -394,9 +394,9 @@ def test_the_demo_prints_each_comparison_and_its_decision() -> None:
 
 
 def test_the_demo_evaluates_the_adapter_again_unless_it_already_faced_the_extractive() -> None:
-    """Only an adapter promoted by the first evaluation and kept by the extractive one has
-    already been compared with the extractive answerer; every other outcome asks for the
-    adapter against today's champion."""
+    """An adapter promoted by the first evaluation and kept by the extractive one, or one first
+    evaluated against an extractive champion that still holds, has been compared with the
+    extractive answerer; every other outcome asks for the adapter against today's champion."""
     from llmops_dagster.demo import adapter_faced_extractive
 
     outcomes = {
@@ -405,3 +405,13 @@ def test_the_demo_evaluates_the_adapter_again_unless_it_already_faced_the_extrac
         for extractive in ("champion", "rejected")
     }
     assert [pair for pair, faced in outcomes.items() if faced] == [("champion", "rejected")]
+    # The adapter's own evaluation was against an extractive champion that still holds.
+    assert adapter_faced_extractive(
+        "challenger", "challenger", adapter_baseline="2", champion="2", champion_is_extractive=True
+    )
+    assert not adapter_faced_extractive(  # that champion has been replaced since
+        "challenger", "champion", adapter_baseline="2", champion="6", champion_is_extractive=True
+    )
+    assert not adapter_faced_extractive(  # the baseline was an LLM bundle
+        "challenger", "challenger", adapter_baseline="2", champion="2"
+    )
