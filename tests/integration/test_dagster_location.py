@@ -64,8 +64,14 @@ def test_code_location_has_the_graph() -> None:
         "thumbs_down_rate_within_limit",
         "no_answer_rate_within_limit",
         "retrieval_score_drift",
+        "daily_spend_within_budget",
     }
     assert defs.resolve_job_def("serving_watch") is not None
+    # Online judging: one day per run, its own job; the whole graph leaves it out.
+    judge_job = defs.resolve_job_def("judge_served_answers")
+    assert judge_job.partitions_def is not None
+    whole = defs.resolve_job_def("whole_graph")
+    assert "serving_judgments" not in {n.name for n in whole.nodes_in_topological_order}
     assert defs.resolve_job_def("finetune_and_evaluate") is not None
     assert {s.name for s in defs.sensors} >= {"evaluation_inputs_sensor", "training_inputs_sensor"}
 

@@ -180,8 +180,20 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+def _listening_socket_after_free_ports() -> socket.socket:
+    """A listening socket on port p whose node-1 neighbours (p - 1 and its transport port
+    p + 99) are free: another process holding one of those would be reported first."""
+    for _ in range(50):
+        sock = _listening_socket()
+        port = sock.getsockname()[1]
+        if not es_local.port_in_use(port - 1) and not es_local.port_in_use(port + 99):
+            return sock
+        sock.close()
+    raise AssertionError("no free port pair found in 50 tries")
+
+
 def test_a_taken_port_is_a_clear_error_before_any_node_starts(tmp_path: Path) -> None:
-    with _listening_socket() as taken:
+    with _listening_socket_after_free_ports() as taken:
         port = taken.getsockname()[1]
         cluster = es_cluster.cluster_nodes(tmp_path / "dist", tmp_path, size=2, port=port - 1)
         with pytest.raises(
