@@ -302,6 +302,48 @@ def _warehouse(d: dict[str, Any]) -> list[str]:
 
 
 #: Results file → its tables. A results file without an entry here fails the unit test.
+def _generation(d: dict[str, Any]) -> list[str]:
+    shares, det, agreement = d["share_of_saving"], d["details"], d["agreement"]
+    rows = [
+        [v["variant"], v["threads"], v["max_new_tokens"], v["batch_size"],
+         "yes" if v["prefix_cache"] else "no", v["sides_generated"], v["seconds_per_case"],
+         shares.get(v["variant"], "—"), v["identical_to_today"], v["prefix_of_today"]]
+        for v in d["variants"]
+    ]  # fmt: skip
+    return [
+        run_line(d),
+        "",
+        *table(["variant", "threads", "max new tokens", "batch", "prefix cache", "sides generated",
+                "s per golden case", "share of the saving", "= today", "prefix of today"], rows),
+        "",
+        *table(
+            ["figure", "measured"],
+            [
+                ["`today_vs_new` (s per case today ÷ new; target ≥ 3)", d["today_vs_new"]],
+                ["batching kept (measured faster than without)", d["batching_kept"]],
+                ["prefix cache answers identical to the same budget without it", agreement["prefix_cache_identical_to_length"]],  # noqa: E501
+                ["cases, k, budget today / sized to the task", f"{det['cases']}, {det['k']}, {det['old_max_new_tokens']} / {det['task_max_new_tokens']} ({det['task_budget_rule']})"],  # noqa: E501
+                ["evaluation's max new tokens now", det["evaluation_max_new_tokens_now"]],
+                ["cores", det["cores"]],
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def _online(d: dict[str, Any]) -> list[str]:
+    cache, judged, split, met = d["cache"], d["judging"], d["rollout"], d["met"]
+    rows = [
+        ["cache hit rate on the replay (ideal)", f"{cache['cache_hit_rate']} ({cache['ideal_hit_rate']})", "—", "—"],  # noqa: E501
+        ["answers (distinct questions × repeats)", f"{cache['answers']} ({cache['distinct_questions']} × {cache['repeats']})", "—", "—"],  # noqa: E501
+        ["p50 ms hit / miss", f"{cache['hit_p50_ms']} / {cache['miss_p50_ms']}", "—", "—"],
+        [f"judged answers per minute ({judged['judge']} judge)", judged["judged_per_minute"], "—", "—"],  # noqa: E501
+        ["share of the day's answers judged at per_version " + str(judged["per_version"]), f"{judged['share_judged']} ({judged['judged']}/{judged['answered']})", "—", "—"],  # noqa: E501
+        ["rollout: observed share of callers on the challenger", f"{split['observed_share']} of {split['callers']} ({split['requests']} requests)", f"{split['configured_share']} ± {fmt(d['targets']['share_tolerance'])}", met["rollout_share"]],  # noqa: E501
+        ["rollout: callers who always got the same bundle", split["sticky"], d["targets"]["sticky"], met["rollout_sticky"]],  # noqa: E501
+    ]  # fmt: skip
+    return [run_line(d), "", *table(["figure", "measured", "target", "met"], rows)]
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "retrieval_scifact.json": _retrieval_scifact,
     "fusion_dev.json": _fusion_dev,
@@ -309,6 +351,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "throughput.json": _throughput,
     "chunkers.json": _chunkers,
     "eval_throughput.json": _eval_throughput,
+    "generation.json": _generation,
     "serve.json": _serve,
     "finetune.json": _finetune,
     "load_search.json": _load_search,
