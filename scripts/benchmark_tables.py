@@ -352,6 +352,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "chunkers.json": _chunkers,
     "eval_throughput.json": _eval_throughput,
     "generation.json": _generation,
+    "online.json": _online,
     "serve.json": _serve,
     "finetune.json": _finetune,
     "load_search.json": _load_search,
