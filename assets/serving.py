@@ -194,9 +194,12 @@ def _challenger_vs_champion(mlflow: MlflowResource, traces: Any, feedback: Any) 
     from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, DEFAULT_BUNDLE_MODEL
     from llmops_dagster.serving.arm_comparison import compare_arms
 
-    client = mlflow.client()
-    champion = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHAMPION)
-    challenger = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHALLENGER)
+    try:
+        client = mlflow.client()
+        champion = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHAMPION)
+        challenger = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHALLENGER)
+    except Exception as exc:  # the metrics come from the warehouse: MLflow down costs only this
+        return {"challenger_vs_champion": f"not compared: the registry is unreachable ({exc})"}
     if champion is None or challenger is None or challenger == champion:
         return {"challenger_vs_champion": "no challenger to compare"}
     rows, days = compare_arms(traces, feedback, challenger=challenger, champion=champion)

@@ -243,6 +243,16 @@ def _finetune(d: dict[str, Any]) -> list[str]:
             )
     heldout = d["heldout"]
     decisions = heldout["decisions"]
+    gap = d["sample"].get("vs_extractive")
+    if gap is not None:  # the adapter against the extractive answerer on the same passages
+        verdict = f"beats extractive: {fmt(gap['beats_extractive'])}"
+        rows.append(["sample", "token_f1 vs extractive", gap["n"], gap["extractive"],
+                     gap["adapter"], gap["diff"], gap["ci95"], verdict])  # fmt: skip
+    trained = []
+    for part, t in (("held-out run", heldout["training"]), ("sample run", d["sample"]["training"])):
+        seen, epochs, minutes = (t.get(k, "—") for k in ("examples_seen", "epochs", "minutes"))
+        got = f"{t['steps']} steps, {seen} examples seen, {epochs} epochs, {minutes} min"
+        trained.append([f"training ({part})", got])
     return [
         run_line(d),
         f"heldout: {heldout['dataset']}; sample: {d['sample']['dataset']}.",
@@ -257,6 +267,7 @@ def _finetune(d: dict[str, Any]) -> list[str]:
                 ["decisions of the base", decisions["base"]],
                 ["decisions of the adapter", decisions["adapter"]],
                 ["training steps (held-out run) / items", f"{heldout['training']['steps']} / {heldout['split']['train_items']}"],  # noqa: E501
+                *trained,
                 ["`tokens_per_s_ratio` (project ÷ plain training loop)", d["tokens_per_s_ratio"]],
             ],
         ),

@@ -480,3 +480,33 @@ def test_a_restricted_answer_reaches_the_warehouse_without_its_text(world: World
     assert listed.exit_code == 0, listed.output
     (row,) = [c for c in json.loads(listed.output) if c["trace_id"] == trace_id]
     assert (row["answer"], row["correction"], row["audience"]) == (secret, secret, ["hr"])
+
+
+def test_serving_metrics_are_computed_while_the_registry_is_down(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metrics come from the warehouse: with MLflow unreachable only the challenger
+    comparison is skipped, saying why, and the asset still materializes."""
+    from llmops_dagster.resources import MlflowResource
+    from tests.support.ports import free_port
+
+    instance = dg.DagsterInstance.ephemeral()
+    _materialize(world, instance)  # the traces and feedback are in the warehouse
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    resources = {
+        **_resources(world.settings),
+        "mlflow": MlflowResource(tracking_uri=f"http://127.0.0.1:{free_port()}"),
+    }
+    result = dg.materialize(
+        [serving_metrics_asset],
+        resources=resources,
+        instance=instance,
+        selection=["serving_metrics"],
+    )
+    assert result.success
+    metrics = asset_metadata(result, "serving_metrics")
+    assert metrics["requests_total"] == 8
+    assert str(metrics["challenger_vs_champion"]).startswith(
+        "not compared: the registry is unreachable"
+    )
