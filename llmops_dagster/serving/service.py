@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from llmops_dagster.access import Principal
@@ -269,8 +269,6 @@ class AnswerService:
             context = served.context
             index = self.index_name()
             if index:
-                from dataclasses import replace
-
                 context = replace(context, index_name=index)
             self.cache.follow(index=index or "")  # the alias moved: the cache empties
             if self._cacheable(served, guard):
@@ -314,9 +312,7 @@ class AnswerService:
                         filters=checked,
                         principal=principal,
                         guard=guard,
-                        cost_fn=lambda a: self.prices.cost(
-                            a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
-                        ),
+                        cost_fn=self._cost_fn(served),
                         queue_ms=queue_ms,
                         extra_metadata={keys.CACHE_HIT: "false"},
                         extra_tags={
@@ -414,15 +410,11 @@ class AnswerService:
         under the challenger's version (so online judging and serving metrics compare the two
         on the same questions), never returned. It queues for a generation slot like any
         answer; a failure is counted and logged, never raised to anyone."""
-        from dataclasses import replace
-
         guard = AnswerGuard(question, self.injection_policy, self.min_relevance)
         started = time.perf_counter()
         try:
-            context = served.context
             index = self.index_name()
-            if index:
-                context = replace(context, index_name=index)
+            context = replace(served.context, index_name=index) if index else served.context
             with self.line:
                 traced = self.tracer.answer(
                     served.pipeline,
@@ -431,9 +423,7 @@ class AnswerService:
                     filters=filters,
                     principal=principal,
                     guard=guard,
-                    cost_fn=lambda a: self.prices.cost(
-                        a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
-                    ),
+                    cost_fn=self._cost_fn(served),
                     queue_ms=0.0,
                     extra_metadata={keys.ROLLOUT: "shadow"},
                     extra_tags={keys.TAG_ROLLOUT: "shadow"},
@@ -451,6 +441,12 @@ class AnswerService:
         """Wait for queued shadow answers (tests, shutdown)."""
         if self._shadow_pool is not None:
             self._shadow_pool.submit(lambda: None).result()
+
+    def _cost_fn(self, served: ServedBundle) -> Callable[[Any], float | None]:
+        """What an answer of ``served`` cost (the price table; 0 for a local model)."""
+        return lambda a: self.prices.cost(
+            a.model_id, a.prompt_tokens, a.completion_tokens, local=served.local
+        )
 
     def _cacheable(self, served: ServedBundle, guard: AnswerGuard) -> bool:
         """Whether this request may use the answer cache: it is on, the bundle decodes

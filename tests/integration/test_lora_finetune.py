@@ -84,6 +84,16 @@ class Trained:
     base: LocalTransformersGenerator
 
 
+def _small_dataset(tokenizer: object) -> object:
+    """16 training items → 12 train / 4 validation: enough for a few steps and an eval."""
+    return build_sft_dataset(
+        load_qa_jsonl(DEFAULT_TRAIN_QA)[:16],
+        tokenizer=tokenizer,
+        context_fn=corpus_context_fn(SAMPLE, k=1, audience=SAMPLE_AUDIENCE),
+        val_fraction=0.25,
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     home = tmp_path_factory.mktemp("lora")
@@ -94,13 +104,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         model=SPEC.model, gguf_file=SPEC.gguf_file, cache_dir=home / "models", threads=1
     )
     base = load_local_generator(SPEC)
-    # 16 items → 12 train / 4 validation: enough for 4 steps, and a quick before/after eval.
-    dataset = build_sft_dataset(
-        load_qa_jsonl(DEFAULT_TRAIN_QA)[:16],
-        tokenizer=base.tokenizer,
-        context_fn=corpus_context_fn(SAMPLE, k=1, audience=SAMPLE_AUDIENCE),
-        val_fraction=0.25,
-    )
+    dataset = _small_dataset(base.tokenizer)
     with open_run(
         store, run_name="lora-finetune", tags=LINEAGE, ui_url="http://127.0.0.1:5000"
     ) as run:
@@ -234,12 +238,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
     home = tmp_path_factory.mktemp("recipe")
     store = ensure_mlflow(sqlite_store(home / "mlflow" / "mlflow.db"), "test")
     base = load_local_generator(SPEC)
-    dataset = build_sft_dataset(
-        load_qa_jsonl(DEFAULT_TRAIN_QA)[:16],
-        tokenizer=base.tokenizer,
-        context_fn=corpus_context_fn(SAMPLE, k=1, audience=SAMPLE_AUDIENCE),
-        val_fraction=0.25,
-    )
+    dataset = _small_dataset(base.tokenizer)
     with open_run(
         store, run_name="lora-recipe", tags=LINEAGE, ui_url="http://127.0.0.1:5000"
     ) as run:
