@@ -40,15 +40,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,7 +59,7 @@ from results_file import write_results
 
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
-from llmops_dagster.evaluate.golden import load_golden
+from llmops_dagster.evaluate.golden import load_golden, reference_token_budget
 from llmops_dagster.models.local import LocalTransformersGenerator, load_base_model
 from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.defaults import EVALUATION_MAX_NEW_TOKENS
@@ -70,12 +67,6 @@ from llmops_dagster.rag.prompts import load_prompt
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "generation.json"
 CHANGES = ("threads", "length", "prefix_cache", "batching", "reuse")
-
-
-def task_budget(tokenizer: Any, references: list[str], percentile: float) -> int:
-    """The ``percentile`` of the references' lengths in generator tokens, rounded up."""
-    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references]
-    return max(1, math.ceil(float(np.percentile(lengths, percentile))))
 
 
 def prefix_agreement(answers: list[str], today: list[str]) -> float:
@@ -114,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     references = [i.reference_answer for i in golden_all.items if i.reference_answer]
-    task_tokens = args.task_max_new_tokens or task_budget(
+    task_tokens = args.task_max_new_tokens or reference_token_budget(
         loaded.tokenizer, references, args.length_percentile
     )
 

@@ -59,7 +59,7 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
 #: The demo's evaluations: every golden question, answers of one sentence (the references are
 #: one sentence; `rag/defaults.py`). Answers whose every input is unchanged are reused
 #: (`evaluate/answer_reuse.py`), so the base model and the adapter each answer once per demo.
-DEMO_EVALUATION: dict[str, Any] = {"max_new_tokens": 32}
+DEMO_EVALUATION: dict[str, Any] = {}
 
 
 def run_demo(settings: Settings, *, keep_services: bool, log: Callable[[str], None]) -> int:

@@ -169,3 +169,17 @@ def load_golden(
     if kind == "qa_jsonl":
         return load_golden_jsonl(path, **kwargs)
     raise GoldenSetError(f"unknown golden set format {format!r} (expected qa_jsonl or beir)")
+
+
+def reference_token_budget(tokenizer: Any, references: Iterable[str], percentile: float) -> int:
+    """The ``percentile`` of the reference answers' lengths in ``tokenizer``'s tokens, rounded
+    up: an answer budget sized to the task (a longer answer cannot score better against a
+    one-sentence reference, and each token costs the same on CPU)."""
+    import math
+
+    import numpy as np
+
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references]
+    if not lengths:
+        raise ValueError("no reference answers to size an answer budget from")
+    return max(1, math.ceil(float(np.percentile(lengths, percentile))))

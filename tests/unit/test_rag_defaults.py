@@ -66,3 +66,20 @@ def test_the_server_without_a_champion_answers_with_the_base_bundle(
     assert served.version is None
     assert built["retrieval"] == RetrievalSettings(mode=DEFAULT_MODE, k=DEFAULT_K)
     assert built["max_new_tokens"] == DEFAULT_MAX_NEW_TOKENS
+
+
+def test_the_evaluation_budget_is_the_p90_of_the_golden_references_in_generator_tokens() -> None:
+    """The default answer budget is sized to the task by a stated rule, not picked: recomputed
+    here from the shipped golden set and the default generator's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from llmops_dagster.config import Settings
+    from llmops_dagster.evaluate.golden import load_golden, reference_token_budget
+    from llmops_dagster.models.source import resolve_model_source
+
+    models = Settings().models
+    source = resolve_model_source(models.generator_model, models.generator_gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    references = [i.reference_answer for i in load_golden().items if i.reference_answer]
+    assert len(references) == 212
+    assert reference_token_budget(tokenizer, references, 90.0) == EVALUATION_MAX_NEW_TOKENS == 26
