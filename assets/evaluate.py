@@ -73,6 +73,10 @@ class EvaluationConfig(dg.Config):
     """Depth of the ranking retrieval metrics read (recall@5, nDCG@10, MRR@10)."""
     max_new_tokens: int = EVALUATION_MAX_NEW_TOKENS
     """Answer budget of both sides (shorter than the base bundle's: see `rag/defaults.py`)."""
+    index: str = "live"
+    """live | shadow (the newest shadow index: a fine-tuned embedding model's) | a physical
+    index of the alias. Not live: the candidate is the champion's bundle on that index and its
+    model, the baseline the champion on the live index."""
     # --- the run ---------------------------------------------------------------------------
     golden_path: str | None = None
     """QA JSONL or BEIR folder; default: the datasets resource's golden_path."""
@@ -141,8 +145,10 @@ def evaluation_pipeline_for(
     time (the evaluation pool), so the one running may use every core; serving keeps
     `torch_threads`."""
     eval_models = models.for_evaluation()
+    # Each side searches the physical index its bundle names (a shadow index is no alias's),
+    # with queries embedded by that index's model.
     return lambda bundle, tags: build_bundle_pipeline(
-        elasticsearch, eval_models, mlflow, bundle, recorded_tags=tags
+        elasticsearch, eval_models, mlflow, bundle, recorded_tags=tags, on_bundle_index=True
     )
 
 
@@ -173,6 +179,7 @@ def rag_evaluation(
         judge_spec_for_run,
         record_evaluation,
         recorded_cases,
+        resolve_candidate_index,
         resolve_sides,
     )
     from llmops_dagster.evaluate.golden import load_golden
@@ -182,8 +189,10 @@ def rag_evaluation(
     from llmops_dagster.rag.prompt_registry import sync_prompt
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.aliases import current_index
+    from llmops_dagster.search.sync import live_model_id
 
     client = mlflow.client()
+    es_client = elasticsearch.get_client()
     prompt = sync_prompt(client, load_prompt())
     embedder = models.embedder()
     golden = load_golden(config.golden_path or datasets.golden_path)
@@ -191,16 +200,19 @@ def rag_evaluation(
         golden = golden.subset(config.limit)
     run_config = config.model_dump()
     try:
+        candidate_index = resolve_candidate_index(es_client, elasticsearch.alias, config.index)
         sides = resolve_sides(
             client,
             CandidateRequest.from_config(run_config),
             llm_pin=models.generator_pin(),
             prompt_uri=prompt.uri,
             prompt_version=prompt.content_hash,
-            embedding_model_id=embedder.model_id,
-            index_name=current_index(elasticsearch.get_client(), elasticsearch.alias),
+            # The live index's model (a promoted fine-tuned one), which embeds its queries.
+            embedding_model_id=live_model_id(es_client, elasticsearch.alias) or embedder.model_id,
+            index_name=current_index(es_client, elasticsearch.alias),
             index_alias=elasticsearch.alias,
             adapter_model_name=models.adapter_model_name,
+            candidate_index=candidate_index,
         )
         judge_spec = judge_spec_for_run(
             models.judge_spec(), kind=config.judge, capable=config.judge_capable
@@ -212,13 +224,19 @@ def rag_evaluation(
     # One judge for both sides (the local one over the configured base model, never a side's
     # own adapter): scores from two different judges would not be comparable.
     local = models.for_evaluation().generator() if judge_spec.kind == "local" else None
-    reuse = AnswerReuse.on_index(
-        elasticsearch.get_client(),
-        sides.candidate.index_name,
-        golden,
-        client,
-        mlflow.store().experiment_id,
-        enabled=config.reuse_answers,
+    # Answers are keyed on one physical index and its version: sides on two indices (an index
+    # candidate) both answer, and nothing is recorded for reuse.
+    reuse = (
+        AnswerReuse.on_index(
+            es_client,
+            sides.candidate.index_name,
+            golden,
+            client,
+            mlflow.store().experiment_id,
+            enabled=config.reuse_answers,
+        )
+        if sides.candidate.index_name == sides.baseline.index_name
+        else None
     )
     evaluation = evaluate_candidate(
         sides,
@@ -243,7 +261,24 @@ def rag_evaluation(
             prompt_uri=prompt.uri,
             generator_location=models.generator_location(),
         )
-    return _evaluation_output(evaluation, registered, run_metadata=mlflow.run_metadata(run))
+    dropped: list[str] = []
+    if candidate_index is not None and evaluation.decision.outcome == "refused":
+        # A refused shadow never reaches champion_model (the blocking gate): retention is here.
+        from llmops_dagster.rag.promotion import drop_refused_shadow
+
+        dropped = drop_refused_shadow(
+            es_client, client, elasticsearch.alias, sides.candidate.index_name
+        )
+        context.log.info(f"refused shadow index dropped: {dropped or 'none (still named)'}")
+    indices = {
+        "candidate_index": sides.candidate.index_name,
+        "baseline_index": sides.baseline.index_name,
+        "candidate_embedding_model": sides.candidate.embedding_model_id,
+        "dropped_indices": dg.MetadataValue.json(dropped),
+    }
+    return _evaluation_output(
+        evaluation, registered, run_metadata={**mlflow.run_metadata(run), **indices}
+    )
 
 
 def _evaluation_output(
@@ -362,7 +397,10 @@ def champion_comparison(rag_evaluation: dict) -> dg.AssetCheckResult:
     group_name="evaluate", kinds={"mlflow"}, owners=["team:ml-platform"], pool=EVALUATION_POOL
 )
 def champion_model(
-    context: dg.AssetExecutionContext, rag_evaluation: dict, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    rag_evaluation: dict,
+    mlflow: MlflowResource,
+    elasticsearch: ElasticsearchResource,
 ) -> dg.MaterializeResult:
     """Moves the bundle model's aliases as decided: `champion` for a candidate that beat the
     champion, `challenger` otherwise (and for one awaiting manual approval). Runs only when the
@@ -371,22 +409,28 @@ def champion_model(
     Compare-and-set: `champion` moves only while the champion the candidate was compared with
     still holds it. Otherwise (another evaluation promoted in between, or this output is an old
     one materialized again) nothing moves, the version is tagged `stale` and the step fails
-    asking for a re-evaluation (the `stale_decision_sensor` requests it)."""
+    asking for a re-evaluation (the `stale_decision_sensor` requests it).
+
+    A champion evaluated on a shadow index (a fine-tuned embedding model's) moves the search
+    alias to that index in the same step (`rag/promotion.py`: alias first, champion second,
+    the alias back if the champion cannot move); the replaced index is recorded for rollback."""
     from llmops_dagster.evaluate.triggers import rerun_config
     from llmops_dagster.rag.bundle import (
         CHAMPION,
         StaleDecisionError,
         current_alias_version,
         load_bundle,
-        promote_decided,
     )
+    from llmops_dagster.rag.promotion import PromotionError, promote_with_index
 
     decision = rag_evaluation["decision"]
     name, version = rag_evaluation["bundle_name"], rag_evaluation["bundle_version"]
     client = mlflow.client()
     try:
-        move = promote_decided(
+        promotion = promote_with_index(
             client,
+            elasticsearch.get_client(),
+            elasticsearch.alias,
             name,
             version,
             outcome=decision.outcome,
@@ -405,6 +449,9 @@ def champion_model(
                 "reevaluate_config": dg.MetadataValue.json(rerun_config(bundle)),
             },
         ) from exc
+    except PromotionError as exc:
+        raise dg.Failure(description=str(exc), metadata={"version": version}) from exc
+    move, index_move = promotion.bundle, promotion.index
     context.log.info(f"{rag_evaluation['bundle_uri']} → @{move.alias}: {decision.summary()}")
     return dg.MaterializeResult(
         metadata={
@@ -417,6 +464,9 @@ def champion_model(
             "previous_version": str(move.previous_version or ""),
             "reason": decision.summary(),
             "mlflow_run_id": rag_evaluation["evaluation_run_id"],
+            "index_moved": index_move is not None,
+            "index": index_move.new_index if index_move else "",
+            "replaced_index": index_move.previous_index if index_move else "",
         }
     )
 

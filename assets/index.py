@@ -3,15 +3,22 @@
 import dagster as dg
 
 from assets.ingest import WAREHOUSE_WRITERS_POOL
+from llmops_dagster.embed.model_store import UnknownEmbeddingModelError
 from llmops_dagster.resources import (
     ElasticsearchResource,
     MlflowResource,
     ModelsResource,
     WarehouseResource,
 )
-from llmops_dagster.search.aliases import alias_indices
+from llmops_dagster.search.aliases import alias_indices, shadow_indices
 from llmops_dagster.search.mapping import index_meta, mapped_vector_dims
-from llmops_dagster.search.sync import active_chunk_ids, sync_index
+from llmops_dagster.search.sync import (
+    IndexSyncError,
+    active_chunk_ids,
+    live_model_id,
+    sync_index,
+    sync_shadow,
+)
 
 
 class SearchIndexConfig(dg.Config):
@@ -45,7 +52,11 @@ def search_index(
     swaps the alias in one atomic call; previous versions are kept for rollback.
     """
     client = elasticsearch.get_client()
-    embedder = models.embedder()
+    embedder, model_reason = _live_embedder(client, elasticsearch.alias, models)
+    if model_reason:
+        context.log.warning(model_reason)
+    shadows: dict[str, dict[str, int]] = {}
+    shadow_errors: list[str] = []
     with warehouse.get_connection() as con:
         report = sync_index(
             client,
@@ -57,6 +68,18 @@ def search_index(
             **elasticsearch.index_layout(),
             log=context.log.info,
         )
+        # Shadows under evaluation follow the same chunks (each with its own model), so a
+        # comparison with the live index is never made on stale data.
+        for shadow in shadow_indices(client, elasticsearch.alias):
+            try:
+                synced = sync_shadow(client, con, shadow, log=context.log.info)
+            except (IndexSyncError, UnknownEmbeddingModelError) as exc:
+                # The live index is what serves: a shadow that cannot follow is reported (and
+                # refused by its evaluation's staleness check), never a failed reindex.
+                shadow_errors.append(f"{shadow}: {exc}")
+                context.log.warning(f"shadow {shadow} not synced: {exc}")
+                continue
+            shadows[shadow] = {"indexed": synced.indexed, "deleted": synced.deleted}
     lineage = mlflow.log_asset_run(
         context,
         params={
@@ -84,10 +107,29 @@ def search_index(
             **report.as_metadata(),
             "elasticsearch_url": elasticsearch.url,
             "model_id": embedder.model_id,
+            "model_choice": model_reason or "the live index's model",
             "dims": embedder.dims,
             "dagster/row_count": dg.MetadataValue.int(report.doc_count),
+            "shadows": ", ".join(shadows),
+            **{f"shadow_indexed/{name}": n["indexed"] for name, n in shadows.items()},
+            **{f"shadow_deleted/{name}": n["deleted"] for name, n in shadows.items()},
+            "shadow_errors": dg.MetadataValue.json(shadow_errors),
         }
     )
+
+
+def _live_embedder(client, alias: str, models: ModelsResource):
+    """The embedder of the live index's model (a reindex never switches the alias to another
+    model: that is a shadow index's evaluation and promotion), else the configured one — when
+    there is no index yet, or the live model is no longer loadable (then the sync rebuilds with
+    the configured model, and the reason says so)."""
+    live = live_model_id(client, alias)
+    if live is None:
+        return models.embedder(), ""
+    try:
+        return models.embedder_for(live), ""
+    except UnknownEmbeddingModelError as exc:
+        return models.embedder(), f"live model unavailable, using the configured model: {exc}"
 
 
 @dg.asset_check(asset=search_index, blocking=True, description="ES docs == active chunks")
@@ -123,9 +165,16 @@ def vector_dims_match_model(
     models: ModelsResource, elasticsearch: ElasticsearchResource
 ) -> dg.AssetCheckResult:
     client = elasticsearch.get_client()
-    embedder = models.embedder()
     mapped = mapped_vector_dims(client, elasticsearch.alias)
     meta_model = index_meta(client, elasticsearch.alias).get("model_id")
+    # The model the index records is the one queries are embedded with (after a promotion: a
+    # fine-tuned model, not the configured one): it must be loadable and match the mapping.
+    try:
+        embedder = models.embedder_for(str(meta_model))
+    except UnknownEmbeddingModelError as exc:
+        return dg.AssetCheckResult(
+            passed=False, metadata={"index_model_id": str(meta_model), "error": str(exc)}
+        )
     return dg.AssetCheckResult(
         passed=mapped == embedder.dims and meta_model == embedder.model_id,
         metadata={

@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-REINDEX_SELECTION = dg.AssetSelection.groups("ingest", "prepare", "index")
+#: Fine-tuning the embedding model and its shadow index: on request only (minutes of training
+#: and a whole new index), never part of a reindex or of the whole graph.
+EMBEDDING_FINETUNE_SELECTION = dg.AssetSelection.assets(
+    "embedding_finetune", "shadow_index", "rag_evaluation", "champion_model"
+)
+SHADOW_SELECTION = dg.AssetSelection.assets("embedding_finetune", "shadow_index")
+REINDEX_SELECTION = dg.AssetSelection.groups("ingest", "prepare", "index") - SHADOW_SELECTION
 EVALUATION_SELECTION = dg.AssetSelection.assets("rag_evaluation", "champion_model")
 FINETUNE_SELECTION = dg.AssetSelection.assets(
     "finetune_dataset", "lora_adapter", "rag_evaluation", "champion_model"
@@ -13,7 +19,7 @@ DAILY_SELECTION = dg.AssetSelection.assets("serving_judgments")
 SERVING_SELECTION = dg.AssetSelection.groups("serve") - DAILY_SELECTION
 #: Everything a fresh deployment builds in one run (the demo's run): the whole graph but the
 #: daily partitions.
-WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION
+WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION - SHADOW_SELECTION
 SERVING_WATCH_CRON = "0 * * * *"
 
 # Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
@@ -42,6 +48,15 @@ finetune_and_evaluate_job = dg.define_asset_job(
     selection=FINETUNE_SELECTION,
     description="Rebuild the SFT dataset, train a LoRA adapter and evaluate it against the "
     "champion (requested when the training QA set changes, e.g. after accepted feedback).",
+)
+
+finetune_embedding_job = dg.define_asset_job(
+    name="finetune_embedding",
+    selection=EMBEDDING_FINETUNE_SELECTION,
+    config={"ops": {"rag_evaluation": {"config": {"index": "shadow"}}}},
+    description="Fine-tune the embedding model on the corpus, build its shadow index beside the "
+    "live alias, evaluate the champion bundle on it against the champion on the live index, "
+    "and promote bundle and alias together (or drop the refused shadow).",
 )
 
 serving_watch_job = dg.define_asset_job(
@@ -119,6 +134,7 @@ def build_jobs(
             reindex_full_rebuild_job,
             evaluate_candidate_job,
             finetune_and_evaluate_job,
+            finetune_embedding_job,
             serving_watch_job,
             judge_served_answers_job,
             whole_graph_job,

@@ -38,6 +38,7 @@ def build_assets(
     destination needs the URL itself."""
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
+    from assets.embedding_finetune_stub import embedding_finetune  # placeholder: see there
     from assets.embeddings import embeddings
     from assets.evaluate import champion_model, rag_evaluation
     from assets.golden import golden_candidates
@@ -46,6 +47,7 @@ def build_assets(
     from assets.judgments import serving_judgments
     from assets.model import finetune_dataset, lora_adapter
     from assets.serving import build_serving_load_assets, feedback_candidates, serving_metrics
+    from assets.shadow import shadow_index
 
     if warehouse is None or isinstance(warehouse.url, dg.EnvVar):
         warehouse = WarehouseResource.from_settings(settings, resolve_secrets=True)
@@ -58,6 +60,8 @@ def build_assets(
         chunks,
         embeddings,
         search_index,
+        embedding_finetune,
+        shadow_index,
         finetune_dataset,
         lora_adapter,
         rag_evaluation,

@@ -178,6 +178,7 @@ def resolve_sides(
     index_alias: str,
     adapter_model_name: str,
     bundle_model: str = DEFAULT_BUNDLE_MODEL,
+    candidate_index: CandidateIndex | None = None,
 ) -> Sides:
     """The candidate bundle ``request`` describes, and the baseline it is compared with.
 
@@ -185,9 +186,25 @@ def resolve_sides(
     weights digest, decoding): a changed setting is a new bundle key, evaluated before it
     serves. The base bundle (no champion yet) is the base model with the request's retrieval
     settings; a champion answers with its own pinned settings on today's index.
+
+    ``candidate_index`` (an index candidate: a shadow index of a new embedding model): the
+    candidate is the champion's bundle with that index and its model, the baseline the
+    champion on the live index — only retrieval differs. With no champion yet both sides are
+    the bundle ``request`` describes (not the base model: a generator change would hide the
+    index's effect), on the shadow and on the live index.
     """
     if index_name is None:
         raise CandidateError(f"alias {index_alias} has no index: materialize search_index")
+    champion = current_champion(client, bundle_model)
+    if candidate_index is not None and champion is not None:
+        # The champion's own bundle on both indices: the request's generator plays no part.
+        on_live = replace(champion.bundle, index_name=index_name)
+        on_shadow = replace(
+            champion.bundle,
+            index_name=candidate_index.name,
+            embedding_model_id=candidate_index.model_id,
+        )
+        return Sides(on_shadow, on_live, f"champion {champion.uri}", champion)
     adapter_uri = None
     if request.generator == "llm":
         adapter_uri = resolve_adapter_uri(client, adapter_model_name, request.model_version)
@@ -208,11 +225,66 @@ def resolve_sides(
     if request.generator == "extractive":
         pin = GeneratorPin("builtin", ExtractiveAnswerer().model_id)
     candidate = replace(base, **RagBundle.generator_fields(pin), adapter_uri=adapter_uri)
-    champion = current_champion(client, bundle_model)
+    if candidate_index is not None:  # and no champion yet: the requested bundle on both
+        on_shadow = replace(
+            candidate, index_name=candidate_index.name, embedding_model_id=candidate_index.model_id
+        )
+        label = f"the same bundle on the live index {index_name} (no champion yet)"
+        return Sides(on_shadow, candidate, label, None)
     if champion is None:
         return Sides(candidate, base, "base model (no champion yet)", None)
     baseline = replace(champion.bundle, index_name=index_name)
     return Sides(candidate, baseline, f"champion {champion.uri}", champion)
+
+
+@dataclass(frozen=True)
+class CandidateIndex:
+    """A physical index (of another embedding model) the candidate answers on."""
+
+    name: str
+    model_id: str
+
+
+#: ``index`` values of a run: the live index (no index candidate), the newest shadow.
+LIVE_INDEX, NEWEST_SHADOW = "live", "shadow"
+
+
+def resolve_candidate_index(es_client: Any, alias: str, index: str) -> CandidateIndex | None:
+    """The run config's ``index``: ``live`` (None: the candidate answers on the live index),
+    ``shadow`` (the newest shadow index of ``alias``) or a physical index name of ``alias``.
+    A shadow whose chunks are not the live index's (a reindex ran since and could not sync it)
+    is refused: the comparison would be on stale data."""
+    from llmops_dagster.search.aliases import current_index, list_versions, shadow_indices
+    from llmops_dagster.search.mapping import index_meta
+
+    live = current_index(es_client, alias)
+    if index == LIVE_INDEX or (live is not None and index == live):
+        return None
+    if index == NEWEST_SHADOW:
+        shadows = shadow_indices(es_client, alias)
+        if not shadows:
+            raise CandidateError(
+                f"index: shadow, but alias {alias} has no shadow index: materialize shadow_index "
+                "(the finetune_embedding job)"
+            )
+        index = shadows[-1]
+    elif index not in list_versions(es_client, alias):
+        raise CandidateError(
+            f"index {index!r}: not 'live', 'shadow' nor a physical index of alias {alias} "
+            f"({', '.join(list_versions(es_client, alias)) or 'none'})"
+        )
+    meta = index_meta(es_client, index)
+    model_id = str(meta.get("model_id") or "")
+    if not model_id:
+        raise CandidateError(f"index {index} records no _meta.model_id")
+    if live is not None:
+        live_digest = index_meta(es_client, live).get("chunk_set_digest")
+        if meta.get("chunk_set_digest") != live_digest:
+            raise CandidateError(
+                f"index {index} holds another chunk set than the live index {live}: materialize "
+                "search_index (it syncs shadow indices) before evaluating it"
+            )
+    return CandidateIndex(index, model_id)
 
 
 def judge_spec_for_run(

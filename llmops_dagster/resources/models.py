@@ -131,6 +131,29 @@ class ModelsResource(dg.ConfigurableResource):
             threads=self.torch_threads,
         )
 
+    def embedder_for(self, model_id: str) -> Embedder:
+        """The embedder whose id is ``model_id`` (loaded once per process, like
+        :meth:`embedder`): the configured model, or a fine-tuned one of the models store
+        (``<cache_dir>/embedding/<name>/``); ``UnknownEmbeddingModelError`` names both."""
+        from llmops_dagster.embed.model import load_embedder
+        from llmops_dagster.embed.model_store import embedding_model_ref, embedding_store_dir
+
+        ref = embedding_model_ref(
+            model_id,
+            configured=self.embedding_model,
+            store_dir=embedding_store_dir(self.cache_dir),
+            backend=self.embedding_backend,
+        )
+        if ref == self.embedding_model:
+            return self.embedder()
+        return load_embedder(
+            ref,
+            device=self.device,
+            backend=self.embedding_backend,
+            cache_dir=Path(self.cache_dir),
+            threads=self.torch_threads,
+        )
+
     def tokenizer(self) -> Any:
         """The embedding model's tokenizer (chunk sizes are counted in its tokens)."""
         from llmops_dagster.embed.model import load_tokenizer

@@ -29,16 +29,23 @@ def build_rag_pipeline(
     prompt: PromptTemplate | None = None,
     bundle_uri: str | None = None,
     temperature: float | None = None,
+    index: str | None = None,
 ) -> RagPipeline:
-    """The one way to wire a RAG: the index alias's retriever, the configured embedder,
-    the prompt (the repo's template unless given) and the configured generator (base, or base
-    + ``adapter_uri``)."""
+    """The one way to wire a RAG: the index alias's retriever (``index``: one physical index
+    instead), queries embedded by the model of the index searched (its ``_meta.model_id``:
+    the configured model, or a fine-tuned one from the models store), the prompt (the repo's
+    template unless given) and the configured generator (base, or base + ``adapter_uri``)."""
     from llmops_dagster.rag.defaults import DEFAULT_MAX_NEW_TOKENS
     from llmops_dagster.rag.pipeline import RagPipeline, RetrievalSettings
     from llmops_dagster.rag.prompts import load_prompt
     from llmops_dagster.search.retriever import HybridRetriever
 
-    retriever = HybridRetriever(elasticsearch.get_client(), elasticsearch.alias, models.embedder())
+    retriever = HybridRetriever(
+        elasticsearch.get_client(),
+        index or elasticsearch.alias,
+        models.embedder(),
+        embedder_for=models.embedder_for,
+    )
     if generator is None:
         tracking_uri = mlflow.store().tracking_uri if mlflow is not None else None
         generator = models.generator(adapter_uri=adapter_uri, tracking_uri=tracking_uri)
@@ -61,6 +68,7 @@ def build_bundle_pipeline(
     *,
     bundle_uri: str | None = None,
     recorded_tags: Mapping[str, str] | None = None,
+    on_bundle_index: bool = False,
 ) -> RagPipeline:
     """The pipeline a RAG bundle describes — exactly its prompt version (from MLflow's prompt
     registry), retriever settings, generator (its pinned backend, model and weights, adapter
@@ -68,7 +76,9 @@ def build_bundle_pipeline(
     evaluated on. Serving and evaluation both use this, so what passed the comparison is what
     answers. A generator this process cannot reproduce is a :class:`GeneratorConfigError`,
     never a stand-in. ``recorded_tags``: the bundle version's tags (where its generator was
-    loaded from when it was evaluated)."""
+    loaded from when it was evaluated). ``on_bundle_index``: search the physical index the
+    bundle names (an evaluation: a shadow index is no alias's yet) instead of the alias
+    (serving: syncs and rebuilds keep moving the alias's physical index)."""
     import json
 
     from llmops_dagster.models.base import GeneratorConfigError
@@ -112,4 +122,5 @@ def build_bundle_pipeline(
         generator=generator,
         prompt=registered.template,
         bundle_uri=bundle_uri,
+        index=bundle.index_name if on_bundle_index else None,
     )

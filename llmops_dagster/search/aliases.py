@@ -28,6 +28,8 @@ from llmops_dagster.search.writer import BulkReport, write_chunks
 
 log = logging.getLogger(__name__)
 
+#: ``_meta`` key of a shadow index: the alias it was built beside (removed on promotion).
+SHADOW_OF = "shadow_of"
 _VERSION_SUFFIX = re.compile(r"^-(\d{20})-([0-9a-f]{8})$")
 
 
@@ -184,7 +186,13 @@ def prune_versions(client: Elasticsearch, alias: str, keep: int) -> tuple[list[s
     Returns ``(kept_previous, deleted)``. An index the alias points to is never deleted.
     """
     live = set(alias_indices(client, alias))
-    others = [name for name in list_versions(client, alias) if name not in live]
+    # A shadow index (built for a candidate embedding model, not yet promoted) is not an old
+    # version: it waits for its evaluation; the retention of refused shadows drops it.
+    others = [
+        name
+        for name in list_versions(client, alias)
+        if name not in live and SHADOW_OF not in index_meta(client, name)
+    ]
     # A rebuild interrupted so hard that it could not delete its own index (the cluster went
     # away mid-load) leaves an index without ``built_at``: never a rollback target, always junk.
     orphans = [name for name in others if "built_at" not in index_meta(client, name)]
@@ -225,6 +233,8 @@ def rebuild(
     digest: str | None = None,
     vector_field: str = "embedding",
     bulk_options: Mapping[str, Any] | None = None,
+    move_alias: bool = True,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> RebuildReport:
     """Build a new physical index from ``docs``, verify it, then swap the alias atomically.
 
@@ -236,6 +246,10 @@ def rebuild(
 
     On ANY failure (a bulk error, an exception from the ``docs`` iterator, a failed check,
     Ctrl-C) the new index is deleted and the alias is not touched.
+
+    ``move_alias=False`` builds and verifies the index beside the alias without moving it or
+    pruning anything (a shadow index: :func:`build_shadow_index`); ``extra_meta`` is added to
+    its ``_meta``.
     """
     started = time.perf_counter()
     previous = current_index(client, alias)
@@ -274,16 +288,18 @@ def rebuild(
                 "chunk_count": expected_count,
                 "built_at": datetime.now(UTC).isoformat(),
                 "alias": alias,
+                **dict(extra_meta or {}),
             }
         )
         client.indices.put_mapping(index=name, meta=meta)
-        point_alias(client, alias, name)
+        if move_alias:
+            point_alias(client, alias, name)
     except BaseException:
         log.error("rebuild of %s failed; deleting %s, alias left on %s", alias, name, previous)
         _delete_quietly(client, name)
         raise
     try:
-        kept, deleted = prune_versions(client, alias, keep)
+        kept, deleted = prune_versions(client, alias, keep) if move_alias else ([], [])
     except es_exceptions.ApiError:
         # The swap already happened and is what matters; old versions are retried next time.
         log.warning("rebuild of %s: could not prune old versions", alias, exc_info=True)
@@ -322,3 +338,48 @@ def rollback(client: Elasticsearch, alias: str) -> str:
     point_alias(client, alias, target)
     log.info("rolled %s back from %s to %s", alias, live, target)
     return target
+
+
+def build_shadow_index(
+    client: Elasticsearch,
+    alias: str,
+    docs: Iterable[Mapping[str, Any]],
+    expected_count: int,
+    index_body: Mapping[str, Any],
+    **kwargs: Any,
+) -> RebuildReport:
+    """A new verified ``<alias>-<stamp>-<digest8>`` index beside the alias, which does NOT move:
+    the index of a candidate embedding model, searched only by its evaluation until a promotion
+    points the alias at it. Its ``_meta`` says ``shadow_of: <alias>`` (besides ``model_id``,
+    ``built_at``, ...); a failed build deletes it, like a rebuild. ``kwargs``: :func:`rebuild`'s."""
+    return rebuild(
+        client,
+        alias,
+        docs,
+        expected_count,
+        index_body,
+        move_alias=False,
+        extra_meta={SHADOW_OF: alias},
+        **kwargs,
+    )
+
+
+def shadow_indices(client: Elasticsearch, alias: str) -> list[str]:
+    """The shadow indices of ``alias`` (built beside it, never promoted), oldest first."""
+    live = set(alias_indices(client, alias))
+    return [
+        name
+        for name in list_versions(client, alias)
+        if name not in live and index_meta(client, name).get(SHADOW_OF) == alias
+    ]
+
+
+def adopt_shadow(client: Elasticsearch, index: str) -> None:
+    """Mark a promoted shadow as an ordinary version of its alias (prunable once replaced):
+    ``shadow_of`` leaves its ``_meta``, ``promoted_at`` records when."""
+    meta = index_meta(client, index)
+    if SHADOW_OF not in meta:
+        return
+    alias = meta.pop(SHADOW_OF)
+    meta.update({"promoted_at": datetime.now(UTC).isoformat(), "promoted_to": alias})
+    client.indices.put_mapping(index=index, meta=meta)

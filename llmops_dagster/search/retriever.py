@@ -31,7 +31,8 @@ responses (:mod:`~llmops_dagster.search.hits`). Their public names are importabl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,10 +90,18 @@ class SearchError(RuntimeError):
 
 
 class HybridRetriever:
-    """Searches one alias in the modes of :class:`SearchMode`.
+    """Searches one alias (or one physical index) in the modes of :class:`SearchMode`.
 
     ``embedder`` encodes queries with the same model that embedded the chunks (the index
     ``_meta.model_id`` says which; a mismatch silently ruins kNN, so callers should check).
+
+    ``embedder_for`` (model id → encoder) makes the retriever follow the index instead: each
+    search resolves the alias to its physical index once, embeds the queries with the model
+    that index's ``_meta.model_id`` names (cached per physical index: a physical index never
+    changes model), and sends every request of that search to that physical index. So while
+    a promotion moves the alias to an index of another model, a search never embeds with one
+    model and searches the other's vectors, and never fails. ``encoder_wrapper`` wraps the
+    encoder of each search (serving adds its ``embed_query`` trace span this way).
     """
 
     def __init__(
@@ -101,11 +110,19 @@ class HybridRetriever:
         alias: str,
         embedder: QueryEncoder | None = None,
         config: RetrieverConfig | None = None,
+        *,
+        embedder_for: Callable[[str], QueryEncoder] | None = None,
     ) -> None:
         self.client = client
         self.alias = alias
         self.embedder = embedder
+        self.embedder_for = embedder_for
+        self.encoder_wrapper: Callable[[QueryEncoder], QueryEncoder] | None = None
         self.config = config or RetrieverConfig()
+        self._index_models: dict[str, str] = {}
+        self._encoders: dict[str, QueryEncoder] = {}
+        self._is_physical = False
+        self._models_lock = threading.Lock()
         self.capabilities = AliasCapabilities(client, alias, ttl_s=self.config.index_info_ttl_s)
         #: The mode that actually produced the last results (differs on a server_rrf fallback).
         self.last_effective_mode: SearchMode | None = None
@@ -197,7 +214,14 @@ class HybridRetriever:
             weights=weights,
             normalization=normalization,
         )
-        vectors = self._encode(queries) if effective is not SearchMode.BM25 else None
+        target, encoder = self.alias, self.embedder
+        if self.embedder_for is not None:
+            target, model_id = self.resolve_index_model()
+            if effective is not SearchMode.BM25 and model_id:
+                encoder = self._encoder_for(model_id)
+        if encoder is not None and self.encoder_wrapper is not None:
+            encoder = self.encoder_wrapper(encoder)
+        vectors = self._encode(queries, encoder) if effective is not SearchMode.BM25 else None
         clauses = build_filter_clauses(filters, principal)
         fields = self.bm25_fields() if effective is not SearchMode.KNN else ()
         ids_only = effective in FUSED and self.config.ids_only_hybrid
@@ -218,14 +242,14 @@ class HybridRetriever:
                 )
                 for body in bodies:
                     searches.extend(({}, body))
-            responses = self._msearch(searches)
+            responses = self._msearch(searches, target)
             per_query = len(responses) // len(batch)
             fused = [
                 ranked_hits(effective, responses[j * per_query : (j + 1) * per_query], params)
                 for j in range(len(batch))
             ]
             if ids_only:
-                fused = self._fetch_hits(fused, clauses)
+                fused = self._fetch_hits(fused, clauses, target)
             results.extend(fused)
         return results
 
@@ -245,13 +269,47 @@ class HybridRetriever:
         return fetch_body(ids, clauses, self.config.source_fields)
 
     # --- round trips ---------------------------------------------------------------------------
-    def _encode(self, queries: Sequence[str]) -> np.ndarray:
-        if self.embedder is None:
+    def resolve_index_model(self) -> tuple[str, str]:
+        """(physical index searched now, the model id its ``_meta`` records, "" if none).
+
+        The alias is resolved on every call (it moves: syncs, rebuilds, promotions); the model
+        of a physical index is read once (an index is built for one model and never changes
+        it). A name that is no alias is a physical index (an evaluation of a bundle's index)."""
+        from llmops_dagster.search.aliases import current_index
+        from llmops_dagster.search.mapping import index_meta
+
+        index = None if self._is_physical else current_index(self.client, self.alias)
+        if index is None:
+            index = self.alias
+        with self._models_lock:
+            model_id = self._index_models.get(index)
+        if model_id is None:
+            # "" (an index built by hand, without _meta): the retriever's own embedder.
+            model_id = str(index_meta(self.client, index).get("model_id") or "")
+            with self._models_lock:
+                self._index_models[index] = model_id
+                self._is_physical = index == self.alias
+        return index, model_id
+
+    def _encoder_for(self, model_id: str) -> QueryEncoder:
+        """``embedder_for(model_id)``, asked once per model (it may look through folders)."""
+        with self._models_lock:
+            found = self._encoders.get(model_id)
+        if found is None:
+            assert self.embedder_for is not None
+            found = self.embedder_for(model_id)
+            with self._models_lock:
+                self._encoders[model_id] = found
+        return found
+
+    def _encode(self, queries: Sequence[str], encoder: QueryEncoder | None = None) -> np.ndarray:
+        encoder = encoder if encoder is not None else self.embedder
+        if encoder is None:
             raise ValueError("this mode needs query embeddings: pass an embedder")
-        return np.asarray(self.embedder.encode(list(queries)), dtype=np.float32)
+        return np.asarray(encoder.encode(list(queries)), dtype=np.float32)
 
     def _fetch_hits(
-        self, per_query: list[list[Hit]], clauses: list[dict[str, Any]]
+        self, per_query: list[list[Hit]], clauses: list[dict[str, Any]], target: str | None = None
     ) -> list[list[Hit]]:
         """Fill fused id-only hits with their fields: one ``ids`` search for the whole batch
         (one principal, so one set of clauses). A chunk the fetch does not return (deleted, or
@@ -259,16 +317,18 @@ class HybridRetriever:
         wanted = list(dict.fromkeys(hit.chunk_id for hits in per_query for hit in hits))
         if not wanted:
             return per_query
-        response = self._msearch([{}, self.fetch_body(wanted, clauses)])[0]
+        response = self._msearch([{}, self.fetch_body(wanted, clauses)], target)[0]
         by_id = {raw["_id"]: raw for raw in raw_hits(response)}
         return [
             [with_fields(hit, by_id[hit.chunk_id]) for hit in hits if hit.chunk_id in by_id]
             for hits in per_query
         ]
 
-    def _msearch(self, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _msearch(
+        self, searches: list[dict[str, Any]], target: str | None = None
+    ) -> list[dict[str, Any]]:
         response = self.client.msearch(
-            index=self.alias, searches=searches, filter_path=_FILTER_PATH
+            index=target or self.alias, searches=searches, filter_path=_FILTER_PATH
         )
         items: list[dict[str, Any]] = list(response["responses"])
         for item in items:

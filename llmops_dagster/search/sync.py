@@ -223,12 +223,7 @@ def _sync_index(
     for another embedding model or dimension (mixing vector spaces would silently corrupt kNN).
     """
     started = time.perf_counter()
-    missing = _missing_vectors(con, model_id)
-    if missing:
-        raise IndexSyncError(
-            f"{missing} active chunks have no vector for model {model_id!r}: "
-            "materialize the embeddings asset first"
-        )
+    _require_vectors(con, model_id)
     wanted = active_chunk_ids(con)
     previous = current_index(client, alias)
     reason = "requested"
@@ -290,37 +285,172 @@ def _sync_index(
         )
 
     assert previous is not None
-    live = live_chunk_sync_keys(client, alias)
+    report = _incremental(
+        client, con, alias, previous, model_id, wanted, digest, bulk_chunk_size, log,
+        is_alias=True,
+    )  # fmt: skip
+    report.reason = reason
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _incremental(
+    client: Elasticsearch,
+    con: Warehouse,
+    target: str,
+    physical: str,
+    model_id: str,
+    wanted: dict[str, str],
+    digest: str,
+    bulk_chunk_size: int,
+    log: Callable[[str], None],
+    *,
+    is_alias: bool,
+) -> IndexSyncReport:
+    """Diff ``target`` (the alias, or a shadow index by name) against the warehouse and write
+    exactly the difference, embedded by ``model_id``."""
+    live = live_chunk_sync_keys(client, target)
     wanted_keys = active_chunk_sync_keys(con)
     upsert = {cid for cid, key in wanted_keys.items() if live.get(cid) != key}
     delete = sorted(set(live) - set(wanted_keys))
-    log(f"incremental sync of {alias}: {len(upsert)} to upsert, {len(delete)} to delete")
+    log(f"incremental sync of {target}: {len(upsert)} to upsert, {len(delete)} to delete")
     bulk = write_chunks(
         client,
-        alias,
+        target,
         iter_chunk_documents(con, model_id, only_ids=upsert) if upsert else (),
         delete,
         chunk_size=bulk_chunk_size,
-        require_alias=True,
+        require_alias=is_alias,
         refresh=True,
     )
     try:
-        meta = index_meta(client, previous)
+        meta = index_meta(client, physical)
         meta.update({"chunk_set_digest": digest, "chunk_count": len(wanted)})
-        client.indices.put_mapping(index=previous, meta=meta)
+        client.indices.put_mapping(index=physical, meta=meta)
     except es_exceptions.ApiError as exc:  # the data is right; the label can be fixed next run
-        log(f"could not update _meta of {previous}: {exc}")
+        log(f"could not update _meta of {physical}: {exc}")
     return IndexSyncReport(
         mode="incremental",
-        alias=alias,
-        index=previous,
-        previous_index=previous,
+        alias=target,
+        index=physical,
+        previous_index=physical,
         chunk_count=len(wanted),
         indexed=bulk.indexed,
         deleted=bulk.deleted,
         unchanged=len(wanted) - len(upsert),
-        doc_count=client.count(index=alias)["count"],
+        doc_count=client.count(index=target)["count"],
         chunk_set_digest=digest,
-        seconds=time.perf_counter() - started,
-        reason=reason,
     )
+
+
+def _require_vectors(con: Warehouse, model_id: str) -> None:
+    missing = _missing_vectors(con, model_id)
+    if missing:
+        raise IndexSyncError(
+            f"{missing} active chunks have no vector for model {model_id!r}: "
+            "materialize the embeddings asset first"
+        )
+
+
+def sync_shadow(
+    client: Elasticsearch,
+    con: Warehouse | Any,
+    index: str,
+    *,
+    bulk_chunk_size: int = 500,
+    log: Callable[[str], None] = lambda _m: None,
+) -> IndexSyncReport:
+    """Bring a shadow index (by its physical name) in line with the warehouse, embedded by the
+    model its ``_meta.model_id`` records: an evaluation compares it with the live index on the
+    same chunks, never on stale ones."""
+    started = time.perf_counter()
+    con = as_warehouse(con)
+    model_id = str(index_meta(client, index).get("model_id") or "")
+    if not model_id:
+        raise IndexSyncError(f"shadow index {index} records no _meta.model_id")
+    _require_vectors(con, model_id)
+    wanted = active_chunk_ids(con)
+    report = _incremental(
+        client, con, index, index, model_id, wanted, chunk_set_digest(wanted), bulk_chunk_size,
+        log, is_alias=False,
+    )  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def build_shadow(
+    client: Elasticsearch,
+    con: Warehouse | Any,
+    *,
+    alias: str,
+    model_id: str,
+    dims: int,
+    shards: int = 1,
+    replicas: int = 0,
+    hnsw_m: int = 16,
+    ef_construction: int = 100,
+    bulk_chunk_size: int = 500,
+    keep: int = 2,
+) -> IndexSyncReport:
+    """A shadow index of ``alias`` for ``model_id`` (whose vectors must be in the embedding
+    cache): every active chunk, verified, the alias NOT moved (``aliases.build_shadow_index``).
+    ``keep`` is accepted for the layout's sake (a shadow prunes nothing)."""
+    from llmops_dagster.search.aliases import build_shadow_index
+
+    del keep
+    started = time.perf_counter()
+    con = as_warehouse(con)
+    _require_vectors(con, model_id)
+    wanted = active_chunk_ids(con)
+    spec = _index_spec(
+        model_id, dims, shards=shards, replicas=replicas, hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+    )  # fmt: skip
+    smoke = next(iter_chunk_documents(con, model_id), None)
+    result = build_shadow_index(
+        client,
+        alias,
+        iter_chunk_documents(con, model_id),
+        len(wanted),
+        build_index_body(spec, client=client),
+        smoke_query_vector=smoke["embedding"] if smoke else None,
+        smoke_query_text=smoke["text"][:200] if smoke else None,
+        digest=chunk_set_digest(wanted),
+        bulk_options={"chunk_size": bulk_chunk_size},
+    )
+    return IndexSyncReport(
+        mode="rebuild",
+        alias=alias,
+        index=result.index,
+        previous_index=None,
+        chunk_count=len(wanted),
+        indexed=result.bulk.indexed,
+        doc_count=client.count(index=result.index)["count"],
+        chunk_set_digest=result.chunk_set_digest,
+        seconds=time.perf_counter() - started,
+        reason=f"shadow of {alias} for {model_id}",
+    )
+
+
+def live_model_id(client: Elasticsearch, alias: str) -> str | None:
+    """The embedding model of the index the alias points at (None: no alias yet)."""
+    live = current_index(client, alias)
+    if live is None:
+        return None
+    return str(index_meta(client, live).get("model_id") or "") or None
+
+
+def models_in_use(client: Elasticsearch, alias: str, configured: str) -> dict[str, list[str]]:
+    """model id → what uses it (``configured``, ``live``, ``shadow <index>``): every model
+    whose vectors the active chunks need, so a reindex keeps each index it syncs complete."""
+    from llmops_dagster.search.aliases import shadow_indices
+
+    used: dict[str, list[str]] = {configured: ["configured"]}
+    live = live_model_id(client, alias)
+    if live:
+        used.setdefault(live, []).append("live")
+    for shadow in shadow_indices(client, alias):
+        model = str(index_meta(client, shadow).get("model_id") or "")
+        if model:
+            used.setdefault(model, []).append(f"shadow {shadow}")
+    return used

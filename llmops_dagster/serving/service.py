@@ -38,7 +38,7 @@ from llmops_dagster.serving.guards import AnswerGuard, Busy, GenerationLine
 from llmops_dagster.serving.pricing import PriceTable
 from llmops_dagster.serving.prometheus import ServerMetrics
 from llmops_dagster.serving.rollout import RolloutPlan, arm_for
-from llmops_dagster.serving.tracing import AnswerTracer
+from llmops_dagster.serving.tracing import AnswerTracer, TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class AnswerService:
         metrics: ServerMetrics | None = None,
         assessments: AssessmentWriter | None = None,
         index_name: Callable[[], str | None] = lambda: None,
+        index_model: Callable[[str], str | None] = lambda index: None,
         health_checks: Mapping[str, Callable[[], str]] | None = None,
         max_concurrent_generations: int = 1,
         max_question_chars: int = 2000,
@@ -157,6 +158,9 @@ class AnswerService:
         self.metrics = metrics or ServerMetrics()
         self.assessments = assessments or AssessmentWriter()
         self.index_name = index_name
+        #: physical index → the embedding model it records: the model that embeds the query
+        #: searching it (after a promotion of a fine-tuned model, not the bundle's record).
+        self.index_model = index_model
         self.health_checks = dict(health_checks or {})
         # /healthz is open to anyone: a flood of probes must not become a flood of cluster and
         # tracking-store calls, so one check's result answers every probe for health_ttl_s.
@@ -266,10 +270,8 @@ class AnswerService:
         key: CacheKey | None = None
         cached: CachedAnswer | None = None
         try:
-            context = served.context
             index = self.index_name()
-            if index:
-                context = replace(context, index_name=index)
+            context = self._context_on(served, index)
             self.cache.follow(index=index or "")  # the alias moved: the cache empties
             if self._cacheable(served, guard):
                 key = cache_key(
@@ -396,6 +398,14 @@ class AnswerService:
             return challenger, "challenger"
         return champion, "champion"
 
+    def _context_on(self, served: ServedBundle, index: str | None) -> TraceContext:
+        """The bundle's trace context on the physical index the alias points at now, with the
+        embedding model that index records (the retriever embeds the query with it)."""
+        if not index:
+            return served.context
+        model = self.index_model(index) or served.context.embedding_model_id
+        return replace(served.context, index_name=index, embedding_model_id=model)
+
     def _shadow_bundle(self) -> ServedBundle | None:
         return self._challenger_bundle() if self.rollout.mode == "shadow" else None
 
@@ -413,8 +423,7 @@ class AnswerService:
         guard = AnswerGuard(question, self.injection_policy, self.min_relevance)
         started = time.perf_counter()
         try:
-            index = self.index_name()
-            context = replace(served.context, index_name=index) if index else served.context
+            context = self._context_on(served, self.index_name())
             with self.line:
                 traced = self.tracer.answer(
                     served.pipeline,

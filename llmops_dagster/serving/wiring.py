@@ -62,14 +62,38 @@ def bundle_loader(resources: dict[str, Any]) -> Any:
                 embedding_model_id=bundle.embedding_model_id,
             )
         # Each served pipeline gets its own retriever; wrapping its embedder adds the
-        # embed_query span without touching the shared (cached) model.
+        # embed_query span without touching the shared (cached) model. The retriever embeds
+        # with the model of the index it searches (after a promotion: the new model), so the
+        # span names the encoder actually used, not the bundle's record.
         retriever = pipeline.retriever
         retriever.embedder = TracedEncoder(retriever.embedder, context.embedding_model_id)
+        retriever.encoder_wrapper = lambda encoder: TracedEncoder(
+            encoder, str(getattr(encoder, "model_id", "") or context.embedding_model_id)
+        )
         local = not isinstance(pipeline.generator, OpenAICompatibleGenerator)
         log.info("loaded %s", version.uri if version else "the base model (no champion yet)")
         return ServedBundle(pipeline=pipeline, version=version, context=context, local=local)
 
     return load
+
+
+class IndexModels:
+    """physical index → the embedding model its ``_meta`` records (read once per index: an
+    index never changes model). What the trace context names as the embedding model."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._found: dict[str, str] = {}
+
+    def __call__(self, index: str) -> str | None:
+        from llmops_dagster.search.mapping import index_meta
+
+        if index not in self._found:
+            model = index_meta(self.client, index).get("model_id")
+            if not model:
+                return None
+            self._found[index] = str(model)
+        return self._found[index]
 
 
 def build_service(settings: Settings) -> AnswerService:
@@ -120,6 +144,7 @@ def build_service(settings: Settings) -> AnswerService:
         store=ServingStore(settings.serving_store_path),
         prices=PriceTable.load(settings.serving.price_table),
         index_name=lambda: current_index(client, es.alias),
+        index_model=IndexModels(client),
         health_checks={"elasticsearch": es_health, "tracking_store": tracking_health},
         max_concurrent_generations=settings.serving.max_concurrent_generations,
         max_question_chars=settings.serving.max_question_chars,
