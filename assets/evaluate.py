@@ -117,6 +117,12 @@ class EvaluationConfig(dg.Config):
     max_cost_ratio: float | None = _POLICY.max_cost_ratio
     """Hold a candidate back (challenger) whose mean prompt + completion tokens per answer
     exceed this multiple of the baseline's; null: no cost rule."""
+    min_online_answers: int = _POLICY.min_online_answers
+    """0: off. Else a candidate that would be promoted becomes challenger (awaiting_online)
+    until serving_metrics has seen this many served answers per arm non-inferior online."""
+    online_margins: dict[str, float] = Field(default_factory=lambda: dict(_POLICY.online_margins))
+    """Online metric → allowed regression of challenger vs champion (interval end), over what
+    `serving/arm_comparison.py` computes (cited, thumbs_down, latency_ms, tokens)."""
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> dg.MarkdownMetadataValue:
@@ -381,7 +387,7 @@ def champion_comparison(rag_evaluation: dict) -> dg.AssetCheckResult:
     table holds each metric's mean difference and paired bootstrap 95 % interval."""
     decision = rag_evaluation["decision"]
     return dg.AssetCheckResult(
-        passed=decision.outcome in ("champion", "awaiting_approval"),
+        passed=decision.outcome in ("champion", "awaiting_approval", "awaiting_online"),
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "baseline": rag_evaluation["baseline"],
@@ -403,7 +409,8 @@ def champion_model(
     elasticsearch: ElasticsearchResource,
 ) -> dg.MaterializeResult:
     """Moves the bundle model's aliases as decided: `champion` for a candidate that beat the
-    champion, `challenger` otherwise (and for one awaiting manual approval). Runs only when the
+    champion, `challenger` otherwise (and for one awaiting manual approval or, under
+    `min_online_answers`, online evidence: `serving_metrics` settles that). Runs only when the
     blocking quality gate passed; promotions record the previous champion for rollback.
 
     Compare-and-set: `champion` moves only while the champion the candidate was compared with
@@ -437,6 +444,8 @@ def champion_model(
             baseline_version=decision.baseline_version,
             evaluation_run_id=rag_evaluation["evaluation_run_id"],
             decision_summary=decision.summary(),
+            # Recorded on the version: serving_metrics settles it without this run's config.
+            decision_tags=decision.online.as_tags() if decision.online is not None else None,
         )
     except StaleDecisionError as exc:
         bundle = load_bundle(client, rag_evaluation["bundle_uri"]).bundle

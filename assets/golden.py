@@ -6,7 +6,14 @@ import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
-from llmops_dagster.resources import DatasetsResource, MlflowResource, WarehouseResource
+from llmops_dagster.resources import (
+    DatasetsResource,
+    MlflowResource,
+    ModelsResource,
+    WarehouseResource,
+)
+
+DRAFTERS = ("templates", "generator")
 
 
 class GoldenCandidatesConfig(dg.Config):
@@ -19,6 +26,9 @@ class GoldenCandidatesConfig(dg.Config):
     """Candidates per materialization: a seeded sample spread over documents."""
     seed: int = 13
     """Seed of the sample."""
+    drafter: str = "templates"
+    """templates | generator: the configured generator writes each sampled candidate's question,
+    checked; a failed draft keeps the template's (`evaluate/golden_drafter.py`)."""
 
 
 @dg.asset(
@@ -33,13 +43,16 @@ def golden_candidates(
     datasets: DatasetsResource,
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
+    models: ModelsResource,
 ):
     """Golden candidates drafted from the active chunks the `audience` may read (never from
     other documents: `n_chunks_dropped_audience`), one question and one-sentence reference
     answer per chunk, spread over documents (`n_documents`), none restating a golden item
     (`n_dropped_golden_overlap`) or another candidate. Written to `golden_candidates.jsonl` in
     the datasets folder as pending; decided candidates are kept and not proposed again. Review
-    with `llmops-dagster golden list|accept|reject`."""
+    with `llmops-dagster golden list|accept|reject`. `drafter: generator`: the configured
+    generator writes the questions (`n_generator_drafts`, `n_template_fallbacks`)."""
+    import functools
     from pathlib import Path
 
     from llmops_dagster.access import AccessError, Principal
@@ -51,6 +64,10 @@ def golden_candidates(
     )
     from llmops_dagster.train.raft import read_chunk_records
 
+    if config.drafter not in DRAFTERS:
+        raise dg.Failure(
+            f"golden_candidates config drafter: {config.drafter!r}, expected one of {DRAFTERS}"
+        )
     try:
         audience = Principal("golden", frozenset(config.audience) - {"public"})
     except AccessError as exc:
@@ -65,6 +82,16 @@ def golden_candidates(
         )
     golden = load_golden(datasets.golden_path)
     review = GoldenReview(Path(datasets.datasets_dir) / CANDIDATES_FILE, datasets.golden_path)
+    question_drafter = None
+    if config.drafter == "generator":
+        from llmops_dagster.evaluate.golden_drafter import draft_with_generator
+
+        question_drafter = functools.partial(
+            draft_with_generator,
+            generator=models.generator(),
+            golden_questions=[item.question for item in golden.items],
+        )
+
     draft = draft_golden_candidates(
         chunks,
         audience=audience,
@@ -72,6 +99,7 @@ def golden_candidates(
         decided=review.decided_ids(),
         max_items=config.max_items,
         seed=config.seed,
+        question_drafter=question_drafter,
     )
     review.replace_pending(draft.candidates)
     counts = draft.metadata()
@@ -84,7 +112,12 @@ def golden_candidates(
     audience_label = ",".join(audience.visible_groups)
     lineage = mlflow.log_asset_run(
         context,
-        params={"audience": audience_label, "max_items": config.max_items, "seed": config.seed},
+        params={
+            "audience": audience_label,
+            "max_items": config.max_items,
+            "seed": config.seed,
+            "drafter": config.drafter,
+        },
         metrics=counts,
         tags={"golden.digest": golden.version},
     )
@@ -102,6 +135,12 @@ def golden_candidates(
             **lineage,
             **counts,
             "audience": audience_label,
+            "drafter": config.drafter,
+            **(
+                {"fallback_reasons": dg.MetadataValue.json(dict(draft.generator.fallback_reasons))}
+                if draft.generator is not None
+                else {}
+            ),
             "golden_digest": golden.version,
             "path": str(review.path),
             "preview": md(preview, ["id", "question", "reference_answer", "doc_id"]),

@@ -8,7 +8,9 @@ said, and which answers a reviewer should look at.
 - ``serving_metrics``: per day × bundle version latency, tokens, cost and quality rates, with
   WARN checks (latency, thumbs-down, no-answer rate, retrieval score drift vs the champion's
   evaluation). Warnings, not blocking: nothing downstream should stop because users were slow
-  to click; they are signals for a person (and plotted over materializations).
+  to click; they are signals for a person (and plotted over materializations). It also
+  compares challenger and champion on the same days and settles a challenger awaiting online
+  evidence (promote / refuse / wait: `evaluate/online_gate.py`).
 - ``feedback_candidates``: thumbs-down answers and corrections awaiting review
   (``llmops-dagster feedback list / accept / reject``), as a warehouse table and a JSONL file.
 """
@@ -187,9 +189,34 @@ ARM_COLUMNS = ["metric", "challenger_n", "champion_n", "challenger_mean", "champ
                "diff", "ci_low", "ci_high", "higher_is_better"]  # fmt: skip
 
 
+def _online_gate(client: Any, challenger: str, rows: Any) -> dict[str, Any]:
+    """A challenger awaiting online evidence (`evaluate/online_gate.py`): promoted, refused or
+    still waiting, with n of N as numbers. Nothing when it awaits none."""
+    from llmops_dagster.evaluate.online_gate import settle_online
+    from llmops_dagster.rag.bundle import DEFAULT_BUNDLE_MODEL
+
+    try:
+        settled = settle_online(client, DEFAULT_BUNDLE_MODEL, challenger, rows)
+    except Exception as exc:  # the registry failed mid-way: the next materialization retries
+        return {"online_gate": f"skipped ({type(exc).__name__}: {exc}); retried next run"}
+    if settled is None:
+        return {}
+    verdict = settled.verdict
+    return {
+        "online_gate": settled.action,
+        "online_verdict": verdict.status,
+        "online_reason": verdict.reason + (f" ({settled.detail})" if settled.detail else ""),
+        "online_answers": dg.MetadataValue.int(verdict.n_answers),
+        "online_answers_required": dg.MetadataValue.int(verdict.n_required),
+        "online_answers/challenger": dg.MetadataValue.int(verdict.challenger_answers),
+        "online_answers/champion": dg.MetadataValue.int(verdict.champion_answers),
+    }
+
+
 def _challenger_vs_champion(mlflow: MlflowResource, traces: Any, feedback: Any) -> dict[str, Any]:
     """The challenger's served answers against the champion's on the days both answered
-    (`serving/arm_comparison.py`): a table, and each difference as a number to plot."""
+    (`serving/arm_comparison.py`): a table, and each difference as a number to plot; a
+    challenger awaiting online evidence is settled on it (`_online_gate`)."""
     from llmops_dagster.evaluate.gate import current_alias_version
     from llmops_dagster.rag.bundle import CHALLENGER, CHAMPION, DEFAULT_BUNDLE_MODEL
     from llmops_dagster.serving.arm_comparison import compare_arms
@@ -199,7 +226,10 @@ def _challenger_vs_champion(mlflow: MlflowResource, traces: Any, feedback: Any) 
         champion = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHAMPION)
         challenger = current_alias_version(client, DEFAULT_BUNDLE_MODEL, CHALLENGER)
     except Exception as exc:  # the metrics come from the warehouse: MLflow down costs only this
-        return {"challenger_vs_champion": f"not compared: the registry is unreachable ({exc})"}
+        return {
+            "challenger_vs_champion": f"not compared: the registry is unreachable ({exc})",
+            "online_gate": "skipped: the registry is unreachable",
+        }
     if champion is None or challenger is None or challenger == champion:
         return {"challenger_vs_champion": "no challenger to compare"}
     rows, days = compare_arms(traces, feedback, challenger=challenger, champion=champion)
@@ -214,6 +244,7 @@ def _challenger_vs_champion(mlflow: MlflowResource, traces: Any, feedback: Any) 
         "challenger_version": challenger,
         "champion_version": champion,
         **numbers,
+        **_online_gate(client, challenger, rows),
     }
 
 

@@ -24,20 +24,23 @@ decisions in the serving store only because the answers it reviews are there). D
 keeps every decision: decided candidates stay as they are and are not proposed again; only the
 pending ones are replaced.
 
-Not here: candidates drafted by the configured generator. A 135M generator writes worse
-questions than the templates; a capable endpoint could replace the question drafter later.
+The generator: with a ``question_drafter`` (the asset's ``drafter: generator``), the configured
+generator writes each sampled candidate's question, checked, the template's kept where a draft
+fails (:mod:`llmops_dagster.evaluate.golden_drafter`; counted). A 135M generator writes worse
+questions than the templates, so templates stay the default.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from llmops_dagster.access import Principal
+from llmops_dagster.evaluate.golden_drafter import DraftRequest, GeneratorDrafts
 from llmops_dagster.files import atomic_write_text, file_lock
 from llmops_dagster.qa import QAFileError, QAItem, append_qa_item, parse_qa_jsonl
 from llmops_dagster.train.raft import (
@@ -93,6 +96,8 @@ class GoldenDraft:
     report: DraftReport
     #: Drafted again but already decided (kept as decided, not proposed again).
     already_decided: int = 0
+    #: What the generator drafter did (None: templates only).
+    generator: GeneratorDrafts | None = None
 
     @property
     def n_documents(self) -> int:
@@ -107,7 +112,14 @@ class GoldenDraft:
             "n_chunks_seen": self.report.chunks_seen,
             "n_already_decided": self.already_decided,
             "n_documents": self.n_documents,
-        }
+        } | (
+            {}
+            if self.generator is None
+            else {
+                "n_generator_drafts": self.generator.n_generator_drafts,
+                "n_template_fallbacks": self.generator.n_template_fallbacks,
+            }
+        )
 
 
 def draft_golden_candidates(
@@ -118,10 +130,13 @@ def draft_golden_candidates(
     decided: Iterable[str] = (),
     max_items: int = DEFAULT_MAX_ITEMS,
     seed: int = 13,
+    question_drafter: Callable[[Sequence[DraftRequest]], GeneratorDrafts] | None = None,
 ) -> GoldenDraft:
     """Up to ``max_items`` (>= 1) pending candidates from the chunks ``audience`` (None: public) may
     read, spread over documents, none restating a ``golden`` item or another candidate; a
-    candidate whose id is in ``decided`` (reviewed before) is counted and left out."""
+    candidate whose id is in ``decided`` (reviewed before) is counted and left out.
+    ``question_drafter``: rewrites the sampled candidates' questions (the generator drafter),
+    the template's kept where it returns one."""
     if max_items < 1:
         raise GoldenReviewError(f"max_items must be >= 1, not {max_items}")
     # Every chunk drafted first, the decided ones left out, then the sample: a rejected
@@ -144,8 +159,27 @@ def draft_golden_candidates(
         pool.append(replace(drafted, item=item))
     if len(pool) > max_items:
         pool = spread_sample(pool, max_items, seed)
-    out = [GoldenCandidate(d.item) for d in sorted(pool, key=lambda d: d.item.id)]
-    return GoldenDraft(candidates=out, report=report, already_decided=skipped)
+    pool = sorted(pool, key=lambda d: d.item.id)
+    drafts = None
+    if question_drafter is not None and pool:
+        # Only the sample is sent to the generator: the pool may hold thousands of chunks.
+        drafts = question_drafter(
+            [DraftRequest(d.sentence, d.oracle.title, d.item.question) for d in pool]
+        )
+        pool = [
+            replace(d, item=replace(d.item, question=question, extra={
+                **d.item.extra, "drafted_from": "generator" if generated else "templates"}))
+            for d, question, generated in zip(
+                pool, drafts.questions, drafts.from_generator, strict=True
+            )
+        ]  # fmt: skip
+    out = [GoldenCandidate(d.item) for d in pool]
+    return GoldenDraft(
+        candidates=out,
+        report=report,
+        already_decided=skipped,
+        generator=drafts,
+    )
 
 
 class GoldenReview:

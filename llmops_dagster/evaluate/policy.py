@@ -23,6 +23,14 @@ this process the price is 0 and the tokens are what the CPU spends; for a priced
 currency cost is tokens times its prices (``serving/pricing.py``), so the ratio is the same
 when both sides use one endpoint.
 
+Online evidence: with ``min_online_answers`` > 0 a candidate the offline comparison would
+promote (approval ``auto``, against a champion) becomes ``challenger`` with outcome
+``awaiting_online``; the requirement (N and ``online_margins``) is carried on the decision and
+recorded on its version, and the online comparison of served answers settles it
+(:mod:`llmops_dagster.evaluate.online_gate`). Without a champion nothing serves to compare
+against online, so the rule does not apply (said in the reasons). With ``approval: manual``
+the person approving decides (the outcome stays ``awaiting_approval``).
+
 Errors: a side that errored on more than ``max_error_rate`` of the paired cases of any
 compared metric refuses the decision (no override): an errored case scores 0, so a baseline
 that fails often makes any candidate look better, and a candidate that fails often is broken.
@@ -37,8 +45,13 @@ from typing import Any, Literal
 
 from llmops_dagster.evaluate.compare import MetricComparison
 from llmops_dagster.evaluate.gate import GateConfig, GateResult, evaluate_gate
+from llmops_dagster.evaluate.online_gate import (
+    DEFAULT_ONLINE_MARGINS,
+    OnlineRequirement,
+    validate_online,
+)
 
-Outcome = Literal["champion", "challenger", "awaiting_approval", "refused"]
+Outcome = Literal["champion", "challenger", "awaiting_approval", "awaiting_online", "refused"]
 
 DEFAULT_GUARDS: dict[str, float] = {"recall_at_5": 0.02, "ndcg_at_10": 0.02, "mrr_at_10": 0.02}
 #: Largest share of errored cases either side may have on a compared metric. Deterministic
@@ -69,7 +82,9 @@ class PromotionPolicy:
     −margin). The guard defaults use the keys the evaluation writes (``metrics.MRR`` is
     ``mrr_at_10``). ``approval="manual"``: a passing candidate waits for a person.
     ``max_error_rate``: the share of errored paired cases (either side, any compared metric)
-    above which the decision is refused.
+    above which the decision is refused. ``min_online_answers`` (0 = off): a candidate that
+    would be promoted first waits, as challenger, for that many served answers per arm
+    non-inferior within ``online_margins`` (online metric → allowed regression).
     """
 
     primary: str = "token_f1"
@@ -85,8 +100,13 @@ class PromotionPolicy:
     judge_capable: bool = False
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     max_cost_ratio: float | None = DEFAULT_MAX_COST_RATIO
+    min_online_answers: int = 0
+    online_margins: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_ONLINE_MARGINS)
+    )
 
     def __post_init__(self) -> None:
+        validate_online(self.min_online_answers, self.online_margins)
         if self.approval not in ("auto", "manual"):
             raise ValueError(f"approval must be 'auto' or 'manual', got {self.approval!r}")
         if self.primary_margin < 0 or any(v < 0 for v in self.guards.values()):
@@ -112,7 +132,7 @@ class PromotionPolicy:
         if unknown:
             raise ValueError(f"unknown promotion policy keys {unknown}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {}
-        for key in ("guards", "minimums", "maximums"):
+        for key in ("guards", "minimums", "maximums", "online_margins"):
             if key in data:
                 kwargs[key] = {str(k): float(v) for k, v in (data[key] or {}).items()}
         casts: tuple[tuple[str, type], ...] = (
@@ -120,6 +140,7 @@ class PromotionPolicy:
             ("primary_margin", float),
             ("min_cases", int),
             ("max_error_rate", float),
+            ("min_online_answers", int),
         )
         for key, cast in casts:
             if key in data:
@@ -173,8 +194,12 @@ class PromotionPolicy:
             "policy.allow_no_thresholds": str(self.allow_no_thresholds).lower(),
             "policy.max_error_rate": str(self.max_error_rate),
             "policy.max_cost_ratio": str(self.max_cost_ratio),
+            "policy.min_online_answers": str(self.min_online_answers),
         }
         params.update({f"policy.guard.{k}": str(v) for k, v in sorted(self.guards.items())})
+        params.update(
+            {f"policy.online_margin.{k}": str(v) for k, v in sorted(self.online_margins.items())}
+        )
         params.update(self.gate_config().as_params())
         return params
 
@@ -183,7 +208,8 @@ class PromotionPolicy:
 class Decision:
     """The outcome with every reason for it. ``overrides``: safety rules the policy waived.
     ``baseline_version``: the registry version of the champion bundle the candidate was
-    compared with (None: the base model, there was no champion)."""
+    compared with (None: the base model, there was no champion). ``online``: what the
+    candidate must show online before it becomes champion (outcome ``awaiting_online``)."""
 
     outcome: Outcome
     reasons: tuple[str, ...]
@@ -192,6 +218,7 @@ class Decision:
     comparisons: tuple[MetricComparison, ...]
     baseline: str = ""
     baseline_version: str | None = None
+    online: OnlineRequirement | None = None
 
     @property
     def promotes(self) -> bool:
@@ -217,6 +244,7 @@ class Decision:
             "promotes": self.promotes,
             "baseline": self.baseline,
             "baseline_version": self.baseline_version,
+            "online_requirement": self.online.to_dict() if self.online is not None else None,
             "reasons": list(self.reasons),
             "overrides": list(self.overrides),
             "gate": self.gate.to_dict(),
@@ -362,7 +390,7 @@ def decide(
     reasons: list[str] = []
     overrides: list[str] = []
 
-    def result(outcome: Outcome) -> Decision:
+    def result(outcome: Outcome, online: OnlineRequirement | None = None) -> Decision:
         return Decision(
             outcome,
             tuple(reasons),
@@ -371,6 +399,7 @@ def decide(
             comps,
             baseline_label,
             baseline_version,
+            online,
         )
 
     if not gate.checked:
@@ -406,4 +435,16 @@ def decide(
     reasons.extend(cost_reasons)
     if not (passed and affordable):
         return result("challenger")
-    return result("awaiting_approval" if policy.approval == "manual" else "champion")
+    if policy.approval == "manual":
+        return result("awaiting_approval")
+    if policy.min_online_answers > 0:
+        online = OnlineRequirement(policy.min_online_answers, dict(policy.online_margins))
+        if baseline_version is None:
+            reasons.append(
+                f"online evidence not required: no champion serves to compare with "
+                f"(min_online_answers {policy.min_online_answers})"
+            )
+            return result("champion")
+        reasons.append(f"awaits online evidence against v{baseline_version}: {online.describe()}")
+        return result("awaiting_online", online)
+    return result("champion")

@@ -72,7 +72,9 @@ TAG_BUNDLE_KEY = "llmops.bundle_key"
 TAG_BUNDLE_VERSION = "llmops.bundle_version"  # on the registering run
 TAG_DECISION = "decision"
 #: The outcome of the evaluation that registered a version (``champion``, ``challenger``,
-#: ``awaiting_approval``, ``refused``, or ``stale`` when the champion moved before promotion).
+#: ``awaiting_approval``, ``awaiting_online`` — then ``refused_online`` or ``champion`` once the
+#: online evidence settled it (``evaluate/online_gate.py``) —, ``refused``, or ``stale`` when the
+#: champion moved before promotion).
 TAG_OUTCOME = "decision.outcome"
 #: The champion version the decision was compared with ("" = the base model, no champion).
 TAG_BASELINE_VERSION = "decision.baseline_version"
@@ -289,12 +291,16 @@ def promote_decided(
     baseline_version: str | None,
     evaluation_run_id: str,
     decision_summary: str,
+    decision_tags: Mapping[str, str] | None = None,
 ) -> AliasMove:
     """Apply an evaluation's decision to the registry: record the outcome and the baseline it
     was compared with on the version, then move ``champion`` (compare-and-set against
     ``baseline_version``) or ``challenger``. A stale decision is tagged ``stale`` and raises
-    :class:`StaleDecisionError`; the aliases stay as they were."""
+    :class:`StaleDecisionError`; the aliases stay as they were. ``decision_tags``: more of the
+    decision to record on the version first (the online requirement of ``awaiting_online``)."""
     version = str(version)
+    for key, value in (decision_tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, TAG_BASELINE_VERSION, baseline_version or "")
     client.set_model_version_tag(name, version, TAG_OUTCOME, outcome)
     alias = CHAMPION if outcome == "champion" else CHALLENGER

@@ -510,3 +510,4 @@ def test_serving_metrics_are_computed_while_the_registry_is_down(
     assert str(metrics["challenger_vs_champion"]).startswith(
         "not compared: the registry is unreachable"
     )
+    assert metrics["online_gate"] == "skipped: the registry is unreachable"
