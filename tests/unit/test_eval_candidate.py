@@ -67,7 +67,7 @@ def test_candidate_request_takes_the_candidate_keys_of_the_run_config() -> None:
     request = CandidateRequest.from_config(
         EvaluationConfig(generator="extractive", mode="bm25", k=4).model_dump()
     )
-    assert request == CandidateRequest("extractive", None, "bm25", 4, 10, 32)
+    assert request == CandidateRequest("extractive", None, "bm25", 4, 10, 26)
 
 
 @pytest.mark.parametrize(
