@@ -11,9 +11,12 @@ FINETUNE_SELECTION = dg.AssetSelection.assets(
 #: schedule and stay out of the unpartitioned jobs below.
 DAILY_SELECTION = dg.AssetSelection.assets("serving_judgments")
 SERVING_SELECTION = dg.AssetSelection.groups("serve") - DAILY_SELECTION
+#: The embedding fine-tuning (minutes of training; its model matters only once a shadow index
+#: is built with it and evaluated): its own job, never the demo's run.
+EMBEDDING_FINETUNE_SELECTION = dg.AssetSelection.assets("embedding_finetune")
 #: Everything a fresh deployment builds in one run (the demo's run): the whole graph but the
-#: daily partitions.
-WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION
+#: daily partitions and the embedding fine-tuning.
+WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION - EMBEDDING_FINETUNE_SELECTION
 SERVING_WATCH_CRON = "0 * * * *"
 
 # Sources → documents → chunks → embeddings → index: what keeps the search index fresh.
@@ -62,7 +65,15 @@ judge_served_answers_job = dg.define_asset_job(
 whole_graph_job = dg.define_asset_job(
     name="whole_graph",
     selection=WHOLE_GRAPH_SELECTION,
-    description="Every asset but the daily-partitioned ones, in dependency order (the demo).",
+    description="Every asset but the daily-partitioned ones and the embedding fine-tuning, in "
+    "dependency order (the demo).",
+)
+
+finetune_embedding_job = dg.define_asset_job(
+    name="finetune_embedding",
+    selection=EMBEDDING_FINETUNE_SELECTION,
+    description="Fine-tune the embedding model on inverse-cloze triples from the indexed corpus "
+    "and register it (a candidate: the live index and alias stay as they are).",
 )
 
 
@@ -122,6 +133,7 @@ def build_jobs(
             serving_watch_job,
             judge_served_answers_job,
             whole_graph_job,
+            finetune_embedding_job,
         ],
         build_schedules(reindex_cron=reindex_cron, full_rebuild_cron=full_rebuild_cron),
         [

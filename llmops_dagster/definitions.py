@@ -38,6 +38,7 @@ def build_assets(
     destination needs the URL itself."""
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
+    from assets.embedding_model import embedding_finetune
     from assets.embeddings import embeddings
     from assets.evaluate import champion_model, rag_evaluation
     from assets.golden import golden_candidates
@@ -60,6 +61,7 @@ def build_assets(
         search_index,
         finetune_dataset,
         lora_adapter,
+        embedding_finetune,
         rag_evaluation,
         champion_model,
         golden_candidates,
