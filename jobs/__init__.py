@@ -18,7 +18,7 @@ FINETUNE_SELECTION = dg.AssetSelection.assets(
 DAILY_SELECTION = dg.AssetSelection.assets("serving_judgments")
 SERVING_SELECTION = dg.AssetSelection.groups("serve") - DAILY_SELECTION
 #: Everything a fresh deployment builds in one run (the demo's run): the whole graph but the
-#: daily partitions.
+#: daily partitions, the embedding fine-tuning and its shadow index.
 WHOLE_GRAPH_SELECTION = dg.AssetSelection.all() - DAILY_SELECTION - SHADOW_SELECTION
 SERVING_WATCH_CRON = "0 * * * *"
 
@@ -77,7 +77,8 @@ judge_served_answers_job = dg.define_asset_job(
 whole_graph_job = dg.define_asset_job(
     name="whole_graph",
     selection=WHOLE_GRAPH_SELECTION,
-    description="Every asset but the daily-partitioned ones, in dependency order (the demo).",
+    description="Every asset but the daily-partitioned ones and the embedding fine-tuning, in "
+    "dependency order (the demo).",
 )
 
 

@@ -38,7 +38,7 @@ def build_assets(
     destination needs the URL itself."""
     from assets.chunks import chunks
     from assets.documents import build_documents_asset
-    from assets.embedding_finetune_stub import embedding_finetune  # placeholder: see there
+    from assets.embedding_model import embedding_finetune
     from assets.embeddings import embeddings
     from assets.evaluate import champion_model, rag_evaluation
     from assets.golden import golden_candidates

@@ -117,6 +117,20 @@ class ModelSettings(BaseSettings):
         "(about a minute on CPU). lora_adapter's recipe search trains each candidate for at "
         "most this many steps first (its search_steps).",
     )
+    embedding_ft_model_name: str = Field(
+        default="llmops-embedding",
+        validation_alias=env("LLMOPS_EMBEDDING_FT_MODEL_NAME"),
+        description="Registered model name of the fine-tuned embedding models in the MLflow "
+        "registry (the embedding_finetune asset).",
+    )
+    embedding_ft_max_steps: int = Field(
+        default=8,
+        ge=1,
+        validation_alias=env("LLMOPS_EMBEDDING_FT_MAX_STEPS"),
+        description="Optimizer steps of the embedding fine-tuning (batches of 16 triples); the "
+        "default is demo-sized: 128 of the sample corpus's 195 triples, about 80 s on 2 CPU "
+        "cores.",
+    )
 
 
 class JudgeSettings(BaseSettings):

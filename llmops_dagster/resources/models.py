@@ -61,6 +61,11 @@ class ModelsResource(dg.ConfigurableResource):
         default="llmops-generator-lora", description="Registered model name of the adapters."
     )
     lora_max_steps: int = 8
+    embedding_ft_model_name: str = Field(
+        default="llmops-embedding",
+        description="Registered model name of the fine-tuned embedding models.",
+    )
+    embedding_ft_max_steps: int = 8
     judge: str = Field(default="none", description="none | local | openai")
     judge_capable: bool = Field(default=False, description="May judge metrics gate?")
     judge_base_url: str | None = None
@@ -106,6 +111,8 @@ class ModelsResource(dg.ConfigurableResource):
             cache_dir=str(settings.models_cache_dir),
             adapter_model_name=models.adapter_model_name,
             lora_max_steps=models.lora_max_steps,
+            embedding_ft_model_name=models.embedding_ft_model_name,
+            embedding_ft_max_steps=models.embedding_ft_max_steps,
             judge=judge.kind,
             judge_capable=judge.capable,
             judge_base_url=judge.base_url,

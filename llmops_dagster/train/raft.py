@@ -34,9 +34,9 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from llmops_dagster.access import PUBLIC, Principal, normalize_audience
 from llmops_dagster.evaluate.scoring import normalize_answer
@@ -392,17 +392,27 @@ def draft_items(
     return report
 
 
-def spread_sample(items: list[DraftedItem], n: int, seed: int) -> list[DraftedItem]:
-    """``n`` items, round-robin over documents in a seeded order: no document dominates."""
+T = TypeVar("T")
+
+
+def spread_sample(
+    items: list[T],
+    n: int,
+    seed: int,
+    *,
+    key: Callable[[T], tuple[str, str]] = lambda d: (d.oracle.doc_id, d.item.id),
+) -> list[T]:
+    """``n`` items, round-robin over documents in a seeded order: no document dominates.
+    ``key``: an item's (document, unique id); the default reads a :class:`DraftedItem`."""
     rng = random.Random(seed)
-    by_doc: dict[str, list[DraftedItem]] = {}
-    for drafted in sorted(items, key=lambda d: d.item.id):
-        by_doc.setdefault(drafted.oracle.doc_id, []).append(drafted)
+    by_doc: dict[str, list[T]] = {}
+    for drafted in sorted(items, key=lambda d: key(d)[1]):
+        by_doc.setdefault(key(drafted)[0], []).append(drafted)
     docs = sorted(by_doc)
     rng.shuffle(docs)
     for doc in docs:
         rng.shuffle(by_doc[doc])
-    picked: list[DraftedItem] = []
+    picked: list[T] = []
     while len(picked) < n:
         for doc in docs:
             if by_doc[doc] and len(picked) < n:
