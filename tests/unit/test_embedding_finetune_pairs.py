@@ -261,14 +261,21 @@ def test_an_existing_folder_for_the_same_data_and_recipe_is_reused(tmp_path: Pat
         finetune_embedder(str(base), [], recipe, store, data_digest="d" * 64)
 
 
-def test_the_demo_run_leaves_the_embedding_finetune_out_and_its_job_selects_it() -> None:
-    """whole_graph (the demo) must stay short: the fine-tuning has its own job."""
+def test_demo_and_reindex_leave_out_the_embedding_finetune_its_job_selects_it() -> None:
+    """whole_graph (the demo) must stay short and a reindex must not train: the fine-tuning,
+    its shadow index and their evaluation have their own job."""
     defs = build_definitions(Settings())
 
     def keys(job: str) -> set[str]:
         layer = defs.resolve_job_def(job).asset_layer
         return {k.to_user_string() for k in layer.executable_asset_keys}
 
-    whole = keys("whole_graph")
-    assert "embedding_finetune" not in whole and "search_index" in whole
-    assert keys("finetune_embedding") == {"embedding_finetune"}
+    whole, reindex = keys("whole_graph"), keys("reindex")
+    assert {"embedding_finetune", "shadow_index"} & (whole | reindex) == set()
+    assert "search_index" in whole and "search_index" in reindex
+    assert keys("finetune_embedding") == {
+        "embedding_finetune",
+        "shadow_index",
+        "rag_evaluation",
+        "champion_model",
+    }
