@@ -159,7 +159,9 @@ def evaluation_pipeline_for(
 
 
 @dg.asset(
-    deps=["lora_adapter", "search_index"],
+    # shadow_index: an index candidate (`index: shadow`) is evaluated after its shadow is built
+    # (the finetune_embedding job); jobs without it evaluate the live index.
+    deps=["lora_adapter", "search_index", "shadow_index"],
     group_name="evaluate",
     kinds={"deepeval", "mlflow"},
     owners=["team:ml-platform"],
@@ -180,6 +182,7 @@ def rag_evaluation(
     comparison and the promotion policy decide champion, challenger or refused."""
     from llmops_dagster.evaluate.answer_reuse import AnswerReuse
     from llmops_dagster.evaluate.candidate import (
+        CandidateError,
         CandidateRequest,
         evaluate_candidate,
         judge_spec_for_run,
@@ -224,6 +227,15 @@ def rag_evaluation(
             models.judge_spec(), kind=config.judge, capable=config.judge_capable
         )
         policy = PromotionPolicy.from_run_config(run_config, judge_capable=judge_spec.capable)
+        if candidate_index is not None and policy.min_online_answers > 0:
+            # Served requests follow the alias: a challenger on a shadow index would be served
+            # on the live index, so its online answers would not be the evaluated bundle's.
+            raise CandidateError(
+                f"min_online_answers {policy.min_online_answers} with index "
+                f"{config.index!r}: a shadow index serves no traffic before promotion, so no "
+                "online evidence can be gathered for it; run the index candidate with "
+                "min_online_answers 0"
+            )
         judge_cases = judge_case_limit(config.judge_max_cases, capable=judge_spec.capable)
     except ValueError as exc:  # CandidateError, BundleError, a policy value: names the setting
         raise dg.Failure(str(exc)) from exc

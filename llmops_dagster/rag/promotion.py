@@ -19,7 +19,7 @@ there with the champion. Dagster-free: ``champion_model`` and the ``bundle`` CLI
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -132,6 +132,7 @@ def promote_with_index(
     baseline_version: str | None,
     evaluation_run_id: str,
     decision_summary: str,
+    decision_tags: Mapping[str, str] | None = None,
 ) -> Promotion:
     """:func:`~llmops_dagster.rag.bundle.promote_decided`, moving the search alias to the
     bundle's index too when it is a champion on another model's index (module docstring)."""
@@ -146,6 +147,7 @@ def promote_with_index(
             baseline_version=baseline_version,
             evaluation_run_id=evaluation_run_id,
             decision_summary=decision_summary,
+            decision_tags=decision_tags,
         )
 
     if outcome != "champion":

@@ -68,6 +68,15 @@ SHADOW_RUN = {
     "primary_margin": 0.1,
     "n_resamples": 1000,
 }
+#: A model made worse on purpose by real training: each query paired with another's passage,
+#: at a learning rate a hundred times the default.
+SHUFFLED_TRAINING = {
+    "shuffled_pairs": True,
+    "learning_rate": 3e-3,
+    "max_steps": 6,
+    "batch_size": 8,
+    "max_pairs": 48,
+}
 NEW_DOC = "handbook/zeppelin-hangar.md"
 NEW_TEXT = (
     "# Zeppelin hangar\n\nThe zeppelin hangar at Harrogate opened in 2024 and stores the "
@@ -504,3 +513,47 @@ def test_pruning_old_versions_never_deletes_a_shadow_index(es_client: Elasticsea
     finally:
         for name in names:
             es_client.indices.delete(index=name, ignore_unavailable=True)
+
+
+def test_the_finetune_embedding_job_refuses_a_model_trained_on_shuffled_pairs(
+    world: World,
+) -> None:
+    """The job as a user runs it — embedding_finetune (really trained, on shuffled pairs at a
+    destructive learning rate: a model made worse on purpose) → shadow_index → rag_evaluation
+    → champion_model: refused by the floor, the alias never on its index, the index dropped."""
+    champion, live = world.champion(), world.live()
+    job = world.defs.resolve_job_def("finetune_embedding")
+    result = job.execute_in_process(
+        run_config={
+            "ops": {
+                "embedding_finetune": {"config": SHUFFLED_TRAINING},
+                "rag_evaluation": {"config": SHADOW_RUN},
+            }
+        },
+        instance=world.instance,
+        raise_on_error=False,
+    )
+    trained = asset_metadata(result, "embedding_finetune")
+    assert trained["steps"] == SHUFFLED_TRAINING["max_steps"]
+    shadow = asset_metadata(result, "shadow_index")
+    evaluation = asset_metadata(result, "rag_evaluation")
+    assert evaluation["candidate_index"] == shadow["index"]
+    assert evaluation["candidate_embedding_model"] == trained["model_id"]
+    assert evaluation["decision"] == "refused"
+    assert "floor failed: recall_at_5" in evaluation["decision_summary"]
+    assert _promoted(result) is None
+    assert evaluation["dropped_indices"] == [shadow["index"]]
+    assert not world.es.indices.exists(index=shadow["index"])
+    assert world.live() == live and world.champion() == champion
+
+
+def test_an_index_candidate_that_requires_online_evidence_is_refused_before_answering(
+    world: World,
+) -> None:
+    """A shadow index serves no traffic before promotion: asking for online evidence on it is a
+    clear error, not a challenger that waits forever."""
+    world.build_shadow("near-2")
+    result = world.evaluate(**{**SHADOW_RUN, "min_online_answers": 5})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no online evidence can be gathered" in failure.event_specific_data.error.message
