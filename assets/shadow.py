@@ -26,7 +26,7 @@ from llmops_dagster.search.sync import build_shadow
 @dg.asset(
     ins={"embedding_finetune": dg.AssetIn("embedding_finetune")},
     deps=["embeddings"],
-    group_name="index",
+    group_name="model",
     kinds={"elasticsearch", "pytorch"},
     owners=["team:search"],
     pool=WAREHOUSE_WRITERS_POOL,
