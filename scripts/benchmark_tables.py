@@ -355,6 +355,83 @@ def _online(d: dict[str, Any]) -> list[str]:
     return [run_line(d), "", *table(["figure", "measured", "target", "met"], rows)]
 
 
+def _embed_finetune(d: dict[str, Any]) -> list[str]:
+    modes, tr, setup = d["modes"], d["training"], d["setup"]
+
+    def ci(x: dict[str, Any] | None) -> str:
+        return "—" if x is None else f"{fmt(x['diff'])} [{fmt(x['ci_low'])}, {fmt(x['ci_high'])}]"
+
+    rows = []
+    for mode, row in modes.items():
+        tuned = row.get("finetuned")
+        rows.append([
+            mode, row["base"]["ndcg@10"], tuned["ndcg@10"] if tuned else "=",
+            ci(row.get("ndcg@10_diff")), row["base"]["recall@100"],
+            tuned["recall@100"] if tuned else "=", ci(row.get("recall@100_diff")),
+            row.get("goal_ndcg@10", "—"), row.get("goal_met", "—"),
+        ])  # fmt: skip
+    recipe = tr["recipe"]
+    return [
+        run_line(d, f"load average (1 min) at start / end {fmt(setup['load_average_1m'])}"),
+        "",
+        *table(["mode", "nDCG@10 base", "nDCG@10 fine-tuned", "Δ nDCG@10 [95% CI]", "R@100 base",
+                "R@100 fine-tuned", "Δ R@100 [95% CI]", "goal nDCG@10", "met"], rows),
+        "",
+        *table(
+            ["training", "value"],
+            [
+                ["data", setup["training_data"]],
+                ["triples (of the corpus's abstracts)", f"{tr['examples']} ({setup['documents']})"],
+                ["steps × batch = examples seen", f"{tr['steps']} × {recipe['batch_size']} = {tr['examples_seen']}"],  # noqa: E501
+                ["learning rate", recipe["learning_rate"]],
+                ["training minutes", tr["train_minutes"]],
+                ["final loss", tr["final_loss"]],
+                ["model id", tr["model_id"]],
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def _golden_bootstrap(d: dict[str, Any]) -> list[str]:
+    corpus, drafted, review, ev, ret = (
+        d["corpus"], d["drafted"], d["review"], d["evaluation"], d["retrieval"]
+    )  # fmt: skip
+    rows = [
+        [
+            "abstracts indexed (cited by claims)",
+            f"{corpus['abstracts']} ({corpus['abstracts_cited_by_claims']})",
+        ],  # noqa: E501
+        ["candidates drafted (drafter)", f"{drafted['candidates']} ({drafted['drafter']})"],
+        [
+            "dropped: restating golden / duplicate / audience",
+            f"{drafted['dropped_golden_overlap']} / {drafted['dropped_duplicate']} / {drafted['chunks_dropped_audience']}",
+        ],  # noqa: E501
+        ["reviewed: accepted / rejected", f"{review['accepted']} / {review['rejected']}"],
+        ["review rule", review["rule"]],
+        [
+            "golden digest before → after",
+            f"{d['golden_digest']['before']} → {d['golden_digest']['after']}",
+        ],  # noqa: E501
+        ["evaluation (cases)", f"{ev['candidate']} vs {ev['baseline']} ({ev['cases']})"],
+        ["decision", ev["decision_summary"]],
+    ]
+    rows += [[k, v] for k, v in ev.items() if k.startswith(("metric/", "diff/", "ci_low/"))]
+    retrieval = [
+        [name, r.get("queries", r.get("n", "—")), r.get("hit_at_1", "—"), r.get("mrr_at_10", "—")]
+        for name, r in ret.items()
+        if isinstance(r, dict)
+    ]
+    return [
+        run_line(d),
+        "",
+        *table(["figure", "measured"], rows),
+        "",
+        *table(["queries (hybrid_rrf)", "n", "hit@1", "MRR@10"], retrieval),
+        "",
+        *table(["stage", "minutes"], list(d["minutes"].items())),
+    ]
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "retrieval_scifact.json": _retrieval_scifact,
     "fusion_dev.json": _fusion_dev,
@@ -364,6 +441,8 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "eval_throughput.json": _eval_throughput,
     "generation.json": _generation,
     "online.json": _online,
+    "embed_finetune.json": _embed_finetune,
+    "golden_bootstrap.json": _golden_bootstrap,
     "serve.json": _serve,
     "finetune.json": _finetune,
     "load_search.json": _load_search,
