@@ -400,18 +400,19 @@ def _golden_bootstrap(d: dict[str, Any]) -> list[str]:
         [
             "abstracts indexed (cited by claims)",
             f"{corpus['abstracts']} ({corpus['abstracts_cited_by_claims']})",
-        ],  # noqa: E501
+        ],
         ["candidates drafted (drafter)", f"{drafted['candidates']} ({drafted['drafter']})"],
         [
             "dropped: restating golden / duplicate / audience",
-            f"{drafted['dropped_golden_overlap']} / {drafted['dropped_duplicate']} / {drafted['chunks_dropped_audience']}",
-        ],  # noqa: E501
+            f"{drafted['dropped_golden_overlap']} / {drafted['dropped_duplicate']} / "
+            f"{drafted['chunks_dropped_audience']}",
+        ],
         ["reviewed: accepted / rejected", f"{review['accepted']} / {review['rejected']}"],
         ["review rule", review["rule"]],
         [
             "golden digest before → after",
             f"{d['golden_digest']['before']} → {d['golden_digest']['after']}",
-        ],  # noqa: E501
+        ],
         ["evaluation (cases)", f"{ev['candidate']} vs {ev['baseline']} ({ev['cases']})"],
         ["decision", ev["decision_summary"]],
     ]

@@ -23,6 +23,10 @@ from tests.support.tiers import apply_tiers, refuse_service_in_unit_test, runnin
 apply_offline_env_defaults()
 
 TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
+#: How long a test's own throw-away node gets to shut down before it is killed: in the full
+#: suite such nodes sat out the whole 60 s graceful window (three modules, a minute each) though
+#: nothing they hold needs to survive the test.
+THROWAWAY_STOP_S = 10.0
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it reads the marks this settles

@@ -196,10 +196,13 @@ def start_cluster(
     return status
 
 
-def stop_cluster(cluster: LocalCluster, *, log: Log = _quiet) -> int:
-    """Stop every node (in parallel: each waits for its own graceful shutdown); how many ran."""
+def stop_cluster(cluster: LocalCluster, *, log: Log = _quiet, timeout: float = 60.0) -> int:
+    """Stop every node (in parallel: each waits up to ``timeout`` for its own graceful shutdown,
+    then is killed); how many ran."""
     with ThreadPoolExecutor(max_workers=cluster.size) as pool:
-        stopped = list(pool.map(lambda node: stop_node(node, log=log), cluster.nodes))
+        stopped = list(
+            pool.map(lambda node: stop_node(node, log=log, timeout=timeout), cluster.nodes)
+        )
     return sum(stopped)
 
 

@@ -40,6 +40,7 @@ from llmops_dagster.services.es_cluster import (
     stop_cluster,
 )
 from llmops_dagster.services.local import local_cluster
+from tests.conftest import THROWAWAY_STOP_S
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -110,7 +111,7 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         yield found
     finally:
-        stop_cluster(found)
+        stop_cluster(found, timeout=THROWAWAY_STOP_S)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from llmops_dagster.search.sync import IndexSyncError, active_chunk_ids, sync_in
 from llmops_dagster.services.elasticsearch_local import LocalNode, start_node, stop_node
 from llmops_dagster.services.local import local_node
 from llmops_dagster.sources.source_config import FilesystemSourceConfig, SourcesConfig
-from tests.conftest import TEST_ES_PORT
+from tests.conftest import TEST_ES_PORT, THROWAWAY_STOP_S
 from tests.support.dagster import PREPARE_GROUPS, materialize_groups
 from tests.support.ports import free_node_port
 from tests.support.settings import isolated_settings
@@ -45,7 +45,7 @@ def fault_node(es_settings: Settings) -> Iterator[LocalNode]:
     )  # fmt: skip
     start_node(node)
     yield node
-    stop_node(node)
+    stop_node(node, timeout=THROWAWAY_STOP_S)
 
 
 @pytest.fixture(scope="module")

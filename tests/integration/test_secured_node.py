@@ -25,7 +25,7 @@ from llmops_dagster.search.mapping import IndexSpec, build_index_body
 from llmops_dagster.search.retriever import HybridRetriever
 from llmops_dagster.services.elasticsearch_local import run_node_tool, start_node, stop_node
 from llmops_dagster.services.local import local_node
-from tests.conftest import TEST_ES_PORT
+from tests.conftest import TEST_ES_PORT, THROWAWAY_STOP_S
 from tests.support.ports import free_node_port
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ def secured() -> Iterator[tuple[str, Path]]:
     )
     assert not health["timed_out"], f"the secured node stayed {health['status']}: {dict(health)}"
     yield node.url, ca
-    stop_node(node)
+    stop_node(node, timeout=THROWAWAY_STOP_S)
 
 
 def _settings(url: str, **env: str) -> Settings:
