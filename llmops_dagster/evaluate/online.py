@@ -38,6 +38,7 @@ from llmops_dagster.serving.disclosure import audience_from_row, is_restricted
 
 CITATION_VALIDITY = "citation_validity"
 CITED_KEY = "cited_chunk_ids"
+INFERRED_KEY = "citations_inferred"
 GIVEN_KEY = "given_chunk_ids"
 #: The judge metrics online (no reference answer in production: no correctness).
 ONLINE_JUDGE_METRICS = ("answer_relevancy", "faithfulness")
@@ -55,6 +56,8 @@ class ServedAnswer:
     cited_chunk_ids: tuple[str, ...]
     retrieved_chunk_ids: tuple[str, ...]
     refused: bool = False
+    #: The model cited nothing itself: the answer path inferred its citations from word overlap.
+    citations_inferred: bool = False
     #: Texts of the retrieved chunks found in the warehouse (a chunk since removed is absent).
     context: tuple[str, ...] = ()
 
@@ -96,6 +99,7 @@ def served_answer(row: Mapping[str, Any], day: str, *, refused: bool = False) ->
         cited_chunk_ids=tuple(str(c) for c in row["cited_chunk_ids"]),
         retrieved_chunk_ids=tuple(str(c) for c in retrieved),
         refused=refused,
+        citations_inferred=bool(row.get("citations_inferred", False)),
     )
 
 
@@ -133,7 +137,10 @@ def sample_day(
 
 class CitationValidity(DeterministicMetric):
     """Share of the cited chunks that were among the chunks the answer was given (0 when the
-    answer cites nothing: an uncited answer cannot be checked against its sources)."""
+    answer cites nothing: an uncited answer cannot be checked against its sources). Citations
+    the answer path inferred from word overlap (the model cited nothing itself) count as none:
+    they are among the chunks given by construction, so they would score a model that ignored
+    its context — a prompt that drops the context — as fully valid."""
 
     needs_reference = False
 
@@ -144,6 +151,8 @@ class CitationValidity(DeterministicMetric):
     def _compute(self, test_case: LLMTestCase) -> tuple[float, str]:
         meta = dict(test_case.metadata or {})
         cited, given = list(meta[CITED_KEY]), set(meta[GIVEN_KEY])
+        if meta.get(INFERRED_KEY):
+            return 0.0, "cites no chunk itself (citations inferred from word overlap)"
         if not cited:
             return 0.0, "cites no chunk"
         valid = [c for c in cited if c in given]
@@ -163,6 +172,7 @@ def as_case(answer: ServedAnswer) -> EvalCase:
         metadata={
             CITED_KEY: list(answer.cited_chunk_ids),
             GIVEN_KEY: list(answer.retrieved_chunk_ids),
+            INFERRED_KEY: answer.citations_inferred,
         },
     )
 

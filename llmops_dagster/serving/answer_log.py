@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS answers (
     cost_usd REAL,
     asker_groups TEXT NOT NULL DEFAULT '[]',
     audience TEXT,
-    cache_hit INTEGER NOT NULL DEFAULT 0
+    cache_hit INTEGER NOT NULL DEFAULT 0,
+    citations_inferred INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS feedback (
     trace_id TEXT NOT NULL REFERENCES answers(trace_id),
@@ -101,6 +102,9 @@ class AnswerRecord:
     #: Replayed from the answer cache (:mod:`llmops_dagster.serving.answer_cache`): nothing was
     #: retrieved or generated for it (its tokens and cost are 0).
     cache_hit: bool = False
+    #: The model cited no retrieved chunk itself; the citations were inferred from word
+    #: overlap (``rag/citations.py``) and say nothing about whether it used its sources.
+    citations_inferred: bool = False
 
     @property
     def top_score(self) -> float | None:
@@ -137,6 +141,10 @@ class ServingStore:
                 conn.execute("ALTER TABLE answers ADD COLUMN audience TEXT")
             if "cache_hit" not in columns:  # written before the answer cache: all misses
                 conn.execute("ALTER TABLE answers ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0")
+            if "citations_inferred" not in columns:  # written before it was recorded: model-made
+                conn.execute(
+                    "ALTER TABLE answers ADD COLUMN citations_inferred INTEGER NOT NULL DEFAULT 0"
+                )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -154,8 +162,9 @@ class ServingStore:
             conn.execute(
                 "INSERT INTO answers (trace_id, created_at, bundle_uri, bundle_version, question,"
                 " answer, cited_chunk_ids, retrieved, top_score, no_hit, total_ms, prompt_tokens,"
-                " completion_tokens, cost_usd, asker_groups, audience, cache_hit)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, asker_groups, audience, cache_hit,"
+                " citations_inferred)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.trace_id,
                     record.created_at,
@@ -174,6 +183,7 @@ class ServingStore:
                     json.dumps(sorted(record.asker_groups)),
                     None if record.audience is None else json.dumps(sorted(record.audience)),
                     int(record.cache_hit),
+                    int(record.citations_inferred),
                 ),
             )
 
@@ -191,6 +201,7 @@ class ServingStore:
         )
         out["no_hit"] = bool(out["no_hit"])
         out["cache_hit"] = bool(out["cache_hit"])
+        out["citations_inferred"] = bool(out["citations_inferred"])
         return out
 
     def audiences(self, trace_ids: Sequence[str]) -> dict[str, list[str]]:

@@ -571,6 +571,7 @@ def _answer_record(
         asker_groups=sorted(principal.groups),
         audience=traced.audience,
         cache_hit=cache_hit,
+        citations_inferred=result.citations_inferred,
     )
 
 

@@ -9,6 +9,9 @@ through Dagster into DuckDB): the set-up of ``test_rollout.py`` with a 50 % spli
 3. A second candidate whose answers users rate down (thumbs-down on every challenger answer,
    up on the champion's) is refused online: ``refused_online``, challenger alias removed,
    champion unmoved.
+4. Online judging of those real requests: a challenger made worse on purpose (its prompt drops
+   the context, the model answers blind) is served to half the callers; ``serving_judgments``
+   for the day scores its answers, writes the assessments on exactly its traces and warns.
 """
 
 from __future__ import annotations
@@ -161,9 +164,12 @@ def _callers(challenger: str) -> dict[str, list[str]]:
     return arms
 
 
-def _serve_and_rate(world: World, callers: list[str], rating: dict[str, str]) -> list[str]:
+def _serve_and_rate(
+    world: World, callers: list[str], rating: dict[str, str]
+) -> list[tuple[str, str]]:
     """One real question per caller through a fresh 50 % split service, each answer rated
-    through /v1/feedback by its caller (``rating``: arm → up/down); the arms that answered."""
+    through /v1/feedback by its caller (``rating``: arm → up/down); (arm, trace id) per
+    answer."""
     service = build_service(world.settings.override(serving={"rollout": "split",
                                                              "challenger_share": 0.5}))  # fmt: skip
     arms = []
@@ -173,7 +179,7 @@ def _serve_and_rate(world: World, callers: list[str], rating: dict[str, str]) ->
             body = http.post("/v1/answer", json={"question": QUESTION}, headers=auth)
             assert body.status_code == 200, body.text
             arm = body.json()["rollout"]
-            arms.append(arm)
+            arms.append((arm, body.json()["trace_id"]))
             rated = http.post(
                 "/v1/feedback",
                 json={"trace_id": body.json()["trace_id"], "rating": rating[arm]},
@@ -207,7 +213,7 @@ def test_a_challenger_becomes_champion_only_after_n_good_answers_and_a_worse_one
     arms = _callers(candidate.version)
     # 2. Two answers per arm: waiting, n of N as numbers; nothing moves.
     served = _serve_and_rate(world, arms["challenger"][:2] + arms["champion"][:2], good)
-    assert sorted(served) == ["challenger"] * 2 + ["champion"] * 2
+    assert sorted(arm for arm, _ in served) == ["challenger"] * 2 + ["champion"] * 2
     waiting = _serving_metrics(world, instance)
     assert (waiting["online_gate"], waiting["online_verdict"]) == ("waiting", "waiting")
     assert (waiting["online_answers"], waiting["online_answers_required"]) == (2, N)
@@ -232,3 +238,70 @@ def test_a_challenger_becomes_champion_only_after_n_good_answers_and_a_worse_one
     assert "thumbs_down diff +1.0000 [+1.0000, +1.0000]" in refused["online_reason"]
     assert _aliases(world) == (candidate.version, None)
     assert _outcome(world, worse) == "refused_online"
+
+
+def test_real_answers_of_a_bundle_whose_prompt_drops_the_context_are_judged_and_warned(
+    world: World,
+) -> None:
+    """Real requests → traces → ``serving_judgments`` for today → an assessment on each of the
+    blind bundle's traces (no valid citation: 0.0) and the WARN check naming that bundle."""
+    from datetime import UTC, datetime
+
+    from assets.judgments import ONLINE_CHECK, serving_judgments
+    from llmops_dagster.rag.bundle import RagBundle, set_bundle_alias
+    from llmops_dagster.rag.prompt_registry import sync_prompt
+    from llmops_dagster.rag.prompts import PromptTemplate, load_prompt
+
+    champion = current_alias_version(world.client, DEFAULT_BUNDLE_MODEL, CHAMPION)
+    repo = load_prompt()
+    blind_text = repo.text.replace("Context:\n{{context}}\n\n", "")
+    assert "{{context}}" not in blind_text
+    mlflow.set_tracking_uri(world.settings.mlflow_uri)  # the prompt registry's fluent state
+    blind = sync_prompt(world.client, PromptTemplate.from_text("rag_answer_blind", blind_text))
+    pin = build_resources(world.settings)["models"].generator_pin()
+    bundle = dataclasses.replace(
+        world.champion.bundle,
+        **RagBundle.generator_fields(pin),
+        prompt_uri=blind.uri,
+        prompt_version=blind.content_hash,
+        max_new_tokens=16,
+    )
+    store = ensure_mlflow(world.settings.mlflow_uri, world.settings.mlflow.experiment)
+    with open_run(store, run_name="rag_evaluation", tags={}, ui_url="http://x") as run:
+        worse = register_bundle(world.client, bundle, run=run)
+    set_bundle_alias(
+        world.client,
+        DEFAULT_BUNDLE_MODEL,
+        worse.version,
+        CHALLENGER,
+        evaluation_run_id=run.run_id,
+        decision_summary="made worse on purpose: the prompt drops the context",
+    )
+    arms = _callers(worse.version)
+    served = _serve_and_rate(
+        world, arms["challenger"][:3] + arms["champion"][:3], {"champion": "up", "challenger": "up"}
+    )
+    blind_traces = sorted(t for arm, t in served if arm == "challenger")
+    assert len(blind_traces) == 3
+
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    result = dg.materialize(
+        [build_serving_load_assets(world.settings.warehouse_target()), serving_judgments],
+        resources=build_resources(world.settings),
+        instance=dg.DagsterInstance.ephemeral(),
+        partition_key=day,
+        selection=["serving_traces", "serving_feedback", "serving_judgments"],
+    )
+    assert result.success
+    meta = asset_metadata(result, "serving_judgments")
+    assert meta[f"mean/{worse.version}/citation_validity"] == 0.0
+    assert meta[f"mean/{champion}/citation_validity"] == 1.0
+    for trace_id in blind_traces:
+        info = world.client.get_trace(trace_id).info
+        judged = [(a.name, a.value) for a in info.assessments or [] if a.name.startswith("judge.")]
+        assert judged == [("judge.citation_validity", 0.0)]
+    (check,) = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == (ONLINE_CHECK, False)
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description.startswith(f"bundle {worse.version}: online citation_validity 0.000")
+    assert f"bundle {champion}:" not in check.description

@@ -13,6 +13,7 @@ from llmops_dagster.evaluate.online import (
     low_scores,
     online_warnings,
     sample_day,
+    served_answer,
     version_means,
 )
 
@@ -118,3 +119,23 @@ def test_the_champions_offline_score_is_the_reference_where_it_exists() -> None:
     assert [(w.metric, w.reference, w.reference_source) for w in warnings] == [
         ("faithfulness", 0.8, "the champion's offline evaluation")
     ]  # answer_relevancy: no reference at all, not checked
+
+
+def test_inferred_citations_count_as_none_so_a_model_ignoring_its_context_scores_zero() -> None:
+    """The answer path infers citations from word overlap when the model cites nothing; they
+    are among the given chunks by construction, so they must not make a blind answer valid."""
+    answers = [
+        _answer("inferred", ("c1",), ("c1", "c2"), citations_inferred=True),
+        _answer("model-made", ("c1",), ("c1", "c2")),
+    ]
+    judgments, _ = judge_answers(answers)
+    assert {j.trace_id: j.score for j in judgments} == {"inferred": 0.0, "model-made": 1.0}
+    reasons = {j.trace_id: j.reason for j in judgments}
+    assert reasons["inferred"] == "cites no chunk itself (citations inferred from word overlap)"
+
+
+def test_a_served_row_carries_whether_its_citations_were_inferred() -> None:
+    row = {"trace_id": "t", "question": "q?", "answer": "a.", "cited_chunk_ids": ["c1"],
+           "retrieved": [{"chunk_id": "c1"}], "bundle_version": "3"}  # fmt: skip
+    assert served_answer(row, DAY).citations_inferred is False  # rows from before the column
+    assert served_answer({**row, "citations_inferred": True}, DAY).citations_inferred is True

@@ -226,3 +226,24 @@ def test_good_filters_pass_through() -> None:
         "source": ["fs", "api"]
     }
     assert AnswerService.check_filters(None, None) is None  # type: ignore[arg-type]
+
+
+def test_the_store_keeps_whether_citations_were_inferred_and_upgrades_an_older_file(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "serving.db"
+    old = sqlite3.connect(path)  # a store written before the column existed
+    old.execute("CREATE TABLE answers (trace_id TEXT PRIMARY KEY, created_at TEXT NOT NULL,"
+                " bundle_uri TEXT, bundle_version TEXT, question TEXT NOT NULL,"
+                " answer TEXT NOT NULL, cited_chunk_ids TEXT NOT NULL, retrieved TEXT NOT NULL,"
+                " top_score REAL, no_hit INTEGER NOT NULL, total_ms REAL NOT NULL,"
+                " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+                " cost_usd REAL, asker_groups TEXT NOT NULL DEFAULT '[]')")  # fmt: skip
+    old.close()
+    store = ServingStore(path)
+    store.record_answer(_record("t-inferred", citations_inferred=True))
+    store.record_answer(_record("t-model"))
+    assert store.answer("t-inferred")["citations_inferred"] is True
+    assert store.answer("t-model")["citations_inferred"] is False
