@@ -313,26 +313,17 @@ def register_embedding(
     version of ``name`` with :func:`version_tags`; returns the version number. MLflow 3's
     ``register_model`` wants a logged model, so the version is created from the artifact URI
     (as the LoRA adapters are)."""
-    from mlflow.exceptions import MlflowException
+    from llmops_dagster.models.registry import register_version
 
     client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_PATH)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        try:
-            client.create_registered_model(
-                name,
-                description="Embedding models fine-tuned on the indexed corpus (llmops-dagster "
-                "embedding_finetune): sentence-transformers folders.",
-            )
-        except MlflowException as exc:  # created concurrently by another run
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-    version = client.create_model_version(
+    return register_version(
+        client,
         name,
         source=f"{artifact_uri.rstrip('/')}/{ARTIFACT_PATH}",
         run_id=run_id,
         tags=version_tags(stats),
-        description=f"{stats.model_id} fine-tuned from {stats.base_model_id} in run {run_id}",
+        model_description="Embedding models fine-tuned on the indexed corpus (llmops-dagster "
+        "embedding_finetune): sentence-transformers folders.",
+        version_description=f"{stats.model_id} fine-tuned from {stats.base_model_id} in run "
+        f"{run_id}",
     )
-    return str(version.version)

@@ -75,13 +75,21 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match.group(1), match.group(2), match.group(3)
 
 
-def register_adapter_version(
-    client: Any, name: str, *, source: str, run_id: str, tags: Mapping[str, str]
+def register_version(
+    client: Any,
+    name: str,
+    *,
+    source: str,
+    run_id: str,
+    tags: Mapping[str, str],
+    model_description: str,
+    version_description: str,
 ) -> str:
-    """Create ``name`` if missing, then a new version pointing at the adapter artifacts.
+    """Create registered model ``name`` if missing (a concurrent creation is fine), then a new
+    version pointing at ``source`` (run artifacts); returns the version number.
 
     MLflow 3's ``register_model`` wants a logged model, not a plain folder, so the version is
-    created from the artifact URI directly.
+    created from the artifact URI directly (LoRA adapters, fine-tuned embedding models).
     """
     from mlflow.exceptions import MlflowException
 
@@ -89,22 +97,30 @@ def register_adapter_version(
         client.get_registered_model(name)
     except MlflowException:
         try:
-            client.create_registered_model(
-                name,
-                description="LoRA adapters for the RAG generator (llmops-dagster). "
-                "The evaluation gate moves the 'champion' alias.",
-            )
+            client.create_registered_model(name, description=model_description)
         except MlflowException as exc:  # created concurrently by another run
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
     version = client.create_model_version(
+        name, source=source, run_id=run_id, tags=dict(tags), description=version_description
+    )
+    return str(version.version)
+
+
+def register_adapter_version(
+    client: Any, name: str, *, source: str, run_id: str, tags: Mapping[str, str]
+) -> str:
+    """A new version of the adapters' registered model ``name`` (:func:`register_version`)."""
+    return register_version(
+        client,
         name,
         source=source,
         run_id=run_id,
-        tags=dict(tags),
-        description=f"LoRA adapter from run {run_id}",
+        tags=tags,
+        model_description="LoRA adapters for the RAG generator (llmops-dagster). "
+        "The evaluation gate moves the 'champion' alias.",
+        version_description=f"LoRA adapter from run {run_id}",
     )
-    return str(version.version)
 
 
 def resolve_registered_adapter(
