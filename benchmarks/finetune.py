@@ -3,13 +3,11 @@ questions by more than the bootstrap interval? Plus the project-vs-plain trainin
 
 1. Throughput. ``train_lora`` (transformers ``Trainer``, completion-only loss, per-step MLflow
    logging) and a hand-written loop (same peft ``LoraConfig``, same tokenised rows, same batch
-   size, AdamW + linear schedule, same seed) train on the sample-corpus SFT set for the same
-   number of steps; each counts the real (non-pad) tokens it trained on and its wall time.
-   ``tokens_per_s_ratio`` = project ÷ plain: near 1.0 means the Trainer/MLflow plumbing costs
-   nothing noticeable. The default ``--sample-steps`` is two whole epochs (24 × 4 = 2 × 48
-   rows), so both loops train on exactly the same rows (``same_train_tokens``): the Trainer's
-   data loader (accelerate) collates one batch ahead, so a run that stops mid-epoch also counts
-   one batch it never trained on. The project run's adapter is the ``sample`` adapter of part 3.
+   size, AdamW + linear schedule, same seed) train on the sample-corpus training mix; each
+   counts the real (non-pad) tokens it trained on and its wall time. ``tokens_per_s_ratio`` =
+   project ÷ plain: near 1.0 means the Trainer/MLflow plumbing costs nothing noticeable. The
+   plain loop runs ``--throughput-steps`` (24) steps, the project run all of the sample
+   training (its adapter is the ``sample`` adapter of part 3); both step counts are recorded.
 2. ``heldout``: PubMedQA (PQA-L, ``../shared/bench/pubmedqa-qa/qa.jsonl``, 1,000 items). The
    items are split with a fixed seed into a training part (``--pubmed-train``, default 600) and
    a held-out part (``--pubmed-heldout``, default 200) that is never trained on. Every
@@ -29,15 +27,21 @@ questions by more than the bootstrap interval? Plus the project-vs-plain trainin
    decoding; ``diff`` = adapter − base, ``ci95`` = ``stats.paired_bootstrap``;
    ``beats_base`` = the whole interval is above zero. ``majority_baseline`` is the accuracy of
    always answering the held-out part's most frequent decision.
-3. ``sample``: the sample corpus. The adapter of part 1 (trained on ``data/train/qa.jsonl``
-   with the labelled documents' passages that best match question + reference as context, the
-   project's ``rag_answer`` prompt and citations) and the base model answer every golden
+3. ``sample``: the sample corpus. The adapter of part 1 trains on the project's training mix,
+   built by ``train.mix.build_training_mix`` as ``finetune_dataset`` builds it: the 60
+   hand-written items (``data/train/qa.jsonl``; context: their labelled documents' passages
+   that best match question + reference) plus ``--sample-drafted`` (120) RAFT items drafted
+   from the public passages of the corpus (the confidential folders never: drafting reads as
+   the public principal), each answer's passage among BM25 distractors (in-memory, filtered to
+   what the public may read), minus every draft that restates a golden item (counted under
+   ``mix``). ``--sample-epochs`` (2) over its training split, ``--sample-max-seq-len`` 640 so a
+   two-passage prompt is never cut. The adapter and the base model answer every golden
    question (``data/golden/qa.jsonl``, never trained on; ``--sample-heldout`` N: the first N)
-   with the passages of their labelled documents ranked by the question only. Metric:
-   ``token_f1`` (citations stripped) against the reference answer. ``vs_extractive``: the
-   adapter against the extractive answerer (no model) on the same passages — the bar it must
-   clear to be worth serving. Each training section records what the training got (steps,
-   examples seen, epochs, minutes, the recipe).
+   with the passages of their labelled documents ranked by the question only, the project's
+   ``rag_answer`` prompt. Metric: ``token_f1`` (citations stripped) against the reference
+   answer. ``vs_extractive``: the adapter against the extractive answerer (no model) on the
+   same passages — the bar it must clear to be worth serving. Each training section records
+   what the training got (steps, examples seen, epochs, minutes, the recipe).
 
 Writes ``benchmarks/results/finetune.json`` through ``results_file.write_results`` (atomically;
 the git sha, ``-dirty`` when the checkout has changes; under ``history`` the last three runs'
@@ -47,7 +51,8 @@ base model comes from the shared converted-model cache (LLMOPS_HOME/models). Bud
 defaults were sized from a smoke run to take roughly 25–40 minutes on 2 shared CPU cores with
 ``--threads 1`` (faster than 2 on a machine other jobs share); generation of the 2 × 200
 PubMedQA answers is about half of it. A quick check (~6 minutes): ``--pubmed-train 16
---pubmed-heldout 8 --steps 2 --sample-steps 2 --sample-heldout 8 --out /tmp/finetune-smoke.json``.
+--pubmed-heldout 8 --steps 2 --sample-steps 2 --throughput-steps 2 --sample-heldout 8 --out
+/tmp/finetune-smoke.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +81,7 @@ from results_file import write_results
 apply_offline_env_defaults()  # this script is where the process starts
 import numpy as np
 
+from llmops_dagster.access import Principal, normalize_audience
 from llmops_dagster.config import PROJECT_ROOT, Settings
 from llmops_dagster.evaluate.metrics import token_f1
 from llmops_dagster.models.local import load_base_model, load_local_generator
@@ -89,11 +96,14 @@ from llmops_dagster.stats import paired_bootstrap
 from llmops_dagster.tracking.mlflow_store import ensure_mlflow
 from llmops_dagster.tracking.runs import open_run
 from llmops_dagster.train.dataset import (
+    DEFAULT_TRAIN_QA,
     ContextPassage,
     build_sft_dataset,
     corpus_context_fn,
+    load_corpus_passages,
     retriever_context_fn,
 )
+from llmops_dagster.train.distractors import SearchFn
 from llmops_dagster.train.lora import (
     CompletionCollator,
     LoraParams,
@@ -101,6 +111,8 @@ from llmops_dagster.train.lora import (
     tokenize_split,
     train_lora,
 )
+from llmops_dagster.train.mix import DEFAULT_DRAFTED_ITEMS, TrainingMix, build_training_mix
+from llmops_dagster.train.raft import ChunkRecord
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "finetune.json"
 GOLDEN = PROJECT_ROOT / "data" / "golden" / "qa.jsonl"
@@ -289,6 +301,70 @@ class FixedContextRetriever:
         return self.contexts[query][:k]
 
 
+def sample_chunk_records(
+    corpus_dir: Path, audience: Callable[[str], Sequence[str]], *, max_words: int = 120
+) -> list[ChunkRecord]:
+    """The sample corpus's passages as the chunks drafting reads, each with its file's
+    audience (``audience``: relative path → groups, the filesystem source's rule)."""
+    prefix = len("fs:")
+    return [
+        ChunkRecord(
+            chunk_id=p.chunk_id,
+            doc_id=p.doc_id,
+            title=p.title,
+            text=p.text,
+            audience=tuple(normalize_audience(audience(doc_id[prefix:].split("#", 1)[0]))),
+        )
+        for doc_id, passages in load_corpus_passages(corpus_dir, max_words=max_words).items()
+        for p in passages
+    ]
+
+
+def audience_bm25_search(records: Sequence[ChunkRecord], *, depth: int = 20) -> SearchFn:
+    """A :data:`~llmops_dagster.train.distractors.SearchFn` over ``records``: in-memory BM25,
+    the ``depth`` best hits the principal may read (the filter an Elasticsearch search applies
+    from the principal's groups)."""
+    index = PassageIndex([ContextPassage(r.chunk_id, r.doc_id, r.text, r.title) for r in records])
+    audiences = {r.chunk_id: r.audience for r in records}
+
+    def search(questions: Sequence[str], who: Principal) -> list[list[ContextPassage]]:
+        return [
+            [h for h in index.search(q, k=len(records)) if who.can_read(audiences[h.chunk_id])][
+                :depth
+            ]
+            for q in questions
+        ]
+
+    return search
+
+
+def sample_training_mix(
+    corpus_dir: Path,
+    *,
+    tokenizer: Any,
+    audience: Callable[[str], Sequence[str]],
+    golden: Sequence[QAItem],
+    drafted_items: int = DEFAULT_DRAFTED_ITEMS,
+    k: int = 2,
+) -> TrainingMix:
+    """The project's training mix for the sample corpus, built the way ``finetune_dataset``
+    builds it (``train.mix.build_training_mix``): the hand-written items (their context: the
+    labelled documents' best passages) plus up to ``drafted_items`` RAFT items drafted from
+    the public passages, each answer's passage among ``k - 1`` BM25 distractors read as the
+    public principal, never an item that restates a golden one."""
+    records = sample_chunk_records(corpus_dir, audience)
+    return build_training_mix(
+        DEFAULT_TRAIN_QA,
+        tokenizer=tokenizer,
+        chunks=records,
+        golden=golden,
+        search=audience_bm25_search(records),
+        k=k,
+        drafted_items=drafted_items,
+        fallback_context=corpus_context_fn(corpus_dir, k=k, audience=audience),
+    )
+
+
 def strip_citations(text: str) -> str:
     return " ".join(_CITATION_RE.sub(" ", text).split())
 
@@ -435,6 +511,7 @@ def plain_loop(spec: LocalModelSpec, dataset: Any, params: LoraParams) -> dict[s
     seconds = time.perf_counter() - started
     return {
         "tokens": collator.tokens,
+        "steps": step,
         "seconds": seconds,
         "tokens_per_s": collator.tokens / seconds,
     }
@@ -555,10 +632,19 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=384, help="PubMedQA tokens/example")
     parser.add_argument("--val-fraction", type=float, default=0.02, help="PubMedQA eval-loss part")
     parser.add_argument(
-        "--sample-steps", type=int, default=24, help="default: two epochs of the 48 rows"
+        "--sample-steps", type=int, default=0, help="default (0): --sample-epochs of the mix"
+    )
+    parser.add_argument("--sample-epochs", type=float, default=2.0)
+    parser.add_argument(
+        "--sample-drafted", type=int, default=DEFAULT_DRAFTED_ITEMS, help="RAFT items drafted"
+    )
+    parser.add_argument(
+        "--throughput-steps", type=int, default=24, help="steps of the plain reference loop"
     )
     parser.add_argument("--sample-batch-size", type=int, default=4)
-    parser.add_argument("--sample-max-seq-len", type=int, default=320)
+    parser.add_argument(
+        "--sample-max-seq-len", type=int, default=640, help="fits the 2-passage prompts whole"
+    )
     parser.add_argument(
         "--sample-heldout", type=int, default=None, help="golden questions (default: all)"
     )
@@ -634,12 +720,27 @@ def main() -> None:
         # Oracle context read from files, as the public principal: the sample's confidential
         # folders (their audiences in sources.yaml) never enter the training set.
         audience = default_sources_config(sample_dir).filesystem.audience_for  # type: ignore[union-attr]
-        sample_dataset = clock.stage(
-            "sample sft set",
-            lambda: build_sft_dataset(
+        golden_all = load_qa_jsonl(GOLDEN, require_reference_answer=True)
+        sample_mix = clock.stage(
+            "sample training mix",
+            lambda: sample_training_mix(
+                sample_dir,
                 tokenizer=base.tokenizer,
-                context_fn=corpus_context_fn(sample_dir, k=2, audience=audience),
+                audience=audience,
+                golden=golden_all,
+                drafted_items=args.sample_drafted,
             ),
+        )
+        sample_dataset = sample_mix.dataset
+        print(
+            f"sample mix: {sample_mix.n_handwritten} hand-written + "
+            f"{len(sample_mix.drafts.items)} drafted, {len(sample_dataset.train)} train / "
+            f"{len(sample_dataset.validation)} validation; "
+            f"{sample_mix.drafts.dropped_golden_overlap} drafts dropped as golden restatements",
+            flush=True,
+        )
+        sample_steps = args.sample_steps or math.ceil(
+            args.sample_epochs * len(sample_dataset.train) / args.sample_batch_size
         )
         print(f"pubmed train example:\n{pubmed_dataset.train[0].completion!r}", flush=True)
 
@@ -647,13 +748,20 @@ def main() -> None:
         sample_params = LoraParams(
             r=args.rank,
             alpha=2 * args.rank,
-            max_steps=args.sample_steps,
+            max_steps=sample_steps,
             batch_size=args.sample_batch_size,
             max_seq_len=args.sample_max_seq_len,
             learning_rate=args.lr,
         )
+        # The throughput reference trains fewer steps than the adapter (its tokens/s is what is
+        # compared, not its adapter): the same rows, batch size and recipe.
         plain = clock.stage(
-            "plain loop (sample)", lambda: plain_loop(spec, sample_dataset, sample_params)
+            "plain loop (sample)",
+            lambda: plain_loop(
+                spec,
+                sample_dataset,
+                replace(sample_params, max_steps=min(sample_steps, args.throughput_steps)),
+            ),
         )
         gc.collect()
         sample_result = clock.stage(
@@ -804,9 +912,19 @@ def main() -> None:
         ),
         "sample": result_section(
             sample_f1,
-            dataset="sample corpus: train data/train/qa.jsonl, evaluate data/golden/qa.jsonl",
+            dataset=(
+                "sample corpus: train the project's mix (data/train/qa.jsonl + RAFT items "
+                "drafted from the public passages), evaluate data/golden/qa.jsonl"
+            ),
             prompt=f"{rag_prompt.name}@{rag_prompt.version}",
             training=sample_training,
+            mix={
+                "n_handwritten": sample_mix.n_handwritten,
+                "n_drafted": len(sample_mix.drafts.items),
+                "n_dropped_golden_overlap": sample_mix.drafts.dropped_golden_overlap,
+                "n_chunks_dropped_audience": sample_mix.drafts.dropped_audience,
+                "digest": sample_dataset.digest,
+            },
             # adapter − extractive ("base" = the extractive answerer on the same passages)
             vs_extractive={
                 **vs_extractive,
@@ -819,7 +937,8 @@ def main() -> None:
             "plain_tokens_per_s": round(plain["tokens_per_s"], 1),
             "project_train_tokens": sample_result.train_tokens,
             "plain_train_tokens": plain["tokens"],
-            "same_train_tokens": sample_result.train_tokens == plain["tokens"],
+            "project_steps": sample_result.steps,
+            "plain_steps": plain["steps"],
             "mean_prompt_tokens": prompt_tokens,
             "timings_s": clock.stages,
             "total_s": round(clock.elapsed(), 1),
@@ -827,7 +946,9 @@ def main() -> None:
                 "pubmed_steps": args.steps,
                 "pubmed_batch_size": args.batch_size,
                 "pubmed_max_seq_len": args.max_seq_len,
-                "sample_steps": args.sample_steps,
+                "sample_steps": sample_steps,
+                "sample_epochs": args.sample_epochs,
+                "sample_drafted": args.sample_drafted,
                 "sample_batch_size": args.sample_batch_size,
                 "sample_max_seq_len": args.sample_max_seq_len,
                 "learning_rate": args.lr,

@@ -268,3 +268,54 @@ def test_result_section_shape(bench: ModuleType) -> None:
     assert only["metrics"] == {"token_f1": second} and only["diff"] == 0.0
     with pytest.raises(ValueError):
         bench.result_section(primary, [primary])
+
+
+# ---- the sample corpus's training mix -----------------------------------------------------
+
+
+def test_sample_training_mix_is_the_projects_mix_without_confidential_or_golden_text(
+    bench: ModuleType,
+) -> None:
+    """The sample part trains on the project's mix: the 60 hand-written items plus 120 RAFT
+    drafts of the public passages; none of the 14 passages of the confidential folders enters
+    a prompt, and the 64 drafts that restate a golden item are dropped."""
+    from llmops_dagster.config import PROJECT_ROOT
+    from llmops_dagster.qa import load_qa_jsonl
+    from llmops_dagster.sources.source_config import default_sources_config
+    from tests.support.stubs import ChatMLTokenizer
+
+    sample_dir = PROJECT_ROOT / "data" / "sample"
+    audience = default_sources_config(sample_dir).filesystem.audience_for
+    golden = load_qa_jsonl(bench.GOLDEN, require_reference_answer=True)
+    records = bench.sample_chunk_records(sample_dir, audience)
+    confidential = {r.chunk_id for r in records if r.audience != ("public",)}
+    assert len(confidential) == 14
+
+    mix = bench.sample_training_mix(
+        sample_dir, tokenizer=ChatMLTokenizer(), audience=audience, golden=golden
+    )
+
+    assert (mix.n_handwritten, len(mix.drafts.items)) == (60, 120)
+    assert (len(mix.dataset.train), len(mix.dataset.validation)) == (144, 36)
+    assert mix.drafts.dropped_golden_overlap == 64
+    examples = [*mix.dataset.train, *mix.dataset.validation]
+    used = {c for e in examples for c in e.context_chunk_ids}
+    assert not used & confidential
+    golden_questions = {g.question for g in golden}
+    assert not {e.question for e in examples} & golden_questions
+
+
+def test_audience_bm25_search_drops_what_the_principal_may_not_read(bench: ModuleType) -> None:
+    from llmops_dagster.access import Principal
+    from llmops_dagster.train.raft import ChunkRecord
+
+    records = [
+        ChunkRecord("c1", "d1", "", "refund card payments", ("public",)),
+        ChunkRecord("c2", "d2", "", "refund card payments salary", ("hr",)),
+        ChunkRecord("c3", "d3", "", "holiday card", ("public",)),
+    ]
+    search = bench.audience_bm25_search(records, depth=5)
+    public = search(["refund card"], Principal.public())[0]
+    hr = search(["refund card"], Principal(name="hr-reader", groups=frozenset({"hr"})))[0]
+    assert [h.chunk_id for h in public] == ["c1", "c3"]
+    assert [h.chunk_id for h in hr] == ["c1", "c2", "c3"]
