@@ -82,6 +82,15 @@ class ModelSettings(BaseSettings):
         "instructions) once and generate from a copy of its KV cache. Speed only: greedy "
         "answers are identical either way, so it is no part of a bundle's key.",
     )
+    generator_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        validation_alias=env("LLMOPS_GENERATOR_PRECISION"),
+        description="Local backend only: the weights' format while generating. auto = "
+        "bfloat16 where the device computes it natively (a CPU with AVX-512 BF16 / AMX, a "
+        "bf16 GPU), float32 elsewhere. Greedy answers differ between the two, so the resolved "
+        "value is part of every new local bundle's key and a bundle is always served in the "
+        "precision it was evaluated in. Training always runs in float32.",
+    )
     generator_api_key_env: str = Field(
         default="OPENAI_API_KEY",
         validation_alias=env("LLMOPS_GENERATOR_API_KEY_ENV"),

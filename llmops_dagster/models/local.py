@@ -37,9 +37,10 @@ from llmops_dagster.models.source import (
     CONVERTED_MARKER,
     ModelSource,
     converted_cache_dir,
-    dtype_for,
+    dtype_of,
     pick_device,
     resolve_model_source,
+    resolve_precision,
 )
 from llmops_dagster.models.spec import LocalModelSpec
 
@@ -61,6 +62,8 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: True for the instance held by :data:`MODELS` (other callers use it: never train it).
     shared: bool = False
+    #: The weights' format (``float32`` / ``bfloat16``), resolved from the spec.
+    precision: str = "float32"
 
 
 #: Loaded base models and base+adapter models of this process, keyed by what they are.
@@ -77,10 +80,12 @@ def load_base_model(spec: LocalModelSpec, *, fresh: bool = False) -> LoadedModel
     source = resolve_model_source(spec.model, spec.gguf_file)
     import torch
 
+    precision = resolve_precision(spec.precision, pick_device(spec.device))
     torch.set_num_threads(max(1, spec.threads))
     device = pick_device(spec.device)
     loaded = MODELS.get(
-        ("base", source.display, device), lambda: _load(Path(spec.cache_dir), source, device)
+        ("base", source.display, device, precision),
+        lambda: _load(Path(spec.cache_dir), source, device, precision),
     )
     if not fresh:
         return loaded
@@ -109,7 +114,7 @@ def _write_converted_copy(source: ModelSource, target: Path) -> Callable[[Path],
     return build
 
 
-def _load(cache_dir: Path, source: ModelSource, device: str) -> LoadedModel:
+def _load(cache_dir: Path, source: ModelSource, device: str, precision: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -125,7 +130,7 @@ def _load(cache_dir: Path, source: ModelSource, device: str) -> LoadedModel:
                 )
             )
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype_for(device))
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype_of(precision))
     except OSError as exc:
         raise GeneratorConfigError(
             f"cannot load generator LLMOPS_GENERATOR_MODEL={source.display}: {exc}. "
@@ -136,8 +141,10 @@ def _load(cache_dir: Path, source: ModelSource, device: str) -> LoadedModel:
     model.eval()
     tokenizer = _prepare_tokenizer(tokenizer, model)
     seconds = time.perf_counter() - started
-    log.info("loaded %s on %s in %.1fs", source.model_id, device, seconds)
-    return LoadedModel(model, tokenizer, source, device, seconds, location, shared=True)
+    log.info("loaded %s on %s (%s) in %.1fs", source.model_id, device, precision, seconds)
+    return LoadedModel(
+        model, tokenizer, source, device, seconds, location, shared=True, precision=precision
+    )
 
 
 def _prepare_tokenizer(tokenizer: Any, model: PreTrainedModel) -> Any:

@@ -247,6 +247,7 @@ def _attach_adapter(base: LoadedModel, adapter_dir: Path) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         loaded_from=str(adapter_dir),
         shared=True,
+        precision=base.precision,
     )
 
 
@@ -266,7 +267,14 @@ def load_adapter_generator(
     base = load_base_model(spec)
     check_adapter_base(adapter_dir, base, tags=tags)
     resolved_id = model_id or f"{base.source.model_id}+lora:{adapter_dir.name}"
-    key = ("adapter", base.source.display, base.device, str(adapter_dir.resolve()), resolved_id)
+    key = (
+        "adapter",
+        base.source.display,
+        base.device,
+        base.precision,
+        str(adapter_dir.resolve()),
+        resolved_id,
+    )
     loaded = MODELS.get(key, lambda: _attach_adapter(base, adapter_dir))
     return LocalTransformersGenerator(loaded, model_id=resolved_id, **kwargs)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmops_dagster.models.base import GeneratorConfigError
+from llmops_dagster.models.spec import PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -111,13 +112,36 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def dtype_for(device: str) -> torch.dtype:
-    """bf16 on GPUs that support it, fp32 everywhere else."""
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX-512 BF16 / AMX (oneDNN's check). Elsewhere bf16 is emulated and slower."""
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``float32`` / ``bfloat16`` as asked; ``auto`` → ``bfloat16`` where ``device`` computes
+    it natively (about 1.5× faster generation on an AVX-512 BF16 CPU), else ``float32``."""
+    if requested == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    if requested not in PRECISIONS:
+        raise GeneratorConfigError(
+            f"generator precision {requested!r}: expected auto, float32 or bfloat16 "
+            "(LLMOPS_GENERATOR_PRECISION)"
+        )
+    return requested
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The torch dtype of a resolved precision."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
 
 #: Files of a model folder that decide its outputs (weights, config, tokenizer, template).

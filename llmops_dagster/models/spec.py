@@ -12,6 +12,10 @@ from typing import Literal
 
 GeneratorBackend = Literal["local", "openai"]
 JudgeKind = Literal["none", "local", "openai"]
+#: The weights' floating-point format while generating; ``auto`` resolves per machine
+#: (:func:`llmops_dagster.models.source.resolve_precision`).
+PRECISIONS = ("float32", "bfloat16")
+PrecisionSetting = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class LocalModelSpec:
     #: torch intra-op threads; one core is best left to Elasticsearch on a 2-core machine.
     threads: int = 1
     device: str | None = None
+    #: ``float32``, ``bfloat16`` or ``auto`` (bf16 where the device computes it natively);
+    #: the resources pass the setting (default ``auto``), direct callers get float32.
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class GeneratorPin:
     ``weights_digest``: ``sha256:…`` of the local weights; "" where the weights cannot be seen
     (an endpoint) or there are none. Decoding: ``temperature`` (0 = greedy) and
     ``repetition_penalty`` (local only; the OpenAI API has none, so it is 1.0 there).
+    ``precision``: the local weights' format while generating (``float32`` / ``bfloat16``:
+    greedy answers differ between them); "" for an endpoint or the extractive answerer.
     """
 
     backend: GeneratorPinBackend
@@ -88,10 +97,18 @@ class GeneratorPin:
     weights_digest: str = ""
     temperature: float = 0.0
     repetition_penalty: float = 1.0
+    precision: str = ""
+
+    def __post_init__(self) -> None:
+        # A local pin that names no precision is float32: every bundle before it was pinned.
+        if self.backend == "local" and not self.precision:
+            object.__setattr__(self, "precision", "float32")
 
     def describe(self) -> str:
         digest = f" weights {self.weights_digest[:19]}" if self.weights_digest else ""
         decoding = f"t={self.temperature:g}"
         if self.repetition_penalty != 1.0:
             decoding += f" rp={self.repetition_penalty:g}"
+        if self.precision == "bfloat16":
+            decoding += " bf16"
         return f"{self.backend}:{self.model}{digest} ({decoding})"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from llmops_dagster.models.spec import GeneratorPin
+from llmops_dagster.models.spec import PRECISIONS, GeneratorPin
 
 #: Version tags ``bundle.<field>`` hold the bundle (:meth:`RagBundle.as_tags`).
 TAG_PREFIX = "bundle."
@@ -26,6 +26,8 @@ _INT_FIELDS = ("retrieval_k", "metrics_depth", "max_new_tokens")
 _FLOAT_FIELDS = ("temperature", "repetition_penalty")
 _BACKENDS = {"llm": ("local", "openai"), "extractive": ("builtin",)}
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+#: What a local bundle that names no precision was evaluated in.
+LEGACY_PRECISION = "float32"
 
 
 class BundleError(ValueError):
@@ -58,12 +60,17 @@ class RagBundle:
     embedding_model_id: str
     index_name: str  # the physical index the alias pointed at when evaluated
     index_alias: str
+    # float32 / bfloat16 for a local generator ("" → float32: bundles registered before the
+    # precision was pinned were all evaluated in float32); "" for an endpoint or extractive.
+    precision: str = ""
 
     def __post_init__(self) -> None:
         def require(ok: object, problem: str) -> None:
             if not ok:
                 raise BundleError(f"invalid bundle: {problem}")
 
+        if self.generator_backend == "local" and self.precision == "":
+            object.__setattr__(self, "precision", LEGACY_PRECISION)
         require(self.generator in _BACKENDS, f"generator {self.generator!r}")
         require(
             self.generator_backend in _BACKENDS.get(self.generator, ()),
@@ -77,7 +84,7 @@ class RagBundle:
             elif f.name in _FLOAT_FIELDS:
                 ok = isinstance(value, int | float) and not isinstance(value, bool)
                 require(ok and value >= 0, f"{f.name} must be a number >= 0, not {value!r}")
-            elif f.name not in ("adapter_uri", "weights_digest"):
+            elif f.name not in ("adapter_uri", "weights_digest", "precision"):
                 require(
                     isinstance(value, str) and bool(value),
                     f"{f.name} must be a non-empty string, not {value!r}",
@@ -93,6 +100,16 @@ class RagBundle:
             require(
                 self.weights_digest == "",
                 f"weights_digest is for local weights only (backend {self.generator_backend})",
+            )
+        if self.generator_backend == "local":
+            require(
+                self.precision in PRECISIONS,
+                f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}",
+            )
+        else:
+            require(
+                self.precision == "",
+                f"precision is for local weights only (backend {self.generator_backend})",
             )
         if self.generator_backend == "openai":
             require(
@@ -119,6 +136,7 @@ class RagBundle:
             weights_digest=self.weights_digest,
             temperature=float(self.temperature),
             repetition_penalty=float(self.repetition_penalty),
+            precision=self.precision,
         )
 
     @staticmethod
@@ -131,16 +149,24 @@ class RagBundle:
             "weights_digest": pin.weights_digest,
             "temperature": float(pin.temperature),
             "repetition_penalty": float(pin.repetition_penalty),
+            "precision": pin.precision,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; ``precision`` only when it is not the legacy float32 (or "" off the
+        local backend), so the keys and tags of bundles registered before it was pinned stay
+        what they were."""
+        data = asdict(self)
+        if data["precision"] in ("", LEGACY_PRECISION):
+            del data["precision"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RagBundle:
         """Strict: every field, nothing else."""
         names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        unknown = sorted(set(data) - names)
+        missing = sorted(names - set(data) - {"precision"})  # absent = the legacy default
         if "generator_backend" in missing:
             raise BundleError(
                 "this bundle was registered before bundles pinned their whole generator "

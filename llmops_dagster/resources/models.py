@@ -49,6 +49,11 @@ class ModelsResource(dg.ConfigurableResource):
         description="Local backend only: reuse the KV cache of the prompts' shared prefix "
         "(speed only: identical greedy answers, not part of a bundle's key).",
     )
+    generator_precision: str = Field(
+        default="auto",
+        description="Local backend only: auto | float32 | bfloat16 (the resolved value is "
+        "pinned in every new local bundle).",
+    )
     torch_threads: int = Field(default=1, description="torch intra-op threads.")
     eval_torch_threads: int = Field(
         default_factory=default_eval_torch_threads,
@@ -106,6 +111,7 @@ class ModelsResource(dg.ConfigurableResource):
             generator_temperature=models.generator_temperature,
             generator_repetition_penalty=models.generator_repetition_penalty,
             generator_prefix_cache=models.generator_prefix_cache,
+            generator_precision=models.generator_precision,
             torch_threads=models.torch_threads,
             eval_torch_threads=models.eval_torch_threads,
             cache_dir=str(settings.models_cache_dir),
@@ -174,7 +180,14 @@ class ModelsResource(dg.ConfigurableResource):
             cache_dir=Path(self.cache_dir),
             threads=max(1, self.torch_threads),
             device=self.device,
+            precision=self.generator_precision,
         )
+
+    def generator_precision_resolved(self) -> str:
+        """``float32`` / ``bfloat16``: what ``generator_precision`` means on this machine."""
+        from llmops_dagster.models.source import pick_device, resolve_precision
+
+        return resolve_precision(self.generator_precision, pick_device(self.device))
 
     def base_model_id(self) -> str:
         """The portable id of the local base model (what adapters and bundles record)."""
@@ -245,6 +258,7 @@ class ModelsResource(dg.ConfigurableResource):
             weights_digest(source),
             self.generator_temperature,
             self.generator_repetition_penalty,
+            self.generator_precision_resolved(),
         )
 
     def generator_location(self) -> dict[str, str]:
@@ -304,7 +318,13 @@ class ModelsResource(dg.ConfigurableResource):
                 tried.append(f"{origin} {model}: {exc}")
                 continue
             if source.model_id == pin.model and digest == pin.weights_digest:
-                spec = replace(self.local_model_spec(), model=model, gguf_file=gguf_file)
+                spec = replace(
+                    self.local_model_spec(),
+                    model=model,
+                    gguf_file=gguf_file,
+                    # The precision the bundle was evaluated in, whatever the settings say now.
+                    precision=pin.precision or "float32",
+                )
                 return load_generator(
                     GeneratorSpec(backend="local", local=spec),
                     adapter_uri=adapter_uri,
@@ -321,10 +341,14 @@ class ModelsResource(dg.ConfigurableResource):
         )
 
     def base_model(self, *, fresh: bool = False) -> Any:
-        """The local base model + tokenizer (``fresh``: a private copy, e.g. for training)."""
+        """The local base model + tokenizer (``fresh``: a private copy for training, always in
+        float32 — the recipe measured and tested; the adapter then serves in either precision)."""
         from llmops_dagster.models.local import load_base_model
 
-        return load_base_model(self.local_model_spec(), fresh=fresh)
+        spec = self.local_model_spec()
+        if fresh:
+            spec = replace(spec, precision="float32")
+        return load_base_model(spec, fresh=fresh)
 
     def judge_spec(self) -> JudgeSpec:
         # The endpoint whenever one is configured, whatever the default kind: a run that asks

@@ -60,3 +60,34 @@ def test_a_pinned_champion_keeps_answering_after_the_generator_settings_move_on(
 
     with pytest.raises(GeneratorConfigError, match="cannot reproduce this bundle's generator"):
         moved_on.pinned_generator(pin, recorded_location={"model": str(tmp_path / "deleted")})
+
+
+def test_a_bundle_is_served_in_the_precision_it_was_evaluated_in(tmp_path: Path) -> None:
+    """Evaluated in bfloat16, served by settings that now say float32: the bfloat16 weights
+    answer (and the reverse); both are held side by side in one process, each answering as it
+    did when evaluated. A training copy is float32 whatever the settings say."""
+    import torch
+
+    def models_with(precision: str) -> object:
+        settings = Settings().override(
+            home=tmp_path,
+            models={"cache_dir": Settings().models_cache_dir, "generator_precision": precision},
+        )
+        return build_resources(settings, with_dlt=False)["models"]
+
+    bf16_settings, fp32_settings = models_with("bfloat16"), models_with("float32")
+    bf16_pin, fp32_pin = bf16_settings.generator_pin(), fp32_settings.generator_pin()
+    assert (bf16_pin.precision, fp32_pin.precision) == ("bfloat16", "float32")
+    assert replace(bf16_pin, precision="float32") == fp32_pin  # nothing else differs
+
+    served_bf16 = fp32_settings.pinned_generator(bf16_pin)
+    served_fp32 = bf16_settings.pinned_generator(fp32_pin)
+    assert next(served_bf16.model.parameters()).dtype == torch.bfloat16
+    assert next(served_fp32.model.parameters()).dtype == torch.float32
+    prompt = ["Answer in one short sentence: what colour is the sky on a clear day?"]
+    first = served_bf16.generate(prompt, max_new_tokens=12)[0].text
+    served_fp32.generate(prompt, max_new_tokens=12)  # the other precision in between
+    assert served_bf16.generate(prompt, max_new_tokens=12)[0].text == first
+
+    training = bf16_settings.base_model(fresh=True)
+    assert next(training.model.parameters()).dtype == torch.float32

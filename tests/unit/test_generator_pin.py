@@ -52,7 +52,8 @@ def test_the_configured_pin_names_model_weights_and_decoding(tmp_path: Path) -> 
     settings = Settings().override(
         home=tmp_path,
         models={"generator_model": str(folder), "generator_gguf_file": None,
-                "generator_temperature": 0.3, "generator_repetition_penalty": 1.25},
+                "generator_temperature": 0.3, "generator_repetition_penalty": 1.25,
+                "generator_precision": "bfloat16"},
     )  # fmt: skip
     models = build_resources(settings, with_dlt=False)["models"]
     pin = models.generator_pin()
@@ -62,6 +63,7 @@ def test_the_configured_pin_names_model_weights_and_decoding(tmp_path: Path) -> 
         weights_digest(resolve_model_source(str(folder), None)),
         0.3,
         1.25,
+        "bfloat16",
     )
     endpoint = build_resources(
         settings.override(
@@ -122,6 +124,7 @@ def test_a_changed_generator_setting_asks_to_evaluate_a_new_candidate() -> None:
         GeneratorPin("local", "SmolLM2", "sha256:" + "a" * 64, 0.7, 1.1),
         GeneratorPin("local", "SmolLM2", "sha256:" + "a" * 64, 0.0, 1.0),
         GeneratorPin("openai", "SmolLM2", "", 0.0, 1.0),
+        GeneratorPin("local", "SmolLM2", "sha256:" + "a" * 64, 0.0, 1.1, "bfloat16"),
     ):
         reason = generator_change(champion, configured)
         assert reason == (
@@ -132,3 +135,27 @@ def test_a_changed_generator_setting_asks_to_evaluate_a_new_candidate() -> None:
         **{**champion.to_dict(), **RagBundle.generator_fields(GeneratorPin("builtin", "x:v1"))}
     )
     assert generator_change(extractive, GeneratorPin("openai", "m", "", 0.0, 1.0)) is None
+
+
+def test_a_local_pin_without_a_precision_is_float32_and_auto_resolves_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bundle pinned before the precision was is float32; ``auto`` pins what this
+    machine computes natively (bf16 only with hardware support), never "auto" itself."""
+    from llmops_dagster.models import source
+
+    assert GeneratorPin("local", "SmolLM2", "sha256:" + "a" * 64).precision == "float32"
+    assert GeneratorPin("openai", "qwen").precision == ""
+    folder = _model_folder(tmp_path / "tiny-llm")
+    settings = Settings().override(
+        home=tmp_path,
+        models={"generator_model": str(folder), "generator_gguf_file": None,
+                "generator_precision": "auto"},
+    )  # fmt: skip
+    models = build_resources(settings, with_dlt=False)["models"]
+    monkeypatch.setattr(source, "native_bf16", lambda device: True)
+    assert models.generator_pin().precision == "bfloat16"
+    monkeypatch.setattr(source, "native_bf16", lambda device: False)
+    assert models.generator_pin().precision == "float32"
+    with pytest.raises(GeneratorConfigError, match="LLMOPS_GENERATOR_PRECISION"):
+        source.resolve_precision("fp16", "cpu")

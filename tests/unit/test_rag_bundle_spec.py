@@ -77,7 +77,8 @@ def test_key_is_stable_and_content_addressed() -> None:
         {"repetition_penalty": 1.0},
         {"base_model_id": "HuggingFaceTB/SmolLM2-360M-Instruct"},
         {"generator_backend": "openai", "weights_digest": "", "repetition_penalty": 1.0,
-         "adapter_uri": None},
+         "adapter_uri": None, "precision": ""},
+        {"precision": "bfloat16"},
     ],
 )  # fmt: skip
 def test_every_generator_setting_is_part_of_the_key(changes: dict[str, Any]) -> None:
@@ -152,6 +153,29 @@ def test_from_dict_is_strict() -> None:
         RagBundle.from_dict(legacy)
     with pytest.raises(BundleError, match="retrieval_k"):
         RagBundle.from_tags(RagBundle.from_dict(DATA).as_tags() | {"bundle.retrieval_k": "-1"})
+
+
+def test_precision_is_pinned_and_legacy_bundles_keep_their_key() -> None:
+    """A bundle registered before the precision was pinned (no field) is float32 with the key
+    and tags it always had; a bfloat16 bundle is another bundle, and its tags carry it."""
+    legacy = RagBundle.from_dict(DATA)
+    explicit = RagBundle.from_dict(DATA | {"precision": "float32"})
+    assert legacy.precision == explicit.precision == "float32"
+    assert explicit.key() == legacy.key() and explicit.as_tags() == legacy.as_tags()
+    assert "bundle.precision" not in legacy.as_tags()
+
+    bf16 = RagBundle.from_dict(DATA | {"precision": "bfloat16"})
+    assert bf16.key() != legacy.key()
+    assert bf16.as_tags()["bundle.precision"] == "bfloat16"
+    assert RagBundle.from_tags(bf16.as_tags()) == bf16
+    assert bf16.generator_pin.precision == "bfloat16"
+    assert "(t=0 rp=1.1 bf16)" in bf16.describe()
+    with pytest.raises(BundleError, match="precision 'float16': expected one of float32"):
+        RagBundle.from_dict(DATA | {"precision": "float16"})
+    endpoint = {"generator_backend": "openai", "weights_digest": "", "repetition_penalty": 1.0,
+                "adapter_uri": None}  # fmt: skip
+    with pytest.raises(BundleError, match="precision is for local weights only"):
+        RagBundle.from_dict(DATA | endpoint | {"precision": "bfloat16"})
 
 
 def test_prompt_uris() -> None:
