@@ -25,14 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import streaming_bulk
-
-try:  # a dependency of dlt; without it the client's own (stdlib json) serializer is used
-    import orjson
-except ImportError:  # pragma: no cover - exercised only where orjson is absent
-    orjson = None  # type: ignore[assignment]
 
 from llmops_dagster.access import AUDIENCE_FIELD, normalize_audience
 from llmops_dagster.search.mapping import TEXT_FIELDS, index_meta, text_stemming_of
@@ -193,7 +189,7 @@ def serialize_sources(actions: Iterable[dict[str, Any]], fallback: Any) -> Itera
     """
     for action in actions:
         source = action.get("_source")
-        if orjson is not None and isinstance(source, dict):
+        if isinstance(source, dict):
             try:
                 encoded: bytes | None = orjson.dumps(source)
             except TypeError:
