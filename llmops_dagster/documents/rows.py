@@ -6,7 +6,7 @@ that every stage agrees on them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -59,9 +59,14 @@ class Document:
     allowed_groups: tuple[str, ...] = (PUBLIC,)
 
     def as_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        # Every field is immutable (str, datetime, tuple): a shallow copy is the row, without
+        # asdict's recursive deep copy (half of the documents stage on a 1,000-document batch).
+        row = {name: getattr(self, name) for name in _DOCUMENT_FIELDS}
         row["allowed_groups"] = list(self.allowed_groups)
         return row
+
+
+_DOCUMENT_FIELDS = tuple(f.name for f in fields(Document))
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,14 @@ Rebuild mode writes a new versioned index and swaps the alias atomically (see
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import scan
@@ -68,6 +71,10 @@ class IndexSyncReport:
     reason: str = ""
     kept_indices: list[str] = field(default_factory=list)
     deleted_indices: list[str] = field(default_factory=list)
+    #: Seconds of ``seconds`` spent in the bulk load (reading, encoding, Elasticsearch
+    #: indexing); the rest is index creation, refresh, verification and the alias swap. For
+    #: the throughput benchmark; not part of the asset metadata.
+    load_seconds: float = 0.0
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -119,11 +126,40 @@ def iter_chunk_documents(
         _CHUNK_DOCS_SQL, [model_id, model_id], batch_rows=batch_rows
     )
     for batch in batches:
-        for row in batch.to_pylist():
+        vectors = _vector_lists(batch.column("embedding"))
+        rest = batch if vectors is None else batch.drop_columns(["embedding"])
+        rows = rest.to_pylist()
+        for i, row in enumerate(rows):
             if only_ids is not None and row["chunk_id"] not in only_ids:
                 continue
+            if vectors is not None:
+                row["embedding"] = vectors[i]
             row["section"] = row["section"] or ""
             yield row
+
+
+def _vector_lists(column: pa.Array) -> list[list[float]] | None:
+    """The vector column as lists of Python floats, through numpy: the same floats
+    ``to_pylist`` gives (float32 widened exactly), ~10x faster than boxing value by value.
+    ``None`` (the caller uses ``to_pylist``) for anything but equal-length float vectors
+    without nulls."""
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        return None
+    if column.null_count or not pa.types.is_floating(column.type.value_type):
+        return None
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    values = column.flatten()
+    if len(column) == 0 or values.null_count or lengths.min() != lengths.max():
+        return None
+    matrix = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    return matrix.reshape(len(column), int(lengths[0])).tolist()
+
+
+def _peek(docs: Iterator[dict[str, Any]]) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
+    """The first document (the smoke query's vector and text) and the whole stream: one query
+    instead of a second full one whose first Arrow batch was converted for a single row."""
+    first = next(docs, None)
+    return first, (docs if first is None else itertools.chain([first], docs))
 
 
 def sync_key(content_hash: str, allowed_groups: Any) -> str:
@@ -256,11 +292,11 @@ def _sync_index(
             ef_construction=ef_construction,
         )  # fmt: skip
         body = build_index_body(spec, client=client)
-        smoke = next(iter_chunk_documents(con, model_id), None)
+        smoke, docs = _peek(iter_chunk_documents(con, model_id))
         result = rebuild(
             client,
             alias,
-            iter_chunk_documents(con, model_id),
+            docs,
             expected_count=len(wanted),
             index_body=body,
             smoke_query_vector=smoke["embedding"] if smoke else None,
@@ -282,6 +318,7 @@ def _sync_index(
             reason=reason,
             kept_indices=result.kept_indices,
             deleted_indices=result.deleted_indices,
+            load_seconds=result.seconds_load,
         )
 
     assert previous is not None
@@ -340,6 +377,7 @@ def _incremental(
         unchanged=len(wanted) - len(upsert),
         doc_count=client.count(index=target)["count"],
         chunk_set_digest=digest,
+        load_seconds=bulk.seconds,
     )
 
 
@@ -406,11 +444,11 @@ def build_shadow(
         model_id, dims, shards=shards, replicas=replicas, hnsw_m=hnsw_m,
         ef_construction=ef_construction,
     )  # fmt: skip
-    smoke = next(iter_chunk_documents(con, model_id), None)
+    smoke, docs = _peek(iter_chunk_documents(con, model_id))
     result = build_shadow_index(
         client,
         alias,
-        iter_chunk_documents(con, model_id),
+        docs,
         len(wanted),
         build_index_body(spec, client=client),
         smoke_query_vector=smoke["embedding"] if smoke else None,

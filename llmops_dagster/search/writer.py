@@ -16,12 +16,16 @@ text, so the sync key (text hash + audience) and the embedding cache are unaffec
 from __future__ import annotations
 
 import logging
+import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elasticsearch.helpers import streaming_bulk
@@ -114,7 +118,7 @@ def to_es_document(doc: Mapping[str, Any], *, python_stemming: bool = False) -> 
     if isinstance(embedding, np.ndarray):
         source["embedding"] = [float(x) for x in embedding.astype(np.float64).round(7)]
     elif embedding is not None:
-        source["embedding"] = [float(x) for x in embedding]
+        source["embedding"] = list(map(float, embedding))
     updated_at = source.get("updated_at")
     if updated_at is not None and hasattr(updated_at, "isoformat"):
         source["updated_at"] = updated_at.isoformat()
@@ -154,6 +158,110 @@ def bulk_actions(
         yield {"_op_type": "index", "_index": index, "_id": source["chunk_id"], "_source": source}
     for chunk_id in delete_ids:
         yield {"_op_type": "delete", "_index": index, "_id": chunk_id}
+
+
+def _finite(value: Any) -> bool:
+    """False where ``value`` holds a NaN/inf float (at any depth): orjson writes those as
+    ``null`` where the stdlib writes ``NaN``; such a document keeps the stdlib path."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        if value and all(type(v) is float for v in value):
+            try:  # a vector: one C call instead of 384 checks
+                return math.isfinite(math.fsum(value))
+            except (OverflowError, ValueError):
+                return False
+        return all(_finite(v) for v in value)
+    return True
+
+
+def serialize_sources(actions: Iterable[dict[str, Any]], fallback: Any) -> Iterator[dict[str, Any]]:
+    """``actions`` with each ``_source`` already encoded to JSON bytes by orjson.
+
+    Serialising the vectors was a quarter of a rebuild's time with the stdlib encoder (384
+    floats of ~19 digits per chunk); orjson writes the same numbers (shortest round-trip
+    repr: every value parses back to the identical float) about 10x faster, and the bulk
+    helper forwards bytes as they are. What orjson refuses (lone surrogates, non-string keys,
+    integers beyond 64 bits) or would write differently (NaN/inf as ``null``) goes through
+    ``fallback`` (the client's serializer), so such a document is sent exactly as before.
+    """
+    for action in actions:
+        source = action.get("_source")
+        if isinstance(source, dict):
+            try:
+                encoded: bytes | None = orjson.dumps(source)
+            except TypeError:
+                encoded = None
+            # ``null`` is rare (a missing title); only then can a NaN hide behind it.
+            if encoded is not None and b"null" in encoded and not _finite(source):
+                encoded = None
+            action = {**action, "_source": encoded or fallback.dumps(source)}
+        yield action
+
+
+class Prefetch(Iterator[Any]):
+    """Items of ``items`` produced by a background thread, at most ``depth`` ahead, in order.
+
+    The bulk load alternated: read and encode 500 chunks, then wait for Elasticsearch to index
+    them. With the reading and encoding (warehouse batches, ``to_es_document``, JSON) on this
+    thread, they overlap the wait instead; the requests, their order and content are the same.
+    An exception from ``items`` is raised, as is, where the consumer reaches it. ``close``
+    (always call it) stops the thread; it is joined before ``close`` returns, so ``items`` (and
+    the warehouse connection behind it) is never used by two threads at once.
+    """
+
+    _DONE = object()
+
+    def __init__(self, items: Iterable[Any], depth: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(iter(items),), name="bulk-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Raised(exc))
+            return
+        self._put(self._DONE)
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._finished = True
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class _Raised:
+    exc: BaseException
 
 
 def write_chunks(
@@ -198,19 +306,44 @@ def write_chunks(
     kwargs: dict[str, Any] = {"require_alias": True} if require_alias else {}
     if refresh:
         kwargs["refresh"] = "wait_for"
-    results = streaming_bulk(
-        bulk_client,
-        bulk_actions(index, docs, delete_ids, python_stemming=python_stemming),
-        chunk_size=chunk_size,
-        max_chunk_bytes=max_chunk_bytes,
-        raise_on_error=False,
-        raise_on_exception=True,
-        max_retries=max_retries,
-        initial_backoff=initial_backoff,
-        max_backoff=max_backoff,
-        retry_on_status=RETRY_ON_STATUS,
-        **kwargs,
+    serializer = client.transport.serializers.get_serializer("application/json")
+    actions = Prefetch(
+        serialize_sources(
+            bulk_actions(index, docs, delete_ids, python_stemming=python_stemming), serializer
+        ),
+        depth=chunk_size,
     )
+    try:
+        _collect(
+            streaming_bulk(
+                bulk_client,
+                actions,
+                chunk_size=chunk_size,
+                max_chunk_bytes=max_chunk_bytes,
+                raise_on_error=False,
+                raise_on_exception=True,
+                max_retries=max_retries,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+                retry_on_status=RETRY_ON_STATUS,
+                **kwargs,
+            ),
+            report,
+            max_failures_kept,
+        )
+    finally:
+        actions.close()
+    report.seconds = time.perf_counter() - started
+    if report.failed:
+        log.warning("bulk write had failures: %s", report.summary())
+        if raise_on_failure:
+            raise IndexingError(report)
+    return report
+
+
+def _collect(
+    results: Iterable[tuple[bool, dict[str, Any]]], report: BulkReport, max_failures_kept: int
+) -> None:
     for ok, item in results:
         op, info = next(iter(item.items()))
         status = int(info.get("status", 500))
@@ -226,12 +359,6 @@ def write_chunks(
         report.failed += 1
         if len(report.failures) < max_failures_kept:
             report.failures.append(_failure_from_item(op, info))
-    report.seconds = time.perf_counter() - started
-    if report.failed:
-        log.warning("bulk write had failures: %s", report.summary())
-        if raise_on_failure:
-            raise IndexingError(report)
-    return report
 
 
 def _failure_from_item(op: str, info: Mapping[str, Any]) -> BulkFailure:

@@ -5,7 +5,9 @@ Why this design (measured in ``benchmarks/chunkers.py``; numbers in the project 
 * **Token budget from the embedding model's own tokenizer.** all-MiniLM-L6-v2 reads at most
   256 tokens including ``[CLS]``/``[SEP]`` and silently truncates the rest, so a chunk that is
   "about 256 words" loses its tail from the index. Counts here are exact, without special
-  tokens, and every emitted chunk is re-counted: ``token_count <= chunk_size`` always holds.
+  tokens, and every emitted chunk's count is that of its own text: ``token_count <=
+  chunk_size`` always holds. (For a WordPiece tokenizer a chunk cut at whitespace is counted
+  off the section's tokenisation, which gives the same number; other chunks are re-tokenised.)
 * **Structure first.** Markdown (and HTML, which arrives as Markdown-ish text with ``#``
   headings) is cut at headings; each chunk carries its heading path (``H1 > H2``) in
   ``section`` and never spans two sections. Inside a section, and in plain text, the cut prefers
@@ -32,7 +34,9 @@ gap levels; split across modules they would only pass the same arrays back and f
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -115,17 +119,39 @@ class TokenCounter:
                 "chunking needs a Hugging Face *fast* tokenizer (token offsets); got "
                 f"{type(tokenizer).__name__}. Load it with AutoTokenizer.from_pretrained(...)."
             )
-        self._tokenizer = Tokenizer.from_str(backend.to_str())
+        config = backend.to_str()
+        self._tokenizer = Tokenizer.from_str(config)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        self.words_are_independent = _words_are_independent(json.loads(config))
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character offsets of every token of ``text`` (no special tokens)."""
-        return [
-            (start, end)
-            for start, end in self._tokenizer.encode(text, add_special_tokens=False).offsets
-            if end > start
-        ]
+        return self.offsets_and_starts(text)[0]
+
+    def offsets_and_starts(self, text: str) -> tuple[list[tuple[int, int]], list[int]]:
+        """:meth:`offsets`, and the start of every token id (zero-width ones included): what
+        :meth:`span_count` counts in."""
+        all_offsets = self._tokenizer.encode(text, add_special_tokens=False).offsets
+        return [(s, e) for s, e in all_offsets if e > s], [s for s, _ in all_offsets]
+
+    def span_count(self, text: str, starts: list[int], start: int, end: int) -> int | None:
+        """``count(text[start:end])`` read off the tokenisation of the whole ``text`` (its
+        token ``starts``), or ``None`` where that is not provably the same number.
+
+        With a WordPiece pipeline (BERT normaliser and pre-tokeniser) every character maps
+        on its own, words never span whitespace and each word is split on its own, so a
+        piece cut on both sides at whitespace (or at ``text``'s ends) tokenises into exactly
+        the tokens of ``text`` inside it. Any other tokenizer, or a cut inside a word, is
+        re-counted. Saves the second tokenisation of nearly every chunk.
+        """
+        if not self.words_are_independent:
+            return None
+        if start > 0 and text[start - 1] not in _WORD_SEPARATORS:
+            return None
+        if end < len(text) and text[end] not in _WORD_SEPARATORS:
+            return None
+        return bisect.bisect_left(starts, end) - bisect.bisect_left(starts, start)
 
     def count(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
@@ -135,6 +161,29 @@ class TokenCounter:
             return []
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [len(encoding.ids) for encoding in encodings]
+
+
+# Whitespace that BERT's normaliser keeps as a separator (it deletes other control characters
+# such as \x1c, which Python's isspace() counts as space): only these bound an exact span count.
+_WORD_SEPARATORS = frozenset(" \t\n\r")
+
+
+def _words_are_independent(config: dict[str, Any]) -> bool:
+    """Whether the tokenizer splits each whitespace-separated word on its own, with
+    character-local normalisation: BERT's normaliser and pre-tokeniser, a WordPiece model, and
+    no added token containing whitespace (added tokens are matched before the split)."""
+    normalizer = config.get("normalizer") or {}
+    pre_tokenizer = config.get("pre_tokenizer") or {}
+    model = config.get("model") or {}
+    return (
+        normalizer.get("type") == "BertNormalizer"
+        and pre_tokenizer.get("type") == "BertPreTokenizer"
+        and model.get("type") == "WordPiece"
+        and not any(
+            any(c.isspace() for c in str(token.get("content", "")))
+            for token in config.get("added_tokens") or []
+        )
+    )
 
 
 _COUNTERS: ProcessCache[Any] = ProcessCache("token counters", max_entries=8)
@@ -262,16 +311,18 @@ def _plan_section(
     chunk_size: int,
     overlap: int,
     max_chars: int,
-) -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of the chunks of ``text[start:end]``, in order."""
+) -> list[tuple[int, int, int | None]]:
+    """Character spans ``(start, end, token count or None)`` of the chunks of
+    ``text[start:end]``, in order; the count is known where :meth:`TokenCounter.span_count`
+    can read it off the section's tokenisation, else it is ``None`` (the caller counts)."""
     body = text[start:end]
-    offsets = counter.offsets(body)
+    offsets, starts = counter.offsets_and_starts(body)
     if not offsets:
         # Only characters the tokenizer ignores: keep them visible (0 tokens), bounded in size.
         lead = len(body) - len(body.lstrip())
         stripped = body.strip()
         return [
-            (start + lead + i, start + lead + min(i + max_chars, len(stripped)))
+            (start + lead + i, start + lead + min(i + max_chars, len(stripped)), None)
             for i in range(0, len(stripped), max_chars)
         ]
     levels = _gap_levels(body, offsets)
@@ -318,7 +369,11 @@ def _plan_section(
             break
         previous_cut = p
         a = _overlap_start(levels, a, p, overlap)
-    return [(start + _lstrip_start(body, s, e), start + _rstrip_end(body, s, e)) for s, e in spans]
+    planned: list[tuple[int, int, int | None]] = []
+    for s, e in spans:
+        s, e = _lstrip_start(body, s, e), _rstrip_end(body, s, e)
+        planned.append((start + s, start + e, counter.span_count(body, starts, s, e)))
+    return planned
 
 
 def _overlap_start(levels: list[int], a: int, p: int, overlap: int) -> int:
@@ -387,16 +442,19 @@ def plan_chunks(
         raise ValueError(f"overlap must be in [0, chunk_size/2], got {overlap} for {chunk_size}")
     max_chars = max_chars or chunk_size * 16
     counter = token_counter(tokenizer)
-    planned: list[tuple[int, int, str]] = []
+    planned: list[tuple[int, int, str, int | None]] = []
     for section in split_sections(text, fmt):
-        for s, e in _plan_section(
+        for s, e, known in _plan_section(
             text, section.start, section.end, counter, chunk_size, overlap, max_chars
         ):
             if e > s:
-                planned.append((s, e, section.path))
-    counts = counter.count_many([text[s:e] for s, e, _ in planned])
+                planned.append((s, e, section.path, known))
+    # Every chunk's count is its own text's (the re-count); read off the section's
+    # tokenisation where that is provably the same number, tokenised again elsewhere.
+    recounted = iter(counter.count_many([text[s:e] for s, e, _, known in planned if known is None]))
     spans: list[ChunkSpan] = []
-    for (s, e, path), count in zip(planned, counts, strict=True):
+    for s, e, path, known in planned:
+        count = known if known is not None else next(recounted)
         if count <= chunk_size:
             spans.append(ChunkSpan(s, e, path, count))
             continue
