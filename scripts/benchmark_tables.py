@@ -225,6 +225,17 @@ def _serve(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def mix_rows(mix: dict[str, Any] | None) -> list[list[Any]]:
+    """The sample run's training mix (runs before it was recorded have none)."""
+    if not mix:
+        return []
+    made = (
+        f"{mix['n_handwritten']} hand-written + {mix['n_drafted']} RAFT drafts "
+        f"({mix['n_dropped_golden_overlap']} drafts dropped as golden restatements)"
+    )
+    return [["training mix (sample run)", made]]
+
+
 def _finetune(d: dict[str, Any]) -> list[str]:
     rows = []
     for part in ("heldout", "sample"):
@@ -268,6 +279,7 @@ def _finetune(d: dict[str, Any]) -> list[str]:
                 ["decisions of the adapter", decisions["adapter"]],
                 ["training steps (held-out run) / items", f"{heldout['training']['steps']} / {heldout['split']['train_items']}"],  # noqa: E501
                 *trained,
+                *mix_rows(d["sample"].get("mix")),
                 ["`tokens_per_s_ratio` (project ÷ plain training loop)", d["tokens_per_s_ratio"]],
             ],
         ),
