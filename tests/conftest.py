@@ -21,10 +21,10 @@ from tests.support.tiers import apply_tiers, refuse_service_in_unit_test, runnin
 
 # The test session is where this process starts: offline defaults before any heavy import.
 apply_offline_env_defaults()
-# The suite's expectations of the real model's greedy output were recorded in float32; "auto"
-# would pick bfloat16 on a CPU with AVX-512 BF16 and change those outputs machine by machine.
-# The generator-pin tests (unit and integration) cover bfloat16 and "auto" explicitly.
-os.environ.setdefault("LLMOPS_GENERATOR_PRECISION", "float32")
+# The suite's expectations of the real model's greedy output are float32's (the default): a
+# developer's LLMOPS_GENERATOR_PRECISION=auto would pick bfloat16 on a CPU with AVX-512 BF16 and
+# change them. The generator-pin tests (unit and integration) cover bfloat16 and auto explicitly.
+os.environ["LLMOPS_GENERATOR_PRECISION"] = "float32"
 
 TEST_ES_PORT = int(os.environ.get("LLMOPS_TEST_ES_PORT", "9250"))
 #: How long a test's own throw-away node gets to shut down before it is killed: in the full

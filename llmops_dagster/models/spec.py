@@ -30,7 +30,7 @@ class LocalModelSpec:
     threads: int = 1
     device: str | None = None
     #: ``float32``, ``bfloat16`` or ``auto`` (bf16 where the device computes it natively);
-    #: the resources pass the setting (default ``auto``), direct callers get float32.
+    #: the resources pass the setting (LLMOPS_GENERATOR_PRECISION), direct callers get float32.
     precision: str = "float32"
 
 

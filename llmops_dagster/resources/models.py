@@ -50,7 +50,7 @@ class ModelsResource(dg.ConfigurableResource):
         "(speed only: identical greedy answers, not part of a bundle's key).",
     )
     generator_precision: str = Field(
-        default="auto",
+        default="float32",
         description="Local backend only: auto | float32 | bfloat16 (the resolved value is "
         "pinned in every new local bundle).",
     )
