@@ -80,9 +80,9 @@ def load_base_model(spec: LocalModelSpec, *, fresh: bool = False) -> LoadedModel
     source = resolve_model_source(spec.model, spec.gguf_file)
     import torch
 
-    precision = resolve_precision(spec.precision, pick_device(spec.device))
     torch.set_num_threads(max(1, spec.threads))
     device = pick_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
     loaded = MODELS.get(
         ("base", source.display, device, precision),
         lambda: _load(Path(spec.cache_dir), source, device, precision),

@@ -15,7 +15,8 @@ JudgeKind = Literal["none", "local", "openai"]
 #: The weights' floating-point format while generating; ``auto`` resolves per machine
 #: (:func:`llmops_dagster.models.source.resolve_precision`).
 PRECISIONS = ("float32", "bfloat16")
-PrecisionSetting = Literal["auto", "float32", "bfloat16"]
+#: What a local generator that names no precision ran in: every bundle before it was pinned.
+LEGACY_PRECISION = "float32"
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,8 @@ class GeneratorPin:
     precision: str = ""
 
     def __post_init__(self) -> None:
-        # A local pin that names no precision is float32: every bundle before it was pinned.
         if self.backend == "local" and not self.precision:
-            object.__setattr__(self, "precision", "float32")
+            object.__setattr__(self, "precision", LEGACY_PRECISION)
 
     def describe(self) -> str:
         digest = f" weights {self.weights_digest[:19]}" if self.weights_digest else ""

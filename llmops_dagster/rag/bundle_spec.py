@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from llmops_dagster.models.spec import PRECISIONS, GeneratorPin
+from llmops_dagster.models.spec import LEGACY_PRECISION, PRECISIONS, GeneratorPin
 
 #: Version tags ``bundle.<field>`` hold the bundle (:meth:`RagBundle.as_tags`).
 TAG_PREFIX = "bundle."
@@ -26,8 +26,6 @@ _INT_FIELDS = ("retrieval_k", "metrics_depth", "max_new_tokens")
 _FLOAT_FIELDS = ("temperature", "repetition_penalty")
 _BACKENDS = {"llm": ("local", "openai"), "extractive": ("builtin",)}
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-#: What a local bundle that names no precision was evaluated in.
-LEGACY_PRECISION = "float32"
 
 
 class BundleError(ValueError):

@@ -323,7 +323,7 @@ class ModelsResource(dg.ConfigurableResource):
                     model=model,
                     gguf_file=gguf_file,
                     # The precision the bundle was evaluated in, whatever the settings say now.
-                    precision=pin.precision or "float32",
+                    precision=pin.precision,
                 )
                 return load_generator(
                     GeneratorSpec(backend="local", local=spec),
