@@ -82,7 +82,10 @@ class EvaluationConfig(dg.Config):
     """QA JSONL or BEIR folder; default: the datasets resource's golden_path."""
     limit: int | None = None
     """Evaluate only the first N golden items (below min_cases this needs allow_few_cases)."""
-    batch_size: int = 8
+    batch_size: int = Field(default=32, ge=1)
+    """Golden questions retrieved and answered per call (one principal's). The local generator
+    orders a call's prompts by length into batches of its own size (8): more per call, less
+    padding. Answers and scores do not depend on it."""
     judge: str | None = None
     """none | local | openai; default: the models resource's judge (LLMOPS_JUDGE)."""
     judge_max_cases: int | None = None

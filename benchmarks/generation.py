@@ -11,10 +11,15 @@ before it:
    golden reference answers' lengths in generator tokens (they are one sentence), unless
    ``--task-max-new-tokens`` is given;
 4. ``prefix_cache``: the shared prompt prefix's KV cache (``models/prefix_cache.py``);
-5. ``batching``: ``--batch-size`` prompts per ``generate`` call. Kept only if it measured
-   faster than ``prefix_cache`` (CPU batches pay for padding); the next variant builds on the
-   faster of the two, and ``batching_kept`` says which;
-6. ``reuse``: answer reuse (``evaluate/answer_reuse.py``). An evaluation is a paired
+5. ``batching``: ``--batch-size`` prompts per ``generate`` call, in the caller's order;
+6. ``length_order``: the call's prompts ordered by token length before they are cut into
+   batches (a batch pads every row to its longest; on CPU padding is prefill paid for nothing);
+7. ``attention``: grouped-query attention reading the shared key/value heads in place
+   (``models/attention.py``; transformers' ``sdpa`` copies them for every masked batch). Every
+   earlier variant runs with transformers' own ``sdpa``. The batched chain (5–7) is kept only if
+   its last variant measured faster than ``prefix_cache``; ``reuse`` builds on the faster of
+   the two and ``batching_kept`` says which (a chain not kept has a share of 0);
+8. ``reuse``: answer reuse (``evaluate/answer_reuse.py``). An evaluation is a paired
    comparison: each golden case is answered by the candidate and by the baseline bundle. Before
    reuse both sides were generated; with it, an unchanged baseline's recorded answers are read
    back. The cost per case of every earlier variant is therefore 2 × its measured generation
@@ -27,7 +32,8 @@ total saving (negative when a change made things slower), the final ratio today 
 agreement with today's answers: the fraction of identical strings for variants with today's
 prompts and decoding (``threads``), and for the shorter budget onwards the fraction whose answer
 is a prefix of today's (the common prefix agrees); ``identical_to_length``: whether the prefix
-cache and batching variants give exactly the ``length`` variant's answers (they must: greedy).
+cache, batching, length-order and attention variants give exactly the ``length`` variant's
+answers (they must: greedy, and none of them changes a row's tokens, positions or mask).
 Only generation is timed (retrieval is the same for every variant, done once beforehand).
 
 Usage: ``python benchmarks/generation.py [--cases 24] [--batch-size 8] [--k 3]``. Writes
@@ -60,13 +66,16 @@ from results_file import write_results
 from llmops_dagster.config import Settings
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.golden import load_golden, reference_token_budget
+from llmops_dagster.models.attention import use_gqa_attention
 from llmops_dagster.models.local import LocalTransformersGenerator, load_base_model
 from llmops_dagster.models.spec import LocalModelSpec
 from llmops_dagster.rag.defaults import EVALUATION_MAX_NEW_TOKENS
 from llmops_dagster.rag.prompts import load_prompt
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "generation.json"
-CHANGES = ("threads", "length", "prefix_cache", "batching", "reuse")
+CHANGES = ("threads", "length", "prefix_cache", "batching", "length_order", "attention", "reuse")
+#: The batched chain: kept (or not) as a whole, see the module docstring.
+BATCHED = ("batching", "length_order", "attention")
 
 
 def prefix_agreement(answers: list[str], today: list[str]) -> float:
@@ -109,11 +118,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaded.tokenizer, references, args.length_percentile
     )
 
-    def measure(threads: int, max_new_tokens: int, batch_size: int, prefix_cache: bool) -> dict:
+    def measure(
+        threads: int,
+        max_new_tokens: int,
+        batch_size: int,
+        prefix_cache: bool,
+        *,
+        order_by_length: bool = False,
+        gqa: bool = False,
+    ) -> dict:
         torch.set_num_threads(threads)
+        if gqa:
+            use_gqa_attention(loaded.model)
+        else:
+            loaded.model.set_attn_implementation("sdpa")
         # A new generator per variant: a prefix cache learnt by an earlier one is not reused.
         generator = LocalTransformersGenerator(
-            loaded, batch_size=batch_size, prefix_cache=prefix_cache
+            loaded,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
+            order_by_length=order_by_length,
         )
         started = time.perf_counter()
         out = generator.generate(prompts, max_new_tokens=max_new_tokens)
@@ -123,6 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "prefix_cache": prefix_cache,
+            "order_by_length": order_by_length,
+            "gqa_attention": gqa,
             "generation_seconds": round(seconds, 3),
             "answers": [g.text for g in out],
             "completion_tokens": int(sum(g.completion_tokens for g in out)),
@@ -143,10 +169,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs["length"] = measure(cores, task_tokens, 1, False)
     runs["prefix_cache"] = measure(cores, task_tokens, 1, True)
     runs["batching"] = measure(cores, task_tokens, args.batch_size, True)
-    batching_kept = (
-        runs["batching"]["generation_seconds"] < runs["prefix_cache"]["generation_seconds"]
+    runs["length_order"] = measure(cores, task_tokens, args.batch_size, True, order_by_length=True)
+    runs["attention"] = measure(
+        cores, task_tokens, args.batch_size, True, order_by_length=True, gqa=True
     )
-    best = runs["batching"] if batching_kept else runs["prefix_cache"]
+    batching_kept = (
+        runs["attention"]["generation_seconds"] < runs["prefix_cache"]["generation_seconds"]
+    )
+    best = runs["attention"] if batching_kept else runs["prefix_cache"]
 
     # Paired cost per golden case: both sides generated, except with reuse (baseline read back).
     variants: list[dict[str, Any]] = []
@@ -165,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "variant": "reuse",
             "sides_generated": 1,
             "seconds_per_case": round(best["generation_seconds"] / n, 4),
-            "builds_on": "batching" if batching_kept else "prefix_cache",
+            "builds_on": "attention" if batching_kept else "prefix_cache",
             **{k: v for k, v in best.items() if k != "answers"},
         }
     )
@@ -175,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         answers = runs[v["variant"]]["answers"] if v["variant"] in runs else best["answers"]
         v["identical_to_today"] = identical(answers, today_answers)
         v["prefix_of_today"] = prefix_agreement(answers, today_answers)
-        if v["variant"] in {"prefix_cache", "batching", "reuse"}:
+        if v["variant"] in {"prefix_cache", *BATCHED, "reuse"}:
             v["identical_to_length"] = identical(answers, length_answers)
 
     cost = {v["variant"]: v["seconds_per_case"] for v in variants}
@@ -183,11 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     previous = "today"
     shares: dict[str, float] = {}
     for name in CHANGES:
-        # Batching not kept: reuse is measured against prefix_cache, batching's share is 0.
+        # Batched chain not kept: reuse is measured against prefix_cache, its shares are 0.
+        counted = name not in BATCHED or batching_kept
         before = cost[previous]
-        after = cost[name] if (name != "batching" or batching_kept) else before
+        after = cost[name] if counted else before
         shares[name] = round((before - after) / total_saving, 4) if total_saving else 0.0
-        previous = name if (name != "batching" or batching_kept) else previous
+        previous = name if counted else previous
     ratio = round(cost["today"] / cost["reuse"], 2) if cost["reuse"] else float("inf")
     return {
         "today_vs_new": ratio,
@@ -199,7 +230,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "length_prefix_of_today": variants[2]["prefix_of_today"],
             "prefix_cache_identical_to_length": variants[3]["identical_to_length"],
             "batching_identical_to_length": variants[4]["identical_to_length"],
-            "new_prefix_of_today": variants[5]["prefix_of_today"],
+            "length_order_identical_to_length": variants[5]["identical_to_length"],
+            "attention_identical_to_length": variants[6]["identical_to_length"],
+            "new_prefix_of_today": variants[-1]["prefix_of_today"],
         },
         "variants": variants,
         "details": {
@@ -231,7 +264,9 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"Evaluation generation: today ÷ new = {result['today_vs_new']}")
-    for column in ("variant", "threads", "tokens", "batch", "prefix", "sides", "s/case"):
+    for column in ("variant", "threads", "tokens", "batch", "prefix", "order", "gqa"):
+        table.add_column(column, justify="right" if column != "variant" else "left")
+    for column in ("sides", "s/case"):
         table.add_column(column, justify="right" if column != "variant" else "left")
     for column in ("share", "= today", "prefix of today"):
         table.add_column(column, justify="right")
@@ -244,6 +279,8 @@ def print_table(result: dict[str, Any]) -> None:
             str(v["max_new_tokens"]),
             str(v["batch_size"]),
             "yes" if v["prefix_cache"] else "no",
+            "length" if v["order_by_length"] else "given",
+            "yes" if v["gqa_attention"] else "no",
             str(v["sides_generated"]),
             f"{v['seconds_per_case']:.3f}",
             "" if share is None else f"{share:.1%}",

@@ -329,15 +329,26 @@ def _generation(d: dict[str, Any]) -> list[str]:
     shares, det, agreement = d["share_of_saving"], d["details"], d["agreement"]
     rows = [
         [v["variant"], v["threads"], v["max_new_tokens"], v["batch_size"],
-         "yes" if v["prefix_cache"] else "no", v["sides_generated"], v["seconds_per_case"],
+         "yes" if v["prefix_cache"] else "no",
+         "length" if v.get("order_by_length") else "given",
+         "yes" if v.get("gqa_attention") else "no",
+         v["sides_generated"], v["seconds_per_case"],
          shares.get(v["variant"], "—"), v["identical_to_today"], v["prefix_of_today"]]
         for v in d["variants"]
+    ]  # fmt: skip
+    # Runs before the length order and in-place attention existed lack their agreement rows.
+    batched = [
+        [f"{name.replace('_', ' ')} answers identical to the same budget without it",
+         agreement[f"{name}_identical_to_length"]]
+        for name in ("batching", "length_order", "attention")
+        if f"{name}_identical_to_length" in agreement
     ]  # fmt: skip
     return [
         run_line(d),
         "",
-        *table(["variant", "threads", "max new tokens", "batch", "prefix cache", "sides generated",
-                "s per golden case", "share of the saving", "= today", "prefix of today"], rows),
+        *table(["variant", "threads", "max new tokens", "batch", "prefix cache", "batch order",
+                "GQA in place", "sides generated", "s per golden case", "share of the saving",
+                "= today", "prefix of today"], rows),
         "",
         *table(
             ["figure", "measured"],
@@ -345,6 +356,7 @@ def _generation(d: dict[str, Any]) -> list[str]:
                 ["`today_vs_new` (s per case today ÷ new; target ≥ 3)", d["today_vs_new"]],
                 ["batching kept (measured faster than without)", d["batching_kept"]],
                 ["prefix cache answers identical to the same budget without it", agreement["prefix_cache_identical_to_length"]],  # noqa: E501
+                *batched,
                 ["cases, k, budget today / sized to the task", f"{det['cases']}, {det['k']}, {det['old_max_new_tokens']} / {det['task_max_new_tokens']} ({det['task_budget_rule']})"],  # noqa: E501
                 ["evaluation's max new tokens now", det["evaluation_max_new_tokens_now"]],
                 ["cores", det["cores"]],

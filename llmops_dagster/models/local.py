@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmops_dagster.files import publish_dir
 from llmops_dagster.memo import ProcessCache
+from llmops_dagster.models.attention import use_gqa_attention
 from llmops_dagster.models.base import (
     Generation,
     GeneratorConfigError,
@@ -92,6 +93,11 @@ def load_base_model(spec: LocalModelSpec, *, fresh: bool = False) -> LoadedModel
     return replace(loaded, model=copy.deepcopy(loaded.model), lock=threading.Lock(), shared=False)
 
 
+def length_order(rows: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of ``rows`` from the shortest to the longest (ties in their given order)."""
+    return sorted(range(len(rows)), key=lambda i: len(rows[i]))
+
+
 def _write_converted_copy(source: ModelSource, target: Path) -> Callable[[Path], None]:
     """A ``publish_dir`` builder: de-quantise the GGUF and save it as safetensors."""
 
@@ -139,6 +145,7 @@ def _load(cache_dir: Path, source: ModelSource, device: str, precision: str) -> 
         ) from exc
     model.to(device)
     model.eval()
+    use_gqa_attention(model)
     tokenizer = _prepare_tokenizer(tokenizer, model)
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s (%s) in %.1fs", source.model_id, device, precision, seconds)
@@ -225,8 +232,10 @@ def _stop_when_criteria(tokenizer: Any, prompt_len: int, stop_when: Callable[[st
 class LocalTransformersGenerator:
     """A local causal LM (any HF id/folder, or the packaged SmolLM2 GGUF), greedy by default.
 
-    Prompts in one call are generated in batches of ``batch_size`` with left padding; each
-    result's token counts exclude padding. With ``prefix_cache`` (default) the prompts' longest
+    Prompts in one call are ordered by token length and generated in batches of ``batch_size``
+    with left padding (results come back in the caller's order); each result's token counts
+    exclude padding. Grouped-query attention reads the shared key/value heads in place
+    (:mod:`.attention`). With ``prefix_cache`` (default) the prompts' longest
     common token prefix is prefilled once and each batch generates from a copy of its KV cache
     (rows laid out ``[prefix][padding][suffix]``; :mod:`.prefix_cache`): the same greedy
     tokens, less prefill per prompt.
@@ -240,6 +249,7 @@ class LocalTransformersGenerator:
         batch_size: int = 8,
         repetition_penalty: float = 1.1,
         prefix_cache: bool = True,
+        order_by_length: bool = True,
     ) -> None:
         self._loaded = loaded
         self._model_id = model_id or loaded.source.model_id
@@ -250,6 +260,8 @@ class LocalTransformersGenerator:
         # A speed setting only: greedy output is the same with or without it (tested), so it
         # is no part of a bundle's generator pin.
         self.prefix_cache = prefix_cache
+        # Also a speed setting only (answers do not depend on a batch's other rows: tested).
+        self.order_by_length = order_by_length
         self._prefixes = PrefixCacheStore(loaded.model, loaded.device)
 
     @property
@@ -304,31 +316,52 @@ class LocalTransformersGenerator:
         constraint: DecodingConstraint | None = None,
     ) -> list[Generation]:
         texts = [self._as_text(p) for p in prompts]
-        # Constrained decoding (the local judge) keeps the plain path: its token filter reads
-        # the rows as left-padded prompts, and the judge's prompts share little anyway.
-        if self.prefix_cache and texts and constraint is None:
-            return self._generate_with_prefix(texts, max_new_tokens, temperature, constraint)
-        results: list[Generation] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start : start + self.batch_size]
-            # The chat template already holds the special tokens; don't add a second BOS.
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            results.extend(self._generate_batch(dict(enc), max_new_tokens, temperature, constraint))
-        return results
+        if constraint is not None:
+            # Constrained decoding (the local judge) keeps the plain path in the caller's order:
+            # its token filter reads the rows as left-padded prompts by their batch position,
+            # and the judge's prompts share little anyway.
+            return self._generate_plain(texts, max_new_tokens, temperature, constraint)
+        # The chat template already holds the special tokens; don't add a second BOS.
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # Shortest first, so that a batch holds prompts of similar length: every row of a batch
+        # is padded to its longest, and on CPU padding is prefill paid for nothing. Each row's
+        # tokens, positions and mask are the same in any batch, so the answers are too (tested).
+        order = length_order(ids) if self.order_by_length else list(range(len(ids)))
+        ordered = [ids[i] for i in order]
+        if self.prefix_cache and ordered:
+            generated = self._generate_with_prefix(ordered, max_new_tokens, temperature)
+        else:
+            generated = self._generate_plain(
+                [texts[i] for i in order], max_new_tokens, temperature, None
+            )
+        results: list[Generation | None] = [None] * len(texts)
+        for position, generation in zip(order, generated, strict=True):
+            results[position] = generation
+        return results  # type: ignore[return-value]
 
-    def _generate_with_prefix(
+    def _generate_plain(
         self,
         texts: list[str],
         max_new_tokens: int,
         temperature: float,
         constraint: DecodingConstraint | None,
     ) -> list[Generation]:
-        """Batches generated from the KV cache of the call's common token prefix (one prefix
-        for the whole call: every batch starts with it)."""
+        """Batches of ``texts`` in their order, left-padded, without a prefix cache."""
+        results: list[Generation] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            results.extend(self._generate_batch(dict(enc), max_new_tokens, temperature, constraint))
+        return results
+
+    def _generate_with_prefix(
+        self, ids: list[list[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generation]:
+        """Batches of the token rows ``ids`` in their order, generated from the KV cache of the
+        call's common token prefix (one prefix for the whole call: every batch starts with it)."""
         import torch
 
         tokenizer = self.tokenizer
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         with self.lock:
             prefix = self._prefixes.prefix_for(ids)
         results: list[Generation] = []
@@ -347,9 +380,7 @@ class LocalTransformersGenerator:
                 "input_ids": torch.tensor(rows, dtype=torch.long),
                 "attention_mask": torch.tensor(masks, dtype=torch.long),
             }
-            results.extend(
-                self._generate_batch(enc, max_new_tokens, temperature, constraint, prefix)
-            )
+            results.extend(self._generate_batch(enc, max_new_tokens, temperature, None, prefix))
         return results
 
     def _decoding_options(

@@ -110,3 +110,26 @@ def test_greedy_answers_are_identical_with_and_without_prefix_cache_in_a_padded_
     assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 0)
     # Padding is not counted as prompt: the two shorter prompts' counts are their own lengths.
     assert len({g[1] for g in got}) == 3
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cache", "plain"])
+def test_answers_come_back_in_the_callers_order_when_batches_are_formed_by_length(
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]], prefix_cache: bool
+) -> None:
+    one_by_one = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
+    expected = _outputs(one_by_one.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+    # Longest first, two per batch: ordered by length the batches are [shortest, middle] and
+    # [longest], not the caller's [longest, shortest] and [middle].
+    batched = LocalTransformersGenerator(loaded, batch_size=2, prefix_cache=prefix_cache)
+    got = _outputs(batched.generate(prompts[::-1], max_new_tokens=MAX_NEW_TOKENS))
+    assert got == expected[::-1]
+    assert [g[1] for g in got] == sorted((g[1] for g in got), reverse=True)
+
+
+def test_the_generator_is_loaded_with_grouped_query_attention_in_place(
+    loaded: LoadedModel,
+) -> None:
+    from llmops_dagster.models.attention import GQA_SDPA
+
+    assert loaded.model.config._attn_implementation == GQA_SDPA
+    assert loaded.model.model.layers[0].self_attn.num_key_value_groups == 3
