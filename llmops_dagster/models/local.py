@@ -260,7 +260,9 @@ class LocalTransformersGenerator:
         # A speed setting only: greedy output is the same with or without it (tested), so it
         # is no part of a bundle's generator pin.
         self.prefix_cache = prefix_cache
-        # Also a speed setting only (answers do not depend on a batch's other rows: tested).
+        # Also a speed setting only: in float32 a row's greedy answer does not depend on the
+        # other rows of its batch (tested); in bfloat16 it can, ordered or not (see
+        # LLMOPS_GENERATOR_PRECISION).
         self.order_by_length = order_by_length
         self._prefixes = PrefixCacheStore(loaded.model, loaded.device)
 
