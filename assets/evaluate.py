@@ -85,7 +85,8 @@ class EvaluationConfig(dg.Config):
     batch_size: int = Field(default=32, ge=1)
     """Golden questions retrieved and answered per call (one principal's). The local generator
     orders a call's prompts by length into batches of its own size (8): more per call, less
-    padding. Answers and scores do not depend on it."""
+    padding. In float32 the answers and scores do not depend on it (in bfloat16 a batch's
+    rows can change each other's greedy answers: LLMOPS_GENERATOR_PRECISION)."""
     judge: str | None = None
     """none | local | openai; default: the models resource's judge (LLMOPS_JUDGE)."""
     judge_max_cases: int | None = None
