@@ -87,7 +87,7 @@ class ModelSettings(BaseSettings):
         validation_alias=env("LLMOPS_GENERATOR_PRECISION"),
         description="Local backend only: the weights' format while generating. auto = "
         "bfloat16 where the device computes it natively (a CPU with AVX-512 BF16 / AMX, a "
-        "bf16 GPU), float32 elsewhere. bfloat16 generates about 1.5x faster on such a CPU, but "
+        "bf16 GPU), float32 elsewhere. bfloat16 generates faster on such a CPU, but "
         "its greedy answers depend more on how prompts are batched: the evaluation (batches "
         "of 8, prefix cache) and serving (one request) then disagree on some answers, where "
         "float32 gives the same answer either way. The resolved value is part of every new "
