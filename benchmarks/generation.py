@@ -16,10 +16,14 @@ before it:
    batches (a batch pads every row to its longest; on CPU padding is prefill paid for nothing);
 7. ``attention``: grouped-query attention reading the shared key/value heads in place
    (``models/attention.py``; transformers' ``sdpa`` copies them for every masked batch). Every
-   earlier variant runs with transformers' own ``sdpa``. The batched chain (5–7) is kept only if
-   its last variant measured faster than ``prefix_cache``; ``reuse`` builds on the faster of
-   the two and ``batching_kept`` says which (a chain not kept has a share of 0);
-8. ``reuse``: answer reuse (``evaluate/answer_reuse.py``). An evaluation is a paired
+   earlier variant runs with transformers' own ``sdpa``;
+8. ``parallel_batches``: the call's batches side by side, one torch thread each, as many at a
+   time as there are cores, cut into a multiple of that many batches
+   (``LocalTransformersGenerator._run_batches``). Every earlier variant runs its batches one
+   after another on every core. The batched chain (5–8) is kept only if its last variant
+   measured faster than ``prefix_cache``; ``reuse`` builds on the faster of the two and
+   ``batching_kept`` says which (a chain not kept has a share of 0);
+9. ``reuse``: answer reuse (``evaluate/answer_reuse.py``). An evaluation is a paired
    comparison: each golden case is answered by the candidate and by the baseline bundle. Before
    reuse both sides were generated; with it, an unchanged baseline's recorded answers are read
    back. The cost per case of every earlier variant is therefore 2 × its measured generation
@@ -32,8 +36,9 @@ total saving (negative when a change made things slower), the final ratio today 
 agreement with today's answers: the fraction of identical strings for variants with today's
 prompts and decoding (``threads``), and for the shorter budget onwards the fraction whose answer
 is a prefix of today's (the common prefix agrees); ``identical_to_length``: whether the prefix
-cache, batching, length-order and attention variants give exactly the ``length`` variant's
-answers (they must: greedy, and none of them changes a row's tokens, positions or mask).
+cache, batching, length-order, attention and parallel variants give exactly the ``length``
+variant's answers (they must: greedy, and none of them changes a row's tokens, positions or
+mask).
 Only generation is timed (retrieval is the same for every variant, done once beforehand).
 
 Usage: ``python benchmarks/generation.py [--cases 24] [--batch-size 8] [--k 3]``. Writes
@@ -73,9 +78,18 @@ from llmops_dagster.rag.defaults import EVALUATION_MAX_NEW_TOKENS
 from llmops_dagster.rag.prompts import load_prompt
 
 RESULT_PATH = ROOT / "benchmarks" / "results" / "generation.json"
-CHANGES = ("threads", "length", "prefix_cache", "batching", "length_order", "attention", "reuse")
+CHANGES = (
+    "threads",
+    "length",
+    "prefix_cache",
+    "batching",
+    "length_order",
+    "attention",
+    "parallel_batches",
+    "reuse",
+)
 #: The batched chain: kept (or not) as a whole, see the module docstring.
-BATCHED = ("batching", "length_order", "attention")
+BATCHED = ("batching", "length_order", "attention", "parallel_batches")
 
 
 def prefix_agreement(answers: list[str], today: list[str]) -> float:
@@ -126,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         *,
         order_by_length: bool = False,
         gqa: bool = False,
+        parallel: bool = False,
     ) -> dict:
         torch.set_num_threads(threads)
         if gqa:
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=batch_size,
             prefix_cache=prefix_cache,
             order_by_length=order_by_length,
+            parallel_batches=parallel,
         )
         started = time.perf_counter()
         out = generator.generate(prompts, max_new_tokens=max_new_tokens)
@@ -149,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "prefix_cache": prefix_cache,
             "order_by_length": order_by_length,
             "gqa_attention": gqa,
+            "parallel_batches": parallel,
             "generation_seconds": round(seconds, 3),
             "answers": [g.text for g in out],
             "completion_tokens": int(sum(g.completion_tokens for g in out)),
@@ -173,10 +190,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs["attention"] = measure(
         cores, task_tokens, args.batch_size, True, order_by_length=True, gqa=True
     )
-    batching_kept = (
-        runs["attention"]["generation_seconds"] < runs["prefix_cache"]["generation_seconds"]
+    runs["parallel_batches"] = measure(
+        cores, task_tokens, args.batch_size, True, order_by_length=True, gqa=True, parallel=True
     )
-    best = runs["attention"] if batching_kept else runs["prefix_cache"]
+    batching_kept = (
+        runs["parallel_batches"]["generation_seconds"] < runs["prefix_cache"]["generation_seconds"]
+    )
+    best = runs["parallel_batches"] if batching_kept else runs["prefix_cache"]
 
     # Paired cost per golden case: both sides generated, except with reuse (baseline read back).
     variants: list[dict[str, Any]] = []
@@ -195,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "variant": "reuse",
             "sides_generated": 1,
             "seconds_per_case": round(best["generation_seconds"] / n, 4),
-            "builds_on": "attention" if batching_kept else "prefix_cache",
+            "builds_on": "parallel_batches" if batching_kept else "prefix_cache",
             **{k: v for k, v in best.items() if k != "answers"},
         }
     )
@@ -232,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batching_identical_to_length": variants[4]["identical_to_length"],
             "length_order_identical_to_length": variants[5]["identical_to_length"],
             "attention_identical_to_length": variants[6]["identical_to_length"],
+            "parallel_batches_identical_to_length": variants[7]["identical_to_length"],
             "new_prefix_of_today": variants[-1]["prefix_of_today"],
         },
         "variants": variants,
@@ -264,7 +285,16 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"Evaluation generation: today ÷ new = {result['today_vs_new']}")
-    for column in ("variant", "threads", "tokens", "batch", "prefix", "order", "gqa"):
+    for column in (
+        "variant",
+        "threads",
+        "tokens",
+        "batch",
+        "prefix",
+        "order",
+        "gqa",
+        "side by side",
+    ):
         table.add_column(column, justify="right" if column != "variant" else "left")
     for column in ("sides", "s/case"):
         table.add_column(column, justify="right" if column != "variant" else "left")
@@ -281,6 +311,7 @@ def print_table(result: dict[str, Any]) -> None:
             "yes" if v["prefix_cache"] else "no",
             "length" if v["order_by_length"] else "given",
             "yes" if v["gqa_attention"] else "no",
+            "yes" if v["parallel_batches"] else "no",
             str(v["sides_generated"]),
             f"{v['seconds_per_case']:.3f}",
             "" if share is None else f"{share:.1%}",

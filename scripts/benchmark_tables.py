@@ -332,23 +332,25 @@ def _generation(d: dict[str, Any]) -> list[str]:
          "yes" if v["prefix_cache"] else "no",
          "length" if v.get("order_by_length") else "given",
          "yes" if v.get("gqa_attention") else "no",
+         "yes" if v.get("parallel_batches") else "no",
          v["sides_generated"], v["seconds_per_case"],
          shares.get(v["variant"], "—"), v["identical_to_today"], v["prefix_of_today"]]
         for v in d["variants"]
     ]  # fmt: skip
-    # Runs before the length order and in-place attention existed lack their agreement rows.
+    # Runs before the length order, in-place attention and parallel batches existed lack their
+    # agreement rows.
     batched = [
         [f"{name.replace('_', ' ')} answers identical to the same budget without it",
          agreement[f"{name}_identical_to_length"]]
-        for name in ("batching", "length_order", "attention")
+        for name in ("batching", "length_order", "attention", "parallel_batches")
         if f"{name}_identical_to_length" in agreement
     ]  # fmt: skip
     return [
         run_line(d),
         "",
         *table(["variant", "threads", "max new tokens", "batch", "prefix cache", "batch order",
-                "GQA in place", "sides generated", "s per golden case", "share of the saving",
-                "= today", "prefix of today"], rows),
+                "GQA in place", "batches side by side", "sides generated", "s per golden case",
+                "share of the saving", "= today", "prefix of today"], rows),
         "",
         *table(
             ["figure", "measured"],

@@ -133,3 +133,44 @@ def test_the_generator_is_loaded_with_grouped_query_attention_in_place(
 
     assert loaded.model.config._attn_implementation == GQA_SDPA
     assert loaded.model.model.layers[0].self_attn.num_key_value_groups == 3
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cache", "plain"])
+def test_batches_run_side_by_side_on_one_thread_each_and_give_the_serial_answers(
+    loaded: LoadedModel,
+    prompts: list[list[dict[str, str]]],
+    prefix_cache: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import torch
+
+    from llmops_dagster.models.local import torch_threads
+
+    serial = LocalTransformersGenerator(
+        loaded, batch_size=1, prefix_cache=prefix_cache, parallel_batches=False
+    )
+    parallel = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=prefix_cache)
+    seen: list[tuple[str, int]] = []
+    run_batch = LocalTransformersGenerator._generate_batch
+
+    def recording(self: LocalTransformersGenerator, *args: object, **kwargs: object) -> object:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return run_batch(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalTransformersGenerator, "_generate_batch", recording)
+    with torch_threads(2):
+        expected = _outputs(serial.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+        assert seen == [(threading.current_thread().name, 2)] * 3
+        seen.clear()
+        got = _outputs(parallel.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+        after = torch.get_num_threads()
+    assert got == expected
+    # Three one-prompt batches on two worker threads (as many as torch had), one thread each,
+    # and the process's thread count is given back.
+    assert len(seen) == 3
+    assert {threads for _, threads in seen} == {1}
+    assert len({name for name, _ in seen}) == 2
+    assert all(name.startswith("llmops-generate") for name, _ in seen)
+    assert after == 2
