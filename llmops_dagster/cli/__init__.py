@@ -19,6 +19,7 @@ from llmops_dagster.cli.golden import golden
 from llmops_dagster.cli.index import index
 from llmops_dagster.cli.keys import keys
 from llmops_dagster.cli.lineage import lineage
+from llmops_dagster.cli.models import models
 from llmops_dagster.cli.serve import serve
 from llmops_dagster.cli.services import services
 from llmops_dagster.config import apply_offline_env_defaults
@@ -32,7 +33,20 @@ def main() -> None:
     apply_offline_env_defaults()
 
 
-for command in (services, index, ask, serve, keys, bundle, lineage, feedback, golden, dev, demo):
+for command in (
+    services,
+    models,
+    index,
+    ask,
+    serve,
+    keys,
+    bundle,
+    lineage,
+    feedback,
+    golden,
+    dev,
+    demo,
+):
     main.add_command(command)
 
 __all__ = ["main"]

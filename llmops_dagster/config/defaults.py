@@ -44,11 +44,19 @@ def default_generator_model() -> str:
 
 def default_torch_threads() -> int:
     # One core is left to Elasticsearch and Dagster: on a 2-core box two torch threads
-    # contending with them made LoRA steps ~5x slower than one thread.
+    # contending with them made LoRA steps ~5x slower than one thread. Serving uses this;
+    # evaluations and training run alone and use every core (the two defaults below).
     return max(1, (os.cpu_count() or 2) - 1)
 
 
 def default_eval_torch_threads() -> int:
     # An evaluation runs alone (the "evaluation" pool admits one at a time) and answering is
-    # its bottleneck: every core, where serving and training leave one to the services.
+    # its bottleneck: every core, where serving leaves one to the services.
+    return max(1, os.cpu_count() or 1)
+
+
+def default_train_torch_threads() -> int:
+    # Training runs alone too (lora_adapter and embedding_finetune are in the "evaluation"
+    # pool): every core. Measured on 2 cores with Elasticsearch idle: LoRA steps 1.5x faster
+    # than on one thread, the same losses to the bit.
     return max(1, os.cpu_count() or 1)

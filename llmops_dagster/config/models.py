@@ -15,6 +15,7 @@ from llmops_dagster.config.defaults import (
     default_eval_torch_threads,
     default_generator_model,
     default_torch_threads,
+    default_train_torch_threads,
 )
 
 
@@ -109,7 +110,14 @@ class ModelSettings(BaseSettings):
         ge=1,
         validation_alias=env("LLMOPS_EVAL_TORCH_THREADS"),
         description="torch threads of the evaluation's models (rag_evaluation runs alone in the "
-        "evaluation pool); default: every core. Serving and training use torch_threads.",
+        "evaluation pool); default: every core. Serving uses torch_threads.",
+    )
+    train_torch_threads: int = Field(
+        default_factory=default_train_torch_threads,
+        ge=1,
+        validation_alias=env("LLMOPS_TRAIN_TORCH_THREADS"),
+        description="torch threads of lora_adapter's and embedding_finetune's training (they "
+        "run in the evaluation pool, one at a time with evaluations); default: every core.",
     )
     cache_dir: Path | None = Field(
         default=None,

@@ -18,9 +18,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from llmops_dagster.models.source import (
     resolve_precision,
 )
 from llmops_dagster.models.spec import LocalModelSpec
+from llmops_dagster.models.threads import torch_threads
 
 if TYPE_CHECKING:  # torch/transformers are heavy: imported when a model is loaded.
     from transformers import PreTrainedModel
@@ -96,19 +96,6 @@ def load_base_model(spec: LocalModelSpec, *, fresh: bool = False) -> LoadedModel
     return replace(loaded, model=copy.deepcopy(loaded.model), lock=threading.Lock(), shared=False)
 
 
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` for the block (process-wide), then restored."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def batch_width(count: int, batch_size: int, workers: int) -> int:
     """Rows per batch for ``count`` prompts: at most ``batch_size``, as even as the batches
     allow, and with ``workers`` batches side by side a number of batches that is a multiple of
@@ -148,21 +135,37 @@ def _write_converted_copy(source: ModelSource, target: Path) -> Callable[[Path],
     return build
 
 
+def converted_copy(cache_dir: Path, source: ModelSource) -> Path | None:
+    """The safetensors copy of a GGUF model under ``cache_dir``, de-quantised on first use
+    (about 45 s for SmolLM2 on two cores; a later load reads it in about a second); ``None``
+    for a model that is already a folder or a hub id."""
+    if not source.gguf_file:
+        return None
+    target = converted_cache_dir(cache_dir, source)
+    return publish_dir(
+        target, _write_converted_copy(source, target), complete_marker=CONVERTED_MARKER
+    )
+
+
+def prepare_models(spec: LocalModelSpec) -> Path | None:
+    """Convert the model ``spec`` names once, without loading it (set-up's step, so the
+    first pipeline run does not pay the conversion): the converted folder, or ``None`` when
+    there is nothing to convert."""
+    try:
+        return converted_copy(
+            Path(spec.cache_dir), resolve_model_source(spec.model, spec.gguf_file)
+        )
+    except OSError as exc:
+        raise GeneratorConfigError(f"cannot convert generator {spec.model}: {exc}") from exc
+
+
 def _load(cache_dir: Path, source: ModelSource, device: str, precision: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
     try:
-        location = source.location
-        if source.gguf_file:
-            target = converted_cache_dir(cache_dir, source)
-            location = str(
-                publish_dir(
-                    target,
-                    _write_converted_copy(source, target),
-                    complete_marker=CONVERTED_MARKER,
-                )
-            )
+        converted = converted_copy(cache_dir, source)
+        location = str(converted) if converted is not None else source.location
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype_of(precision))
     except OSError as exc:

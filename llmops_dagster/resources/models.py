@@ -12,7 +12,10 @@ import dagster as dg
 from pydantic import Field
 
 from llmops_dagster.config import secret_from_env
-from llmops_dagster.config.defaults import default_eval_torch_threads
+from llmops_dagster.config.defaults import (
+    default_eval_torch_threads,
+    default_train_torch_threads,
+)
 from llmops_dagster.models.spec import (
     GeneratorPin,
     GeneratorSpec,
@@ -59,6 +62,11 @@ class ModelsResource(dg.ConfigurableResource):
         default_factory=default_eval_torch_threads,
         description="torch intra-op threads while an evaluation runs (alone, in the evaluation "
         "pool): for_evaluation(); default every core.",
+    )
+    train_torch_threads: int = Field(
+        default_factory=default_train_torch_threads,
+        description="torch intra-op threads while a training runs (alone, in the evaluation "
+        "pool): for_training(); default every core.",
     )
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda if found.")
     cache_dir: str = Field(description="Converted models, ONNX exports, downloaded adapters.")
@@ -114,6 +122,7 @@ class ModelsResource(dg.ConfigurableResource):
             generator_precision=models.generator_precision,
             torch_threads=models.torch_threads,
             eval_torch_threads=models.eval_torch_threads,
+            train_torch_threads=models.train_torch_threads,
             cache_dir=str(settings.models_cache_dir),
             adapter_model_name=models.adapter_model_name,
             lora_max_steps=models.lora_max_steps,
@@ -132,6 +141,12 @@ class ModelsResource(dg.ConfigurableResource):
         loads its generators and judge from. Evaluations run one at a time (the evaluation
         pool), so the one running may use every core; serving keeps ``torch_threads``."""
         return ModelsResource(**{**self.model_dump(), "torch_threads": self.eval_torch_threads})
+
+    def for_training(self) -> ModelsResource:
+        """These models with ``train_torch_threads`` as their torch threads: what lora_adapter
+        trains (and embedding_finetune sets) with. Trainings run in the evaluation pool, one at
+        a time with evaluations, so the one running may use every core."""
+        return ModelsResource(**{**self.model_dump(), "torch_threads": self.train_torch_threads})
 
     def embedder(self) -> Embedder:
         from llmops_dagster.embed.model import load_embedder

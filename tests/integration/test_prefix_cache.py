@@ -146,7 +146,7 @@ def test_batches_run_side_by_side_on_one_thread_each_and_give_the_serial_answers
 
     import torch
 
-    from llmops_dagster.models.local import torch_threads
+    from llmops_dagster.models.threads import torch_threads
 
     serial = LocalTransformersGenerator(
         loaded, batch_size=1, prefix_cache=prefix_cache, parallel_batches=False

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.unit
 
 COMMANDS = {
     "services": ["down", "fetch", "status", "up"],
+    "models": ["prepare"],
     "index": ["rollback", "status"],
     "ask": None,
     "serve": None,

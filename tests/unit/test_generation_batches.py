@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmops_dagster.models.local import batch_width, torch_threads
+from llmops_dagster.models.local import batch_width
+from llmops_dagster.models.threads import torch_threads
 
 pytestmark = pytest.mark.unit
 
