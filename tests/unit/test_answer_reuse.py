@@ -5,7 +5,6 @@ evaluation's threads, a models-resource setting read by the config package."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -354,23 +353,6 @@ def test_the_same_bundle_on_both_sides_is_answered_once(
 
 
 # --- threads of the evaluation ------------------------------------------------------------
-def test_eval_torch_threads_is_read_by_the_settings_and_defaults_to_every_core(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from llmops_dagster.config import Settings
-    from llmops_dagster.resources import ModelsResource
-
-    monkeypatch.delenv("LLMOPS_EVAL_TORCH_THREADS", raising=False)
-    assert Settings().models.eval_torch_threads == os.cpu_count()
-    monkeypatch.setenv("LLMOPS_EVAL_TORCH_THREADS", "7")
-    monkeypatch.setenv("LLMOPS_TORCH_THREADS", "1")
-    models = ModelsResource.from_settings(Settings())
-    assert (models.torch_threads, models.eval_torch_threads) == (1, 7)
-    monkeypatch.setenv("LLMOPS_EVAL_TORCH_THREADS", "0")
-    with pytest.raises(ValueError, match=r"LLMOPS_EVAL_TORCH_THREADS\n  Input should be greater"):
-        Settings()
-
-
 def _tiny_model(root: Path) -> Path:
     root.mkdir(parents=True)
     (root / "config.json").write_text('{"model_type": "llama"}')

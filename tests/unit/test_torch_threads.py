@@ -1,6 +1,6 @@
-"""Training runs alone, on every core: lora_adapter and embedding_finetune share the evaluation
-pool with rag_evaluation, and train with ``train_torch_threads`` (serving keeps
-``torch_threads``)."""
+"""torch threads: evaluations and trainings run alone, on every core (lora_adapter and
+embedding_finetune share the evaluation pool with rag_evaluation; ``eval_torch_threads``,
+``train_torch_threads``), serving keeps ``torch_threads``."""
 
 from __future__ import annotations
 
@@ -14,17 +14,24 @@ from llmops_dagster.resources import ModelsResource
 pytestmark = pytest.mark.unit
 
 
-def test_train_torch_threads_is_read_by_the_settings_and_defaults_to_every_core(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("field", "variable"),
+    [
+        ("eval_torch_threads", "LLMOPS_EVAL_TORCH_THREADS"),
+        ("train_torch_threads", "LLMOPS_TRAIN_TORCH_THREADS"),
+    ],
+)
+def test_the_threads_of_work_that_runs_alone_are_read_by_the_settings_and_default_to_every_core(
+    field: str, variable: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("LLMOPS_TRAIN_TORCH_THREADS", raising=False)
-    assert Settings().models.train_torch_threads == os.cpu_count()
-    monkeypatch.setenv("LLMOPS_TRAIN_TORCH_THREADS", "5")
+    monkeypatch.delenv(variable, raising=False)
+    assert getattr(Settings().models, field) == os.cpu_count()
+    monkeypatch.setenv(variable, "5")
     monkeypatch.setenv("LLMOPS_TORCH_THREADS", "1")
     models = ModelsResource.from_settings(Settings())
-    assert (models.torch_threads, models.train_torch_threads) == (1, 5)
-    monkeypatch.setenv("LLMOPS_TRAIN_TORCH_THREADS", "0")
-    with pytest.raises(ValueError, match=r"LLMOPS_TRAIN_TORCH_THREADS\n  Input should be greater"):
+    assert (models.torch_threads, getattr(models, field)) == (1, 5)
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(ValueError, match=rf"{variable}\n  Input should be greater"):
         Settings()
 
 
