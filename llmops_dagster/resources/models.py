@@ -144,8 +144,9 @@ class ModelsResource(dg.ConfigurableResource):
 
     def for_training(self) -> ModelsResource:
         """These models with ``train_torch_threads`` as their torch threads: what lora_adapter
-        trains (and embedding_finetune sets) with. Trainings run in the evaluation pool, one at
-        a time with evaluations, so the one running may use every core."""
+        trains with (embedding_finetune lends torch the same count for its training). Trainings
+        run in the evaluation pool, one at a time with evaluations, so the one running may use
+        every core."""
         return ModelsResource(**{**self.model_dump(), "torch_threads": self.train_torch_threads})
 
     def embedder(self) -> Embedder:
