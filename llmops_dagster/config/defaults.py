@@ -58,5 +58,7 @@ def default_eval_torch_threads() -> int:
 def default_train_torch_threads() -> int:
     # Training runs alone too (lora_adapter and embedding_finetune are in the "evaluation"
     # pool): every core. Measured on 2 cores with Elasticsearch idle: LoRA steps 1.5x faster
-    # than on one thread, with the same losses to the four decimals compared.
+    # than on one thread. The losses agree to about three decimals, not to the bit: sums run in
+    # another order, so trained weights depend slightly on the thread count (as on another
+    # machine); nothing keys a trained model by it.
     return max(1, os.cpu_count() or 1)
