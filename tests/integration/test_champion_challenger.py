@@ -95,9 +95,9 @@ def world(
         home,
         elasticsearch={"url": es_settings.elasticsearch.url, "index_alias": alias},
         corpus={"golden_path": golden},
-        # One thread for evaluations too: this box's other core serves Elasticsearch and
-        # other test sessions (an evaluation alone on its machine takes every core).
-        models={"torch_threads": 1, "eval_torch_threads": 1},
+        # Serving on one thread (its default on two cores); evaluations on every core, as
+        # shipped: one runs at a time and Elasticsearch idles while the model answers.
+        models={"torch_threads": 1},
     )
     copy_embedding_cache(sample_embeddings, settings)
     defs = build_definitions(

@@ -64,12 +64,13 @@ SAMPLE_AUDIENCE = default_sources_config(SAMPLE).filesystem.audience_for  # type
 MODEL_NAME = "test-generator-lora"
 PROBE = "<|im_start|>user\nWhen was Northwind founded?<|im_end|>\n<|im_start|>assistant\n"
 #: The shared project cache: the GGUF → safetensors conversion (~40 s) happens once.
-# One torch thread: on a shared 2-core box two OpenMP threads stall each other (5x slower).
+# Every core, as the lora_adapter asset trains (train_torch_threads): nothing else runs while
+# these fixtures train, and Elasticsearch idles.
 SPEC = LocalModelSpec(
     model=default_generator_model(),
     gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     cache_dir=PROJECT_ROOT / ".llmops" / "models",
-    threads=1,
+    threads=Settings().models.train_torch_threads,
 )
 LINEAGE = {"dagster.run_id": "test-run", "upstream.finetune_dataset": "abc123"}
 
@@ -101,7 +102,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     # Adapters download into a temp cache; the base model comes from the shared one (the
     # converted copy is keyed by the GGUF, so the base stays cached per process either way).
     spec = LocalModelSpec(
-        model=SPEC.model, gguf_file=SPEC.gguf_file, cache_dir=home / "models", threads=1
+        model=SPEC.model, gguf_file=SPEC.gguf_file, cache_dir=home / "models", threads=SPEC.threads
     )
     base = load_local_generator(SPEC)
     dataset = _small_dataset(base.tokenizer)

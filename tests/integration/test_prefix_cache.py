@@ -23,13 +23,14 @@ MAX_NEW_TOKENS = 24
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
     settings = Settings()
-    # One torch thread: on a shared 2-core box two OpenMP threads stall each other.
+    # Every core, as an evaluation loads the model (eval_torch_threads): nothing else computes
+    # while these tests generate.
     return load_base_model(
         LocalModelSpec(
             model=settings.models.generator_model,
             gguf_file=settings.models.generator_gguf_file,
             cache_dir=settings.models_cache_dir,
-            threads=1,
+            threads=settings.models.eval_torch_threads,
         )
     )
 
@@ -101,8 +102,13 @@ def test_single_prompt_calls_learn_the_prefix_from_the_second_call_on(
 def test_greedy_answers_are_identical_with_and_without_prefix_cache_in_a_padded_batch(
     loaded: LoadedModel, prompts: list[list[dict[str, str]]]
 ) -> None:
-    plain = LocalTransformersGenerator(loaded, batch_size=3, prefix_cache=False)
-    cached = LocalTransformersGenerator(loaded, batch_size=3, prefix_cache=True)
+    # One padded batch of three: side by side on two threads they would be two batches.
+    plain = LocalTransformersGenerator(
+        loaded, batch_size=3, prefix_cache=False, parallel_batches=False
+    )
+    cached = LocalTransformersGenerator(
+        loaded, batch_size=3, prefix_cache=True, parallel_batches=False
+    )
 
     expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
     got = _outputs(cached.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
