@@ -82,7 +82,7 @@ def test_the_evaluation_budget_is_the_p90_of_the_golden_references_in_generator_
     models = settings.models
     source = resolve_model_source(models.generator_model, models.generator_gguf_file)
     # The converted copy set-up writes (`models prepare`) holds the GGUF's tokenizer: reading
-    # it takes a fraction of a second, parsing the GGUF again about 14.
+    # it took 0.7 s in the suite, parsing the GGUF 14.6 s.
     converted = converted_copy(settings.models_cache_dir, source)
     tokenizer = (
         AutoTokenizer.from_pretrained(str(converted))
