@@ -36,7 +36,16 @@ SHORT_TRAINING = {
     "ops": {
         # A handful of drafted RAFT items beside the 60 hand-written ones keeps the run short.
         "finetune_dataset": {"config": {"drafted_items": 8}},
-        "lora_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256}},
+        # One recipe, no search: the search (candidates, child runs, the winner trained) is
+        # test_lora_finetune's; here it would add two candidate trainings (~40 s).
+        "lora_adapter": {
+            "config": {
+                "max_steps": 2,
+                "batch_size": 2,
+                "max_seq_len": 256,
+                "recipe_search": False,
+            }
+        },
         # Four cases keep the test short; below min_cases that needs the recorded override.
         "rag_evaluation": {"config": {"limit": 4, "max_new_tokens": 24, "allow_few_cases": True}},
     }

@@ -52,8 +52,21 @@ def prompts() -> list[list[dict[str, str]]]:
     ]
 
 
-def _outputs(generations: list[Generation]) -> list[tuple[str, int, int, str | None]]:
+Output = tuple[str, int, int, str | None]
+
+
+def _outputs(generations: list[Generation]) -> list[Output]:
     return [(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in generations]
+
+
+@pytest.fixture(scope="module")
+def one_by_one(loaded: LoadedModel, prompts: list[list[dict[str, str]]]) -> list[Output]:
+    """The reference: each prompt alone, no prefix cache, in the caller's order. Generated once
+    for the module: greedy decoding on a model nothing changes gives these every time."""
+    plain = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
+    outputs = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
+    assert plain.prefix_caches.built == 0
+    return outputs
 
 
 def test_prompts_have_three_lengths_and_a_long_shared_prefix(
@@ -72,29 +85,24 @@ def test_prompts_have_three_lengths_and_a_long_shared_prefix(
 
 
 def test_greedy_answers_are_identical_with_and_without_prefix_cache_one_by_one(
-    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]], one_by_one: list[Output]
 ) -> None:
-    plain = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
     cached = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=True)
 
-    expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
-    assert _outputs(cached.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)) == expected
+    assert _outputs(cached.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)) == one_by_one
     # One prefix for the call, prefilled once and reused by the two other prompts.
     assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 2)
-    assert plain.prefix_caches.built == 0
 
 
 def test_single_prompt_calls_learn_the_prefix_from_the_second_call_on(
-    loaded: LoadedModel, prompts: list[list[dict[str, str]]]
+    loaded: LoadedModel, prompts: list[list[dict[str, str]]], one_by_one: list[Output]
 ) -> None:
-    plain = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
     cached = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=True)
-    expected = _outputs(plain.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
 
     got = []
     for prompt in prompts:  # serving: one question per call
         got.extend(_outputs(cached.generate([prompt], max_new_tokens=MAX_NEW_TOKENS)))
-    assert got == expected
+    assert got == one_by_one
     # First call: nothing to compare with; second: prefix found and built; third: reused.
     assert (cached.prefix_caches.built, cached.prefix_caches.hits) == (1, 1)
 
@@ -120,15 +128,16 @@ def test_greedy_answers_are_identical_with_and_without_prefix_cache_in_a_padded_
 
 @pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cache", "plain"])
 def test_answers_come_back_in_the_callers_order_when_batches_are_formed_by_length(
-    loaded: LoadedModel, prompts: list[list[dict[str, str]]], prefix_cache: bool
+    loaded: LoadedModel,
+    prompts: list[list[dict[str, str]]],
+    one_by_one: list[Output],
+    prefix_cache: bool,
 ) -> None:
-    one_by_one = LocalTransformersGenerator(loaded, batch_size=1, prefix_cache=False)
-    expected = _outputs(one_by_one.generate(prompts, max_new_tokens=MAX_NEW_TOKENS))
     # Longest first, two per batch: ordered by length the batches are [shortest, middle] and
     # [longest], not the caller's [longest, shortest] and [middle].
     batched = LocalTransformersGenerator(loaded, batch_size=2, prefix_cache=prefix_cache)
     got = _outputs(batched.generate(prompts[::-1], max_new_tokens=MAX_NEW_TOKENS))
-    assert got == expected[::-1]
+    assert got == one_by_one[::-1]
     assert [g[1] for g in got] == sorted((g[1] for g in got), reverse=True)
 
 
