@@ -147,6 +147,13 @@ def converted_copy(cache_dir: Path, source: ModelSource) -> Path | None:
     )
 
 
+def load_location(cache_dir: Path, source: ModelSource) -> str:
+    """Where the model and tokenizer of ``source`` are read from: the converted copy of a GGUF
+    (made on first use), else the folder or hub id itself."""
+    converted = converted_copy(cache_dir, source)
+    return str(converted) if converted is not None else source.location
+
+
 def prepare_models(spec: LocalModelSpec) -> Path | None:
     """Convert the model ``spec`` names once, without loading it (set-up's step, so the
     first pipeline run does not pay the conversion): the converted folder, or ``None`` when
@@ -164,8 +171,7 @@ def _load(cache_dir: Path, source: ModelSource, device: str, precision: str) -> 
 
     started = time.perf_counter()
     try:
-        converted = converted_copy(cache_dir, source)
-        location = str(converted) if converted is not None else source.location
+        location = load_location(cache_dir, source)
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype_of(precision))
     except OSError as exc:

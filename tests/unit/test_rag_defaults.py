@@ -75,16 +75,15 @@ def test_the_evaluation_budget_is_the_p90_of_the_golden_references_in_generator_
 
     from llmops_dagster.config import Settings
     from llmops_dagster.evaluate.golden import load_golden, reference_token_budget
-    from llmops_dagster.models.local import converted_copy
+    from llmops_dagster.models.local import load_location
     from llmops_dagster.models.source import resolve_model_source
 
     settings = Settings()
     models = settings.models
     source = resolve_model_source(models.generator_model, models.generator_gguf_file)
-    # As the generator loads it (models/local.py::_load): from the converted copy set-up writes
-    # (0.7 s in the suite; parsing the GGUF took 14.6 s), or the folder when there is no GGUF.
-    converted = converted_copy(settings.models_cache_dir, source)
-    tokenizer = AutoTokenizer.from_pretrained(str(converted) if converted else source.location)
+    # Where the generator reads it: the converted copy set-up writes (0.7 s in the suite;
+    # parsing the GGUF took 14.6 s), or the folder when there is no GGUF.
+    tokenizer = AutoTokenizer.from_pretrained(load_location(settings.models_cache_dir, source))
     references = [i.reference_answer for i in load_golden().items if i.reference_answer]
     assert len(references) == 212
     assert reference_token_budget(tokenizer, references, 90.0) == EVALUATION_MAX_NEW_TOKENS == 26
