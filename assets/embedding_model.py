@@ -28,6 +28,9 @@ class EmbeddingFinetuneConfig(dg.Config):
     batch_size: int = Field(default=16, ge=2)
     """Triples per step; the other triples of a batch are each anchor's in-batch negatives."""
     learning_rate: float = Field(default=3e-5, gt=0)
+    hard_negative: bool = False
+    """Train against each triple's BM25 hard negative too (see EmbedRecipe.hard_negative for
+    why it is off)."""
     max_pairs: int | None = Field(default=None, ge=1)
     """At most this many triples, a seeded sample spread over documents (None: one per chunk
     the training audience may read)."""
@@ -60,7 +63,8 @@ def embedding_finetune(
     trainer and MultipleNegativesRankingLoss on inverse-cloze triples from the active chunks the
     training audience (LLMOPS_TRAIN_GROUPS, default public) may read: a sentence of a chunk as
     the query, the chunk without it as the positive, the best BM25 hit of another document
-    (searched in the live index as that audience) as the hard negative; queries restating a
+    (searched in the live index as that audience) as the hard negative, trained against only
+    with `hard_negative` (the other positives of a batch always are); queries restating a
     golden item are dropped (`n_dropped_golden`). Saved under the models cache
     (`embedding/<base>-ft-<digest8>`; the same data and recipe reuse the folder and its
     registered version) and registered under LLMOPS_EMBEDDING_FT_MODEL_NAME with its data
@@ -90,6 +94,7 @@ def embedding_finetune(
         max_steps=config.max_steps or models.embedding_ft_max_steps,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
+        hard_negative=config.hard_negative,
         seed=config.seed,
     )
     try:

@@ -2,10 +2,15 @@
 inverse-cloze triples drawn from the corpus only (never its test or train queries), through the
 project's own pair builder, trainer, index and retriever.
 
-Pairs: ``llmops_dagster.embed.finetune_pairs.build_pairs`` over the abstracts (one held-out
-sentence per abstract as the query, the abstract without it as the positive, the best BM25 hit
-of another abstract as the hard negative; BM25 = this script's Elasticsearch index of the
-corpus). Positives and negatives are given their title, as the index embeds ``title + text``.
+Chunks: the abstracts cut as the pipeline cuts documents (``chunk_document`` at the corpus
+settings' chunk size and overlap), so a long abstract is read whole over several chunks, and a
+document ranks by its best chunk; ``--chunk-tokens 0`` indexes one chunk per abstract, cut at
+the model's 256-token window, as the runs before git 4731821 did (71% of SciFact's abstracts are
+longer than that). Pairs: ``llmops_dagster.embed.finetune_pairs.build_pairs`` over the chunks
+(one held-out sentence per chunk as the query, the chunk without it as the positive, the best
+BM25 hit of another abstract as the hard negative; BM25 = this script's Elasticsearch index of
+the corpus). Positives and negatives are given their title, as the index embeds
+``title + text``.
 Training: ``llmops_dagster.embed.finetune.finetune_embedder`` (sentence-transformers' trainer,
 MultipleNegativesRankingLoss), the folder cached under ``.llmops/bench-cache/embed-ft/`` by base
 model, pair digest and recipe. Evaluation: each model's vectors in their own index (the
@@ -52,6 +57,7 @@ from retrieval_scifact import (
     CachedQueryEncoder,
     corpus_chunks,
     embed_cached,
+    product_chunks,
     read_jsonl,
     read_qrels,
     with_vectors,
@@ -72,7 +78,8 @@ log = logging.getLogger("embed_finetune")
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "embed_finetune.json"
 MODES = ("knn", "hybrid_rrf", "hybrid_linear")
 GOALS = {"knn": 0.67, "hybrid_linear": 0.742}
-CHUNK_K = 100
+#: Documents each query's run must reach: Recall@100 counts the first 100.
+DOCS_K = 100
 
 
 def index_corpus(
@@ -100,12 +107,13 @@ def evaluate_modes(
     queries: list[dict[str, Any]],
     qrels: dict[str, dict[str, int]],
     modes: tuple[str, ...],
+    chunk_k: int,
 ) -> dict[str, tuple[dict[str, float], dict[str, dict[str, float]]]]:
     """mode → (means, per-query scores)."""
     texts = [q["text"] for q in queries]
     out = {}
     for mode in modes:
-        results = retriever.search_many(texts, mode=mode, k=CHUNK_K)
+        results = retriever.search_many(texts, mode=mode, k=chunk_k)
         run = doc_level_run({q["_id"]: hits for q, hits in zip(queries, results, strict=True)})
         out[mode] = (evaluate(run, qrels), per_query(run, qrels))
     return out
@@ -130,8 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="default: one epoch")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=3e-5)
-    parser.add_argument("--max-pairs", type=int, default=None, help="default: one per abstract")
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument(
+        "--hard-negative",
+        action="store_true",
+        help="train against each triple's BM25 negative too (off: in-batch negatives only)",
+    )
+    parser.add_argument("--max-pairs", type=int, default=None, help="default: one per chunk")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="the pipeline's chunk size (default: its setting); 0 = one chunk per abstract, "
+        "cut at the model's window (the runs before git 4731821)",
+    )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only (a smoke run)")
@@ -156,11 +176,28 @@ def main(argv: list[str] | None = None) -> int:
         rest = [row for row in corpus if row["_id"] not in judged]
         corpus = (kept + rest)[: max(args.limit_docs, len(kept))]
     queries = [q for q in queries if q["_id"] in qrels]
-    chunks = corpus_chunks(corpus, 0)  # one chunk per abstract
+    base = load_embedder(settings.models.embedding_model)
+    chunk_tokens = (
+        settings.corpus.chunk_size_tokens if args.chunk_tokens is None else args.chunk_tokens
+    )
+    if chunk_tokens:
+        # As the pipeline indexes documents: a long abstract is read whole, over several chunks.
+        overlap = settings.corpus.chunk_overlap_tokens
+        chunks = product_chunks(corpus, base.tokenizer, chunk_tokens, overlap)
+        chunking = f"the pipeline's chunker, {chunk_tokens} tokens, overlap {overlap}"
+    else:
+        chunks = corpus_chunks(corpus, 0)
+        chunking = "one chunk per abstract (cut at the model's window)"
+    window = base.max_seq_length
+    over_window = sum(
+        len(base.tokenizer(f"{row.get('title', '')} {row['text']}".strip())["input_ids"]) > window
+        for row in corpus
+    )
+    # Enough chunk hits that a query's document run reaches DOCS_K documents.
+    chunk_k = -(-DOCS_K * len(chunks) // len(corpus))
     chunk_texts = [f"{c['title']} {c['text']}".strip() for c in chunks]
     query_texts = [q["text"] for q in queries]
 
-    base = load_embedder(settings.models.embedding_model)
     base_vectors = embed_cached(base, chunk_texts, "scifact-docs")
     base_queries = embed_cached(base, query_texts, "scifact-queries")
     base_alias = f"{args.alias}-base"
@@ -195,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        hard_negative=args.hard_negative,
         seed=args.seed,
     )
 
@@ -222,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         queries,
         qrels,
         ("bm25", *MODES),
+        chunk_k,
     )
     tuned_eval = evaluate_modes(
         HybridRetriever(client, tuned_alias, CachedQueryEncoder(query_texts, tuned_queries)),
         queries,
         qrels,
         MODES,
+        chunk_k,
     )
     rows: dict[str, Any] = {"bm25": {"base": base_eval["bm25"][0]}}
     for mode in MODES:
@@ -263,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": f"BEIR SciFact test ({len(queries)} queries)",
             "documents": len(corpus),
             "limit_docs": args.limit_docs,
-            "training_data": "inverse-cloze triples from the corpus abstracts only (no queries)",
-            "chunks_retrieved_per_query": CHUNK_K,
+            "training_data": "inverse-cloze triples from the corpus chunks only (no queries)",
+            "chunks": len(chunks),
+            "chunking": chunking,
+            "abstracts_over_model_window": over_window,
+            "abstracts_over_model_window_share": round(over_window / len(corpus), 4),
+            "model_window_tokens": window,
+            "chunks_retrieved_per_query": chunk_k,
             "intervals": "paired bootstrap over queries, 2000 resamples, 95%, seed 13",
             "elasticsearch": health.version,
             "cpu_count": os.cpu_count(),

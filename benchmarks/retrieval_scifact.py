@@ -75,7 +75,7 @@ from llmops_dagster.search.retriever import (
     SearchMode,
 )
 from llmops_dagster.stats import percentile
-from llmops_dagster.text.chunking import make_chunk_id
+from llmops_dagster.text.chunking import chunk_document, make_chunk_id
 
 log = logging.getLogger("retrieval_scifact")
 
@@ -171,6 +171,35 @@ def corpus_chunks(corpus: list[dict[str, Any]], max_words: int) -> list[dict[str
                     "section": "",
                     "text": text,
                     "content_hash": content_hash(text),
+                }
+            )
+    return chunks
+
+
+def product_chunks(
+    corpus: list[dict[str, Any]], tokenizer: Any, chunk_size: int, overlap: int
+) -> list[dict[str, Any]]:
+    """Chunk rows as the pipeline cuts documents: ``chunk_document`` at ``chunk_size`` tokens
+    with ``overlap`` (plain text), so a long abstract is read whole over several chunks, the
+    way the product indexes it, instead of being cut at the model's window."""
+    chunks: list[dict[str, Any]] = []
+    for row in corpus:
+        doc_id = f"scifact:{row['_id']}"
+        for chunk in chunk_document(
+            doc_id, row["text"], tokenizer=tokenizer, chunk_size=chunk_size, overlap=overlap,
+            fmt="txt",
+        ):  # fmt: skip
+            chunks.append(
+                {
+                    "chunk_id": chunk.chunk_id,
+                    "doc_id": doc_id,
+                    "source": "scifact",
+                    "title": row.get("title", ""),
+                    "uri": f"beir://scifact/{row['_id']}",
+                    "position": chunk.position,
+                    "section": "",
+                    "text": chunk.text,
+                    "content_hash": chunk.content_hash,
                 }
             )
     return chunks

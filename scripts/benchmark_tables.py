@@ -407,7 +407,10 @@ def _embed_finetune(d: dict[str, Any]) -> list[str]:
             ["training", "value"],
             [
                 ["data", setup["training_data"]],
-                ["triples (of the corpus's abstracts)", f"{tr['examples']} ({setup['documents']})"],
+                ["indexed as", setup.get("chunking", "one chunk per abstract")],
+                ["chunks (abstracts)", f"{setup.get('chunks', setup['documents'])} ({setup['documents']})"],  # noqa: E501
+                ["triples", tr["examples"]],
+                ["negatives", "BM25 hard negative + in-batch" if recipe.get("hard_negative", True) else "in-batch only"],  # noqa: E501
                 ["steps × batch = examples seen", f"{tr['steps']} × {recipe['batch_size']} = {tr['examples_seen']}"],  # noqa: E501
                 ["learning rate", recipe["learning_rate"]],
                 ["training minutes", tr["train_minutes"]],

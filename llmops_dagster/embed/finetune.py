@@ -2,10 +2,12 @@
 (:mod:`llmops_dagster.embed.finetune_pairs`) with sentence-transformers' training loop.
 
 Why its own trainer and loss: ``SentenceTransformerTrainer`` with
-``MultipleNegativesRankingLoss`` over (anchor, positive, negative) is the library's standard
-recipe for retrieval (in-batch negatives plus the BM25 hard negative); the no-duplicates batch
-sampler keeps a text from being its own in-batch negative. Reporting integrations are off
-(``report_to="none"``): the asset logs to its own MLflow run, never to a global one.
+``MultipleNegativesRankingLoss`` over (anchor, positive) is the library's standard recipe for
+retrieval (the other positives of a batch are each anchor's negatives; the triple's BM25 hard
+negative joins them only when the recipe says so, see ``EmbedRecipe.hard_negative``); the
+no-duplicates batch sampler keeps a text from being its own in-batch negative. Reporting
+integrations are off (``report_to="none"``): the asset logs to its own MLflow run, never to a
+global one.
 
 A trained model is a sentence-transformers folder ``<store_dir>/<base name>-ft-<digest8>``,
 ``digest8`` from the base model id, the training data digest and the recipe: the same data and
@@ -56,6 +58,12 @@ class EmbedRecipe:
     warmup_ratio: float = 0.1
     #: MultipleNegativesRankingLoss's similarity scale (its default: cosine × 20).
     scale: float = 20.0
+    #: Train against each triple's BM25 hard negative as well as the in-batch ones. Off by
+    #: default: BM25's best hit from another document is often another paper's finding on the
+    #: same subject, a right answer to many queries, so it pushes the model away from what it
+    #: should find. The benchmark's run with it lost 0.0175 of SciFact's kNN nDCG@10 (git
+    #: 781b3ed in benchmarks/results/embed_finetune.json's history).
+    hard_negative: bool = False
     seed: int = 13
     loss: str = LOSS
 
@@ -118,6 +126,16 @@ def planned_steps(n_examples: int, recipe: EmbedRecipe) -> int:
         return recipe.max_steps
     per_epoch = -(-n_examples // recipe.batch_size)
     return max(1, round(per_epoch * recipe.epochs))
+
+
+def training_columns(pairs: Sequence[TrainingPair], recipe: EmbedRecipe) -> dict[str, list[str]]:
+    """The trainer's dataset: anchor and positive, and the BM25 negative only when the recipe
+    trains against it (MultipleNegativesRankingLoss reads every column after the anchor as a
+    candidate, so an unused negative must not be there at all)."""
+    columns = {"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
+    if recipe.hard_negative:
+        columns["negative"] = [p.negative for p in pairs]
+    return columns
 
 
 def finetune_embedder(
@@ -193,13 +211,7 @@ def _train(
     set_seed(recipe.seed)
     # A fresh copy: the process-wide embedder cache must never see weights being trained.
     model = SentenceTransformer(base_ref, device=device or "cpu")
-    dataset = Dataset.from_dict(
-        {
-            "anchor": [p.query for p in pairs],
-            "positive": [p.positive for p in pairs],
-            "negative": [p.negative for p in pairs],
-        }
-    )
+    dataset = Dataset.from_dict(training_columns(pairs, recipe))
     total = planned_steps(len(pairs), recipe)
     losses: list[float] = []
 

@@ -22,6 +22,7 @@ from llmops_dagster.embed.finetune import (
     finetune_embedder,
     model_folder_name,
     planned_steps,
+    training_columns,
 )
 from llmops_dagster.embed.finetune_pairs import (
     MemoryBM25,
@@ -228,6 +229,23 @@ def test_folder_name_changes_with_data_and_recipe_only(tmp_path: Path) -> None:
     assert model_folder_name(str(base), "d" * 64, EmbedRecipe()) == name
     assert model_folder_name(str(base), "e" * 64, EmbedRecipe()) != name
     assert model_folder_name(str(base), "d" * 64, EmbedRecipe(learning_rate=1e-4)) != name
+    assert model_folder_name(str(base), "d" * 64, EmbedRecipe(hard_negative=True)) != name
+
+
+def test_the_bm25_negative_is_trained_on_only_when_the_recipe_asks() -> None:
+    pairs = [
+        TrainingPair("q1", "p1", "n1", "c1", "d1", "c2", "d2"),
+        TrainingPair("q2", "p2", "n2", "c3", "d3", "c4", "d4"),
+    ]
+    assert training_columns(pairs, EmbedRecipe()) == {
+        "anchor": ["q1", "q2"],
+        "positive": ["p1", "p2"],
+    }
+    assert training_columns(pairs, EmbedRecipe(hard_negative=True)) == {
+        "anchor": ["q1", "q2"],
+        "positive": ["p1", "p2"],
+        "negative": ["n1", "n2"],
+    }
 
 
 def test_an_existing_folder_for_the_same_data_and_recipe_is_reused(tmp_path: Path) -> None:
