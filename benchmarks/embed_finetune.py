@@ -5,7 +5,7 @@ project's own pair builder, trainer, index and retriever.
 Chunks: the abstracts cut as the pipeline cuts documents (``chunk_document`` at the corpus
 settings' chunk size and overlap), so a long abstract is read whole over several chunks, and a
 document ranks by its best chunk; ``--chunk-tokens 0`` indexes one chunk per abstract, cut at
-the model's 256-token window, as the runs before git 4731821 did (71% of SciFact's abstracts are
+the model's 256-token window, as the runs up to git 781b3ed did (71% of SciFact's abstracts are
 longer than that). Pairs: ``llmops_dagster.embed.finetune_pairs.build_pairs`` over the chunks
 (one held-out sentence per chunk as the query, the chunk without it as the positive, the best
 BM25 hit of another abstract as the hard negative; BM25 = this script's Elasticsearch index of
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="the pipeline's chunk size (default: its setting); 0 = one chunk per abstract, "
-        "cut at the model's window (the runs before git 4731821)",
+        "cut at the model's window (the runs up to git 781b3ed)",
     )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", type=Path, default=RESULTS)
