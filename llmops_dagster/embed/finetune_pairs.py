@@ -15,7 +15,8 @@ corpus's vocabulary and what belongs together. Per pair:
   passage. A chunk that is that one sentence has no positive left and is skipped (counted);
 - **negative**: the best BM25 hit for the query from ANOTHER document: looks like the answer,
   is not (a chunk of the same document might well be a right answer too). A query whose search
-  finds none is dropped (counted).
+  finds none is dropped (counted). It is part of the data either way; the trainer uses it only
+  when the recipe says so (``EmbedRecipe.hard_negative``, off by default).
 
 The same two rules as RAFT drafting keep it honest, with counts: only chunks the training
 reader may read become a query, a positive or a negative (a BM25 hit the reader may not read
