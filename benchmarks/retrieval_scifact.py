@@ -154,26 +154,29 @@ def split_text(text: str, max_words: int) -> list[str]:
     return pieces
 
 
+def _chunk_row(row: dict[str, Any], position: int, text: str) -> dict[str, Any]:
+    """One chunk row per docs/CONTRACTS.md (ids and hashes as ``chunk_document`` makes them)."""
+    doc_id = f"scifact:{row['_id']}"
+    return {
+        "chunk_id": make_chunk_id(doc_id, position, text),
+        "doc_id": doc_id,
+        "source": "scifact",
+        "title": row.get("title", ""),
+        "uri": f"beir://scifact/{row['_id']}",
+        "position": position,
+        "section": "",
+        "text": text,
+        "content_hash": content_hash(text),
+    }
+
+
 def corpus_chunks(corpus: list[dict[str, Any]], max_words: int) -> list[dict[str, Any]]:
     """Chunk rows (without vectors) per docs/CONTRACTS.md, ``_id`` = chunk_id."""
-    chunks: list[dict[str, Any]] = []
-    for row in corpus:
-        doc_id = f"scifact:{row['_id']}"
-        for position, text in enumerate(split_text(row["text"], max_words)):
-            chunks.append(
-                {
-                    "chunk_id": make_chunk_id(doc_id, position, text),
-                    "doc_id": doc_id,
-                    "source": "scifact",
-                    "title": row.get("title", ""),
-                    "uri": f"beir://scifact/{row['_id']}",
-                    "position": position,
-                    "section": "",
-                    "text": text,
-                    "content_hash": content_hash(text),
-                }
-            )
-    return chunks
+    return [
+        _chunk_row(row, position, text)
+        for row in corpus
+        for position, text in enumerate(split_text(row["text"], max_words))
+    ]
 
 
 def product_chunks(
@@ -182,27 +185,18 @@ def product_chunks(
     """Chunk rows as the pipeline cuts documents: ``chunk_document`` at ``chunk_size`` tokens
     with ``overlap`` (plain text), so a long abstract is read whole over several chunks, the
     way the product indexes it, instead of being cut at the model's window."""
-    chunks: list[dict[str, Any]] = []
-    for row in corpus:
-        doc_id = f"scifact:{row['_id']}"
+    return [
+        _chunk_row(row, chunk.position, chunk.text)
+        for row in corpus
         for chunk in chunk_document(
-            doc_id, row["text"], tokenizer=tokenizer, chunk_size=chunk_size, overlap=overlap,
+            row["_id"],
+            row["text"],
+            tokenizer=tokenizer,
+            chunk_size=chunk_size,
+            overlap=overlap,
             fmt="txt",
-        ):  # fmt: skip
-            chunks.append(
-                {
-                    "chunk_id": chunk.chunk_id,
-                    "doc_id": doc_id,
-                    "source": "scifact",
-                    "title": row.get("title", ""),
-                    "uri": f"beir://scifact/{row['_id']}",
-                    "position": chunk.position,
-                    "section": "",
-                    "text": chunk.text,
-                    "content_hash": chunk.content_hash,
-                }
-            )
-    return chunks
+        )
+    ]
 
 
 def with_vectors(
