@@ -421,6 +421,31 @@ def _embed_finetune(d: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+def _query_drafts(d: dict[str, Any]) -> list[str]:
+    drafted, setup = d["drafted"], d["setup"]
+    rows = [
+        ["generator", setup["generator"]],
+        ["sample", setup["sample"]],
+        ["drafts accepted (share)", f"{drafted['accepted']} of {drafted['requests']} "
+         f"({fmt(drafted['accepted_share'])})"],
+        *[[f"refused: {why}", n] for why, n in drafted["refusal_reasons"].items()],
+        ["seconds per draft", drafted["seconds_per_draft"]],
+        [f"hours to draft every chunk ({drafted['corpus_chunks']}) at this rate",
+         drafted["corpus_hours_at_this_rate"]],
+    ]  # fmt: skip
+    # A reply may run over lines; a table cell may not.
+    samples = [
+        [s["sentence"], " ↵ ".join(s["reply"].splitlines()), s["accepted"]] for s in d["samples"]
+    ]
+    return [
+        run_line(d, f"load average (1 min) at start / end {fmt(setup['load_average_1m'])}"),
+        "",
+        *table(["figure", "measured"], rows),
+        "",
+        *table(["held-out sentence", "generator's reply", "accepted"], samples),
+    ]
+
+
 def _golden_bootstrap(d: dict[str, Any]) -> list[str]:
     corpus, drafted, review, ev, ret = (
         d["corpus"], d["drafted"], d["review"], d["evaluation"], d["retrieval"]
@@ -472,6 +497,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "generation.json": _generation,
     "online.json": _online,
     "embed_finetune.json": _embed_finetune,
+    "query_drafts.json": _query_drafts,
     "golden_bootstrap.json": _golden_bootstrap,
     "serve.json": _serve,
     "finetune.json": _finetune,

@@ -101,6 +101,8 @@ class GeneratorDrafts:
     questions: list[str]
     from_generator: list[bool]
     fallback_reasons: Counter[str] = field(default_factory=Counter)
+    #: The generator's reply per request, as it came (what a reader checks a refusal against).
+    replies: list[str] = field(default_factory=list)
 
     @property
     def n_generator_drafts(self) -> int:
@@ -134,5 +136,6 @@ def draft_with_generator(
             question = request.template_question
         out.questions.append(question)
         out.from_generator.append(why == "ok")
+        out.replies.append(reply.text)
         others.append(set(content_tokens(question)))
     return out

@@ -16,9 +16,11 @@ from llmops_dagster.evaluate.golden_drafter import (
     DraftRequest,
     GeneratorDrafts,
     check_question,
+    draft_with_generator,
     extract_question,
     question_messages,
 )
+from llmops_dagster.models.base import Generation
 from llmops_dagster.train.raft import ChunkRecord
 
 pytestmark = pytest.mark.unit
@@ -104,3 +106,28 @@ def test_the_drafter_rewrites_only_the_sample_and_keeps_ids_answers_and_document
     assert drafted.metadata()["n_generator_drafts"] == 1
     assert drafted.metadata()["n_template_fallbacks"] == 2
     assert "n_generator_drafts" not in templates.metadata()  # templates only: no such counts
+
+
+class _ScriptedGenerator:
+    """Replies from a list, in order: the drafter's bookkeeping is the unit under test (the
+    real model: tests/integration/test_golden_generator_drafts.py)."""
+
+    model_id = "scripted"
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = replies
+
+    def generate(self, prompts: Sequence[object], **kwargs: object) -> list[Generation]:
+        return [Generation(reply, 0, 0, 0.0) for reply in self.replies[: len(prompts)]]
+
+
+def test_the_drafter_keeps_every_reply_as_it_came_accepted_or_refused() -> None:
+    replies = ["Where are claims submitted within 30 days?\nMore text", "What is the answer?"]
+    requests = [DraftRequest(SENTENCE, "Expenses", "Template one?")] * 2
+    drafts = draft_with_generator(requests, _ScriptedGenerator(replies))
+    assert drafts.replies == replies
+    assert drafts.from_generator == [True, False]
+    assert drafts.questions == ["Where are claims submitted within 30 days?", "Template one?"]
+    assert drafts.fallback_reasons == Counter(
+        {"shares fewer than 2 content words with the sentence": 1}
+    )
