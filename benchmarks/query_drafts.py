@@ -58,8 +58,9 @@ log = logging.getLogger("query_drafts")
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "query_drafts.json"
 #: Requests per generator call: progress in the log, and the same batching the asset gets.
 SLICE = 32
-#: Replies kept in the results file for a reader to judge.
-SAMPLES = 12
+#: Replies kept in the results file for a reader to judge: this many accepted and as many
+#: refused, the first of each in sample order (not chosen).
+SAMPLES_EACH = 6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "corpus_hours_at_this_rate": round(per_draft * len(chunks) / 3600, 2),
             "generator_load_seconds": round(load_seconds, 1),
         },
-        "samples": [
-            {"sentence": r.sentence, "reply": reply, "accepted": ok}
-            for r, reply, ok in list(zip(requests, replies, accepted, strict=True))[:SAMPLES]
-        ],
+        "samples": samples(requests, replies, accepted),
         "setup": {
             "dataset": f"BEIR SciFact corpus ({len(corpus)} abstracts), no queries used",
             "chunking": f"the pipeline's chunker, {size} tokens, overlap {overlap}",
@@ -167,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("wrote %s", args.output)
     return 0
+
+
+def samples(
+    requests: list[DraftRequest], replies: list[str], accepted: list[bool]
+) -> list[dict[str, Any]]:
+    """The first :data:`SAMPLES_EACH` accepted and refused drafts, in sample order."""
+    kept: list[dict[str, Any]] = []
+    for verdict in (True, False):
+        rows = [
+            {"sentence": r.sentence, "reply": reply, "accepted": ok}
+            for r, reply, ok in zip(requests, replies, accepted, strict=True)
+            if ok is verdict
+        ]
+        kept += rows[:SAMPLES_EACH]
+    return kept
 
 
 def print_table(result: dict[str, Any]) -> None:
