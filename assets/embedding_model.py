@@ -1,5 +1,5 @@
 """The embedding fine-tuning asset: the configured embedding model trained on inverse-cloze
-triples drawn from the indexed corpus (no labelled queries), registered in the MLflow registry.
+pairs drawn from the indexed corpus (no labelled queries), registered in the MLflow registry.
 
 Group ``model``, beside the LoRA adapter: it is training, and the ``index`` group is what the
 hourly reindex job selects (a fine-tuning there would run every hour). It is also left out of
@@ -26,13 +26,14 @@ class EmbeddingFinetuneConfig(dg.Config):
     """Optimizer steps (default: the models resource's embedding_ft_max_steps,
     LLMOPS_EMBEDDING_FT_MAX_STEPS)."""
     batch_size: int = Field(default=16, ge=2)
-    """Triples per step; the other triples of a batch are each anchor's in-batch negatives."""
+    """Pairs per step; the other pairs' positives in a batch are each anchor's in-batch
+    negatives."""
     learning_rate: float = Field(default=3e-5, gt=0)
     hard_negative: bool = False
-    """Train against each triple's BM25 hard negative too (see EmbedRecipe.hard_negative for
-    why it is off)."""
+    """Also train against a BM25 hard negative per pair, searched in the live index as the
+    training audience (off: no search runs; see EmbedRecipe.hard_negative for why it is off)."""
     max_pairs: int | None = Field(default=None, ge=1)
-    """At most this many triples, a seeded sample spread over documents (None: one per chunk
+    """At most this many pairs, a seeded sample spread over documents (None: one per chunk
     the training audience may read)."""
     seed: int = 13
     """Seed of the pairs (sentence held out per chunk, sample, kept-sentence share) and of the
@@ -60,11 +61,11 @@ def embedding_finetune(
     mlflow: MlflowResource,
 ) -> dg.Output:
     """The embedding model (LLMOPS_EMBEDDING_MODEL) fine-tuned with sentence-transformers'
-    trainer and MultipleNegativesRankingLoss on inverse-cloze triples from the active chunks the
+    trainer and MultipleNegativesRankingLoss on inverse-cloze pairs from the active chunks the
     training audience (LLMOPS_TRAIN_GROUPS, default public) may read: a sentence of a chunk as
-    the query, the chunk without it as the positive, the best BM25 hit of another document
-    (searched in the live index as that audience) as the hard negative, trained against only
-    with `hard_negative` (the other positives of a batch always are); queries restating a
+    the query, the chunk without it as the positive, the other positives of a batch as the
+    negatives, and with `hard_negative` also the best BM25 hit of another document (searched
+    in the live index as that audience; without it no search runs); queries restating a
     golden item are dropped (`n_dropped_golden`). Saved under the models cache
     (`embedding/<base>-ft-<digest8>`; the same data and recipe reuse the folder and its
     registered version) and registered under LLMOPS_EMBEDDING_FT_MODEL_NAME with its data
@@ -120,6 +121,7 @@ def embedding_finetune(
         report = build_pairs(
             chunks,
             bm25,
+            negatives=recipe.hard_negative,
             reader=training,
             golden=golden.items,
             max_pairs=config.max_pairs,
@@ -130,12 +132,13 @@ def embedding_finetune(
         raise dg.Failure(f"embedding_finetune pairs: {exc}") from exc
     if not report.pairs:
         raise dg.Failure(
-            f"no training triples from {report.chunks_seen} chunks ({report.counts()}): "
+            f"no training pairs from {report.chunks_seen} chunks ({report.counts()}): "
             "nothing to fine-tune on"
         )
     digest = report.digest()
     context.log.info(
-        f"{len(report.pairs)} ICT triples from {report.chunks_seen} chunks "
+        f"{len(report.pairs)} ICT pairs{' with BM25 negatives' if report.negatives else ''} "
+        f"from {report.chunks_seen} chunks "
         f"({report.dropped_audience} outside the audience, {report.dropped_golden} sentences "
         f"dropped for restating a golden item; {report.rule.describe()})"
     )

@@ -1,5 +1,5 @@
 """Embedding fine-tuning on BEIR SciFact: the base model against the same model fine-tuned on
-inverse-cloze triples drawn from the corpus only (never its test or train queries), through the
+inverse-cloze pairs drawn from the corpus only (never its test or train queries), through the
 project's own pair builder, trainer, index and retriever.
 
 Chunks: the abstracts cut as the pipeline cuts documents (``chunk_document`` at the corpus
@@ -7,10 +7,10 @@ settings' chunk size and overlap), so a long abstract is read whole over several
 document ranks by its best chunk; ``--chunk-tokens 0`` indexes one chunk per abstract, cut at
 the model's 256-token window, as the runs up to git 781b3ed did (71% of SciFact's abstracts are
 longer than that). Pairs: ``llmops_dagster.embed.finetune_pairs.build_pairs`` over the chunks
-(one held-out sentence per chunk as the query, the chunk without it as the positive, the best
-BM25 hit of another abstract as the hard negative; BM25 = this script's Elasticsearch index of
-the corpus). Positives and negatives are given their title, as the index embeds
-``title + text``.
+(one held-out sentence per chunk as the query, the chunk without it as the positive; with
+``--hard-negative`` also the best BM25 hit of another abstract as the hard negative, BM25 =
+this script's Elasticsearch index of the corpus). Positives and negatives are given their
+title, as the index embeds ``title + text``.
 Training: ``llmops_dagster.embed.finetune.finetune_embedder`` (sentence-transformers' trainer,
 MultipleNegativesRankingLoss), the folder cached under ``.llmops/bench-cache/embed-ft/`` by base
 model, pair digest and recipe. Evaluation: each model's vectors in their own index (the
@@ -215,14 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         return [(h.chunk_id, h.doc_id, h.text) for h in hits]
 
     started = time.perf_counter()
-    report = build_pairs(records, bm25, max_pairs=args.max_pairs, seed=args.seed)
+    report = build_pairs(
+        records, bm25, negatives=args.hard_negative, max_pairs=args.max_pairs, seed=args.seed
+    )
     pairs_seconds = time.perf_counter() - started
     # As the index embeds them: title + text.
     pairs = [
         dataclasses.replace(
             p,
             positive=f"{titles[p.chunk_id]} {p.positive}".strip(),
-            negative=f"{titles[p.negative_chunk_id]} {p.negative}".strip(),
+            negative=f"{titles[p.negative_chunk_id]} {p.negative}".strip() if p.negative else "",
         )
         for p in report.pairs
     ]
@@ -303,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": f"BEIR SciFact test ({len(queries)} queries)",
             "documents": len(corpus),
             "limit_docs": args.limit_docs,
-            "training_data": "inverse-cloze triples from the corpus chunks only (no queries)",
+            "training_data": "inverse-cloze "
+            + ("triples (BM25 hard negatives)" if args.hard_negative else "pairs")
+            + " from the corpus chunks only (no queries)",
             "chunks": len(chunks),
             "chunking": chunking,
             "abstracts_over_model_window": over_window,
@@ -373,7 +377,7 @@ def print_table(rows: dict[str, Any], training: dict[str, Any]) -> None:
     console = Console(width=160)
     console.print(table)
     console.print(
-        f"training: {training['examples']} triples, {training['steps']} steps, "
+        f"training: {training['examples']} pairs, {training['steps']} steps, "
         f"{training['examples_seen']} examples seen, {training['train_minutes']} min"
         f"{' (reused)' if training['reused'] else ''}; final loss {training['final_loss']:.4f}"
     )

@@ -147,8 +147,8 @@ class ModelSettings(BaseSettings):
         default=8,
         ge=1,
         validation_alias=env("LLMOPS_EMBEDDING_FT_MAX_STEPS"),
-        description="Optimizer steps of the embedding fine-tuning (batches of 16 triples); the "
-        "default is demo-sized: 128 of the sample corpus's 195 triples, about 80 s on 2 CPU "
+        description="Optimizer steps of the embedding fine-tuning (batches of 16 pairs); the "
+        "default is demo-sized: 128 of the sample corpus's 195 pairs, about 80 s on 2 CPU "
         "cores.",
     )
 

@@ -1,10 +1,10 @@
-"""Fine-tuning the embedding model on the corpus's own ICT triples
+"""Fine-tuning the embedding model on the corpus's own ICT pairs
 (:mod:`llmops_dagster.embed.finetune_pairs`) with sentence-transformers' training loop.
 
 Why its own trainer and loss: ``SentenceTransformerTrainer`` with
 ``MultipleNegativesRankingLoss`` over (anchor, positive) is the library's standard recipe for
-retrieval (the other positives of a batch are each anchor's negatives; the triple's BM25 hard
-negative joins them only when the recipe says so, see ``EmbedRecipe.hard_negative``); the
+retrieval (the other positives of a batch are each anchor's negatives; a BM25 hard
+negative per pair joins them only when the recipe says so, see ``EmbedRecipe.hard_negative``); the
 no-duplicates batch sampler keeps a text from being its own in-batch negative. Reporting
 integrations are off (``report_to="none"``): the asset logs to its own MLflow run, never to a
 global one.
@@ -36,7 +36,7 @@ from llmops_dagster.files import atomic_write_json, publish_dir
 LOSS = "MultipleNegativesRankingLoss"
 #: Written last into a model folder: its presence means the folder is whole.
 STATS_FILE = "finetune.json"
-#: Default optimizer steps: 128 of the sample corpus's 195 triples at batch 16; measured ~10 s
+#: Default optimizer steps: 128 of the sample corpus's 195 pairs at batch 16; measured ~10 s
 #: a step on 2 CPU cores (load ~1-2), so ~80 s, and 12-19 s a step on cores shared with other
 #: training. A model trained on shuffled pairs at learning rate 1e-4 for 12 such steps is clearly
 #: worse (golden nDCG@10 0.80 vs 0.94): enough to test that the evaluation refuses it.
@@ -58,7 +58,7 @@ class EmbedRecipe:
     warmup_ratio: float = 0.1
     #: MultipleNegativesRankingLoss's similarity scale (its default: cosine × 20).
     scale: float = 20.0
-    #: Train against each triple's BM25 hard negative as well as the in-batch ones. Off by
+    #: Train against each pair's BM25 hard negative as well as the in-batch ones. Off by
     #: default: BM25's best hit from another document is often another paper's finding on the
     #: same subject, a right answer to many queries, so it pushes the model away from what it
     #: should find. In benchmarks/results/embed_finetune.json the run with it (one vector per
@@ -123,17 +123,32 @@ def model_folder_name(base_ref: str, data_digest: str, recipe: EmbedRecipe) -> s
 
 
 def planned_steps(n_examples: int, recipe: EmbedRecipe) -> int:
-    """Optimizer steps the recipe makes on ``n_examples`` triples."""
+    """Optimizer steps the recipe makes on ``n_examples`` pairs."""
     if recipe.max_steps is not None:
         return recipe.max_steps
     per_epoch = -(-n_examples // recipe.batch_size)
     return max(1, round(per_epoch * recipe.epochs))
 
 
+def check_pairs(pairs: Sequence[TrainingPair], recipe: EmbedRecipe) -> None:
+    """Refuse pairs the recipe cannot train on: none at all, or a recipe that trains against
+    hard negatives given pairs built without them (``build_pairs(negatives=False)``)."""
+    if not pairs:
+        raise EmbedFinetuneError("no training pairs: the corpus gave no ICT pairs to learn")
+    if recipe.hard_negative:
+        missing = sum(not p.negative.strip() for p in pairs)
+        if missing:
+            raise EmbedFinetuneError(
+                f"the recipe trains against hard negatives but {missing} of {len(pairs)} pairs "
+                "have none: build the pairs with negatives=True"
+            )
+
+
 def training_columns(pairs: Sequence[TrainingPair], recipe: EmbedRecipe) -> dict[str, list[str]]:
     """The trainer's dataset: anchor and positive, and the BM25 negative only when the recipe
     trains against it (MultipleNegativesRankingLoss reads every column after the anchor as a
     candidate, so an unused negative must not be there at all)."""
+    check_pairs(pairs, recipe)
     columns = {"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
     if recipe.hard_negative:
         columns["negative"] = [p.negative for p in pairs]
@@ -155,8 +170,7 @@ def finetune_embedder(
     recipe is returned as it is. ``progress(step, total_steps, loss)`` after each logged step.
     Returns (folder, stats)."""
     recipe.validate()
-    if not pairs:
-        raise EmbedFinetuneError("no training pairs: the corpus gave no ICT triples to learn")
+    check_pairs(pairs, recipe)
     base_id = canonical_model_id(base_ref)
     target = Path(store_dir) / model_folder_name(base_ref, data_digest, recipe)
     if (target / STATS_FILE).is_file():

@@ -1,6 +1,6 @@
-"""Training triples for the embedding model, drawn from the indexed corpus itself (no labelled
+"""Training pairs for the embedding model, drawn from the indexed corpus itself (no labelled
 queries): the inverse-cloze task (ICT; Lee et al., "Latent Retrieval for Weakly Supervised Open
-Domain Question Answering", 2019) with a BM25 hard negative.
+Domain Question Answering", 2019), with a BM25 hard negative when the recipe trains on one.
 
 Why this recipe: the corpus has no queries, but each of its sentences is a short text about its
 chunk, like a query; learning to find the chunk a sentence was taken from teaches the model the
@@ -13,10 +13,12 @@ corpus's vocabulary and what belongs together. Per pair:
   than on the copied words. In a seeded share (:data:`KEEP_SENTENCE_SHARE`, 10% as in the ICT
   paper) the sentence is kept, so the model does not learn that a query never appears in its
   passage. A chunk that is that one sentence has no positive left and is skipped (counted);
-- **negative**: the best BM25 hit for the query from ANOTHER document: looks like the answer,
-  is not (a chunk of the same document might well be a right answer too). A query whose search
-  finds none is dropped (counted). It is part of the data either way; the trainer uses it only
-  when the recipe says so (``EmbedRecipe.hard_negative``, off by default).
+- **negative**, only when asked (``negatives=True``; the asset asks when its recipe trains
+  against it, ``EmbedRecipe.hard_negative``, off by default): the best BM25 hit for the query
+  from ANOTHER document: looks like the answer, is not (a chunk of the same document might
+  well be a right answer too). A query whose search finds none is dropped (counted). Without
+  it no search runs (one per chunk otherwise) and the pair's negative fields are empty, so the
+  data digest covers exactly what the trainer reads.
 
 The same two rules as RAFT drafting keep it honest, with counts: only chunks the training
 reader may read become a query, a positive or a negative (a BM25 hit the reader may not read
@@ -70,7 +72,8 @@ class PairsError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingPair:
-    """One (anchor, positive, negative) triple and where each part came from."""
+    """One (anchor, positive[, negative]) example and where each part came from; the negative
+    fields are empty when the pairs were built without negatives."""
 
     query: str
     positive: str
@@ -113,6 +116,8 @@ class PairsReport:
     skipped_all_golden: int = 0
     dropped_no_negative: int = 0
     candidates: int = 0
+    #: Whether each pair carries a BM25 hard negative (``build_pairs(negatives=...)``).
+    negatives: bool = True
     shuffled: bool = False
     seed: int = 13
     rule: GoldenOverlapRule = field(default_factory=GoldenOverlapRule)
@@ -143,7 +148,7 @@ class PairsReport:
 
     def digest(self) -> str:
         """sha256 of the canonical JSONL of the pairs (sorted keys, pair order): the training
-        data's version (two builds with the same digest train on the same triples)."""
+        data's version (two builds with the same digest train on the same pairs)."""
         rows = [
             json.dumps(p.to_record(), sort_keys=True, separators=(",", ":")) for p in self.pairs
         ]
@@ -166,8 +171,9 @@ def without_sentence(text: str, sentence: str) -> str:
 
 def build_pairs(
     chunks: Iterable[ChunkRecord],
-    bm25: BM25Fn,
+    bm25: BM25Fn | None,
     *,
+    negatives: bool = True,
     reader: Principal | None = None,
     golden: Sequence[Any] = (),
     rule: GoldenOverlapRule | None = None,
@@ -177,10 +183,13 @@ def build_pairs(
     keep_sentence_share: float = KEEP_SENTENCE_SHARE,
     depth: int = NEGATIVE_DEPTH,
 ) -> PairsReport:
-    """ICT triples from the chunks ``reader`` (None: public) may read; see the module
-    docstring. ``golden``: items with ``question`` and ``reference_answer``. ``max_pairs``:
-    a seeded sample spread over documents (None: every candidate). Pairs come back in
-    ``pair_id`` order."""
+    """ICT pairs from the chunks ``reader`` (None: public) may read; see the module
+    docstring. ``negatives``: search ``bm25`` for each query's hard negative (without it,
+    ``bm25`` is never called and may be None). ``golden``: items with ``question`` and
+    ``reference_answer``. ``max_pairs``: a seeded sample spread over documents (None: every
+    candidate). Pairs come back in ``pair_id`` order."""
+    if negatives and bm25 is None:
+        raise PairsError("hard negatives need a BM25 search (bm25 is None)")
     if max_pairs is not None and max_pairs < 0:
         raise PairsError(f"max_pairs must be >= 0, not {max_pairs}")
     if not 0.0 <= keep_sentence_share <= 1.0:
@@ -191,7 +200,7 @@ def build_pairs(
     rule = rule or GoldenOverlapRule()
     golden_q = [set(content_tokens(g.question)) for g in golden]
     golden_refs = _GoldenRefs(str(g.reference_answer) for g in golden if g.reference_answer)
-    report = PairsReport(pairs=[], shuffled=shuffled, seed=seed, rule=rule)
+    report = PairsReport(pairs=[], negatives=negatives, shuffled=shuffled, seed=seed, rule=rule)
     readable: dict[str, ChunkRecord] = {}
     unreadable: set[str] = set()
     drafted: list[tuple[ChunkRecord, str, str]] = []  # (chunk, query, positive)
@@ -231,6 +240,10 @@ def build_pairs(
             report.skipped_all_golden += 1  # every sentence of the chunk restated a golden item
     pairs: list[TrainingPair] = []
     for chunk, query, positive in drafted:
+        if not negatives:
+            pairs.append(TrainingPair(query, positive, "", chunk.chunk_id, chunk.doc_id, "", ""))
+            continue
+        assert bm25 is not None  # checked above
         hits = bm25(query, depth)
         leaked = [chunk_id for chunk_id, _, _ in hits if chunk_id in unreadable]
         if leaked:

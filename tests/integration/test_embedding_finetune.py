@@ -1,7 +1,9 @@
-"""The embedding_finetune asset on the sample corpus indexed in a real Elasticsearch node (its
-BM25 gives the hard negatives, as the training audience), trained for two tiny steps, logged
-and registered in a SQLite MLflow: the registered version carries the contract's tags, the
-folder loads under the output's model id, and the same data + recipe reuse folder and version.
+"""The embedding_finetune asset on the sample corpus indexed in a real Elasticsearch node (with
+``hard_negative`` on, its BM25 gives the hard negatives, searched as the training audience; the
+default, without, is the shadow-index job's in test_shadow_index.py), trained for two tiny
+steps, logged and registered in a SQLite MLflow: the registered version carries the contract's
+tags, the folder loads under the output's model id, and the same data + recipe reuse folder and
+version.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from tests.support.warehouse import copy_embedding_cache
 pytestmark = pytest.mark.integration
 
 TINY = {
-    "ops": {"embedding_finetune": {"config": {"max_steps": 2, "batch_size": 4, "max_pairs": 16}}}
+    "ops": {
+        "embedding_finetune": {
+            "config": {"max_steps": 2, "batch_size": 4, "max_pairs": 16, "hard_negative": True}
+        }
+    }
 }
 
 
@@ -108,6 +114,7 @@ def test_embedding_finetune_registers_a_loadable_model_and_reuses_it(
         4,
         "MultipleNegativesRankingLoss",
     )
+    assert recipe["hard_negative"] is True
     assert version.run_id == value.run_id
     assert version.source.endswith("/embedding_model")
     run = client.get_run(value.run_id)

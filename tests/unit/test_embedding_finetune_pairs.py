@@ -248,6 +248,52 @@ def test_the_bm25_negative_is_trained_on_only_when_the_recipe_asks() -> None:
     }
 
 
+def test_without_negatives_no_search_runs_and_the_pairs_keep_queries_and_positives(
+    corpus: Corpus,  # noqa: F811
+    golden: list[QAItem],  # noqa: F811
+) -> None:
+    def no_search(query: str, k: int) -> list[tuple[str, str, str]]:
+        raise AssertionError(f"searched for {query!r}")
+
+    with_negatives = build_pairs(corpus.chunks, MemoryBM25(corpus.chunks), golden=golden)
+    report = build_pairs(corpus.chunks, no_search, negatives=False, golden=golden)
+    assert report.counts() == _public_counts()
+    assert report.negatives is False and with_negatives.negatives is True
+    assert [(p.query, p.positive, p.chunk_id) for p in report.pairs] == [
+        (p.query, p.positive, p.chunk_id) for p in with_negatives.pairs
+    ]
+    assert {(p.negative, p.negative_chunk_id, p.negative_doc_id) for p in report.pairs} == {
+        ("", "", "")
+    }
+    # The digest covers what the trainer reads: pairs without negatives are other data.
+    assert report.digest() != with_negatives.digest()
+    assert build_pairs(corpus.chunks, None, negatives=False).counts()["pairs"] == 199
+    with pytest.raises(PairsError, match="hard negatives need a BM25 search"):
+        build_pairs(corpus.chunks, None)
+
+
+def test_a_hard_negative_recipe_refuses_pairs_built_without_negatives(tmp_path: Path) -> None:
+    pairs = [
+        TrainingPair("q1", "p1", "", "c1", "d1", "", ""),
+        TrainingPair("q2", "p2", "n2", "c3", "d3", "c4", "d4"),
+    ]
+    assert training_columns(pairs, EmbedRecipe()) == {
+        "anchor": ["q1", "q2"],
+        "positive": ["p1", "p2"],
+    }
+    with pytest.raises(EmbedFinetuneError, match="1 of 2 pairs have none"):
+        training_columns(pairs, EmbedRecipe(hard_negative=True))
+    # Before any model is loaded (the base folder does not even exist).
+    with pytest.raises(EmbedFinetuneError, match="1 of 2 pairs have none"):
+        finetune_embedder(
+            str(tmp_path / "absent"),
+            pairs,
+            EmbedRecipe(hard_negative=True),
+            tmp_path / "store",
+            data_digest="d" * 64,
+        )
+
+
 def test_an_existing_folder_for_the_same_data_and_recipe_is_reused(tmp_path: Path) -> None:
     """No training: the folder with its stats file is what a finished fine-tuning leaves."""
     base = tmp_path / "mini"
