@@ -3,8 +3,8 @@
 
 Why its own trainer and loss: ``SentenceTransformerTrainer`` with
 ``MultipleNegativesRankingLoss`` over (anchor, positive) is the library's standard recipe for
-retrieval (the other positives of a batch are each anchor's negatives; a BM25 hard
-negative per pair joins them only when the recipe says so, see ``EmbedRecipe.hard_negative``); the
+retrieval (the other positives of a batch are each anchor's negatives; a BM25 hard negative
+per pair joins them only when the recipe says so, see ``EmbedRecipe.hard_negative``); the
 no-duplicates batch sampler keeps a text from being its own in-batch negative. Reporting
 integrations are off (``report_to="none"``): the asset logs to its own MLflow run, never to a
 global one.
