@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hard-negative",
         action="store_true",
-        help="train against each triple's BM25 negative too (off: in-batch negatives only)",
+        help="train against a BM25 hard negative per pair too (off: in-batch negatives only)",
     )
     parser.add_argument("--max-pairs", type=int, default=None, help="default: one per chunk")
     parser.add_argument(

@@ -42,7 +42,7 @@ apply_offline_env_defaults()  # this script is where the process starts
 from results_file import DirtyCheckoutError, write_results
 from retrieval_scifact import DEFAULT_DATA, product_chunks, read_jsonl
 
-from llmops_dagster.embed.finetune_pairs import MemoryBM25, build_pairs
+from llmops_dagster.embed.finetune_pairs import build_pairs
 from llmops_dagster.embed.model import load_embedder
 from llmops_dagster.evaluate.golden_drafter import (
     MAX_NEW_TOKENS,
@@ -56,7 +56,7 @@ from llmops_dagster.train.raft import ChunkRecord, draft_question, spread_sample
 log = logging.getLogger("query_drafts")
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "query_drafts.json"
-#: Requests per generator call: progress in the log, and the same batching the asset gets.
+#: Requests per drafter call: progress in the log (the generator batches within a call).
 SLICE = 32
 #: Replies kept in the results file for a reader to judge: this many accepted and as many
 #: refused, the first of each in sample order (not chosen).
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         records, min(args.sample, len(records)), args.seed, key=lambda c: (c.doc_id, c.chunk_id)
     )
     # The query sentence depends only on the chunk and the seed, so the sample's held-out
-    # sentences are the ones the ICT recipe uses over the whole corpus (the negatives found
-    # here, within the sample, are not used).
-    pairs = build_pairs(sample, MemoryBM25(sample), seed=args.seed, keep_sentence_share=0.0).pairs
+    # sentences are the ones the ICT recipe uses over the whole corpus.
+    pairs = build_pairs(
+        sample, None, negatives=False, seed=args.seed, keep_sentence_share=0.0
+    ).pairs
     titles = {c.chunk_id: c.title for c in sample}
     requests = [
         DraftRequest(p.query, titles[p.chunk_id], draft_question(p.query, titles[p.chunk_id])[0])

@@ -409,7 +409,7 @@ def _embed_finetune(d: dict[str, Any]) -> list[str]:
                 ["data", setup["training_data"]],
                 ["indexed as", setup.get("chunking", "one chunk per abstract")],
                 ["chunks (abstracts)", f"{setup.get('chunks', setup['documents'])} ({setup['documents']})"],  # noqa: E501
-                ["triples", tr["examples"]],
+                ["pairs", tr["examples"]],
                 ["negatives", "BM25 hard negative + in-batch" if recipe.get("hard_negative", True) else "in-batch only"],  # noqa: E501
                 ["steps × batch = examples seen", f"{tr['steps']} × {recipe['batch_size']} = {tr['examples_seen']}"],  # noqa: E501
                 ["learning rate", recipe["learning_rate"]],

@@ -277,10 +277,7 @@ def test_a_hard_negative_recipe_refuses_pairs_built_without_negatives(tmp_path: 
         TrainingPair("q1", "p1", "", "c1", "d1", "", ""),
         TrainingPair("q2", "p2", "n2", "c3", "d3", "c4", "d4"),
     ]
-    assert training_columns(pairs, EmbedRecipe()) == {
-        "anchor": ["q1", "q2"],
-        "positive": ["p1", "p2"],
-    }
+    assert list(training_columns(pairs, EmbedRecipe())) == ["anchor", "positive"]
     with pytest.raises(EmbedFinetuneError, match="1 of 2 pairs have none"):
         training_columns(pairs, EmbedRecipe(hard_negative=True))
     # Before any model is loaded (the base folder does not even exist).
